@@ -1,0 +1,222 @@
+//! The command line: what each subcommand takes and what it runs.
+//!
+//! `main` parses, sets up logging and settings, and calls `execute`; every subcommand listed here
+//! works. Commands print their results on standard output; logs go to standard error.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::telemetry::LogFormat;
+
+/// onair runs live-streaming operations unattended.
+#[derive(Debug, Parser)]
+#[command(name = "onair", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Settings file (TOML); layered over the built-in defaults, under ONAIR__SECTION__KEY variables.
+    #[arg(long, global = true, env = "ONAIR_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format on standard error; the filter comes from RUST_LOG (default "info").
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Media Services v3 emulator (ARM API, token endpoint, /_emulator/ introspection).
+    Emulator(EmulatorArgs),
+    /// Start an emulator and drive one broadcast lifecycle through the client, step by step.
+    Demo(DemoArgs),
+    /// Validate the settings and report every problem at once (exit code 78 if any).
+    Check,
+}
+
+/// `onair emulator` options; each overrides the matching `[emulator]` setting.
+#[derive(Debug, Args)]
+pub struct EmulatorArgs {
+    /// Listen address.
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: Option<SocketAddr>,
+    /// How long each transient state (Starting, Scaling, …) lasts, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub transition_ms: Option<u64>,
+    /// The client id the token endpoint accepts.
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// The client secret the token endpoint accepts (a development credential; visible in `ps`).
+    #[arg(long)]
+    pub client_secret: Option<String>,
+    /// Lifetime of issued tokens, in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub token_ttl_secs: Option<u64>,
+    /// Load state from this JSON file at start and save it there on shutdown.
+    #[arg(long, value_name = "PATH")]
+    pub snapshot: Option<PathBuf>,
+    /// Seed of the fault generator.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// Fault options, shared by `emulator` and `demo`.
+#[derive(Debug, Args, Default)]
+pub struct FaultArgs {
+    /// Share of ARM requests answered 429 (0 to 1).
+    #[arg(long, value_name = "RATE")]
+    pub fault_throttle_rate: Option<f64>,
+    /// Retry-After of throttled answers, in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub fault_retry_after: Option<u64>,
+    /// Share of ARM requests answered 500 or 503 (0 to 1).
+    #[arg(long, value_name = "RATE")]
+    pub fault_error_rate: Option<f64>,
+    /// Delay added to every ARM response, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub fault_latency_ms: Option<u64>,
+    /// Share of writes applied but whose response is dropped (0 to 1).
+    #[arg(long, value_name = "RATE")]
+    pub fault_drop_rate: Option<f64>,
+    /// Share of long-running operations that end Failed (0 to 1).
+    #[arg(long, value_name = "RATE")]
+    pub fault_lro_failure_rate: Option<f64>,
+    /// Error code of failed long-running operations.
+    #[arg(long, value_name = "CODE")]
+    pub fault_lro_failure_code: Option<String>,
+}
+
+impl FaultArgs {
+    fn apply(&self, faults: &mut crate::emulator::Faults) {
+        let overrides = [
+            (self.fault_throttle_rate, &mut faults.throttle_rate),
+            (self.fault_error_rate, &mut faults.error_rate),
+            (self.fault_drop_rate, &mut faults.drop_rate),
+            (self.fault_lro_failure_rate, &mut faults.lro_failure_rate),
+        ];
+        for (value, field) in overrides {
+            if let Some(value) = value {
+                *field = value;
+            }
+        }
+        if let Some(seconds) = self.fault_retry_after {
+            faults.retry_after_secs = seconds;
+        }
+        if let Some(millis) = self.fault_latency_ms {
+            faults.latency_ms = millis;
+        }
+        if let Some(code) = &self.fault_lro_failure_code {
+            faults.lro_failure_code.clone_from(code);
+        }
+    }
+}
+
+/// `onair demo` options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo's own emulator listens (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDRESS")]
+    pub listen: SocketAddr,
+    /// Drive an emulator that is already running at this URL instead of starting one.
+    #[arg(long, value_name = "URL")]
+    pub emulator: Option<url::Url>,
+    /// How long each transient state lasts in the demo's own emulator, in milliseconds.
+    #[arg(long, default_value_t = 1500, value_name = "MS")]
+    pub transition_ms: u64,
+    /// The channel (live event) name.
+    #[arg(long, default_value = "news")]
+    pub channel: String,
+    /// How long the program stays on air before the cleanup starts, in seconds.
+    #[arg(long, default_value_t = 3, value_name = "SECONDS")]
+    pub on_air_secs: u64,
+    /// Keep the demo's emulator running afterwards, until Ctrl-C, to explore it.
+    #[arg(long)]
+    pub keep_running: bool,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// Runs one subcommand to completion or until `shutdown`.
+pub async fn execute(command: Command, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Emulator(args) => {
+            let mut emulator = settings.emulator;
+            apply_emulator_args(&mut emulator, &args);
+            let problems = emulator.faults.problems();
+            if !problems.is_empty() {
+                anyhow::bail!("invalid fault options: {}", problems.join("; "));
+            }
+            crate::emulator::run(emulator, crate::clock::system(), shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            let mut emulator = settings.emulator;
+            emulator.listen = args.listen;
+            emulator.transition = Duration::from_millis(args.transition_ms);
+            args.faults.apply(&mut emulator.faults);
+            let options = crate::demo::Options {
+                external: args.emulator.clone(),
+                channel: args.channel.clone(),
+                on_air: Duration::from_secs(args.on_air_secs),
+                keep_running: args.keep_running,
+            };
+            crate::demo::run(emulator, settings.media, options, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => Ok(check(&settings)),
+    }
+}
+
+fn apply_emulator_args(emulator: &mut crate::emulator::Settings, args: &EmulatorArgs) {
+    if let Some(listen) = args.listen {
+        emulator.listen = listen;
+    }
+    if let Some(millis) = args.transition_ms {
+        emulator.transition = Duration::from_millis(millis);
+    }
+    if let Some(client_id) = &args.client_id {
+        emulator.client_id.clone_from(client_id);
+    }
+    if let Some(secret) = &args.client_secret {
+        emulator.client_secret = SecretString::from(secret.clone());
+    }
+    if let Some(seconds) = args.token_ttl_secs {
+        emulator.token_ttl = Duration::from_secs(seconds.max(1));
+    }
+    if let Some(path) = &args.snapshot {
+        emulator.snapshot = Some(path.clone());
+    }
+    if let Some(seed) = args.seed {
+        emulator.seed = seed;
+    }
+    args.faults.apply(&mut emulator.faults);
+}
+
+/// `onair check`: the settings loaded (main already refused invalid ones); now what running needs.
+fn check(settings: &Settings) -> ExitCode {
+    let missing = settings.media.missing();
+    if !missing.is_empty() {
+        println!(
+            "settings incomplete for running onair ({} problem{}):",
+            missing.len(),
+            if missing.len() == 1 { "" } else { "s" }
+        );
+        for key in missing {
+            println!("  - {key}: required to run (no default)");
+        }
+        return ExitCode::from(crate::config::EXIT_CODE as u8);
+    }
+    let media = &settings.media;
+    println!("settings OK");
+    println!("  media      {} account {}", media.arm_url, media.account.as_deref().unwrap_or_default());
+    println!("  shutdown   grace {:?}", settings.shutdown.grace);
+    ExitCode::SUCCESS
+}

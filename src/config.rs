@@ -1,0 +1,568 @@
+//! Layered settings: built-in defaults, then the file given by `--config`, then `ONAIR__*` variables.
+//!
+//! The built-in defaults are `config/default.toml`, compiled in, so every setting and its default
+//! is written down in one place. Layers are merged by the `config` crate, then each module parses
+//! its own section through a [`Section`], which records every problem instead of stopping at the
+//! first: an operator fixing a config file sees all of them at once, each with where the value came
+//! from, the key path and the reason. Unknown keys are problems too, so typos do not pass silently.
+//!
+//! Secrets are never read from the config file: a secret comes from an environment variable
+//! (`ONAIR__MEDIA__CLIENT_SECRET`) or from a file named by `<key>_file`, resolved against systemd's
+//! `$CREDENTIALS_DIRECTORY` when relative. Values are wrapped in `SecretString` so that `Debug`
+//! redacts them, and no problem message ever contains one.
+//!
+//! This is the only module that reads the process environment (STYLE G2).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+/// Exit status for invalid settings (`EX_CONFIG` from sysexits.h); systemd units use
+/// `RestartPreventExitStatus=78` so that a broken config does not loop.
+pub const EXIT_CODE: i32 = 78;
+
+/// The compiled-in defaults.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// The prefix of the environment variables that override settings.
+pub const ENV_PREFIX: &str = "ONAIR";
+
+/// Every setting onair has, typed per module.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[shutdown]`
+    pub shutdown: crate::shutdown::Settings,
+    /// `[media]`
+    pub media: crate::media::Settings,
+    /// `[emulator]`
+    pub emulator: crate::emulator::Settings,
+}
+
+/// Where settings come from.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    /// The config file, if one was given.
+    pub file: Option<PathBuf>,
+    /// The environment: `ONAIR__*` variables and `CREDENTIALS_DIRECTORY` are used, the rest is ignored.
+    pub env: HashMap<String, String>,
+}
+
+impl Source {
+    /// The config file `file` and the environment of this process.
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        Self { file, env: std::env::vars().collect() }
+    }
+}
+
+/// Settings that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// One or more problems, all of them.
+    #[error("{0}")]
+    Invalid(Problems),
+}
+
+/// The problems found in one load, in the order they were found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+/// One problem: where the value came from, its key path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file path, `environment variable ONAIR__…`, or `built-in default`.
+    pub origin: String,
+    /// The dotted key path, for example `media.arm_url`.
+    pub key: String,
+    /// What is wrong, without a trailing period.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.origin, self.key, self.reason)
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.0.len();
+        write!(f, "invalid settings ({count} problem{})", if count == 1 { "" } else { "s" })?;
+        for problem in &self.0 {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Problems {
+    /// Whether nothing is wrong.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Loads, merges and validates every layer; returns all problems at once.
+pub fn load(source: &Source) -> Result<Settings, Error> {
+    let layers = Layers::read(source)?;
+    let context = Context { layers, problems: RefCell::new(Vec::new()) };
+    let settings = {
+        let mut root = context.root();
+        let shutdown = crate::shutdown::Settings::parse(&mut root.section("shutdown"));
+        let media = crate::media::Settings::parse(&mut root.section("media"));
+        let emulator = crate::emulator::Settings::parse(&mut root.section("emulator"));
+        Settings { shutdown, media, emulator }
+    };
+    let problems = context.problems.into_inner();
+    if problems.is_empty() { Ok(settings) } else { Err(Error::Invalid(Problems(problems))) }
+}
+
+// === impl Layers ===
+
+/// Each layer on its own (to tell where a value came from) and the merge of all three.
+#[derive(Debug)]
+struct Layers {
+    merged: Value,
+    file: Option<(PathBuf, Value)>,
+    env: Value,
+    credentials_directory: Option<PathBuf>,
+}
+
+impl Layers {
+    fn read(source: &Source) -> Result<Self, Error> {
+        let fail = |origin: String, reason: String| {
+            Error::Invalid(Problems(vec![Problem { origin, key: "(file)".into(), reason }]))
+        };
+        let defaults = config::File::from_str(DEFAULTS, config::FileFormat::Toml);
+        let file = source
+            .file
+            .as_ref()
+            .map(|path| config::File::from(path.as_path()).format(config::FileFormat::Toml).required(true));
+        let env_vars: config::Map<String, String> = source
+            .env
+            .iter()
+            .filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}__")))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        let environment = || {
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(env_vars.clone()))
+        };
+
+        let mut builder = config::Config::builder().add_source(defaults.clone());
+        if let Some(file) = &file {
+            builder = builder.add_source(file.clone());
+        }
+        let merged =
+            builder.add_source(environment()).build().and_then(|config| config.try_deserialize::<Value>()).map_err(
+                |error| {
+                    let origin = source.file.as_ref().map_or("settings".to_string(), |path| path.display().to_string());
+                    fail(origin, error.to_string())
+                },
+            )?;
+        let file = match (&source.file, file) {
+            (Some(path), Some(file)) => {
+                let value = config::Config::builder()
+                    .add_source(file)
+                    .build()
+                    .and_then(|config| config.try_deserialize::<Value>())
+                    .map_err(|error| fail(path.display().to_string(), error.to_string()))?;
+                Some((path.clone(), value))
+            }
+            _ => None,
+        };
+        let env = config::Config::builder()
+            .add_source(environment())
+            .build()
+            .and_then(|config| config.try_deserialize::<Value>())
+            .map_err(|error| fail("environment".into(), error.to_string()))?;
+        let credentials_directory = source.env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        Ok(Self { merged, file, env, credentials_directory })
+    }
+
+    /// Where the value at `key` (dotted) came from.
+    fn origin(&self, key: &str) -> String {
+        if lookup(&self.env, key).is_some() {
+            let variable = key.split('.').map(str::to_uppercase).collect::<Vec<_>>().join("__");
+            return format!("environment variable {ENV_PREFIX}__{variable}");
+        }
+        if let Some((path, value)) = &self.file {
+            if lookup(value, key).is_some() {
+                return path.display().to_string();
+            }
+        }
+        "built-in default".into()
+    }
+
+    fn in_file(&self, key: &str) -> Option<&Path> {
+        self.file.as_ref().filter(|(_, value)| lookup(value, key).is_some()).map(|(path, _)| path.as_path())
+    }
+}
+
+fn lookup<'v>(value: &'v Value, dotted: &str) -> Option<&'v Value> {
+    dotted.split('.').try_fold(value, |value, key| value.get(key))
+}
+
+// === impl Section ===
+
+#[derive(Debug)]
+struct Context {
+    layers: Layers,
+    problems: RefCell<Vec<Problem>>,
+}
+
+impl Context {
+    fn root(&self) -> Section<'_> {
+        let map = self.layers.merged.as_object().cloned().unwrap_or_default();
+        Section { context: self, path: String::new(), map }
+    }
+}
+
+/// One table of the merged settings, handed to the module that owns it.
+///
+/// Reading a key removes it; whatever is left when the section is dropped is reported as unknown.
+/// A value that cannot be used is reported and replaced by `T::default()`, so parsing goes on and
+/// finds the other problems too; `load` then discards the settings.
+#[derive(Debug)]
+pub struct Section<'a> {
+    context: &'a Context,
+    path: String,
+    map: Map<String, Value>,
+}
+
+impl<'a> Section<'a> {
+    /// The nested table `key`.
+    pub fn section(&mut self, key: &str) -> Section<'a> {
+        let path = self.key_path(key);
+        let map = match self.map.remove(key) {
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                self.problem_at(&path, format!("expected a table, found {}", kind(&other)));
+                Map::new()
+            }
+            None => Map::new(),
+        };
+        Section { context: self.context, path, map }
+    }
+
+    /// The value at `key`, which the built-in defaults always provide.
+    pub fn value<T: DeserializeOwned + Default>(&mut self, key: &str) -> T {
+        match self.optional(key) {
+            Some(value) => value,
+            None => {
+                if !self.has_problem(key) {
+                    self.problem(key, "missing");
+                }
+                T::default()
+            }
+        }
+    }
+
+    /// The value at `key`, or `None` when it is absent or an empty string.
+    pub fn optional<T: DeserializeOwned>(&mut self, key: &str) -> Option<T> {
+        let value = self.map.remove(key)?;
+        if value.as_str().is_some_and(str::is_empty) {
+            return None;
+        }
+        match decode::<T>(&value) {
+            Ok(decoded) => Some(decoded),
+            Err(reason) => {
+                self.problem(key, reason);
+                None
+            }
+        }
+    }
+
+    /// A duration written the humantime way: `"30s"`, `"5m"`, `"1h 30m"`, `"250ms"`.
+    pub fn duration(&mut self, key: &str) -> Duration {
+        let text: String = self.value(key);
+        if text.is_empty() {
+            return Duration::ZERO;
+        }
+        match humantime::parse_duration(&text) {
+            Ok(duration) => duration,
+            Err(error) => {
+                self.problem(
+                    key,
+                    format!("invalid duration {text:?} ({error}); write it like \"30s\", \"5m\" or \"250ms\""),
+                );
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// An absolute `http` or `https` URL, or `None` when absent.
+    pub fn url(&mut self, key: &str) -> Option<url::Url> {
+        let text: String = self.optional(key)?;
+        match url::Url::parse(&text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+            Ok(url) => {
+                self.problem(key, format!("unsupported URL scheme {:?}; use http or https", url.scheme()));
+                None
+            }
+            Err(error) => {
+                self.problem(key, format!("invalid URL {text:?} ({error})"));
+                None
+            }
+        }
+    }
+
+    /// A secret: from the environment variable for `key`, or from the file named by `<key>_file`.
+    ///
+    /// A secret written into the config file itself is refused, and so is setting both.
+    pub fn secret(&mut self, key: &str) -> Option<SecretString> {
+        let file_key = format!("{key}_file");
+        let path = self.key_path(key);
+        let inline = self.map.remove(key);
+        let file: Option<PathBuf> = self.optional(&file_key);
+        if let Some(config_file) = self.context.layers.in_file(&path) {
+            let variable = path.split('.').map(str::to_uppercase).collect::<Vec<_>>().join("__");
+            self.problem_from(
+                config_file.display().to_string(),
+                &path,
+                format!("secrets are not read from config files; set {file_key} or the environment variable {ENV_PREFIX}__{variable}"),
+            );
+            return None;
+        }
+        let inline = match inline {
+            Some(Value::String(text)) if !text.is_empty() => Some(text),
+            Some(Value::String(_)) | None => None,
+            Some(other) => {
+                self.problem(key, format!("expected a string, found {}", kind(&other)));
+                None
+            }
+        };
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                self.problem(key, format!("set either {key} or {file_key}, not both"));
+                None
+            }
+            (Some(text), None) => Some(SecretString::from(text)),
+            (None, Some(file)) => {
+                let resolved = match &self.context.layers.credentials_directory {
+                    Some(directory) if file.is_relative() => directory.join(&file),
+                    _ => file,
+                };
+                match std::fs::read_to_string(&resolved) {
+                    Ok(text) => {
+                        let trimmed = text.trim_end_matches(['\n', '\r']);
+                        if trimmed.is_empty() {
+                            self.problem(&file_key, format!("{} is empty", resolved.display()));
+                            None
+                        } else {
+                            Some(SecretString::from(trimmed.to_string()))
+                        }
+                    }
+                    Err(error) => {
+                        self.problem(&file_key, format!("cannot read {} ({error})", resolved.display()));
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// Records `reason` against `key` unless `ok`, or unless the value was already found unusable.
+    pub fn check(&mut self, key: &str, ok: bool, reason: &str) {
+        if !ok && !self.has_problem(key) {
+            self.problem(key, reason);
+        }
+    }
+
+    /// Records a problem with `key` of this section.
+    pub fn problem(&self, key: &str, reason: impl Into<String>) {
+        let path = self.key_path(key);
+        self.problem_at(&path, reason);
+    }
+
+    fn problem_at(&self, path: &str, reason: impl Into<String>) {
+        let origin = self.context.layers.origin(path);
+        self.problem_from(origin, path, reason);
+    }
+
+    fn problem_from(&self, origin: String, path: &str, reason: impl Into<String>) {
+        self.context.problems.borrow_mut().push(Problem { origin, key: path.to_string(), reason: reason.into() });
+    }
+
+    fn has_problem(&self, key: &str) -> bool {
+        let path = self.key_path(key);
+        self.context.problems.borrow().iter().any(|problem| problem.key == path)
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
+    }
+}
+
+impl Drop for Section<'_> {
+    fn drop(&mut self) {
+        let unknown: Vec<String> = self.map.keys().cloned().collect();
+        for key in unknown {
+            self.problem(&key, "unknown setting (see docs/configuration.md for the list)");
+        }
+    }
+}
+
+/// Decodes a settings value, accepting the strings that environment variables produce
+/// (`"5"` for a number, `"true"` for a boolean) and numbers where strings are expected.
+fn decode<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
+    match serde_json::from_value::<T>(value.clone()) {
+        Ok(decoded) => Ok(decoded),
+        Err(first) => {
+            let retry = match value {
+                Value::String(text) => serde_json::from_str::<Value>(text).ok(),
+                Value::Number(_) | Value::Bool(_) => Some(Value::String(value.to_string())),
+                _ => None,
+            };
+            retry
+                .and_then(|retry| serde_json::from_value::<T>(retry).ok())
+                .ok_or_else(|| format!("invalid value {}: {first}", preview(value)))
+        }
+    }
+}
+
+fn preview(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 60 { format!("{}…", text.chars().take(60).collect::<String>()) } else { text }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a table",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::io::Write;
+
+    fn source(file: Option<&str>, env: &[(&str, &str)]) -> (Source, Option<tempfile::NamedTempFile>) {
+        let temp = file.map(|text| {
+            let mut temp = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+            temp.write_all(text.as_bytes()).unwrap();
+            temp
+        });
+        let source = Source {
+            file: temp.as_ref().map(|temp| temp.path().to_path_buf()),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        (source, temp)
+    }
+
+    fn problems(result: Result<Settings, Error>) -> Vec<Problem> {
+        match result {
+            Ok(_) => panic!("expected problems"),
+            Err(Error::Invalid(problems)) => problems.0,
+        }
+    }
+
+    #[test]
+    fn built_in_defaults_are_valid() {
+        let settings = load(&Source::default()).expect("defaults load");
+        assert_eq!(settings.shutdown.grace, Duration::from_secs(10));
+        assert_eq!(settings.media.arm_url.as_str(), "https://management.azure.com/");
+        assert_eq!(settings.emulator.listen.to_string(), "127.0.0.1:8700");
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let (source, _file) = source(
+            Some("[shutdown]\ngrace = \"3s\"\n[media]\naccount = \"from-file\"\nmax_attempts = 4\n"),
+            &[("ONAIR__MEDIA__ACCOUNT", "from-env"), ("ONAIR__MEDIA__MAX_ATTEMPTS", "7"), ("UNRELATED", "x")],
+        );
+        let settings = load(&source).unwrap();
+        assert_eq!(settings.shutdown.grace, Duration::from_secs(3));
+        assert_eq!(settings.media.account.as_deref(), Some("from-env"));
+        assert_eq!(settings.media.retry.max_attempts, 7);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_origin_key_and_reason() {
+        let (source, file) = source(
+            Some("[shutdown]\ngrace = \"soon\"\n[media]\narm_url = \"not a url\"\narm_ulr = \"typo\"\n"),
+            &[("ONAIR__EMULATOR__LISTEN", "nowhere")],
+        );
+        let path = file.as_ref().unwrap().path().display().to_string();
+        let found = problems(load(&source));
+        let rendered: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(found.len(), 4, "{rendered:#?}");
+        assert!(
+            rendered.iter().any(|p| p.starts_with(&format!("{path}: shutdown.grace: invalid duration"))),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered.iter().any(|p| p.starts_with(&format!("{path}: media.arm_url: invalid URL"))),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered.iter().any(|p| p.starts_with(&format!("{path}: media.arm_ulr: unknown setting"))),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered.iter().any(|p| p.starts_with("environment variable ONAIR__EMULATOR__LISTEN: emulator.listen:")),
+            "{rendered:#?}"
+        );
+    }
+
+    #[test]
+    fn secrets_in_the_config_file_are_refused_and_not_echoed() {
+        let (source, _file) = source(Some("[media]\nclient_secret = \"hunter2\"\n"), &[]);
+        let found = problems(load(&source));
+        assert_eq!(found.len(), 1);
+        assert!(found[0].reason.contains("secrets are not read from config files"));
+        assert!(!found.iter().any(|p| p.to_string().contains("hunter2")));
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_a_credentials_file() {
+        let (source, _file) = source(None, &[("ONAIR__MEDIA__CLIENT_SECRET", "s3cret")]);
+        let settings = load(&source).unwrap();
+        assert_eq!(settings.media.client_secret.as_ref().unwrap().expose_secret(), "s3cret");
+        assert!(!format!("{settings:?}").contains("s3cret"));
+
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::write(directory.path().join("media-secret"), "from-credential\n").unwrap();
+        let credentials = directory.path().display().to_string();
+        let (source, _file) = source_with_env(&[
+            ("CREDENTIALS_DIRECTORY", credentials.as_str()),
+            ("ONAIR__MEDIA__CLIENT_SECRET_FILE", "media-secret"),
+        ]);
+        let settings = load(&source).unwrap();
+        assert_eq!(settings.media.client_secret.as_ref().unwrap().expose_secret(), "from-credential");
+    }
+
+    fn source_with_env(env: &[(&str, &str)]) -> (Source, Option<tempfile::NamedTempFile>) {
+        source(None, env)
+    }
+
+    #[test]
+    fn an_unreadable_secret_file_is_a_problem() {
+        let (source, _file) = source(None, &[("ONAIR__MEDIA__CLIENT_SECRET_FILE", "/nonexistent/secret")]);
+        let found = problems(load(&source));
+        assert_eq!(found[0].key, "media.client_secret_file");
+        assert!(found[0].reason.starts_with("cannot read /nonexistent/secret"));
+    }
+
+    #[test]
+    fn a_missing_or_malformed_file_is_a_problem_not_a_panic() {
+        let missing = Source { file: Some("/nonexistent/onair.toml".into()), env: HashMap::new() };
+        assert_eq!(problems(load(&missing)).len(), 1);
+        let (malformed, _file) = source(Some("[media\narm_url = 1"), &[]);
+        assert_eq!(problems(load(&malformed)).len(), 1);
+    }
+}

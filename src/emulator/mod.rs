@@ -1,0 +1,691 @@
+//! `onair emulator`: an HTTP server that behaves like the Media Services v3 API (live streaming).
+//!
+//! - `arm`: the request pipeline (auth, faults, routing, `api-version`), ARM errors and paging.
+//! - `live`, `endpoints`, `publish`: the service's rules per resource family; `operations` the
+//!   long-running operation records they share.
+//! - `state`: accounts, resources, transient states and long-running operations.
+//! - `faults`: throttling, server errors, latency, dropped responses and failed operations.
+//!
+//! Besides ARM it serves an Azure AD v2-style token endpoint (`POST /{tenant}/oauth2/v2.0/token`)
+//! and, under `/_emulator/`, the request log, reset, fault settings and a state dump for tests.
+//! State lives in memory, optionally loaded from and saved to a JSON snapshot.
+//!
+//! The server runs its own accept loop (hyper) rather than `axum::serve` so that a fault can close
+//! a connection without answering: a write applied but whose response is lost.
+
+mod arm;
+mod endpoints;
+mod faults;
+mod live;
+mod operations;
+mod publish;
+mod state;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use faults::Faults;
+
+use crate::clock::{SharedClock, arm_timestamp};
+use arm::{ArmError, ArmRequest, Reply};
+use state::{Env, World};
+
+/// The client secret the emulator accepts when none is configured; a well-known development
+/// value, like Azurite's account key.
+pub const DEFAULT_CLIENT_SECRET: &str = "onair-emulator-secret";
+
+/// `[emulator]` settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// The client id the token endpoint accepts.
+    pub client_id: String,
+    /// The client secret the token endpoint accepts; redacted in `Debug`.
+    pub client_secret: SecretString,
+    /// Lifetime of issued tokens.
+    pub token_ttl: Duration,
+    /// Duration of each transient state.
+    pub transition: Duration,
+    /// Seed of the fault generator.
+    pub seed: u64,
+    /// JSON snapshot loaded at start and saved on shutdown.
+    pub snapshot: Option<PathBuf>,
+    /// Items per list page.
+    pub page_size: usize,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Requests kept in the log.
+    pub request_log_limit: usize,
+    /// Per-account quotas.
+    pub quotas: Quotas,
+    /// Faults at start.
+    pub faults: Faults,
+}
+
+/// Per-account quotas (the service's defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quotas {
+    pub live_events: usize,
+    pub live_outputs_per_live_event: usize,
+    pub streaming_endpoints: usize,
+}
+
+impl Default for Settings {
+    /// The built-in defaults (`config/default.toml`), for tests and embedding.
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
+            client_id: "onair-emulator".into(),
+            client_secret: SecretString::from(DEFAULT_CLIENT_SECRET),
+            token_ttl: Duration::from_secs(3600),
+            transition: Duration::ZERO,
+            seed: 0,
+            snapshot: None,
+            page_size: 1000,
+            max_body_bytes: 1 << 20,
+            request_log_limit: 100_000,
+            quotas: Quotas { live_events: 5, live_outputs_per_live_event: 3, streaming_endpoints: 2 },
+            faults: Faults::default(),
+        }
+    }
+}
+
+impl Settings {
+    pub(crate) fn parse(section: &mut crate::config::Section<'_>) -> Self {
+        let listen_text: String = section.value("listen");
+        let listen = match listen_text.parse() {
+            Ok(listen) => listen,
+            Err(_) => {
+                section.problem("listen", format!("expected an address like 127.0.0.1:8700, not {listen_text:?}"));
+                SocketAddr::from(([127, 0, 0, 1], 8700))
+            }
+        };
+        let mut quotas_section = section.section("quotas");
+        let quotas = Quotas {
+            live_events: quotas_section.value("live_events"),
+            live_outputs_per_live_event: quotas_section.value("live_outputs_per_live_event"),
+            streaming_endpoints: quotas_section.value("streaming_endpoints"),
+        };
+        drop(quotas_section);
+        let mut faults_section = section.section("faults");
+        let faults = Faults {
+            throttle_rate: faults_section.value("throttle_rate"),
+            retry_after_secs: faults_section.duration("retry_after").as_secs(),
+            error_rate: faults_section.value("error_rate"),
+            latency_ms: u64::try_from(faults_section.duration("latency").as_millis()).unwrap_or(u64::MAX),
+            drop_rate: faults_section.value("drop_rate"),
+            lro_failure_rate: faults_section.value("lro_failure_rate"),
+            lro_failure_code: faults_section.value("lro_failure_code"),
+            lro_fail_next: 0,
+        };
+        for problem in faults.problems() {
+            let key = problem.split_whitespace().next().unwrap_or("faults").to_string();
+            faults_section.problem(&key, problem);
+        }
+        drop(faults_section);
+        let settings = Self {
+            listen,
+            client_id: section.value("client_id"),
+            client_secret: section.secret("client_secret").unwrap_or_else(|| SecretString::from(DEFAULT_CLIENT_SECRET)),
+            token_ttl: section.duration("token_ttl"),
+            transition: section.duration("transition"),
+            seed: section.value("seed"),
+            snapshot: section.optional("snapshot"),
+            page_size: section.value("page_size"),
+            max_body_bytes: section.value("max_body_bytes"),
+            request_log_limit: section.value("request_log_limit"),
+            quotas,
+            faults,
+        };
+        section.check("token_ttl", settings.token_ttl >= Duration::from_secs(1), "must be at least 1s");
+        section.check("page_size", settings.page_size >= 1, "must be at least 1");
+        section.check("max_body_bytes", settings.max_body_bytes >= 1024, "must be at least 1024");
+        section.check("client_id", !settings.client_id.is_empty(), "must not be empty");
+        settings
+    }
+}
+
+/// Failures of the emulator as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The snapshot could not be read or written.
+    #[error("snapshot {path}: {reason}")]
+    Snapshot { path: PathBuf, reason: String },
+}
+
+/// One logged request, as `/_emulator/requests` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedRequest {
+    /// Order of arrival, from 1.
+    pub seq: u64,
+    /// Milliseconds since the emulator started, when the request arrived.
+    pub at_ms: u64,
+    pub method: String,
+    pub path: String,
+    /// The raw query string.
+    pub query: String,
+    /// The JSON body, if it was JSON (token requests are not logged with their body).
+    pub body: Option<Value>,
+    /// The status answered, or that would have been answered when the response was dropped.
+    pub status: u16,
+    /// `throttled`, `error`, `dropped`, or `null`.
+    pub fault: Option<String>,
+    /// The `Retry-After` sent, in seconds.
+    pub retry_after: Option<u64>,
+}
+
+/// The emulator: settings, world, request log and token table, shared by all connections.
+#[derive(Debug, Clone)]
+pub struct Emulator {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: Settings,
+    clock: SharedClock,
+    started: Instant,
+    world: Mutex<World>,
+    log: Mutex<RequestLog>,
+    /// Issued bearer tokens and when they expire.
+    tokens: Mutex<HashMap<String, Instant>>,
+}
+
+#[derive(Debug, Default)]
+struct RequestLog {
+    next_seq: u64,
+    entries: VecDeque<LoggedRequest>,
+}
+
+impl Emulator {
+    /// A fresh emulator; no account exists until a path names it.
+    pub fn new(settings: Settings, clock: SharedClock) -> Self {
+        let world = World::new(faults::FaultState::new(settings.faults.clone(), settings.seed));
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                clock,
+                started: Instant::now(),
+                world: Mutex::new(world),
+                log: Mutex::new(RequestLog { next_seq: 1, entries: VecDeque::new() }),
+                tokens: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The settings it was started with.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The logged requests, oldest first.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        lock(&self.inner.log).entries.iter().cloned().collect()
+    }
+
+    /// The current fault settings.
+    pub fn faults(&self) -> Faults {
+        lock(&self.inner.world).faults.settings.clone()
+    }
+
+    /// Replaces the fault settings; returns the problems if they are invalid.
+    pub fn set_faults(&self, faults: Faults) -> Result<(), Vec<String>> {
+        let problems = faults.problems();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        lock(&self.inner.world).faults.settings = faults;
+        Ok(())
+    }
+
+    /// Forgets every account, operation and logged request; faults stay as they are.
+    pub fn reset(&self) {
+        let mut world = lock(&self.inner.world);
+        world.accounts.clear();
+        world.operations.clear();
+        drop(world);
+        let mut log = lock(&self.inner.log);
+        log.entries.clear();
+        log.next_seq = 1;
+    }
+
+    /// Loads accounts from a snapshot file.
+    pub fn load_snapshot(&self, path: &std::path::Path) -> Result<(), Error> {
+        let fail = |reason: String| Error::Snapshot { path: path.to_path_buf(), reason };
+        let text = std::fs::read_to_string(path).map_err(|error| fail(error.to_string()))?;
+        let accounts: Vec<state::Account> = serde_json::from_str(&text).map_err(|error| fail(error.to_string()))?;
+        let mut world = lock(&self.inner.world);
+        for account in accounts {
+            world.accounts.insert(account.id.key(), account);
+        }
+        Ok(())
+    }
+
+    /// Saves every account to a snapshot file, finishing what is in flight first.
+    pub fn save_snapshot(&self, path: &std::path::Path) -> Result<(), Error> {
+        let fail = |reason: String| Error::Snapshot { path: path.to_path_buf(), reason };
+        let text = {
+            let mut world = lock(&self.inner.world);
+            world.fast_forward(Instant::now());
+            let accounts: Vec<&state::Account> = world.accounts.values().collect();
+            serde_json::to_string_pretty(&accounts).map_err(|error| fail(error.to_string()))?
+        };
+        let temporary = path.with_extension("tmp");
+        std::fs::write(&temporary, text).map_err(|error| fail(error.to_string()))?;
+        std::fs::rename(&temporary, path).map_err(|error| fail(error.to_string()))
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .route("/_emulator/requests", get(list_requests).delete(clear_requests))
+            .route("/_emulator/reset", post(reset))
+            .route("/_emulator/faults", get(get_faults).put(put_faults))
+            .route("/_emulator/state", get(dump_state))
+            .fallback(handle_arm)
+            .with_state(self.clone())
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn record(&self, mut entry: LoggedRequest) {
+        tracing::debug!(method = %entry.method, path = %entry.path, status = entry.status, fault = ?entry.fault, "Request answered.");
+        let mut log = lock(&self.inner.log);
+        entry.seq = log.next_seq;
+        log.next_seq += 1;
+        log.entries.push_back(entry);
+        while log.entries.len() > self.inner.settings.request_log_limit {
+            log.entries.pop_front();
+        }
+    }
+}
+
+/// Binds `settings.listen`, serves until `shutdown`, and handles the snapshot.
+pub async fn run(settings: Settings, clock: SharedClock, shutdown: CancellationToken) -> Result<(), Error> {
+    let address = settings.listen;
+    let listener = TcpListener::bind(address).await.map_err(|source| Error::Bind { address, source })?;
+    let snapshot = settings.snapshot.clone();
+    let emulator = Emulator::new(settings, clock);
+    if let Some(path) = &snapshot {
+        if path.exists() {
+            emulator.load_snapshot(path)?;
+            tracing::info!(path = %path.display(), "Snapshot loaded.");
+        }
+    }
+    tracing::info!(address = %listener.local_addr().unwrap_or(address), "Emulator listening.");
+    serve(listener, emulator.clone(), shutdown).await;
+    if let Some(path) = &snapshot {
+        emulator.save_snapshot(path)?;
+        tracing::info!(path = %path.display(), "Snapshot saved.");
+    }
+    Ok(())
+}
+
+/// Serves `emulator` on `listener` until `shutdown` is cancelled; open connections finish their
+/// current request (graceful), for at most five seconds.
+pub async fn serve(listener: TcpListener, emulator: Emulator, shutdown: CancellationToken) {
+    let router = emulator.router();
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let kill = Arc::new(Notify::new());
+        let service = {
+            let kill = Arc::clone(&kill);
+            let router = router.clone();
+            hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(DropConnection(Arc::clone(&kill)));
+                let router = router.clone();
+                async move { tower::ServiceExt::oneshot(router, request.map(Body::new)).await }
+            })
+        };
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                // Dropping the connection future closes the socket without a response.
+                _ = kill.notified() => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
+}
+
+/// Lets a handler close its connection without answering.
+#[derive(Debug, Clone)]
+struct DropConnection(Arc<Notify>);
+
+// === ARM ===
+
+async fn handle_arm(State(emulator): State<Emulator>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let received_ms = emulator.elapsed_ms();
+    let settings = &emulator.inner.settings;
+    let path = parts.uri.path().to_string();
+    let raw_query = parts.uri.query().unwrap_or_default().to_string();
+    let mut entry = LoggedRequest {
+        seq: 0,
+        at_ms: received_ms,
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query: raw_query.clone(),
+        body: None,
+        status: 0,
+        fault: None,
+        retry_after: None,
+    };
+    let body = match axum::body::to_bytes(body, settings.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let error = ArmError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestBodyTooLarge",
+                format!("The request body is larger than {} bytes.", settings.max_body_bytes),
+            );
+            return finish(&emulator, entry, Err(error));
+        }
+    };
+    entry.body = serde_json::from_slice(&body).ok();
+    let now = Instant::now();
+    let authorized =
+        arm::bearer(&parts.headers).map(|token| lock(&emulator.inner.tokens).get(token).map(|expires| *expires > now));
+    match authorized {
+        Some(Some(true)) => {}
+        Some(Some(false)) => {
+            let error =
+                ArmError::new(StatusCode::UNAUTHORIZED, "ExpiredAuthenticationToken", "The access token has expired.");
+            return finish(&emulator, entry, Err(error));
+        }
+        Some(None) => {
+            let error =
+                ArmError::new(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "The access token is invalid.");
+            return finish(&emulator, entry, Err(error));
+        }
+        None => {
+            let error = ArmError::new(
+                StatusCode::UNAUTHORIZED,
+                "AuthenticationFailed",
+                "Authentication failed. The 'Authorization' header is missing or is not a Bearer token.",
+            );
+            return finish(&emulator, entry, Err(error));
+        }
+    }
+    let (latency, verdict) = {
+        let mut world = lock(&emulator.inner.world);
+        (world.faults.latency(), world.faults.verdict())
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match verdict {
+        faults::Verdict::Pass => {}
+        faults::Verdict::Throttle(seconds) => {
+            entry.fault = Some("throttled".into());
+            entry.retry_after = Some(seconds);
+            let error = ArmError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "The request was throttled (injected by the emulator); retry after the time in Retry-After.",
+            );
+            let reply = Err(error);
+            let mut response = finish(&emulator, entry, reply);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+        faults::Verdict::Fail(status) => {
+            entry.fault = Some("error".into());
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let code =
+                if status == StatusCode::SERVICE_UNAVAILABLE { "ServiceUnavailable" } else { "InternalServerError" };
+            let error =
+                ArmError::new(status, code, "The server could not handle the request (injected by the emulator).");
+            return finish(&emulator, entry, Err(error));
+        }
+    }
+    let Some((account_id, route)) = arm::parse_path(&path) else {
+        let error = ArmError::new(
+            StatusCode::NOT_FOUND,
+            "InvalidResourceType",
+            "The resource type could not be found in the namespace 'Microsoft.Media'.",
+        );
+        return finish(&emulator, entry, Err(error));
+    };
+    let query: HashMap<String, String> = url::form_urlencoded::parse(raw_query.as_bytes())
+        .map(|(key, value)| (key.to_lowercase(), value.into_owned()))
+        .collect();
+    if let Err(error) = arm::check_api_version(&route, &query) {
+        return finish(&emulator, entry, Err(error));
+    }
+    let request = ArmRequest { method: parts.method.clone(), account: account_id, route, query, body: &body };
+    let origin = match parts.headers.get(axum::http::header::HOST).and_then(|host| host.to_str().ok()) {
+        Some(host) => format!("http://{host}"),
+        None => format!("http://{}", settings.listen),
+    };
+    let (result, drop_response) = {
+        let wall = arm_timestamp(emulator.inner.clock.now());
+        let mut guard = lock(&emulator.inner.world);
+        let World { accounts, operations, faults } = &mut *guard;
+        let account = state::account(accounts, &request.account, &wall, &settings.client_id);
+        account.settle(now, &wall);
+        let mut env = Env { now, wall, settings, origin, operations, faults };
+        let result = arm::dispatch(account, &mut env, &request, &path);
+        let drop_response = result.is_ok() && arm::is_write(&parts.method, &request.route) && faults.drop_response();
+        (result, drop_response)
+    };
+    if drop_response {
+        entry.fault = Some("dropped".into());
+        entry.status = result.as_ref().map_or(0, |reply| reply.status.as_u16());
+        emulator.record(entry);
+        if let Some(DropConnection(kill)) = parts.extensions.get::<DropConnection>() {
+            kill.notify_one();
+            std::future::pending::<()>().await;
+        }
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    finish(&emulator, entry, result)
+}
+
+/// Logs the request with its outcome and renders the answer.
+fn finish(emulator: &Emulator, mut entry: LoggedRequest, result: Result<Reply, ArmError>) -> Response {
+    let reply = match result {
+        Ok(reply) => reply,
+        Err(error) => Reply::json(error.status, error.body()),
+    };
+    entry.status = reply.status.as_u16();
+    emulator.record(entry);
+    let mut response = match reply.body {
+        Some(body) => (reply.status, axum::Json(body)).into_response(),
+        None => reply.status.into_response(),
+    };
+    for (name, value) in reply.headers {
+        if let (Ok(name), Ok(value)) = (axum::http::HeaderName::try_from(name), HeaderValue::from_str(&value)) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    let request_id = uuid::Uuid::new_v4().to_string();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-ms-request-id", value.clone());
+        response.headers_mut().insert("x-ms-correlation-request-id", value);
+    }
+    response
+}
+
+// === Token endpoint ===
+
+#[derive(Debug, Deserialize)]
+struct TokenRequest {
+    grant_type: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    scope: Option<String>,
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token`, client-credentials grant, answered like Azure AD v2.
+async fn token(State(emulator): State<Emulator>, Path(tenant): Path<String>, request: Request) -> Response {
+    let at_ms = emulator.elapsed_ms();
+    let path = request.uri().path().to_string();
+    let body = axum::body::to_bytes(request.into_body(), 64 * 1024).await.unwrap_or_default();
+    let form: TokenRequest = match serde_urlencoded::from_bytes(&body) {
+        Ok(form) => form,
+        Err(_) => TokenRequest { grant_type: None, client_id: None, client_secret: None, scope: None },
+    };
+    let settings = &emulator.inner.settings;
+    let refuse = |status: StatusCode, error: &str, description: String| (status, error.to_string(), description);
+    let outcome = match (&form.grant_type, &form.client_id, &form.client_secret, &form.scope) {
+        (Some(grant), _, _, _) if grant != "client_credentials" => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            format!("AADSTS70003: The grant type '{grant}' is not supported; use client_credentials."),
+        )),
+        (None, _, _, _) | (_, None, _, _) | (_, _, None, _) | (_, _, _, None) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "AADSTS900144: The request body must contain grant_type, client_id, client_secret and scope.".into(),
+        )),
+        (_, Some(id), Some(secret), _)
+            if *id != settings.client_id || secret != settings.client_secret.expose_secret() =>
+        {
+            Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret provided, or unknown client id.".into(),
+            ))
+        }
+        _ => Ok(()),
+    };
+    let (status, body) = match outcome {
+        Ok(()) => {
+            let value = format!("emu.{}", uuid::Uuid::new_v4().simple());
+            let expires_in = settings.token_ttl.as_secs();
+            let mut tokens = lock(&emulator.inner.tokens);
+            let now = Instant::now();
+            tokens.retain(|_, expires| *expires > now);
+            tokens.insert(value.clone(), now + settings.token_ttl);
+            (
+                StatusCode::OK,
+                json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": value}),
+            )
+        }
+        Err((status, error, description)) => {
+            (status, json!({"error": error, "error_description": description, "error_codes": [], "trace_id": tenant}))
+        }
+    };
+    emulator.record(LoggedRequest {
+        seq: 0,
+        at_ms,
+        method: "POST".into(),
+        path,
+        query: String::new(),
+        body: None,
+        status: status.as_u16(),
+        fault: None,
+        retry_after: None,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+// === /_emulator ===
+
+#[derive(Debug, Deserialize)]
+struct Since {
+    since: Option<u64>,
+}
+
+async fn list_requests(State(emulator): State<Emulator>, Query(since): Query<Since>) -> Response {
+    let after = since.since.unwrap_or(0);
+    let entries: Vec<LoggedRequest> = emulator.requests().into_iter().filter(|entry| entry.seq > after).collect();
+    axum::Json(entries).into_response()
+}
+
+async fn clear_requests(State(emulator): State<Emulator>) -> StatusCode {
+    lock(&emulator.inner.log).entries.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn reset(State(emulator): State<Emulator>) -> StatusCode {
+    emulator.reset();
+    StatusCode::NO_CONTENT
+}
+
+async fn get_faults(State(emulator): State<Emulator>) -> Response {
+    axum::Json(emulator.faults()).into_response()
+}
+
+async fn put_faults(State(emulator): State<Emulator>, body: axum::body::Bytes) -> Response {
+    let faults: Faults = match serde_json::from_slice(&body) {
+        Ok(faults) => faults,
+        Err(error) => {
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": error.to_string()}))).into_response();
+        }
+    };
+    match emulator.set_faults(faults) {
+        Ok(()) => axum::Json(emulator.faults()).into_response(),
+        Err(problems) => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": problems.join("; ")}))).into_response(),
+    }
+}
+
+async fn dump_state(State(emulator): State<Emulator>) -> Response {
+    let mut world = lock(&emulator.inner.world);
+    let now = Instant::now();
+    for account in world.accounts.values_mut() {
+        account.settle(now, "");
+    }
+    let accounts: Vec<&state::Account> = world.accounts.values().collect();
+    let body = serde_json::to_value(accounts).unwrap_or(Value::Null);
+    drop(world);
+    axum::Json(body).into_response()
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: the emulator's
+/// state stays usable, and each handler leaves it consistent before it could panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,484 @@
+//! Assets, streaming locators, streaming policies and content key policies: the synchronous
+//! publishing resources.
+//!
+//! Rules kept: a locator needs an existing asset and policy and cannot be created twice; its paths
+//! are built from its GUID and the manifest name of the live output that recorded the asset, with
+//! the encryption scheme of its policy; an asset recorded by a live output cannot be deleted, and
+//! deleting an asset deletes its locators; a streaming policy in use, or predefined, cannot be
+//! deleted; content key policy secrets are blanked except through `getPolicyPropertiesWithSecrets`.
+
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use crate::media::model::{
+    Asset, ContentKeyPolicy, EnabledProtocols, ListContentKeysResponse, ListPathsResponse, METADATA_API_VERSION,
+    StreamingLocator, StreamingPath, StreamingPolicy,
+};
+
+use super::arm::{self, ArmError, ArmRequest, ArmResult, Reply};
+use super::state::{Account, AssetEntry, Env, PREDEFINED_POLICIES};
+
+/// Locators one asset may have (the service's default quota).
+const MAX_LOCATORS_PER_ASSET: usize = 100;
+/// Options one content key policy may have.
+const MAX_POLICY_OPTIONS: usize = 30;
+/// The end time the service gives a locator without one.
+const FOREVER: &str = "9999-12-31T23:59:59.9999999Z";
+
+// === Assets ===
+
+pub(crate) fn list_assets(account: &Account, request: &ArmRequest<'_>, env: &Env<'_>, path: &str) -> ArmResult {
+    let items = account.assets.iter().map(|(key, entry)| (key.clone(), entry.resource.clone())).collect();
+    arm::page(items, request, env, path)
+}
+
+pub(crate) fn get_asset(account: &Account, name: &str) -> ArmResult {
+    let entry =
+        account.assets.get(&name.to_lowercase()).ok_or_else(|| ArmError::not_found("assets", name, &account.id))?;
+    Ok(Reply::ok(&entry.resource))
+}
+
+/// `PUT` (create 201 or update 200) and `PATCH` (update 200).
+pub(crate) fn put_asset(account: &mut Account, env: &mut Env<'_>, name: &str, request: &ArmRequest<'_>) -> ArmResult {
+    arm::check_free_name("asset", name)?;
+    let body: Asset = request.json()?;
+    let update = body.properties;
+    if let Some(entry) = account.assets.get_mut(&name.to_lowercase()) {
+        let properties = &mut entry.resource.properties;
+        if update.description.is_some() {
+            properties.description = update.description;
+        }
+        if update.alternate_id.is_some() {
+            properties.alternate_id = update.alternate_id;
+        }
+        properties.last_modified = Some(env.wall.clone());
+        return Ok(Reply::ok(&entry.resource));
+    }
+    if request.method == axum::http::Method::PATCH {
+        return Err(ArmError::not_found("assets", name, &account.id));
+    }
+    let asset_id = uuid::Uuid::new_v4().to_string();
+    let mut properties = update;
+    properties.container = Some(properties.container.unwrap_or_else(|| format!("asset-{asset_id}")));
+    properties.asset_id = Some(asset_id);
+    properties.storage_account_name.get_or_insert_with(|| "onairemulator".into());
+    properties.storage_encryption_format = Some("None".into());
+    properties.created = Some(env.wall.clone());
+    properties.last_modified = Some(env.wall.clone());
+    let resource = Asset {
+        name: Some(name.to_string()),
+        id: Some(format!("{}/assets/{name}", account.id.base())),
+        kind: Some("Microsoft.Media/mediaservices/assets".into()),
+        properties,
+        system_data: Some(env.system_data(None)),
+        ..Default::default()
+    };
+    let reply = Reply::json(StatusCode::CREATED, &resource);
+    account.assets.insert(name.to_lowercase(), AssetEntry { resource, manifest_name: None });
+    Ok(reply)
+}
+
+pub(crate) fn delete_asset(account: &mut Account, name: &str) -> ArmResult {
+    let key = name.to_lowercase();
+    if !account.assets.contains_key(&key) {
+        return Ok(Reply::empty(StatusCode::NO_CONTENT));
+    }
+    let recording = account.live_events.values().flat_map(|entry| entry.outputs.values()).any(|output| {
+        output.resource.properties.asset_name.as_deref().map(str::to_lowercase).as_deref() == Some(key.as_str())
+    });
+    if recording {
+        return Err(ArmError::invalid_state(format!(
+            "The asset '{name}' is being recorded by a live output; delete the live output first."
+        )));
+    }
+    account.assets.remove(&key);
+    account.streaming_locators.retain(|_, locator| {
+        locator.properties.asset_name.as_deref().map(str::to_lowercase).as_deref() != Some(key.as_str())
+    });
+    Ok(Reply::empty(StatusCode::OK))
+}
+
+// === Streaming locators ===
+
+pub(crate) fn list_locators(account: &Account, request: &ArmRequest<'_>, env: &Env<'_>, path: &str) -> ArmResult {
+    let items = account.streaming_locators.iter().map(|(key, locator)| (key.clone(), locator.clone())).collect();
+    arm::page(items, request, env, path)
+}
+
+pub(crate) fn get_locator(account: &Account, name: &str) -> ArmResult {
+    let locator = account
+        .streaming_locators
+        .get(&name.to_lowercase())
+        .ok_or_else(|| ArmError::not_found("streamingLocators", name, &account.id))?;
+    Ok(Reply::ok(locator))
+}
+
+/// `PUT`: create only (201); an existing name is a 409.
+pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, request: &ArmRequest<'_>) -> ArmResult {
+    arm::check_free_name("streaming locator", name)?;
+    let body: StreamingLocator = request.json()?;
+    if account.streaming_locators.contains_key(&name.to_lowercase()) {
+        return Err(ArmError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("A streaming locator named '{name}' already exists; streaming locators cannot be updated."),
+        ));
+    }
+    let mut properties = body.properties;
+    let asset = properties.asset_name.clone().unwrap_or_default();
+    let asset_key = asset.to_lowercase();
+    if asset.is_empty() || !account.assets.contains_key(&asset_key) {
+        return Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "AssetNotFound",
+            format!("The asset '{asset}' does not exist."),
+        ));
+    }
+    let policy = properties.streaming_policy_name.clone().unwrap_or_default();
+    if policy.is_empty() || !account.streaming_policies.contains_key(&policy.to_lowercase()) {
+        return Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "StreamingPolicyNotFound",
+            format!("The streaming policy '{policy}' does not exist."),
+        ));
+    }
+    let locators_of_asset = account
+        .streaming_locators
+        .values()
+        .filter(|locator| {
+            locator.properties.asset_name.as_deref().map(str::to_lowercase).as_deref() == Some(asset_key.as_str())
+        })
+        .count();
+    if locators_of_asset >= MAX_LOCATORS_PER_ASSET {
+        return Err(ArmError::quota(format!(
+            "The asset '{asset}' already has {MAX_LOCATORS_PER_ASSET} streaming locators."
+        )));
+    }
+    match &properties.streaming_locator_id {
+        Some(id) if uuid::Uuid::parse_str(id).is_err() => {
+            return Err(ArmError::bad_request("properties.streamingLocatorId must be a GUID."));
+        }
+        Some(_) => {}
+        None => properties.streaming_locator_id = Some(uuid::Uuid::new_v4().to_string()),
+    }
+    let taken = account
+        .streaming_locators
+        .values()
+        .any(|locator| locator.properties.streaming_locator_id == properties.streaming_locator_id);
+    if taken {
+        return Err(ArmError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "Another streaming locator has this streamingLocatorId.",
+        ));
+    }
+    properties.end_time.get_or_insert_with(|| FOREVER.into());
+    properties.content_keys.get_or_insert_with(Vec::new);
+    properties.created = Some(env.wall.clone());
+    let locator = StreamingLocator {
+        name: Some(name.to_string()),
+        id: Some(format!("{}/streamingLocators/{name}", account.id.base())),
+        kind: Some("Microsoft.Media/mediaservices/streamingLocators".into()),
+        properties,
+        system_data: Some(env.system_data(None)),
+        ..Default::default()
+    };
+    let reply = Reply::json(StatusCode::CREATED, &locator);
+    account.streaming_locators.insert(name.to_lowercase(), locator);
+    Ok(reply)
+}
+
+pub(crate) fn delete_locator(account: &mut Account, name: &str) -> ArmResult {
+    match account.streaming_locators.remove(&name.to_lowercase()) {
+        Some(_) => Ok(Reply::empty(StatusCode::OK)),
+        None => Ok(Reply::empty(StatusCode::NO_CONTENT)),
+    }
+}
+
+/// `POST listPaths` and `listContentKeys`.
+pub(crate) fn locator_action(account: &Account, name: &str, action: &str) -> ArmResult {
+    let locator = account
+        .streaming_locators
+        .get(&name.to_lowercase())
+        .ok_or_else(|| ArmError::not_found("streamingLocators", name, &account.id))?;
+    match action.to_lowercase().as_str() {
+        "listpaths" => Ok(Reply::ok(paths(account, locator))),
+        "listcontentkeys" => Ok(Reply::ok(ListContentKeysResponse {
+            content_keys: locator.properties.content_keys.clone().unwrap_or_default(),
+        })),
+        other => Err(unknown_action("streamingLocators", other)),
+    }
+}
+
+/// The streaming paths of a locator: one entry per enabled protocol of its policy's scheme.
+fn paths(account: &Account, locator: &StreamingLocator) -> ListPathsResponse {
+    let asset = locator.properties.asset_name.as_deref().unwrap_or_default().to_lowercase();
+    let manifest = account.assets.get(&asset).and_then(|entry| entry.manifest_name.clone());
+    let policy = locator
+        .properties
+        .streaming_policy_name
+        .as_deref()
+        .and_then(|name| account.streaming_policies.get(&name.to_lowercase()));
+    let (Some(manifest), Some(policy), Some(id)) = (manifest, policy, &locator.properties.streaming_locator_id) else {
+        return ListPathsResponse::default();
+    };
+    let base = format!("/{id}/{manifest}.ism/manifest");
+    let schemes: [(&str, Option<EnabledProtocols>); 4] = [
+        ("NoEncryption", policy.properties.no_encryption.as_ref().and_then(|scheme| scheme.enabled_protocols)),
+        (
+            "EnvelopeEncryption",
+            policy.properties.envelope_encryption.as_ref().and_then(|scheme| scheme.enabled_protocols),
+        ),
+        (
+            "CommonEncryptionCenc",
+            policy.properties.common_encryption_cenc.as_ref().and_then(|scheme| scheme.enabled_protocols),
+        ),
+        (
+            "CommonEncryptionCbcs",
+            policy.properties.common_encryption_cbcs.as_ref().and_then(|scheme| scheme.enabled_protocols),
+        ),
+    ];
+    let mut streaming_paths = Vec::new();
+    for (scheme, protocols) in schemes {
+        let Some(protocols) = protocols else { continue };
+        let mut add = |protocol: &str, paths: Vec<String>| {
+            streaming_paths.push(StreamingPath {
+                streaming_protocol: protocol.into(),
+                encryption_scheme: scheme.into(),
+                paths,
+            })
+        };
+        if protocols.hls {
+            add("Hls", vec![format!("{base}(format=m3u8-aapl)"), format!("{base}(format=m3u8-cmaf)")]);
+        }
+        if protocols.dash {
+            add("Dash", vec![format!("{base}(format=mpd-time-csf)"), format!("{base}(format=mpd-time-cmaf)")]);
+        }
+        if protocols.smooth_streaming {
+            add("SmoothStreaming", vec![base.clone()]);
+        }
+    }
+    ListPathsResponse { streaming_paths, download_paths: Vec::new() }
+}
+
+// === Streaming policies ===
+
+pub(crate) fn list_policies(account: &Account, request: &ArmRequest<'_>, env: &Env<'_>, path: &str) -> ArmResult {
+    let items = account.streaming_policies.iter().map(|(key, policy)| (key.clone(), policy.clone())).collect();
+    arm::page(items, request, env, path)
+}
+
+pub(crate) fn get_policy(account: &Account, name: &str) -> ArmResult {
+    let policy = account
+        .streaming_policies
+        .get(&name.to_lowercase())
+        .ok_or_else(|| ArmError::not_found("streamingPolicies", name, &account.id))?;
+    Ok(Reply::ok(policy))
+}
+
+/// `PUT`: create only (201).
+pub(crate) fn put_policy(account: &mut Account, env: &mut Env<'_>, name: &str, request: &ArmRequest<'_>) -> ArmResult {
+    arm::check_free_name("streaming policy", name)?;
+    let body: StreamingPolicy = request.json()?;
+    if account.streaming_policies.contains_key(&name.to_lowercase()) {
+        return Err(ArmError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("A streaming policy named '{name}' already exists; streaming policies cannot be updated."),
+        ));
+    }
+    let mut properties = body.properties;
+    let sections = [
+        properties.no_encryption.as_ref().map(|scheme| scheme.enabled_protocols),
+        properties.envelope_encryption.as_ref().map(|scheme| scheme.enabled_protocols),
+        properties.common_encryption_cenc.as_ref().map(|scheme| scheme.enabled_protocols),
+        properties.common_encryption_cbcs.as_ref().map(|scheme| scheme.enabled_protocols),
+    ];
+    if sections.iter().all(Option::is_none) {
+        return Err(ArmError::bad_request(
+            "A streaming policy needs one of noEncryption, envelopeEncryption, commonEncryptionCenc or commonEncryptionCbcs.",
+        ));
+    }
+    if sections.iter().flatten().any(Option::is_none) {
+        return Err(ArmError::bad_request(
+            "Every encryption section needs enabledProtocols {download, dash, hls, smoothStreaming}.",
+        ));
+    }
+    if let Some(default_policy) = &properties.default_content_key_policy_name {
+        if !account.content_key_policies.contains_key(&default_policy.to_lowercase()) {
+            return Err(ArmError::new(
+                StatusCode::BAD_REQUEST,
+                "ContentKeyPolicyNotFound",
+                format!("The content key policy '{default_policy}' does not exist."),
+            ));
+        }
+    }
+    properties.created = Some(env.wall.clone());
+    let policy = StreamingPolicy {
+        name: Some(name.to_string()),
+        id: Some(format!("{}/streamingPolicies/{name}", account.id.base())),
+        kind: Some("Microsoft.Media/mediaservices/streamingPolicies".into()),
+        properties,
+        system_data: Some(env.system_data(None)),
+        ..Default::default()
+    };
+    let reply = Reply::json(StatusCode::CREATED, &policy);
+    account.streaming_policies.insert(name.to_lowercase(), policy);
+    Ok(reply)
+}
+
+pub(crate) fn delete_policy(account: &mut Account, name: &str) -> ArmResult {
+    let key = name.to_lowercase();
+    if PREDEFINED_POLICIES.iter().any(|predefined| predefined.eq_ignore_ascii_case(name)) {
+        return Err(ArmError::bad_request(format!("The predefined streaming policy '{name}' cannot be deleted.")));
+    }
+    let in_use = account.streaming_locators.values().find(|locator| {
+        locator.properties.streaming_policy_name.as_deref().map(str::to_lowercase).as_deref() == Some(key.as_str())
+    });
+    if let Some(locator) = in_use {
+        return Err(ArmError::invalid_state(format!(
+            "The streaming policy '{name}' is used by the streaming locator '{}'.",
+            locator.name.as_deref().unwrap_or_default()
+        )));
+    }
+    match account.streaming_policies.remove(&key) {
+        Some(_) => Ok(Reply::empty(StatusCode::OK)),
+        None => Ok(Reply::empty(StatusCode::NO_CONTENT)),
+    }
+}
+
+// === Content key policies ===
+
+pub(crate) fn list_content_key_policies(
+    account: &Account,
+    request: &ArmRequest<'_>,
+    env: &Env<'_>,
+    path: &str,
+) -> ArmResult {
+    let items =
+        account.content_key_policies.iter().map(|(key, policy)| (key.clone(), without_secrets(policy))).collect();
+    arm::page(items, request, env, path)
+}
+
+pub(crate) fn get_content_key_policy(account: &Account, name: &str) -> ArmResult {
+    Ok(Reply::ok(without_secrets(find_content_key_policy(account, name)?)))
+}
+
+/// `PUT` (create 201 or replace 200) and `PATCH` (update 200).
+pub(crate) fn put_content_key_policy(
+    account: &mut Account,
+    env: &mut Env<'_>,
+    name: &str,
+    request: &ArmRequest<'_>,
+) -> ArmResult {
+    arm::check_free_name("content key policy", name)?;
+    let body: ContentKeyPolicy = request.json()?;
+    let mut properties = body.properties;
+    let existing = account.content_key_policies.get(&name.to_lowercase()).cloned();
+    let is_patch = request.method == axum::http::Method::PATCH;
+    if is_patch && existing.is_none() {
+        return Err(ArmError::not_found("contentKeyPolicies", name, &account.id));
+    }
+    if is_patch && properties.options.is_none() {
+        properties.options = existing.as_ref().and_then(|policy| policy.properties.options.clone());
+    }
+    let options = properties
+        .options
+        .as_mut()
+        .filter(|options| !options.is_empty())
+        .ok_or_else(|| ArmError::bad_request("properties.options must hold at least one option."))?;
+    if options.len() > MAX_POLICY_OPTIONS {
+        return Err(ArmError::quota(format!("A content key policy has at most {MAX_POLICY_OPTIONS} options.")));
+    }
+    for (index, option) in options.iter_mut().enumerate() {
+        for (field, value) in [("configuration", &option.configuration), ("restriction", &option.restriction)] {
+            let typed = value.as_ref().and_then(|value| value.get("@odata.type")).and_then(Value::as_str);
+            if !typed.is_some_and(|kind| kind.starts_with("#Microsoft.Media.ContentKeyPolicy")) {
+                return Err(ArmError::bad_request(format!(
+                    "properties.options[{index}].{field} needs an @odata.type such as #Microsoft.Media.ContentKeyPolicy…"
+                )));
+            }
+        }
+        option.policy_option_id.get_or_insert_with(|| uuid::Uuid::new_v4().to_string());
+    }
+    let created = existing.as_ref().and_then(|policy| policy.properties.created.clone());
+    properties.policy_id = existing
+        .as_ref()
+        .and_then(|policy| policy.properties.policy_id.clone())
+        .or_else(|| Some(uuid::Uuid::new_v4().to_string()));
+    if properties.description.is_none() {
+        properties.description = existing.as_ref().and_then(|policy| policy.properties.description.clone());
+    }
+    properties.created = Some(created.clone().unwrap_or_else(|| env.wall.clone()));
+    properties.last_modified = Some(env.wall.clone());
+    let policy = ContentKeyPolicy {
+        name: Some(name.to_string()),
+        id: Some(format!("{}/contentKeyPolicies/{name}", account.id.base())),
+        kind: Some("Microsoft.Media/mediaservices/contentKeyPolicies".into()),
+        properties,
+        system_data: Some(env.system_data(created.as_deref())),
+        ..Default::default()
+    };
+    let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    let reply = Reply::json(status, without_secrets(&policy));
+    account.content_key_policies.insert(name.to_lowercase(), policy);
+    Ok(reply)
+}
+
+pub(crate) fn delete_content_key_policy(account: &mut Account, name: &str) -> ArmResult {
+    match account.content_key_policies.remove(&name.to_lowercase()) {
+        Some(_) => Ok(Reply::empty(StatusCode::OK)),
+        None => Ok(Reply::empty(StatusCode::NO_CONTENT)),
+    }
+}
+
+/// `POST getPolicyPropertiesWithSecrets`.
+pub(crate) fn content_key_policy_action(account: &Account, name: &str, action: &str) -> ArmResult {
+    let policy = find_content_key_policy(account, name)?;
+    match action.to_lowercase().as_str() {
+        "getpolicypropertieswithsecrets" => Ok(Reply::ok(&policy.properties)),
+        other => Err(unknown_action("contentKeyPolicies", other)),
+    }
+}
+
+fn find_content_key_policy<'a>(account: &'a Account, name: &str) -> Result<&'a ContentKeyPolicy, ArmError> {
+    account
+        .content_key_policies
+        .get(&name.to_lowercase())
+        .ok_or_else(|| ArmError::not_found("contentKeyPolicies", name, &account.id))
+}
+
+/// The policy as GET shows it: key values, FairPlay secrets and certificates blanked.
+fn without_secrets(policy: &ContentKeyPolicy) -> ContentKeyPolicy {
+    fn blank(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, member) in map.iter_mut() {
+                    if matches!(key.as_str(), "keyValue" | "ask" | "fairPlayPfx" | "fairPlayPfxPassword" | "rawBody") {
+                        *member = Value::String(String::new());
+                    } else {
+                        blank(member);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(blank),
+            _ => {}
+        }
+    }
+    let mut policy = policy.clone();
+    for option in policy.properties.options.iter_mut().flatten() {
+        option.configuration.iter_mut().for_each(blank);
+        option.restriction.iter_mut().for_each(blank);
+    }
+    policy
+}
+
+fn unknown_action(collection: &str, action: &str) -> ArmError {
+    ArmError::new(
+        StatusCode::NOT_FOUND,
+        "InvalidResourceType",
+        format!(
+            "The resource type '{action}' could not be found under {collection} for api version '{METADATA_API_VERSION}'."
+        ),
+    )
+}

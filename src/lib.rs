@@ -1,0 +1,27 @@
+//! onair: a daemon that runs live-streaming operations unattended.
+//!
+//! # Layout
+//!
+//! - `cli`: the subcommands and their options; `main` only parses and calls `cli::execute`.
+//! - `config`: layered settings (built-in defaults, file, `ONAIR__*` environment), validated in one pass.
+//! - `telemetry`: the tracing subscriber (text or JSON, filtered by `RUST_LOG`).
+//! - `shutdown`: the root cancellation token, OS signals, and the grace period.
+//! - `clock`: wall-clock time behind a trait so that tests can control it.
+//! - `media`: the Media Services v3 REST shapes, the client (token, retries, long-running operations)
+//!   and the idempotent ensure-operations that the rest of onair drives.
+//! - `emulator`: an HTTP server that behaves like the Media Services v3 API, for tests, demos and rehearsals.
+//! - `demo`: one broadcast lifecycle driven through the client against an emulator, step by step.
+//!
+//! Only `media` and `emulator` speak HTTP; `emulator` reuses the shapes in `media::model`,
+//! and both are held against the published examples in `shared/fixtures/ams-v3/`.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod emulator;
+pub mod media;
+pub mod shutdown;
+pub mod telemetry;
