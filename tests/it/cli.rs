@@ -1,0 +1,154 @@
+//! The built binary as a process: exit codes, settings errors, signals, JSON logs, the demo.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn onair() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_onair"));
+    command.env_remove("RUST_LOG").env_remove("ONAIR_CONFIG");
+    command
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+#[test]
+fn help_lists_exactly_the_working_subcommands() {
+    let output = onair().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert_eq!(commands, ["emulator", "demo", "check", "help"]);
+}
+
+#[test]
+fn invalid_settings_are_all_reported_with_exit_code_78() {
+    let file = config_file("[shutdown]\ngrace = \"whenever\"\n[media]\narm_url = \"ftp://x\"\nretries = 3\n");
+    let output =
+        onair().arg("--config").arg(file.path()).arg("check").env("ONAIR__EMULATOR__PAGE_SIZE", "0").output().unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let errors = String::from_utf8(output.stderr).unwrap();
+    let path = file.path().display().to_string();
+    assert!(errors.contains("invalid settings (4 problems)"), "{errors}");
+    assert!(errors.contains(&format!("{path}: shutdown.grace: invalid duration")), "{errors}");
+    assert!(errors.contains(&format!("{path}: media.arm_url: unsupported URL scheme")), "{errors}");
+    assert!(errors.contains(&format!("{path}: media.retries: unknown setting")), "{errors}");
+    assert!(
+        errors.contains("environment variable ONAIR__EMULATOR__PAGE_SIZE: emulator.page_size: must be at least 1"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn check_names_the_settings_running_needs() {
+    let output = onair().arg("check").output().unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let report = String::from_utf8(output.stdout).unwrap();
+    for key in [
+        "media.token_url",
+        "media.subscription_id",
+        "media.resource_group",
+        "media.account",
+        "media.client_id",
+        "media.client_secret",
+    ] {
+        assert!(report.contains(key), "{key} in {report}");
+    }
+}
+
+#[test]
+fn check_passes_with_complete_settings_and_never_prints_the_secret() {
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "very-secret-value\n").unwrap();
+    let file = config_file(&format!(
+        "[media]\ntoken_url = \"https://login.example/t/oauth2/v2.0/token\"\nsubscription_id = \"s\"\nresource_group = \"g\"\naccount = \"a\"\nclient_id = \"c\"\nclient_secret_file = \"{}\"\n",
+        secret.path().display()
+    ));
+    let output = onair().arg("--config").arg(file.path()).arg("check").env("RUST_LOG", "trace").output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.starts_with("settings OK"), "{stdout}");
+    assert!(!stdout.contains("very-secret-value") && !stderr.contains("very-secret-value"));
+}
+
+#[test]
+fn the_emulator_logs_json_and_stops_cleanly_on_sigterm() {
+    let mut child = onair()
+        .args(["--log-format", "json", "emulator", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).expect("a JSON log line");
+    assert_eq!(first["message"], "Emulator listening.");
+    let address = first["address"].as_str().unwrap().to_string();
+
+    let token = raw_http::token(&address);
+    assert!(token.contains("access_token"), "{token}");
+
+    let sent = Instant::now();
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(sent.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|line| line.contains("SIGTERM")), "{rest:?}");
+    println!("emulator stopped {} ms after SIGTERM", sent.elapsed().as_millis());
+}
+
+#[test]
+fn the_demo_walks_through_the_lifecycle_and_prints_the_urls() {
+    let output = onair().args(["demo", "--transition-ms", "20", "--on-air-secs", "0"]).output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    for step in [
+        "1. channel \"news\" created and started",
+        "streaming endpoint \"default\" scaled to 3 units",
+        "locator \"news-",
+        "program removed",
+        "channel \"news\" stopped",
+        "scaled back to 1 unit",
+    ] {
+        assert!(stdout.contains(step), "{step:?} missing from:\n{stdout}");
+    }
+    assert!(stdout.contains("HLS     https://default-demo.streaming.mediaservices.windows.net/"), "{stdout}");
+    assert!(stdout.contains("(format=mpd-time-csf)"), "{stdout}");
+    assert!(stdout.contains("4 resources created, each with one PUT."), "{stdout}");
+}
+
+/// A token request with a plain TCP socket: the test stays synchronous, like the process it drives.
+mod raw_http {
+    use std::io::{Read, Write};
+
+    pub fn token(address: &str) -> String {
+        let body = "grant_type=client_credentials&client_id=onair-emulator&client_secret=onair-emulator-secret&scope=x";
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "POST /t/oauth2/v2.0/token HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+}

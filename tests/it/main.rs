@@ -1,0 +1,13 @@
+//! Integration tests: one binary, so that shared harnesses start once.
+//!
+//! Everything runs for real: the emulator over HTTP on port 0, the client against it, the built
+//! binary as a process. Nothing is mocked.
+
+mod bad_input;
+mod cli;
+mod conformance;
+mod emulator;
+mod faults;
+mod fixtures;
+mod helpers;
+mod lifecycle;
