@@ -83,9 +83,12 @@ fn check_passes_with_complete_settings_and_never_prints_the_secret() {
 }
 
 #[test]
-fn the_emulator_logs_json_and_stops_cleanly_on_sigterm() {
+fn the_emulator_logs_json_and_saves_its_snapshot_on_sigterm() {
+    let directory = tempfile::tempdir().unwrap();
+    let snapshot = directory.path().join("state.json");
     let mut child = onair()
-        .args(["--log-format", "json", "emulator", "--listen", "127.0.0.1:0"])
+        .args(["--log-format", "json", "emulator", "--listen", "127.0.0.1:0", "--snapshot"])
+        .arg(&snapshot)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -97,6 +100,9 @@ fn the_emulator_logs_json_and_stops_cleanly_on_sigterm() {
 
     let token = raw_http::token(&address);
     assert!(token.contains("access_token"), "{token}");
+    let token = token.split("\"access_token\":\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let created = raw_http::put_asset(&address, &token, "kept-asset");
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
 
     let sent = Instant::now();
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
@@ -111,6 +117,8 @@ fn the_emulator_logs_json_and_stops_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0));
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|line| line.contains("SIGTERM")), "{rest:?}");
+    let saved = std::fs::read_to_string(&snapshot).expect("snapshot written on shutdown");
+    assert!(saved.contains("kept-asset"), "{saved}");
     println!("emulator stopped {} ms after SIGTERM", sent.elapsed().as_millis());
 }
 
@@ -144,6 +152,23 @@ mod raw_http {
         write!(
             stream,
             "POST /t/oauth2/v2.0/token HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    pub fn put_asset(address: &str, token: &str, name: &str) -> String {
+        let body = r#"{"properties": {}}"#;
+        let path = format!(
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.Media/mediaservices/a/assets/{name}?api-version=2023-01-01"
+        );
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "PUT {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
         .unwrap();

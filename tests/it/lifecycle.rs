@@ -227,3 +227,28 @@ async fn a_reset_is_not_repeated_once_done() {
     let resets = emulator.requests().iter().filter(|entry| entry.path.ends_with("/reset")).count();
     assert_eq!(resets, 1);
 }
+
+#[tokio::test]
+async fn allocation_and_unpublishing_are_idempotent_too() {
+    let mut settings = emulator_settings();
+    settings.transition = Duration::from_millis(20);
+    let emulator = TestEmulator::start(settings).await;
+    let client = emulator.client();
+    let allocated = client.ensure_channel_allocated(&ChannelSpec::new("news")).await.unwrap();
+    assert_eq!(allocated.properties.resource_state, Some(LiveEventState::StandBy));
+    let ingest = allocated.properties.input.unwrap().endpoints.unwrap();
+    assert!(!ingest.is_empty(), "an allocated channel has its ingest URLs");
+    client.ensure_channel_allocated(&ChannelSpec::new("news")).await.unwrap();
+    // From StandBy, running is one start away.
+    client.ensure_channel_running(&ChannelSpec::new("news")).await.unwrap();
+    client.ensure_program_present(&program("p1")).await.unwrap();
+    client.ensure_locator_published(&locator("p1")).await.unwrap();
+    client.ensure_locator_removed("p1").await.unwrap();
+    client.ensure_locator_removed("p1").await.unwrap();
+    assert!(client.get_streaming_locator("p1").await.unwrap().is_none());
+    let writes = writes(&emulator.requests());
+    assert_eq!(writes.iter().filter(|write| *write == "PUT liveEvents/news").count(), 1);
+    assert_eq!(writes.iter().filter(|write| write.ends_with("/allocate")).count(), 1);
+    assert_eq!(writes.iter().filter(|write| write.ends_with("/start")).count(), 1);
+    assert_eq!(writes.iter().filter(|write| write.starts_with("DELETE streamingLocators/p1")).count(), 2);
+}
