@@ -7,6 +7,8 @@
 //! - `telemetry`: the tracing subscriber (text or JSON, filtered by `RUST_LOG`).
 //! - `shutdown`: the root cancellation token, OS signals, and the grace period.
 //! - `clock`: wall-clock time behind a trait so that tests can control it.
+//! - `event`: the CloudEvents envelope and the event types onair emits or understands.
+//! - `machine`: machine definitions (TOML, CEL guards) and the pure `step`.
 //! - `media`: the Media Services v3 REST shapes, the client (token, retries, long-running operations)
 //!   and the idempotent ensure-operations that the rest of onair drives.
 //! - `emulator`: an HTTP server that behaves like the Media Services v3 API, for tests, demos and rehearsals.
@@ -22,6 +24,8 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod emulator;
+pub mod event;
+pub mod machine;
 pub mod media;
 pub mod shutdown;
 pub mod telemetry;

@@ -354,12 +354,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Validates a resource name against the spec's pattern `^[a-zA-Z0-9]+(-*[a-zA-Z0-9])*$`.
 pub(crate) fn check_name(kind: &str, name: &str, max_len: usize) -> Result<(), ArmError> {
-    let valid = !name.is_empty()
-        && name.len() <= max_len
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if valid {
+    if crate::media::model::valid_name(name, max_len) {
         Ok(())
     } else {
         Err(ArmError::new(

@@ -569,6 +569,25 @@ impl ErrorDetail {
     }
 }
 
+/// Whether `name` follows the spec's pattern `^[a-zA-Z0-9]+(-*[a-zA-Z0-9])*$` within `max_len`
+/// characters (live events 32, streaming endpoints 24, live outputs 256).
+pub fn valid_name(name: &str, max_len: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max_len
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Checks a live event (channel) name.
+pub fn valid_live_event_name(name: &str) -> Result<(), String> {
+    if valid_name(name, 32) {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a live event name (1 to 32 letters, digits and inner hyphens)"))
+    }
+}
+
 /// Removes every `null` member of every object in `value`, recursively.
 ///
 /// The types above serialize unset fields as `null`; requests should carry only what was set.
