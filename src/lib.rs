@@ -11,6 +11,7 @@
 //! - `machine`: machine definitions (TOML, CEL guards) and the pure `step`.
 //! - `media`: the Media Services v3 REST shapes, the client (token, retries, long-running operations)
 //!   and the idempotent ensure-operations that the rest of onair drives.
+//! - `store`: durable state behind a narrow trait; SQLite (WAL, `synchronous=FULL`) by default.
 //! - `emulator`: an HTTP server that behaves like the Media Services v3 API, for tests, demos and rehearsals.
 //! - `demo`: one broadcast lifecycle driven through the client against an emulator, step by step.
 //!
@@ -28,4 +29,5 @@ pub mod event;
 pub mod machine;
 pub mod media;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;

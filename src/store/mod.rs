@@ -1,0 +1,178 @@
+//! Durable state: instances, the outbox, timers, the audit trail and processed event ids.
+//!
+//! The engine sees only the `Store` trait: a handful of operations, each atomic, narrow enough
+//! that a PostgreSQL implementation can be added without touching the engine. `sqlite` is the
+//! default implementation (WAL, `synchronous=FULL`, migrations versioned in the code).
+//!
+//! The central operation is `commit`: one decision's consequences in one transaction (the new
+//! state and variables, the outbox rows of its actions, timers set and cancelled, the audit row,
+//! the event id as processed, and the completion of the action it reports on). Nothing is
+//! acknowledged to an event's source before its commit returns.
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use sqlite::{ReadOnly, SqliteStore};
+
+/// The store's operations. Implementations are blocking; the engine calls them from
+/// `spawn_blocking`. Every method is atomic.
+pub trait Store: Send + Sync + 'static {
+    /// Every broadcast instance, with its armed timers.
+    fn load_instances(&self) -> Result<Vec<InstanceRecord>, Error>;
+    /// One broadcast's instance, if it has one.
+    fn load_instance(&self, broadcast: &str) -> Result<Option<InstanceRecord>, Error>;
+    /// Which of these (event id, broadcast) pairs were already processed.
+    fn processed(&self, events: &[(String, String)]) -> Result<Vec<bool>, Error>;
+    /// Records a batch of decisions, in order, all or nothing: the decisions of one lane, each
+    /// possibly built on the one before. A `Commit` marked `duplicate` records only an audit row.
+    /// An event found already processed fails the whole batch (the lane then starts over from
+    /// the store), since later decisions may have been built on it.
+    fn commit(&self, batch: Vec<Commit>) -> Result<Vec<Committed>, Error>;
+    /// Outbox rows still to run, oldest first.
+    fn pending_actions(&self) -> Result<Vec<OutboxRow>, Error>;
+    /// Notes that an action attempt starts (attempt count and an audit row).
+    fn action_started(&self, outbox_id: i64, attempt: u32, at: DateTime<Utc>) -> Result<(), Error>;
+    /// The most recent audit rows of a broadcast, oldest first.
+    fn audit(&self, broadcast: &str, limit: usize) -> Result<Vec<AuditRow>, Error>;
+    /// Forgets processed event ids recorded before `before`; returns how many.
+    fn purge_processed(&self, before: DateTime<Utc>) -> Result<usize, Error>;
+    /// `PRAGMA integrity_check` or its equivalent: `"ok"` when sound.
+    fn integrity_check(&self) -> Result<String, Error>;
+}
+
+/// Store failures. The messages name the file and the operation, never data.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be opened or prepared.
+    #[error("cannot open the store {path}: {reason}")]
+    Open { path: String, reason: String },
+    /// The database was written by a newer onair.
+    #[error("the store {path} has schema version {found}; this onair knows up to {known}")]
+    TooNew { path: String, found: i64, known: i64 },
+    /// A statement failed (disk full, I/O error, …).
+    #[error("store {operation} failed: {reason}")]
+    Sql { operation: &'static str, reason: String },
+    /// An event of the batch was already processed although the batch said otherwise.
+    #[error("event {event_id} was already processed for {broadcast}; the batch was not recorded")]
+    UnexpectedDuplicate { event_id: String, broadcast: String },
+    /// The writer thread is gone.
+    #[error("the store's writer has stopped")]
+    Stopped,
+}
+
+/// One broadcast's durable state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub broadcast: String,
+    pub machine: String,
+    pub state: String,
+    pub vars: Map<String, Value>,
+    /// Armed timers: name to due instant.
+    pub timers: BTreeMap<String, DateTime<Utc>>,
+    /// When it entered `state`.
+    pub since: DateTime<Utc>,
+    /// Decisions recorded so far; the next decision's sequence number is `seq + 1`.
+    pub seq: i64,
+}
+
+/// One decision to record.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// Only an audit row saying the event was a duplicate; nothing else changes.
+    pub duplicate: bool,
+    pub broadcast: String,
+    pub machine: String,
+    pub at: DateTime<Utc>,
+    /// The event: id, type and a JSON copy for the audit trail.
+    pub event_id: String,
+    pub event_type: String,
+    pub event: Value,
+    /// What was decided.
+    pub decision: DecisionRecord,
+    /// The instance after the decision; `None` leaves it as it is (an ignored event on a
+    /// broadcast that already has a row).
+    pub instance: Option<InstanceRecord>,
+    /// Actions to queue, in order.
+    pub actions: Vec<NewAction>,
+    /// The action this event reports on, and how it ended.
+    pub completes: Option<Completion>,
+}
+
+/// The audit form of a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// `transition` or `ignored`.
+    pub outcome: String,
+    pub from: String,
+    pub to: String,
+    /// The transition's number in the definition; `None` when ignored or forced.
+    pub transition: Option<usize>,
+    pub reason: String,
+    /// Actions and timer changes, for the record.
+    pub detail: Value,
+}
+
+/// An action to put in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAction {
+    pub kind: String,
+    pub params: Value,
+}
+
+/// How an outbox action ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub outbox_id: i64,
+    pub succeeded: bool,
+    /// The result, or the error.
+    pub result: Value,
+}
+
+/// What `commit` did with one decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Committed {
+    /// Recorded; the new outbox rows, and those skipped because an earlier action of the same
+    /// decision failed.
+    Applied { outbox: Vec<OutboxRow>, skipped: Vec<i64> },
+    /// A duplicate: only the audit row was written.
+    Duplicate,
+}
+
+/// An action in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub broadcast: String,
+    /// The decision that queued it.
+    pub decision: i64,
+    /// Its position among that decision's actions, from 0.
+    pub position: i64,
+    pub kind: String,
+    pub params: Value,
+    /// `pending`, `succeeded`, `failed` or `skipped`.
+    pub status: String,
+    pub attempts: i64,
+    pub created: DateTime<Utc>,
+}
+
+/// One line of a broadcast's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRow {
+    pub id: i64,
+    pub broadcast: String,
+    pub at: DateTime<Utc>,
+    /// `decision`, `duplicate`, `action`.
+    pub kind: String,
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub transition: Option<i64>,
+    pub reason: String,
+    pub detail: Value,
+}

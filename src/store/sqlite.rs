@@ -1,0 +1,781 @@
+//! The SQLite store: WAL, `synchronous=FULL`, schema migrations versioned in the code.
+//!
+//! Writes go through one writer thread that owns the write connection. It takes every commit
+//! waiting in its queue and writes them in one SQLite transaction (group commit), each decision
+//! inside its own savepoint: a decision is all or nothing, one fsync covers many decisions, and a
+//! decision that fails (a constraint, say) is rolled back alone. Reads use a second connection;
+//! WAL lets them run while the writer writes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, sync_channel};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use serde_json::Value;
+
+use super::{AuditRow, Commit, Committed, Error, InstanceRecord, OutboxRow, Store};
+
+/// Schema migrations, in order; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: instances, timers, outbox, processed event ids, audit trail.
+    "CREATE TABLE instances (
+        broadcast TEXT PRIMARY KEY,
+        machine TEXT NOT NULL,
+        state TEXT NOT NULL,
+        vars TEXT NOT NULL,
+        since_ms INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE timers (
+        broadcast TEXT NOT NULL,
+        name TEXT NOT NULL,
+        due_ms INTEGER NOT NULL,
+        PRIMARY KEY (broadcast, name)
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        broadcast TEXT NOT NULL,
+        decision INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        params TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL,
+        finished_ms INTEGER,
+        result TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox (status, id) WHERE status = 'pending';
+    CREATE TABLE processed (
+        event_id TEXT NOT NULL,
+        broadcast TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (event_id, broadcast)
+    ) WITHOUT ROWID;
+    CREATE INDEX processed_at ON processed (at_ms);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        broadcast TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        event_id TEXT,
+        event_type TEXT,
+        from_state TEXT,
+        to_state TEXT,
+        transition INTEGER,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_broadcast ON audit (broadcast, id);",
+];
+
+/// Commits written in one transaction at most.
+const MAX_BATCH: usize = 512;
+
+/// Write transactions between two forced WAL checkpoints. Readers that never pause would
+/// otherwise keep the WAL from restarting ("checkpoint starvation") and it would grow without end.
+const CHECKPOINT_EVERY: u32 = 256;
+
+/// The SQLite implementation of `Store`.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: SyncSender<Request>,
+    reader: Mutex<Connection>,
+}
+
+/// How a request is answered once its transaction's fate is known (`Some(reason)` when the
+/// transaction itself failed to commit).
+type Answer = Box<dyn FnOnce(Option<&str>)>;
+
+enum Request {
+    Commit(Vec<Commit>, Sender<Result<Vec<Committed>, Error>>),
+    ActionStarted { outbox_id: i64, attempt: u32, at: DateTime<Utc>, reply: Sender<Result<(), Error>> },
+    Purge { before: DateTime<Utc>, reply: Sender<Result<usize, Error>> },
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the store at `path` and migrates it to the current schema.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let fail = |reason: String| Error::Open { path: path.display().to_string(), reason };
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|error| fail(format!("cannot create {}: {error}", parent.display())))?;
+        }
+        let mut writer = Connection::open(path).map_err(|error| fail(error.to_string()))?;
+        configure(&writer).map_err(|error| fail(error.to_string()))?;
+        migrate(&mut writer, path)?;
+        let reader =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|error| fail(error.to_string()))?;
+        reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(|error| fail(error.to_string()))?;
+        let (sender, receiver) = sync_channel(4096);
+        std::thread::Builder::new()
+            .name("onair-store".into())
+            .spawn(move || write_loop(writer, receiver))
+            .map_err(|error| fail(format!("cannot start the writer thread: {error}")))?;
+        Ok(Self { path: path.to_path_buf(), writer: sender, reader: Mutex::new(reader) })
+    }
+
+    /// Opens an existing store for reading only (`onair status`, tests); no migration.
+    pub fn open_read_only(path: &Path) -> Result<ReadOnly, Error> {
+        let fail = |reason: String| Error::Open { path: path.display().to_string(), reason };
+        if !path.exists() {
+            return Err(fail("no such file (has `onair run` started with this state_dir?)".into()));
+        }
+        let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|error| fail(error.to_string()))?;
+        connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(|error| fail(error.to_string()))?;
+        Ok(ReadOnly { connection })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Sender<Result<T, Error>>) -> Request) -> Result<T, Error> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.writer.send(make(reply)).map_err(|_| Error::Stopped)?;
+        answer.recv().map_err(|_| Error::Stopped)?
+    }
+}
+
+impl Store for SqliteStore {
+    fn load_instances(&self) -> Result<Vec<InstanceRecord>, Error> {
+        load_instances(&self.reader())
+    }
+
+    fn load_instance(&self, broadcast: &str) -> Result<Option<InstanceRecord>, Error> {
+        Ok(query_instances(&self.reader(), Some(broadcast))?.pop())
+    }
+
+    fn processed(&self, events: &[(String, String)]) -> Result<Vec<bool>, Error> {
+        let sql = |error: rusqlite::Error| Error::Sql { operation: "processed", reason: error.to_string() };
+        let reader = self.reader();
+        let mut statement =
+            reader.prepare_cached("SELECT 1 FROM processed WHERE event_id = ?1 AND broadcast = ?2").map_err(sql)?;
+        events.iter().map(|(event_id, broadcast)| statement.exists(params![event_id, broadcast]).map_err(sql)).collect()
+    }
+
+    fn commit(&self, batch: Vec<Commit>) -> Result<Vec<Committed>, Error> {
+        self.ask(|reply| Request::Commit(batch, reply))
+    }
+
+    fn pending_actions(&self) -> Result<Vec<OutboxRow>, Error> {
+        pending_actions(&self.reader())
+    }
+
+    fn action_started(&self, outbox_id: i64, attempt: u32, at: DateTime<Utc>) -> Result<(), Error> {
+        self.ask(|reply| Request::ActionStarted { outbox_id, attempt, at, reply })
+    }
+
+    fn audit(&self, broadcast: &str, limit: usize) -> Result<Vec<AuditRow>, Error> {
+        audit(&self.reader(), broadcast, limit)
+    }
+
+    fn purge_processed(&self, before: DateTime<Utc>) -> Result<usize, Error> {
+        self.ask(|reply| Request::Purge { before, reply })
+    }
+
+    fn integrity_check(&self) -> Result<String, Error> {
+        integrity_check(&self.reader())
+    }
+}
+
+/// A read-only view of a store, for `onair status` and tests, safe while `onair run` writes.
+#[derive(Debug)]
+pub struct ReadOnly {
+    connection: Connection,
+}
+
+impl ReadOnly {
+    pub fn load_instances(&self) -> Result<Vec<InstanceRecord>, Error> {
+        load_instances(&self.connection)
+    }
+
+    pub fn pending_actions(&self) -> Result<Vec<OutboxRow>, Error> {
+        pending_actions(&self.connection)
+    }
+
+    pub fn audit(&self, broadcast: &str, limit: usize) -> Result<Vec<AuditRow>, Error> {
+        audit(&self.connection, broadcast, limit)
+    }
+
+    /// Every audit row of every broadcast, in order (for checkers).
+    pub fn all_audit(&self) -> Result<Vec<AuditRow>, Error> {
+        query_audit(&self.connection, "SELECT * FROM audit ORDER BY id", params![])
+    }
+
+    pub fn integrity_check(&self) -> Result<String, Error> {
+        integrity_check(&self.connection)
+    }
+
+    /// Counts of outbox rows by status.
+    pub fn outbox_counts(&self) -> Result<BTreeMap<String, i64>, Error> {
+        let sql = |error: rusqlite::Error| Error::Sql { operation: "outbox counts", reason: error.to_string() };
+        let mut statement =
+            self.connection.prepare("SELECT status, count(*) FROM outbox GROUP BY status").map_err(sql)?;
+        let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))).map_err(sql)?;
+        rows.collect::<Result<_, _>>().map_err(sql)
+    }
+}
+
+fn configure(connection: &Connection) -> rusqlite::Result<()> {
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(connection: &mut Connection, path: &Path) -> Result<(), Error> {
+    let sql = |error: rusqlite::Error| Error::Sql { operation: "migration", reason: error.to_string() };
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(sql)?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(Error::TooNew { path: path.display().to_string(), found: version, known });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let transaction = connection.transaction().map_err(sql)?;
+        transaction.execute_batch(migration).map_err(sql)?;
+        transaction.pragma_update(None, "user_version", index as i64 + 1).map_err(sql)?;
+        transaction.commit().map_err(sql)?;
+        tracing::info!(version = index + 1, "Store schema migrated.");
+    }
+    Ok(())
+}
+
+// === The writer ===
+
+fn write_loop(mut connection: Connection, requests: Receiver<Request>) {
+    let mut since_checkpoint = 0;
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        write_batch(&mut connection, batch);
+        since_checkpoint += 1;
+        if since_checkpoint >= CHECKPOINT_EVERY {
+            since_checkpoint = 0;
+            // RESTART waits (busy_timeout) for readers to reach the latest snapshot, then lets
+            // the next write start the WAL from the beginning.
+            if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                tracing::warn!(%error, "WAL checkpoint failed.");
+            }
+        }
+    }
+}
+
+/// One transaction for the whole batch, one savepoint per request.
+fn write_batch(connection: &mut Connection, batch: Vec<Request>) {
+    let transaction = match connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(transaction) => transaction,
+        Err(error) => {
+            let reason = error.to_string();
+            for request in batch {
+                fail(request, "begin", &reason);
+            }
+            return;
+        }
+    };
+    let mut replies: Vec<Answer> = Vec::with_capacity(batch.len());
+    let mut transaction = transaction;
+    for request in batch {
+        replies.push(apply(&mut transaction, request));
+    }
+    match transaction.commit() {
+        Ok(()) => replies.into_iter().for_each(|reply| reply(None)),
+        Err(error) => {
+            let reason = error.to_string();
+            replies.into_iter().for_each(|reply| reply(Some(&reason)));
+        }
+    }
+}
+
+/// Applies one request inside a savepoint; returns how to answer it once the transaction's fate
+/// is known (`Some(reason)` when the commit failed).
+fn apply(transaction: &mut Transaction<'_>, request: Request) -> Answer {
+    match request {
+        Request::Commit(batch, reply) => {
+            let mut duplicate = None;
+            let result = in_savepoint(transaction, |savepoint| {
+                let mut committed = Vec::with_capacity(batch.len());
+                for commit in &batch {
+                    match write_commit(savepoint, commit)? {
+                        Some(done) => committed.push(done),
+                        None => {
+                            // Returning an error rolls the whole batch back; the reply says why.
+                            duplicate = Some((commit.event_id.clone(), commit.broadcast.clone()));
+                            return Err(rusqlite::Error::QueryReturnedNoRows);
+                        }
+                    }
+                }
+                Ok(committed)
+            });
+            match duplicate {
+                Some((event_id, broadcast)) => {
+                    Box::new(move |_| drop(reply.send(Err(Error::UnexpectedDuplicate { event_id, broadcast }))))
+                }
+                None => answer(reply, result, "commit"),
+            }
+        }
+        Request::ActionStarted { outbox_id, attempt, at, reply } => {
+            let result = in_savepoint(transaction, |savepoint| write_action_started(savepoint, outbox_id, attempt, at));
+            answer(reply, result, "action start")
+        }
+        Request::Purge { before, reply } => {
+            let result = in_savepoint(transaction, |savepoint| {
+                savepoint.execute("DELETE FROM processed WHERE at_ms < ?1", params![before.timestamp_millis()])
+            });
+            answer(reply, result, "purge")
+        }
+    }
+}
+
+fn answer<T: 'static>(reply: Sender<Result<T, Error>>, result: rusqlite::Result<T>, operation: &'static str) -> Answer {
+    Box::new(move |commit_failure: Option<&str>| {
+        let outcome = match (result, commit_failure) {
+            (Ok(value), None) => Ok(value),
+            (Err(error), _) => Err(Error::Sql { operation, reason: error.to_string() }),
+            (Ok(_), Some(reason)) => Err(Error::Sql { operation, reason: reason.to_string() }),
+        };
+        let _ = reply.send(outcome);
+    })
+}
+
+fn fail(request: Request, operation: &'static str, reason: &str) {
+    let error = || Error::Sql { operation, reason: reason.to_string() };
+    match request {
+        Request::Commit(_, reply) => drop(reply.send(Err(error()))),
+        Request::ActionStarted { reply, .. } => drop(reply.send(Err(error()))),
+        Request::Purge { reply, .. } => drop(reply.send(Err(error()))),
+    }
+}
+
+fn in_savepoint<T>(
+    transaction: &mut Transaction<'_>,
+    work: impl FnOnce(&rusqlite::Savepoint<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let savepoint = transaction.savepoint()?;
+    let result = work(&savepoint);
+    match result {
+        Ok(value) => {
+            savepoint.commit()?;
+            Ok(value)
+        }
+        // Dropping the savepoint rolls it back.
+        Err(error) => Err(error),
+    }
+}
+
+/// Writes one decision; `None` when its event turns out to be processed already.
+fn write_commit(db: &rusqlite::Savepoint<'_>, commit: &Commit) -> rusqlite::Result<Option<Committed>> {
+    let at = commit.at.timestamp_millis();
+    if commit.duplicate {
+        db.execute(
+            "INSERT INTO audit (broadcast, at_ms, kind, event_id, event_type, reason, detail) VALUES (?1, ?2, 'duplicate', ?3, ?4, ?5, '{}')",
+            params![commit.broadcast, at, commit.event_id, commit.event_type, "duplicate: this event was already processed"],
+        )?;
+        return Ok(Some(Committed::Duplicate));
+    }
+    let inserted = db.execute(
+        "INSERT INTO processed (event_id, broadcast, at_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        params![commit.event_id, commit.broadcast, at],
+    )?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    let mut decision_seq = 0;
+    if let Some(instance) = &commit.instance {
+        decision_seq = instance.seq;
+        db.execute(
+            "INSERT INTO instances (broadcast, machine, state, vars, since_ms, seq, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (broadcast) DO UPDATE SET machine = ?2, state = ?3, vars = ?4, since_ms = ?5, seq = ?6, updated_ms = ?7",
+            params![
+                instance.broadcast,
+                instance.machine,
+                instance.state,
+                Value::Object(instance.vars.clone()).to_string(),
+                instance.since.timestamp_millis(),
+                instance.seq,
+                at
+            ],
+        )?;
+        db.execute("DELETE FROM timers WHERE broadcast = ?1", params![instance.broadcast])?;
+        for (name, due) in &instance.timers {
+            db.execute(
+                "INSERT INTO timers (broadcast, name, due_ms) VALUES (?1, ?2, ?3)",
+                params![instance.broadcast, name, due.timestamp_millis()],
+            )?;
+        }
+    }
+    let decision = &commit.decision;
+    db.execute(
+        "INSERT INTO audit (broadcast, at_ms, kind, event_id, event_type, from_state, to_state, transition, reason, detail)
+         VALUES (?1, ?2, 'decision', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            commit.broadcast,
+            at,
+            commit.event_id,
+            commit.event_type,
+            decision.from,
+            decision.to,
+            decision.transition.map(|index| index as i64),
+            decision.reason,
+            serde_json::json!({"event": commit.event, "decision": decision.detail, "outcome": decision.outcome}).to_string()
+        ],
+    )?;
+    let mut skipped = Vec::new();
+    if let Some(completion) = &commit.completes {
+        let status = if completion.succeeded { "succeeded" } else { "failed" };
+        let row: Option<(String, i64, i64, String)> = db
+            .query_row(
+                "SELECT broadcast, decision, position, kind FROM outbox WHERE id = ?1",
+                params![completion.outbox_id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()?;
+        db.execute(
+            "UPDATE outbox SET status = ?2, finished_ms = ?3, result = ?4 WHERE id = ?1 AND status = 'pending'",
+            params![completion.outbox_id, status, at, completion.result.to_string()],
+        )?;
+        if let Some((broadcast, decision, position, kind)) = row {
+            db.execute(
+                "INSERT INTO audit (broadcast, at_ms, kind, event_id, reason, detail) VALUES (?1, ?2, 'action', ?3, ?4, ?5)",
+                params![
+                    broadcast,
+                    at,
+                    commit.event_id,
+                    format!("action {kind} (#{}) {status}", completion.outbox_id),
+                    serde_json::json!({"outbox_id": completion.outbox_id, "result": completion.result}).to_string()
+                ],
+            )?;
+            if !completion.succeeded {
+                let mut statement = db.prepare(
+                    "UPDATE outbox SET status = 'skipped', finished_ms = ?4
+                     WHERE broadcast = ?1 AND decision = ?2 AND position > ?3 AND status = 'pending' RETURNING id",
+                )?;
+                let ids =
+                    statement.query_map(params![broadcast, decision, position, at], |row| row.get::<_, i64>(0))?;
+                skipped = ids.collect::<rusqlite::Result<Vec<_>>>()?;
+            }
+        }
+    }
+    let mut outbox = Vec::with_capacity(commit.actions.len());
+    for (position, action) in commit.actions.iter().enumerate() {
+        db.execute(
+            "INSERT INTO outbox (broadcast, decision, position, kind, params, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![commit.broadcast, decision_seq, position as i64, action.kind, action.params.to_string(), at],
+        )?;
+        outbox.push(OutboxRow {
+            id: db.last_insert_rowid(),
+            broadcast: commit.broadcast.clone(),
+            decision: decision_seq,
+            position: position as i64,
+            kind: action.kind.clone(),
+            params: action.params.clone(),
+            status: "pending".into(),
+            attempts: 0,
+            created: commit.at,
+        });
+    }
+    Ok(Some(Committed::Applied { outbox, skipped }))
+}
+
+fn write_action_started(
+    db: &rusqlite::Savepoint<'_>,
+    outbox_id: i64,
+    attempt: u32,
+    at: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    db.execute("UPDATE outbox SET attempts = ?2 WHERE id = ?1", params![outbox_id, attempt])?;
+    let row: Option<(String, String)> = db
+        .query_row("SELECT broadcast, kind FROM outbox WHERE id = ?1", params![outbox_id], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    if let Some((broadcast, kind)) = row {
+        db.execute(
+            "INSERT INTO audit (broadcast, at_ms, kind, reason, detail) VALUES (?1, ?2, 'action', ?3, ?4)",
+            params![
+                broadcast,
+                at.timestamp_millis(),
+                format!("action {kind} (#{outbox_id}) started, attempt {attempt}"),
+                serde_json::json!({"outbox_id": outbox_id, "attempt": attempt}).to_string()
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+// === Reads ===
+
+fn time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+fn load_instances(connection: &Connection) -> Result<Vec<InstanceRecord>, Error> {
+    query_instances(connection, None)
+}
+
+/// Every instance, or the one of `only`.
+fn query_instances(connection: &Connection, only: Option<&str>) -> Result<Vec<InstanceRecord>, Error> {
+    let sql = |error: rusqlite::Error| Error::Sql { operation: "load instances", reason: error.to_string() };
+    let mut timers: BTreeMap<String, BTreeMap<String, DateTime<Utc>>> = BTreeMap::new();
+    {
+        // Two statements rather than `?1 IS NULL OR …`, which SQLite cannot answer from the index.
+        let mut statement = match only {
+            Some(_) => connection.prepare_cached("SELECT broadcast, name, due_ms FROM timers WHERE broadcast = ?1"),
+            None => connection.prepare_cached("SELECT broadcast, name, due_ms FROM timers WHERE ?1 IS NULL"),
+        }
+        .map_err(sql)?;
+        let rows = statement
+            .query_map(params![only], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+            })
+            .map_err(sql)?;
+        for row in rows {
+            let (broadcast, name, due) = row.map_err(sql)?;
+            timers.entry(broadcast).or_default().insert(name, time(due));
+        }
+    }
+    let mut statement = connection
+        .prepare("SELECT broadcast, machine, state, vars, since_ms, seq FROM instances ORDER BY broadcast")
+        .map_err(sql)?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })
+        .map_err(sql)?;
+    let mut instances = Vec::new();
+    for row in rows {
+        let (broadcast, machine, state, vars, since, seq) = row.map_err(sql)?;
+        let vars = match json(&vars) {
+            Value::Object(vars) => vars,
+            _ => Default::default(),
+        };
+        let timers = timers.remove(&broadcast).unwrap_or_default();
+        instances.push(InstanceRecord { broadcast, machine, state, vars, timers, since: time(since), seq });
+    }
+    Ok(instances)
+}
+
+fn pending_actions(connection: &Connection) -> Result<Vec<OutboxRow>, Error> {
+    let sql = |error: rusqlite::Error| Error::Sql { operation: "pending actions", reason: error.to_string() };
+    let mut statement = connection
+        .prepare(
+            "SELECT id, broadcast, decision, position, kind, params, status, attempts, created_ms FROM outbox
+             WHERE status = 'pending' ORDER BY id",
+        )
+        .map_err(sql)?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok(OutboxRow {
+                id: row.get(0)?,
+                broadcast: row.get(1)?,
+                decision: row.get(2)?,
+                position: row.get(3)?,
+                kind: row.get(4)?,
+                params: json(&row.get::<_, String>(5)?),
+                status: row.get(6)?,
+                attempts: row.get(7)?,
+                created: time(row.get(8)?),
+            })
+        })
+        .map_err(sql)?;
+    rows.collect::<Result<_, _>>().map_err(sql)
+}
+
+fn audit(connection: &Connection, broadcast: &str, limit: usize) -> Result<Vec<AuditRow>, Error> {
+    let mut rows = query_audit(
+        connection,
+        "SELECT * FROM audit WHERE broadcast = ?1 ORDER BY id DESC LIMIT ?2",
+        params![broadcast, limit as i64],
+    )?;
+    rows.reverse();
+    Ok(rows)
+}
+
+fn query_audit(
+    connection: &Connection,
+    query: &str,
+    parameters: impl rusqlite::Params,
+) -> Result<Vec<AuditRow>, Error> {
+    let sql = |error: rusqlite::Error| Error::Sql { operation: "audit", reason: error.to_string() };
+    let mut statement = connection.prepare(query).map_err(sql)?;
+    let rows = statement
+        .query_map(parameters, |row| {
+            Ok(AuditRow {
+                id: row.get("id")?,
+                broadcast: row.get("broadcast")?,
+                at: time(row.get("at_ms")?),
+                kind: row.get("kind")?,
+                event_id: row.get("event_id")?,
+                event_type: row.get("event_type")?,
+                from: row.get("from_state")?,
+                to: row.get("to_state")?,
+                transition: row.get("transition")?,
+                reason: row.get("reason")?,
+                detail: json(&row.get::<_, String>("detail")?),
+            })
+        })
+        .map_err(sql)?;
+    rows.collect::<Result<_, _>>().map_err(sql)
+}
+
+fn integrity_check(connection: &Connection) -> Result<String, Error> {
+    connection
+        .query_row("PRAGMA integrity_check", [], |row| row.get::<_, String>(0))
+        .map_err(|error| Error::Sql { operation: "integrity check", reason: error.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Completion, DecisionRecord, NewAction};
+    use serde_json::json;
+
+    fn commit(event_id: &str, seq: i64, actions: &[&str], completes: Option<Completion>) -> Commit {
+        let now = fixed_now();
+        Commit {
+            duplicate: false,
+            broadcast: "news".into(),
+            machine: "live".into(),
+            at: now,
+            event_id: event_id.into(),
+            event_type: "t".into(),
+            event: json!({}),
+            decision: DecisionRecord {
+                outcome: "transition".into(),
+                from: "idle".into(),
+                to: "warming".into(),
+                transition: Some(1),
+                reason: "because".into(),
+                detail: json!({}),
+            },
+            instance: Some(InstanceRecord {
+                broadcast: "news".into(),
+                machine: "live".into(),
+                state: "warming".into(),
+                vars: json!({"occurrence": "x"}).as_object().unwrap().clone(),
+                timers: BTreeMap::from([("t1".to_string(), now)]),
+                since: now,
+                seq,
+            }),
+            actions: actions.iter().map(|kind| NewAction { kind: kind.to_string(), params: json!({"n": 1}) }).collect(),
+            completes,
+        }
+    }
+
+    fn fixed_now() -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_795_000_000_000).unwrap()
+    }
+
+    #[test]
+    fn a_commit_is_atomic_deduplicated_and_migrations_are_versioned() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("onair.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let Committed::Applied { outbox, .. } =
+            store.commit(vec![commit("e1", 1, &["channel.start", "notify"], None)]).unwrap().remove(0)
+        else {
+            panic!("applied")
+        };
+        assert_eq!(outbox.len(), 2);
+        assert_eq!(
+            store.processed(&[("e1".into(), "news".into()), ("e9".into(), "news".into())]).unwrap(),
+            [true, false]
+        );
+        // A batch with an event already processed is refused whole.
+        let unexpected = store.commit(vec![commit("e5", 2, &[], None), commit("e1", 3, &["channel.start"], None)]);
+        assert!(matches!(unexpected, Err(Error::UnexpectedDuplicate { .. })), "{unexpected:?}");
+        let mut duplicate = commit("e1", 2, &["channel.start"], None);
+        duplicate.duplicate = true;
+        assert_eq!(store.commit(vec![duplicate]).unwrap(), [Committed::Duplicate]);
+        let instances = store.load_instances().unwrap();
+        assert_eq!(instances.len(), 1);
+        assert_eq!(instances[0].seq, 1, "neither the refused batch nor the duplicate changed anything");
+        assert_eq!(instances[0].timers.len(), 1);
+        assert_eq!(store.load_instance("news").unwrap().unwrap().state, "warming");
+        assert_eq!(store.processed(&[("e5".into(), "news".into())]).unwrap(), [false]);
+        assert_eq!(store.pending_actions().unwrap().len(), 2);
+        let kinds: Vec<String> = store.audit("news", 10).unwrap().into_iter().map(|row| row.kind).collect();
+        assert_eq!(kinds, ["decision", "duplicate"]);
+
+        // The first action fails: the second of the same decision is skipped.
+        let failure = Completion { outbox_id: outbox[0].id, succeeded: false, result: json!({"error": "x"}) };
+        let Committed::Applied { skipped, .. } =
+            store.commit(vec![commit("e2", 2, &[], Some(failure))]).unwrap().remove(0)
+        else {
+            panic!()
+        };
+        assert_eq!(skipped, vec![outbox[1].id]);
+        assert!(store.pending_actions().unwrap().is_empty());
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+        drop(store);
+
+        let mut connection = Connection::open(&path).unwrap();
+        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        connection.pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(migrate(&mut connection, &path), Err(Error::TooNew { found: 99, .. })));
+        let journal: String = connection.pragma_query_value(None, "journal_mode", |row| row.get(0)).unwrap();
+        assert_eq!(journal, "wal");
+    }
+
+    #[test]
+    fn processed_ids_are_purged_after_the_retention() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&directory.path().join("onair.db")).unwrap();
+        store.commit(vec![commit("old", 1, &[], None)]).unwrap();
+        let purged = store.purge_processed(fixed_now() + chrono::Duration::seconds(1)).unwrap();
+        assert_eq!(purged, 1);
+    }
+
+    #[test]
+    fn many_concurrent_commits_are_grouped_and_all_land() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(&directory.path().join("onair.db")).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|thread| {
+                let store = std::sync::Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for index in 0..50 {
+                        let mut commit = commit(&format!("e{thread}-{index}"), index, &["notify"], None);
+                        commit.broadcast = format!("b{thread}");
+                        if let Some(instance) = commit.instance.as_mut() {
+                            instance.broadcast = commit.broadcast.clone();
+                        }
+                        store.commit(vec![commit]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|thread| thread.join().unwrap());
+        assert_eq!(store.pending_actions().unwrap().len(), 400);
+        assert_eq!(store.load_instances().unwrap().len(), 8);
+    }
+}
