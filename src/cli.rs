@@ -36,8 +36,48 @@ pub enum Command {
     Emulator(EmulatorArgs),
     /// Start an emulator and drive one broadcast lifecycle through the client, step by step.
     Demo(DemoArgs),
-    /// Validate the settings and report every problem at once (exit code 78 if any).
+    /// Run the daemon: the engine, the executor and the local inbox, until SIGTERM or SIGINT.
+    Run,
+    /// Validate the settings, the machines and the broadcasts; report every problem at once (exit code 78 if any).
     Check,
+    /// Show each broadcast's state, pending actions, next timer and last events (reads the store).
+    Status(StatusArgs),
+    /// Put one event into the local inbox (engine.inbox) for the running daemon.
+    Send(SendArgs),
+}
+
+/// `onair status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this broadcast.
+    #[arg(long, value_name = "ID")]
+    pub broadcast: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// How many recent events to show per broadcast.
+    #[arg(long, default_value_t = 5)]
+    pub events: usize,
+}
+
+/// `onair send` options.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The event type, for example onair.command.start-now.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: String,
+    /// The subject: a broadcast id, or liveEvent/<channel>.
+    #[arg(long)]
+    pub subject: String,
+    /// The data, as JSON.
+    #[arg(long, value_name = "JSON")]
+    pub data: Option<String>,
+    /// The event id (default: a new UUID); sending the same id twice has one effect.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The source attribute.
+    #[arg(long, default_value = "onair-cli")]
+    pub source: String,
 }
 
 /// `onair emulator` options; each overrides the matching `[emulator]` setting.
@@ -171,7 +211,10 @@ pub async fn execute(command: Command, settings: Settings, shutdown: Cancellatio
             crate::demo::run(emulator, settings.media, options, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run => crate::daemon::run(settings, shutdown).await,
         Command::Check => Ok(check(&settings)),
+        Command::Status(args) => crate::daemon::status(&settings, &args.broadcast, args.json, args.events),
+        Command::Send(args) => crate::daemon::send(&settings, args),
     }
 }
 
@@ -200,23 +243,24 @@ fn apply_emulator_args(emulator: &mut crate::emulator::Settings, args: &Emulator
     args.faults.apply(&mut emulator.faults);
 }
 
-/// `onair check`: the settings loaded (main already refused invalid ones); now what running needs.
+/// `onair check`: the settings loaded (main already refused invalid ones); now the machines, the
+/// broadcasts, and what running needs.
 fn check(settings: &Settings) -> ExitCode {
-    let missing = settings.media.missing();
-    if !missing.is_empty() {
-        println!(
-            "settings incomplete for running onair ({} problem{}):",
-            missing.len(),
-            if missing.len() == 1 { "" } else { "s" }
-        );
-        for key in missing {
-            println!("  - {key}: required to run (no default)");
+    let library = crate::machine::Library::load(settings.engine.machines_dir.as_deref());
+    let problems = crate::daemon::problems(settings, &library);
+    if !problems.is_empty() {
+        println!("{} problem{}:", problems.len(), if problems.len() == 1 { "" } else { "s" });
+        for problem in problems {
+            println!("  - {problem}");
         }
         return ExitCode::from(crate::config::EXIT_CODE as u8);
     }
     let media = &settings.media;
     println!("settings OK");
-    println!("  media      {} account {}", media.arm_url, media.account.as_deref().unwrap_or_default());
-    println!("  shutdown   grace {:?}", settings.shutdown.grace);
+    println!("  media       {} account {}", media.arm_url, media.account.as_deref().unwrap_or_default());
+    println!("  machines    {}", library.machines.keys().cloned().collect::<Vec<_>>().join(", "));
+    println!("  broadcasts  {}", settings.engine.broadcasts.keys().cloned().collect::<Vec<_>>().join(", "));
+    println!("  store       {}", settings.engine.store.display());
+    println!("  shutdown    grace {:?}", settings.shutdown.grace);
     ExitCode::SUCCESS
 }

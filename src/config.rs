@@ -42,6 +42,8 @@ pub struct Settings {
     pub media: crate::media::Settings,
     /// `[emulator]`
     pub emulator: crate::emulator::Settings,
+    /// `[engine]` and `[broadcasts.<id>]`
+    pub engine: crate::engine::Settings,
 }
 
 /// Where settings come from.
@@ -116,7 +118,8 @@ pub fn load(source: &Source) -> Result<Settings, Error> {
         let shutdown = crate::shutdown::Settings::parse(&mut root.section("shutdown"));
         let media = crate::media::Settings::parse(&mut root.section("media"));
         let emulator = crate::emulator::Settings::parse(&mut root.section("emulator"));
-        Settings { shutdown, media, emulator }
+        let engine = crate::engine::Settings::parse(&mut root.section("engine"), &mut root.section("broadcasts"));
+        Settings { shutdown, media, emulator, engine }
     };
     let problems = context.problems.into_inner();
     if problems.is_empty() { Ok(settings) } else { Err(Error::Invalid(Problems(problems))) }
@@ -250,6 +253,11 @@ impl<'a> Section<'a> {
             None => Map::new(),
         };
         Section { context: self.context, path, map }
+    }
+
+    /// The keys of this table, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
     }
 
     /// The value at `key`, which the built-in defaults always provide.
@@ -398,7 +406,11 @@ impl<'a> Section<'a> {
     }
 
     fn key_path(&self, key: &str) -> String {
-        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
+        match (self.path.is_empty(), key.is_empty()) {
+            (true, _) => key.to_string(),
+            (false, true) => self.path.clone(),
+            (false, false) => format!("{}.{key}", self.path),
+        }
     }
 }
 

@@ -9,6 +9,8 @@
 //! - `clock`: wall-clock time behind a trait so that tests can control it.
 //! - `event`: the CloudEvents envelope and the event types onair emits or understands.
 //! - `machine`: machine definitions (TOML, CEL guards) and the pure `step`.
+//! - `daemon`: the wiring of `onair run`, and `status`, `send` and the checks behind `check`.
+//! - `engine`: routing, one ordered lane per broadcast, the executor, durable timers, the inbox.
 //! - `media`: the Media Services v3 REST shapes, the client (token, retries, long-running operations)
 //!   and the idempotent ensure-operations that the rest of onair drives.
 //! - `store`: durable state behind a narrow trait; SQLite (WAL, `synchronous=FULL`) by default.
@@ -23,8 +25,10 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod emulator;
+pub mod engine;
 pub mod event;
 pub mod machine;
 pub mod media;

@@ -669,6 +669,30 @@ impl Client {
         }
     }
 
+    /// The streaming endpoint is Stopped, or does not exist.
+    pub async fn ensure_endpoint_stopped(&self, name: &str) -> Result<(), Error> {
+        let mut converging = Converging::new(self, format!("streaming endpoint {name} stopped"));
+        loop {
+            let step: Result<Step<()>, Error> = async {
+                let Some(endpoint) = self.get_streaming_endpoint(name).await? else {
+                    return Ok(Step::Done(()));
+                };
+                match endpoint_state_of(&endpoint) {
+                    StreamingEndpointState::Stopped => Ok(Step::Done(())),
+                    StreamingEndpointState::Running => {
+                        self.wait(&self.streaming_endpoint_action(name, false).await?).await?;
+                        Ok(Step::Wrote)
+                    }
+                    other => Ok(Step::Wait(format!("streaming endpoint {name} is {other}"))),
+                }
+            }
+            .await;
+            if let Some(done) = converging.next(step).await? {
+                break Ok(done);
+            }
+        }
+    }
+
     /// The streaming endpoint has `units` scale units (whether it runs or not).
     pub async fn ensure_endpoint_scaled(&self, name: &str, units: i32) -> Result<StreamingEndpoint, Error> {
         let mut converging = Converging::new(self, format!("streaming endpoint {name} at {units} units"));

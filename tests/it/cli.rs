@@ -28,7 +28,7 @@ fn help_lists_exactly_the_working_subcommands() {
         .take_while(|line| line.starts_with("  "))
         .filter_map(|line| line.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["emulator", "demo", "check", "help"]);
+    assert_eq!(commands, ["emulator", "demo", "run", "check", "status", "send", "help"]);
 }
 
 #[test]
@@ -176,4 +176,99 @@ mod raw_http {
         stream.read_to_string(&mut answer).unwrap();
         answer
     }
+}
+
+fn complete_settings(extra: &str, state_dir: &std::path::Path) -> tempfile::NamedTempFile {
+    config_file(&format!(
+        "[media]\ntoken_url = \"https://login.example/t/oauth2/v2.0/token\"\nsubscription_id = \"s\"\nresource_group = \"g\"\naccount = \"a\"\nclient_id = \"c\"\n[engine]\nstate_dir = \"{}\"\n{extra}",
+        state_dir.display()
+    ))
+}
+
+#[test]
+fn check_reports_machine_and_broadcast_problems_with_their_location() {
+    let directory = tempfile::tempdir().unwrap();
+    let machines = directory.path().join("machines");
+    std::fs::create_dir_all(&machines).unwrap();
+    std::fs::write(
+        machines.join("mine.toml"),
+        "initial = \"a\"\n[states.a]\n[[transitions]]\nfrom = \"a\"\non = \"x\"\nguard = \"((\"\nto = \"b\"\n",
+    )
+    .unwrap();
+    let file = complete_settings(
+        &format!(
+            "machines_dir = \"{}\"\n[broadcasts.news]\nmachine = \"mine\"\n[broadcasts.sport]\nmachine = \"nope\"\n",
+            machines.display()
+        ),
+        directory.path(),
+    );
+    let output =
+        onair().arg("--config").arg(file.path()).arg("check").env("ONAIR__MEDIA__CLIENT_SECRET", "x").output().unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let report = String::from_utf8(output.stdout).unwrap();
+    let mine = machines.join("mine.toml").display().to_string();
+    assert!(report.contains(&format!("{mine}:6:9: transition #1: guard does not compile")), "{report}");
+    assert!(report.contains(&format!("{mine}:7:6: transition #1: unknown state \"b\" in to")), "{report}");
+    assert!(
+        report.contains("broadcasts.news.machine: no machine named \"mine\""),
+        "a machine with problems is not loaded: {report}"
+    );
+    assert!(report.contains("broadcasts.sport.machine: no machine named \"nope\""), "{report}");
+
+    let run =
+        onair().arg("--config").arg(file.path()).arg("run").env("ONAIR__MEDIA__CLIENT_SECRET", "x").output().unwrap();
+    assert_eq!(run.status.code(), Some(78), "run refuses to start");
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("cannot run (4 problems)"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+#[test]
+fn send_queues_in_the_inbox_and_status_shows_the_broadcasts() {
+    let directory = tempfile::tempdir().unwrap();
+    let file = complete_settings("[broadcasts.news]\nunits = { on_air = 2 }\n", directory.path());
+    let sent = onair()
+        .args(["--config"])
+        .arg(file.path())
+        .args([
+            "send",
+            "--type",
+            "onair.command.pause",
+            "--subject",
+            "news",
+            "--data",
+            "{\"note\": \"lunch\"}",
+            "--id",
+            "cmd-1",
+        ])
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    let queued: Vec<_> =
+        std::fs::read_dir(directory.path().join("inbox")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert_eq!(queued.len(), 1);
+    let event: serde_json::Value = serde_json::from_slice(&std::fs::read(&queued[0]).unwrap()).unwrap();
+    assert_eq!(
+        (event["id"].as_str(), event["type"].as_str(), event["data"]["note"].as_str()),
+        (Some("cmd-1"), Some("onair.command.pause"), Some("lunch"))
+    );
+
+    let bad = onair()
+        .arg("--config")
+        .arg(file.path())
+        .args(["send", "--type", "t", "--subject", "news", "--data", "{oops"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--data is not JSON"));
+
+    let status = onair().arg("--config").arg(file.path()).args(["status", "--json"]).output().unwrap();
+    assert!(status.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report[0]["broadcast"], "news");
+    assert_eq!(report[0]["state"], "idle (no event yet)");
+    let unknown = onair().arg("--config").arg(file.path()).args(["status", "--broadcast", "weather"]).output().unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
 }

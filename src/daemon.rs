@@ -1,0 +1,182 @@
+//! The daemon's wiring (`onair run`) and the commands that look at it (`status`, `send`, the
+//! checks behind `check`).
+//!
+//! `run` checks everything first (settings, machines, broadcasts, media settings: exit 78 on any
+//! problem), opens the store, starts the engine (which resumes timers and pending actions from the
+//! store before taking events), then the inputs, and waits for the shutdown signal.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::SendArgs;
+use crate::config::Settings;
+use crate::engine::{Engine, Parts, Runner, inbox};
+use crate::event::Event;
+use crate::machine::Library;
+use crate::store::{SqliteStore, Store};
+
+/// Every reason the daemon cannot run with these settings: machine problems (with file and
+/// location), broadcasts naming a missing machine, missing media settings.
+pub fn problems(settings: &Settings, library: &Library) -> Vec<String> {
+    let mut problems: Vec<String> = library.problems.iter().map(ToString::to_string).collect();
+    for (id, broadcast) in &settings.engine.broadcasts {
+        if library.get(&broadcast.machine).is_none() {
+            let known = library.machines.keys().cloned().collect::<Vec<_>>().join(", ");
+            problems
+                .push(format!("broadcasts.{id}.machine: no machine named {:?} (loaded: {known})", broadcast.machine));
+        }
+    }
+    problems.extend(settings.media.missing().into_iter().map(|key| format!("{key}: required to run (no default)")));
+    problems
+}
+
+/// `onair run`.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    let library = Library::load(settings.engine.machines_dir.as_deref());
+    let problems = problems(&settings, &library);
+    if !problems.is_empty() {
+        eprintln!("error: cannot run ({} problem{}):", problems.len(), if problems.len() == 1 { "" } else { "s" });
+        for problem in problems {
+            eprintln!("  - {problem}");
+        }
+        return Ok(ExitCode::from(crate::config::EXIT_CODE as u8));
+    }
+    let clock = crate::clock::system();
+    let media = crate::media::Client::new(&settings.media)?;
+    let store_path = settings.engine.store.clone();
+    let store: Arc<dyn Store> = Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&store_path)).await??);
+    let (notifications, mut published) = mpsc::unbounded_channel::<Event>();
+    // Notifications are logged by the runner; with a broker they will also be published.
+    tokio::spawn(async move { while published.recv().await.is_some() {} });
+    let runner = Arc::new(Runner::new(Some(media), notifications, Arc::clone(&clock)));
+    let engine_settings = Arc::new(settings.engine.clone());
+    let parts = Parts { settings: Arc::clone(&engine_settings), library: Arc::new(library), store, runner, clock };
+    let engine = Engine::start(parts, shutdown.child_token()).await?;
+    let inbox = tokio::spawn(inbox::run(
+        engine_settings.inbox.clone(),
+        engine_settings.inbox_poll,
+        engine.input(),
+        shutdown.child_token(),
+    ));
+    tracing::info!(broadcasts = engine_settings.broadcasts.len(), store = %engine_settings.store.display(), "onair running.");
+    shutdown.cancelled().await;
+    tracing::info!("Stopping: no new events; in-flight decisions finish; pending actions resume at the next start.");
+    inbox.await??;
+    engine.join().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `onair status`.
+pub fn status(settings: &Settings, only: &Option<String>, as_json: bool, events: usize) -> anyhow::Result<ExitCode> {
+    if let Some(id) = only {
+        if !settings.engine.broadcasts.contains_key(id) {
+            anyhow::bail!("no broadcast {id:?} in the settings");
+        }
+    }
+    let store = SqliteStore::open_read_only(&settings.engine.store).ok();
+    let instances = match &store {
+        Some(store) => store.load_instances()?,
+        None => Vec::new(),
+    };
+    let pending = match &store {
+        Some(store) => store.pending_actions()?,
+        None => Vec::new(),
+    };
+    let mut report = Vec::new();
+    for (id, broadcast) in &settings.engine.broadcasts {
+        if only.as_ref().is_some_and(|only| only != id) {
+            continue;
+        }
+        let instance = instances.iter().find(|instance| &instance.broadcast == id);
+        let audit = match &store {
+            Some(store) => store.audit(id, events.max(1) * 4)?,
+            None => Vec::new(),
+        };
+        let decisions: Vec<_> = audit.iter().filter(|row| row.kind == "decision" || row.kind == "duplicate").collect();
+        let last: Vec<Value> = decisions[decisions.len().saturating_sub(events)..]
+            .iter()
+            .map(|row| json!({"at": row.at.to_rfc3339(), "event": row.event_type, "event_id": row.event_id, "reason": row.reason}))
+            .collect();
+        let actions: Vec<Value> = pending
+            .iter()
+            .filter(|row| &row.broadcast == id)
+            .map(|row| json!({"id": row.id, "action": row.kind, "attempts": row.attempts, "since": row.created.to_rfc3339()}))
+            .collect();
+        let next_timer = instance
+            .and_then(|instance| instance.timers.iter().min_by_key(|(_, due)| **due))
+            .map(|(name, due)| json!({"timer": name, "due": due.to_rfc3339()}));
+        report.push(json!({
+            "broadcast": id,
+            "machine": broadcast.machine,
+            "channel": broadcast.channel,
+            "state": instance.map_or("idle (no event yet)".to_string(), |instance| instance.state.clone()),
+            "since": instance.map(|instance| instance.since.to_rfc3339()),
+            "vars": instance.map(|instance| Value::Object(instance.vars.clone())),
+            "pending_actions": actions,
+            "next_timer": next_timer,
+            "last_events": last,
+        }));
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if store.is_none() {
+        println!("(no store at {} yet: nothing has run)", settings.engine.store.display());
+    }
+    for entry in &report {
+        let since = entry["since"].as_str().map(|since| format!(" since {since}")).unwrap_or_default();
+        println!(
+            "{}  {}{since}  (machine {}, channel {})",
+            entry["broadcast"].as_str().unwrap_or_default(),
+            entry["state"].as_str().unwrap_or_default(),
+            entry["machine"].as_str().unwrap_or_default(),
+            entry["channel"].as_str().unwrap_or_default()
+        );
+        for action in entry["pending_actions"].as_array().into_iter().flatten() {
+            println!(
+                "    pending  {} #{} (attempts {})",
+                action["action"].as_str().unwrap_or_default(),
+                action["id"],
+                action["attempts"]
+            );
+        }
+        if let Some(timer) = entry["next_timer"].as_object() {
+            println!(
+                "    timer    {} at {}",
+                timer["timer"].as_str().unwrap_or_default(),
+                timer["due"].as_str().unwrap_or_default()
+            );
+        }
+        for event in entry["last_events"].as_array().into_iter().flatten() {
+            println!(
+                "    {}  {}: {}",
+                event["at"].as_str().unwrap_or_default(),
+                event["event"].as_str().unwrap_or_default(),
+                event["reason"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `onair send`: one event into the local inbox.
+pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<ExitCode> {
+    let data: Value = match &args.data {
+        Some(text) => serde_json::from_str(text).map_err(|error| anyhow::anyhow!("--data is not JSON: {error}"))?,
+        None => json!({}),
+    };
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let id = args.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut event = Event::new(id, args.kind.clone(), args.subject.clone(), data, now);
+    event.source = args.source.clone();
+    let event = Event::from_value(serde_json::to_value(&event)?)
+        .map_err(|error| anyhow::anyhow!("not a valid event: {error}"))?;
+    let path = inbox::write(&settings.engine.inbox, &event, 0)?;
+    println!("{} queued in {}", event.id, path.display());
+    Ok(ExitCode::SUCCESS)
+}

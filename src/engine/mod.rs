@@ -1,0 +1,669 @@
+//! The engine: events in, decisions committed, actions out.
+//!
+//! ```text
+//!   sources (inbox, broker, webhooks) ─┐
+//!   executor results, durable timers ──┴─> input ─> router ─> lane (one per partition of broadcasts)
+//!        lane: step (pure) ─> store.commit (one transaction) ─> reply to the source (ack)
+//!                          └─> executor (outbox rows)   └─> timers (set, cancel)
+//! ```
+//!
+//! - `broadcast`: the `[broadcasts.<id>]` settings and what expressions see of them.
+//! - `executor`: runs outbox actions through the media client, one at a time per broadcast,
+//!   and turns each result into an `onair.action.succeeded|failed` event.
+//! - `timers`: durable timers, one ordered map for all broadcasts.
+//! - `inbox`: a directory of event files, the local input.
+//!
+//! Ordering: a broadcast always maps to the same lane, and a lane handles one event at a time, so
+//! each broadcast's events are decided in the order they arrive; lanes run concurrently.
+//! Durability: nothing is acknowledged before the store's commit returns; actions are queued to the
+//! executor only after the commit that decided them; on start, pending actions and armed timers
+//! are resumed from the store before any event is taken.
+
+mod broadcast;
+mod executor;
+pub mod inbox;
+mod settings;
+mod timers;
+
+use std::collections::{HashMap, hash_map::DefaultHasher};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use broadcast::Broadcast;
+pub use executor::{ActionError, Runner};
+pub use settings::Settings;
+
+use crate::clock::SharedClock;
+use crate::event::{self, Event};
+use crate::machine::{self, Definition, Instance, Library, Outcome as StepOutcome, TimerChange};
+use crate::store::{self, Commit, Committed, Completion, DecisionRecord, InstanceRecord, NewAction, Store};
+
+/// One event handed to the engine, with where to report its outcome.
+#[derive(Debug)]
+pub struct Delivery {
+    pub event: Event,
+    /// Told once the event's consequences are committed (or why not); `None` for internal events.
+    pub reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// What became of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Decided and committed (including "ignored, because …").
+    Committed,
+    /// Already processed; nothing changed.
+    Duplicate,
+    /// No broadcast matches the subject.
+    Unroutable(String),
+    /// Not committed; the source should deliver it again later.
+    Failed(String),
+}
+
+impl Outcome {
+    /// Whether the source may forget the event (acknowledge it).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Outcome::Failed(_))
+    }
+}
+
+/// Why the engine cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// A broadcast names a machine that is not loaded.
+    #[error("broadcast {broadcast}: machine {machine:?} is not loaded")]
+    MissingMachine { broadcast: String, machine: String },
+}
+
+/// What the engine needs from the rest of onair.
+pub struct Parts {
+    pub settings: Arc<Settings>,
+    pub library: Arc<Library>,
+    pub store: Arc<dyn Store>,
+    pub runner: Arc<Runner>,
+    pub clock: SharedClock,
+}
+
+/// A running engine.
+pub struct Engine {
+    input: mpsc::Sender<Delivery>,
+    tracker: TaskTracker,
+}
+
+impl Engine {
+    /// Loads the durable state, resumes timers and pending actions, then starts taking events.
+    pub async fn start(parts: Parts, shutdown: CancellationToken) -> Result<Self, Error> {
+        let Parts { settings, library, store, runner, clock } = parts;
+        let mut definitions = HashMap::new();
+        for (id, broadcast) in &settings.broadcasts {
+            let definition = library
+                .get(&broadcast.machine)
+                .ok_or_else(|| Error::MissingMachine { broadcast: id.clone(), machine: broadcast.machine.clone() })?;
+            definitions.insert(id.clone(), Arc::clone(definition));
+        }
+        let loaded = {
+            let store = Arc::clone(&store);
+            tokio::task::spawn_blocking(move || store.load_instances()).await.unwrap_or(Err(store::Error::Stopped))?
+        };
+        let pending = {
+            let store = Arc::clone(&store);
+            tokio::task::spawn_blocking(move || store.pending_actions()).await.unwrap_or(Err(store::Error::Stopped))?
+        };
+
+        let tracker = TaskTracker::new();
+        let (input, inbox) = mpsc::channel::<Delivery>(settings.input_queue);
+        let timers = timers::Timers::start(&tracker, input.clone(), Arc::clone(&clock), shutdown.child_token());
+        let executor = executor::Executor::start(
+            &tracker,
+            Arc::clone(&runner),
+            Arc::clone(&store),
+            Arc::clone(&settings),
+            input.clone(),
+            Arc::clone(&clock),
+            shutdown.child_token(),
+        );
+
+        let lane_count = settings.lanes.max(1);
+        let mut lanes = Vec::with_capacity(lane_count);
+        let mut caches: Vec<HashMap<String, Cached>> = (0..lane_count).map(|_| HashMap::new()).collect();
+        let mut resumed_timers = 0;
+        for record in loaded {
+            if !settings.broadcasts.contains_key(&record.broadcast) {
+                tracing::warn!(broadcast = %record.broadcast, "The store has a broadcast the settings no longer have; it is left alone.");
+                continue;
+            }
+            for (name, due) in &record.timers {
+                timers.set(&record.broadcast, name, *due);
+                resumed_timers += 1;
+            }
+            let lane = lane_of(&record.broadcast, lane_count);
+            caches[lane].insert(record.broadcast.clone(), Cached::from_record(record));
+        }
+        let resumed_actions = pending.iter().filter(|row| settings.broadcasts.contains_key(&row.broadcast)).count();
+        for row in pending.into_iter().filter(|row| settings.broadcasts.contains_key(&row.broadcast)) {
+            executor.run(row);
+        }
+        tracing::info!(
+            broadcasts = settings.broadcasts.len(),
+            timers = resumed_timers,
+            actions = resumed_actions,
+            "Engine state loaded; resuming timers and pending actions."
+        );
+
+        let definitions = Arc::new(definitions);
+        for cache in caches {
+            let (sender, receiver) = mpsc::channel::<Routed>(settings.lane_queue);
+            let lane = Lane {
+                settings: Arc::clone(&settings),
+                definitions: Arc::clone(&definitions),
+                store: Arc::clone(&store),
+                executor: executor.clone(),
+                timers: timers.clone(),
+                clock: Arc::clone(&clock),
+                cache,
+                stale: Default::default(),
+            };
+            tracker.spawn(lane.run(receiver));
+            lanes.push(sender);
+        }
+        tracker.spawn(route(inbox, lanes, Arc::clone(&settings), shutdown.child_token()));
+        tracker.spawn(purge_processed(
+            Arc::clone(&store),
+            Arc::clone(&settings),
+            Arc::clone(&clock),
+            shutdown.child_token(),
+        ));
+        tracker.close();
+        Ok(Self { input, tracker })
+    }
+
+    /// Where sources send events.
+    pub fn input(&self) -> mpsc::Sender<Delivery> {
+        self.input.clone()
+    }
+
+    /// Waits until every task has stopped (after the shutdown token is cancelled).
+    pub async fn join(self) {
+        drop(self.input);
+        self.tracker.wait().await;
+    }
+}
+
+/// Sends `event` and waits for its outcome.
+pub async fn deliver(input: &mpsc::Sender<Delivery>, event: Event) -> Outcome {
+    let (reply, outcome) = oneshot::channel();
+    if input.send(Delivery { event, reply: Some(reply) }).await.is_err() {
+        return Outcome::Failed("the engine is stopping".into());
+    }
+    outcome.await.unwrap_or_else(|_| Outcome::Failed("the engine stopped before deciding".into()))
+}
+
+// === Routing ===
+
+/// An event on its way to one broadcast's lane.
+struct Routed {
+    broadcast: String,
+    event: Arc<Event>,
+    reply: Option<oneshot::Sender<Outcome>>,
+}
+
+fn lane_of(broadcast: &str, lanes: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    broadcast.hash(&mut hasher);
+    (hasher.finish() % lanes as u64) as usize
+}
+
+/// The broadcasts an event is about: its subject is a broadcast id, or `liveEvent/<channel>`.
+fn targets(settings: &Settings, subject: &str) -> Vec<String> {
+    if settings.broadcasts.contains_key(subject) {
+        return vec![subject.to_string()];
+    }
+    let channel = subject
+        .split_once('/')
+        .filter(|(kind, _)| kind.eq_ignore_ascii_case("liveEvent") || kind.eq_ignore_ascii_case("liveEvents"))
+        .map(|(_, channel)| channel);
+    match channel {
+        Some(channel) => settings
+            .broadcasts
+            .values()
+            .filter(|broadcast| broadcast.channel.eq_ignore_ascii_case(channel))
+            .map(|broadcast| broadcast.id.clone())
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+async fn route(
+    mut input: mpsc::Receiver<Delivery>,
+    lanes: Vec<mpsc::Sender<Routed>>,
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            delivery = input.recv() => match delivery {
+                Some(delivery) => delivery,
+                None => break,
+            },
+        };
+        let Delivery { event, reply } = delivery;
+        let broadcasts = targets(&settings, &event.subject);
+        let event = Arc::new(event);
+        match broadcasts.len() {
+            0 => {
+                tracing::warn!(event_id = %event.id, subject = %event.subject, kind = %event.kind, "No broadcast for this subject; event not routed.");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Outcome::Unroutable(format!("no broadcast for subject {:?}", event.subject)));
+                }
+            }
+            1 => {
+                let broadcast = broadcasts.into_iter().next().unwrap_or_default();
+                let lane = &lanes[lane_of(&broadcast, lanes.len())];
+                if lane.send(Routed { broadcast, event, reply }).await.is_err() {
+                    break;
+                }
+            }
+            _ => {
+                // Several broadcasts share the channel: each decides; the source hears once all have.
+                let mut outcomes = Vec::new();
+                for broadcast in broadcasts {
+                    let (sub_reply, outcome) = oneshot::channel();
+                    let lane = &lanes[lane_of(&broadcast, lanes.len())];
+                    if lane.send(Routed { broadcast, event: Arc::clone(&event), reply: Some(sub_reply) }).await.is_err()
+                    {
+                        return;
+                    }
+                    outcomes.push(outcome);
+                }
+                if let Some(reply) = reply {
+                    tokio::spawn(async move {
+                        let mut combined = Outcome::Duplicate;
+                        for outcome in outcomes {
+                            match outcome.await.unwrap_or_else(|_| Outcome::Failed("engine stopped".into())) {
+                                failed @ Outcome::Failed(_) => combined = failed,
+                                Outcome::Committed if !matches!(combined, Outcome::Failed(_)) => {
+                                    combined = Outcome::Committed
+                                }
+                                _ => {}
+                            }
+                        }
+                        let _ = reply.send(combined);
+                    });
+                }
+            }
+        }
+    }
+}
+
+// === Lanes ===
+
+/// A broadcast's instance as its lane keeps it.
+#[derive(Debug, Clone)]
+struct Cached {
+    instance: Instance,
+    since: DateTime<Utc>,
+    seq: i64,
+}
+
+impl Cached {
+    fn from_record(record: InstanceRecord) -> Self {
+        Self {
+            instance: Instance { state: record.state, vars: record.vars, timers: record.timers },
+            since: record.since,
+            seq: record.seq,
+        }
+    }
+}
+
+struct Lane {
+    settings: Arc<Settings>,
+    definitions: Arc<HashMap<String, Arc<Definition>>>,
+    store: Arc<dyn Store>,
+    executor: executor::Executor,
+    timers: timers::Timers,
+    clock: SharedClock,
+    /// The instances of this lane's broadcasts, all loaded at start. Only this task touches them.
+    cache: HashMap<String, Cached>,
+    /// Broadcasts whose cached instance was dropped after a failed commit: read again from the store.
+    stale: std::collections::HashSet<String>,
+}
+
+impl Lane {
+    /// Takes the events waiting for this lane, up to `lane_batch` at a time, decides them in order
+    /// (each on the state the previous one left) and commits them together; the safe point is
+    /// between batches.
+    async fn run(mut self, mut input: mpsc::Receiver<Routed>) {
+        while let Some(first) = input.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < self.settings.lane_batch {
+                match input.try_recv() {
+                    Ok(routed) => batch.push(routed),
+                    Err(_) => break,
+                }
+            }
+            let outcomes = self.handle(&batch).await;
+            for (routed, outcome) in batch.into_iter().zip(outcomes) {
+                if let Outcome::Failed(reason) = &outcome {
+                    tracing::error!(broadcast = %routed.broadcast, event_id = %routed.event.id, %reason, "Decision not committed.");
+                }
+                if let Some(reply) = routed.reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, batch: &[Routed]) -> Vec<Outcome> {
+        let keys: Vec<(String, String)> =
+            batch.iter().map(|routed| (routed.event.id.clone(), routed.broadcast.clone())).collect();
+        let processed = {
+            let store = Arc::clone(&self.store);
+            let keys = keys.clone();
+            // If the check fails, the commit's own check still catches a duplicate.
+            tokio::task::spawn_blocking(move || store.processed(&keys))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_else(|| vec![false; batch.len()])
+        };
+        let now = self.clock.now();
+        let settings = Arc::clone(&self.settings);
+        let definitions = Arc::clone(&self.definitions);
+        let mut working: HashMap<String, Cached> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut commits = Vec::with_capacity(batch.len());
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+        let mut timer_changes: Vec<(String, Vec<TimerChange>)> = Vec::new();
+        for ((routed, key), known) in batch.iter().zip(&keys).zip(processed) {
+            let (Some(broadcast), Some(definition)) =
+                (settings.broadcasts.get(&routed.broadcast), definitions.get(&routed.broadcast))
+            else {
+                outcomes.push(Some(Outcome::Unroutable(format!("broadcast {:?} is not configured", routed.broadcast))));
+                continue;
+            };
+            let event = &routed.event;
+            if known || !seen.insert(key.clone()) {
+                commits.push(duplicate_commit(&routed.broadcast, &definition.name, event, now));
+                timer_changes.push((routed.broadcast.clone(), Vec::new()));
+                outcomes.push(None);
+                continue;
+            }
+            let current = match working.get(&routed.broadcast) {
+                Some(current) => current.clone(),
+                None => match self.current(&routed.broadcast, definition, now).await {
+                    Ok(current) => current,
+                    Err(error) => {
+                        outcomes.push(Some(Outcome::Failed(error.to_string())));
+                        continue;
+                    }
+                },
+            };
+            let (commit, next, timers) = decide(&routed.broadcast, broadcast, definition, &current, event, now);
+            working.insert(routed.broadcast.clone(), next);
+            commits.push(commit);
+            timer_changes.push((routed.broadcast.clone(), timers));
+            outcomes.push(None);
+        }
+        if commits.is_empty() {
+            return outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Committed)).collect();
+        }
+        match self.commit(commits).await {
+            Ok(results) => {
+                self.cache.extend(working);
+                let mut results = results.into_iter().zip(timer_changes);
+                outcomes
+                    .into_iter()
+                    .map(|outcome| {
+                        if let Some(outcome) = outcome {
+                            return outcome;
+                        }
+                        match results.next() {
+                            Some((Committed::Applied { outbox, skipped }, (broadcast, timers))) => {
+                                self.executor.skip(skipped);
+                                outbox.into_iter().for_each(|row| self.executor.run(row));
+                                for change in timers {
+                                    match change {
+                                        TimerChange::Set { name, due } => self.timers.set(&broadcast, &name, due),
+                                        TimerChange::Cancel { name } => self.timers.cancel(&broadcast, &name),
+                                    }
+                                }
+                                Outcome::Committed
+                            }
+                            Some((Committed::Duplicate, _)) => Outcome::Duplicate,
+                            None => Outcome::Failed("the store answered fewer decisions than it was given".into()),
+                        }
+                    })
+                    .collect()
+            }
+            Err(error) => {
+                // Nothing of the batch was recorded: forget what was decided and start again from
+                // the store for these broadcasts; the sources deliver the events again.
+                for broadcast in working.keys() {
+                    self.cache.remove(broadcast);
+                    self.stale.insert(broadcast.clone());
+                }
+                let reason = error.to_string();
+                outcomes.into_iter().map(|outcome| outcome.unwrap_or_else(|| Outcome::Failed(reason.clone()))).collect()
+            }
+        }
+    }
+
+    /// The broadcast's instance: cached; or new, when the store has none (every instance was
+    /// loaded at start, and this lane is the only writer of its broadcasts); or read again after
+    /// a failed commit.
+    async fn current(
+        &mut self,
+        broadcast: &str,
+        definition: &Definition,
+        now: DateTime<Utc>,
+    ) -> Result<Cached, store::Error> {
+        if let Some(cached) = self.cache.get(broadcast) {
+            return Ok(cached.clone());
+        }
+        if !self.stale.remove(broadcast) {
+            let cached = Cached { instance: Instance::new(definition), since: now, seq: 0 };
+            self.cache.insert(broadcast.to_string(), cached.clone());
+            return Ok(cached);
+        }
+        let store = Arc::clone(&self.store);
+        let id = broadcast.to_string();
+        let loaded = tokio::task::spawn_blocking(move || store.load_instance(&id))
+            .await
+            .unwrap_or(Err(store::Error::Stopped))?;
+        let cached = loaded.map(Cached::from_record).unwrap_or_else(|| Cached {
+            instance: Instance::new(definition),
+            since: now,
+            seq: 0,
+        });
+        self.cache.insert(broadcast.to_string(), cached.clone());
+        Ok(cached)
+    }
+
+    /// Commits a batch, retrying a few times: a store error is usually passing (disk busy, full).
+    async fn commit(&self, batch: Vec<Commit>) -> Result<Vec<Committed>, store::Error> {
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let store = Arc::clone(&self.store);
+            let try_batch = batch.clone();
+            let result = tokio::task::spawn_blocking(move || store.commit(try_batch))
+                .await
+                .unwrap_or(Err(store::Error::Stopped));
+            match result {
+                Err(store::Error::Sql { .. }) if attempt < self.settings.commit_attempts => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Decides one event on `current`: the commit to record, the instance after it, its timer changes.
+fn decide(
+    broadcast_id: &str,
+    broadcast: &Broadcast,
+    definition: &Definition,
+    current: &Cached,
+    event: &Event,
+    now: DateTime<Utc>,
+) -> (Commit, Cached, Vec<TimerChange>) {
+    let decision = match stale_timer(&current.instance, event) {
+        Some(reason) => machine::Decision {
+            outcome: StepOutcome::Ignored,
+            reason,
+            state: current.instance.state.clone(),
+            vars: current.instance.vars.clone(),
+            actions: Vec::new(),
+            timers: Vec::new(),
+        },
+        None => machine::step(definition, &current.instance, event, &broadcast.expression_view(), now),
+    };
+    tracing::debug!(broadcast = %broadcast_id, event_id = %event.id, reason = %decision.reason, "Decided.");
+    let instance = decision.apply(&current.instance);
+    let changed_state = instance.state != current.instance.state;
+    let next = Cached {
+        since: if changed_state || current.seq == 0 { now } else { current.since },
+        seq: current.seq + 1,
+        instance,
+    };
+    let record = InstanceRecord {
+        broadcast: broadcast_id.to_string(),
+        machine: definition.name.clone(),
+        state: next.instance.state.clone(),
+        vars: next.instance.vars.clone(),
+        timers: next.instance.timers.clone(),
+        since: next.since,
+        seq: next.seq,
+    };
+    let (outcome, from, to, transition) = match &decision.outcome {
+        StepOutcome::Transitioned { transition, from, to } => ("transition", from.clone(), to.clone(), *transition),
+        StepOutcome::Ignored => ("ignored", current.instance.state.clone(), current.instance.state.clone(), None),
+    };
+    let commit = Commit {
+        duplicate: false,
+        broadcast: broadcast_id.to_string(),
+        machine: definition.name.clone(),
+        at: now,
+        event_id: event.id.clone(),
+        event_type: event.kind.clone(),
+        event: json!({"id": event.id, "type": event.kind, "subject": event.subject, "source": event.source, "data": event.data}),
+        decision: DecisionRecord {
+            outcome: outcome.into(),
+            from,
+            to,
+            transition,
+            reason: decision.reason.clone(),
+            detail: json!({
+                "actions": decision.actions.iter().map(|action| json!({"action": action.kind, "params": action.params})).collect::<Vec<_>>(),
+                "timers": decision.timers.iter().map(|change| match change {
+                    TimerChange::Set { name, due } => json!({"set": name, "due": due.to_rfc3339()}),
+                    TimerChange::Cancel { name } => json!({"cancel": name}),
+                }).collect::<Vec<_>>(),
+            }),
+        },
+        instance: Some(record),
+        actions: decision
+            .actions
+            .iter()
+            .map(|action| NewAction { kind: action.kind.clone(), params: action.params.clone() })
+            .collect(),
+        completes: completion(event),
+    };
+    (commit, next, decision.timers)
+}
+
+/// The audit-only commit of an event already processed.
+fn duplicate_commit(broadcast: &str, machine: &str, event: &Event, now: DateTime<Utc>) -> Commit {
+    Commit {
+        duplicate: true,
+        broadcast: broadcast.to_string(),
+        machine: machine.to_string(),
+        at: now,
+        event_id: event.id.clone(),
+        event_type: event.kind.clone(),
+        event: Value::Null,
+        decision: DecisionRecord {
+            outcome: "duplicate".into(),
+            from: String::new(),
+            to: String::new(),
+            transition: None,
+            reason: String::new(),
+            detail: Value::Null,
+        },
+        instance: None,
+        actions: Vec::new(),
+        completes: None,
+    }
+}
+
+/// A timer event for a timer that is no longer armed (cancelled, or re-armed for another time).
+fn stale_timer(instance: &Instance, event: &Event) -> Option<String> {
+    if event.kind != event::TIMER_FIRED {
+        return None;
+    }
+    let name = event.data["timer"].as_str().unwrap_or_default();
+    let due = event.data["due"].as_str().and_then(event::parse_time);
+    match (instance.timers.get(name), due) {
+        (Some(armed), Some(due)) if armed.timestamp_millis() == due.timestamp_millis() => None,
+        _ => Some(format!("ignored: timer {name:?} is no longer armed")),
+    }
+}
+
+/// The outbox row an action result reports on.
+fn completion(event: &Event) -> Option<Completion> {
+    let succeeded = match event.kind.as_str() {
+        event::ACTION_SUCCEEDED => true,
+        event::ACTION_FAILED => false,
+        _ => return None,
+    };
+    let outbox_id = event.data["outbox_id"].as_i64()?;
+    let result = if succeeded { event.data["result"].clone() } else { event.data["error"].clone() };
+    Some(Completion { outbox_id, succeeded, result })
+}
+
+/// Forgets processed event ids older than the retention, every hour (or tenth of the retention).
+async fn purge_processed(
+    store: Arc<dyn Store>,
+    settings: Arc<Settings>,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) {
+    let every = (settings.dedup_retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let Ok(retention) = chrono::Duration::from_std(settings.dedup_retention) else { continue };
+        let before = clock.now() - retention;
+        let store = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || store.purge_processed(before)).await {
+            Ok(Ok(count)) if count > 0 => tracing::info!(count, "Processed event ids past their retention purged."),
+            Ok(Err(error)) => tracing::warn!(%error, "Purging processed event ids failed."),
+            _ => {}
+        }
+    }
+}
+
+/// The JSON of an `Outcome`, for logs and tools.
+pub fn outcome_json(outcome: &Outcome) -> Value {
+    match outcome {
+        Outcome::Committed => json!({"outcome": "committed"}),
+        Outcome::Duplicate => json!({"outcome": "duplicate"}),
+        Outcome::Unroutable(reason) => json!({"outcome": "unroutable", "reason": reason}),
+        Outcome::Failed(reason) => json!({"outcome": "failed", "reason": reason}),
+    }
+}

@@ -1,0 +1,122 @@
+//! `[engine]` and `[broadcasts.<id>]` settings.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::Broadcast;
+use super::broadcast::valid_id;
+
+/// The engine's settings and the broadcasts it runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the store and the inbox live by default.
+    pub state_dir: PathBuf,
+    /// The SQLite database.
+    pub store: PathBuf,
+    /// The local inbox directory.
+    pub inbox: PathBuf,
+    /// How often the inbox is read.
+    pub inbox_poll: Duration,
+    /// User machine definitions (`*.toml`), which replace built-ins of the same name.
+    pub machines_dir: Option<PathBuf>,
+    /// Partitions of broadcasts decided concurrently.
+    pub lanes: usize,
+    /// Events waiting for the router, and per lane.
+    pub input_queue: usize,
+    pub lane_queue: usize,
+    /// Events one lane decides and commits together at most.
+    pub lane_batch: usize,
+    /// Actions running at once, across broadcasts.
+    pub action_concurrency: usize,
+    /// Attempts of one action before it fails.
+    pub action_attempts: u32,
+    /// Backoff before an action's second attempt; it doubles.
+    pub action_backoff: Duration,
+    /// Attempts of one commit before the event is reported failed.
+    pub commit_attempts: u32,
+    /// How long processed event ids are kept for deduplication.
+    pub dedup_retention: Duration,
+    /// The broadcasts, by id.
+    pub broadcasts: BTreeMap<String, Broadcast>,
+}
+
+impl Settings {
+    pub(crate) fn parse(engine: &mut crate::config::Section<'_>, broadcasts: &mut crate::config::Section<'_>) -> Self {
+        let state_dir: PathBuf = engine.value::<String>("state_dir").into();
+        let store = engine.optional::<PathBuf>("store").unwrap_or_else(|| state_dir.join("onair.db"));
+        let inbox = engine.optional::<PathBuf>("inbox").unwrap_or_else(|| state_dir.join("inbox"));
+        let settings = Self {
+            store,
+            inbox,
+            inbox_poll: engine.duration("inbox_poll"),
+            machines_dir: engine.optional("machines_dir"),
+            lanes: engine.value("lanes"),
+            input_queue: engine.value("input_queue"),
+            lane_queue: engine.value("lane_queue"),
+            lane_batch: engine.value("lane_batch"),
+            action_concurrency: engine.value("action_concurrency"),
+            action_attempts: engine.value("action_attempts"),
+            action_backoff: engine.duration("action_backoff"),
+            commit_attempts: engine.value("commit_attempts"),
+            dedup_retention: engine.duration("dedup_retention"),
+            broadcasts: parse_broadcasts(broadcasts),
+            state_dir,
+        };
+        engine.check("state_dir", !settings.state_dir.as_os_str().is_empty(), "must not be empty");
+        engine.check("lanes", (1..=1024).contains(&settings.lanes), "must be between 1 and 1024");
+        engine.check("input_queue", settings.input_queue >= 1, "must be at least 1");
+        engine.check("lane_queue", settings.lane_queue >= 1, "must be at least 1");
+        engine.check("lane_batch", (1..=4096).contains(&settings.lane_batch), "must be between 1 and 4096");
+        engine.check("action_concurrency", settings.action_concurrency >= 1, "must be at least 1");
+        engine.check("action_attempts", settings.action_attempts >= 1, "must be at least 1");
+        engine.check("commit_attempts", settings.commit_attempts >= 1, "must be at least 1");
+        engine.check("inbox_poll", !settings.inbox_poll.is_zero(), "must be greater than zero");
+        engine.check("dedup_retention", settings.dedup_retention >= Duration::from_secs(60), "must be at least 1m");
+        settings
+    }
+}
+
+fn parse_broadcasts(section: &mut crate::config::Section<'_>) -> BTreeMap<String, Broadcast> {
+    let mut broadcasts = BTreeMap::new();
+    for id in section.keys() {
+        let mut table = section.section(&id);
+        if !valid_id(&id) {
+            table.problem("", "a broadcast id is 1 to 40 lowercase letters, digits and inner hyphens");
+        }
+        let channel = table.optional::<String>("channel").unwrap_or_else(|| id.clone());
+        if crate::media::model::valid_live_event_name(&channel).is_err() {
+            table.problem("channel", "a channel (live event) name is 1 to 32 letters, digits and inner hyphens");
+        }
+        let protocol = table.optional::<String>("protocol").unwrap_or_else(|| "RTMP".into());
+        if !matches!(protocol.as_str(), "RTMP" | "FragmentedMP4") {
+            table.problem("protocol", "must be RTMP or FragmentedMP4");
+        }
+        let mut units = table.section("units");
+        let on_air_units = units.optional::<i32>("on_air").unwrap_or(1);
+        let off_air_units = units.optional::<i32>("off_air").unwrap_or(0);
+        for (key, value) in [("on_air", on_air_units), ("off_air", off_air_units)] {
+            units.check(key, (0..=10).contains(&value), "must be between 0 and 10");
+        }
+        drop(units);
+        let settings = table.optional::<Map<String, Value>>("settings").unwrap_or_default();
+        let broadcast = Broadcast {
+            machine: table.optional("machine").unwrap_or_else(|| "live".into()),
+            endpoint: table.optional("endpoint").unwrap_or_else(|| "default".into()),
+            streaming_policy: table
+                .optional("streaming_policy")
+                .unwrap_or_else(|| "Predefined_ClearStreamingOnly".into()),
+            archive_window: table.optional("archive_window").unwrap_or_else(|| "PT1H".into()),
+            id: id.clone(),
+            channel,
+            protocol,
+            on_air_units,
+            off_air_units,
+            settings,
+        };
+        broadcasts.insert(id, broadcast);
+    }
+    broadcasts
+}
