@@ -6,8 +6,13 @@
 mod bad_input;
 mod cli;
 mod conformance;
+mod crash;
+mod daemon;
 mod emulator;
+mod engine;
 mod faults;
 mod fixtures;
 mod helpers;
+mod history;
 mod lifecycle;
+mod property;
