@@ -34,7 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the Media Services v3 emulator (ARM API, token endpoint, /_emulator/ introspection).
     Emulator(EmulatorArgs),
-    /// Start an emulator and drive one broadcast lifecycle through the client, step by step.
+    /// Run onair end to end on this machine: a private RabbitMQ node, the emulator and the daemon,
+    /// and one broadcast driven through its lifecycle by schedule events.
     Demo(DemoArgs),
     /// Run the daemon: the engine, the executor and the local inbox, until SIGTERM or SIGINT.
     Run,
@@ -42,8 +43,34 @@ pub enum Command {
     Check,
     /// Show each broadcast's state, pending actions, next timer and last events (reads the store).
     Status(StatusArgs),
-    /// Put one event into the local inbox (engine.inbox) for the running daemon.
+    /// Publish one event to the broker, with a confirm (or write it into the local inbox).
     Send(SendArgs),
+    /// Dead letters: list them, replay them.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// `onair dlq` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show the dead letters and why they are there (they stay in the queue).
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish dead letters to the events exchange again: the one with this message id, or all.
+    Replay {
+        /// The message (event) id; all dead letters when absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// Look at most at this many.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+    },
 }
 
 /// `onair status` options.
@@ -78,6 +105,9 @@ pub struct SendArgs {
     /// The source attribute.
     #[arg(long, default_value = "onair-cli")]
     pub source: String,
+    /// Write it into the local inbox (engine.inbox) instead of publishing it.
+    #[arg(long)]
+    pub inbox: bool,
 }
 
 /// `onair emulator` options; each overrides the matching `[emulator]` setting.
@@ -165,7 +195,7 @@ pub struct DemoArgs {
     /// Where the demo's own emulator listens (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDRESS")]
     pub listen: SocketAddr,
-    /// Drive an emulator that is already running at this URL instead of starting one.
+    /// Drive an emulator that is already running at this URL instead of starting one (with --client-only).
     #[arg(long, value_name = "URL")]
     pub emulator: Option<url::Url>,
     /// How long each transient state lasts in the demo's own emulator, in milliseconds.
@@ -177,9 +207,12 @@ pub struct DemoArgs {
     /// How long the program stays on air before the cleanup starts, in seconds.
     #[arg(long, default_value_t = 3, value_name = "SECONDS")]
     pub on_air_secs: u64,
-    /// Keep the demo's emulator running afterwards, until Ctrl-C, to explore it.
+    /// Keep the demo's emulator running afterwards, until Ctrl-C, to explore it (with --client-only).
     #[arg(long)]
     pub keep_running: bool,
+    /// Drive the lifecycle through the media client alone: no broker, no daemon.
+    #[arg(long)]
+    pub client_only: bool,
     #[command(flatten)]
     pub faults: FaultArgs,
 }
@@ -198,7 +231,8 @@ pub async fn execute(command: Command, settings: Settings, shutdown: Cancellatio
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
-            let mut emulator = settings.emulator;
+            let mut settings = settings;
+            let mut emulator = settings.emulator.clone();
             emulator.listen = args.listen;
             emulator.transition = Duration::from_millis(args.transition_ms);
             args.faults.apply(&mut emulator.faults);
@@ -208,13 +242,19 @@ pub async fn execute(command: Command, settings: Settings, shutdown: Cancellatio
                 on_air: Duration::from_secs(args.on_air_secs),
                 keep_running: args.keep_running,
             };
-            crate::demo::run(emulator, settings.media, options, shutdown).await?;
+            if args.client_only {
+                crate::demo::run_client(emulator, settings.media, options, shutdown).await?;
+            } else {
+                settings.emulator = emulator;
+                crate::demo::run_end_to_end(settings, options, shutdown).await?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => crate::daemon::run(settings, shutdown).await,
         Command::Check => Ok(check(&settings)),
         Command::Status(args) => crate::daemon::status(&settings, &args.broadcast, args.json, args.events),
-        Command::Send(args) => crate::daemon::send(&settings, args),
+        Command::Send(args) => crate::daemon::send(&settings, args).await,
+        Command::Dlq(command) => crate::daemon::dlq(&settings, command).await,
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Settings {
     pub emulator: crate::emulator::Settings,
     /// `[engine]` and `[broadcasts.<id>]`
     pub engine: crate::engine::Settings,
+    /// `[broker]`
+    pub broker: crate::broker::Settings,
 }
 
 /// Where settings come from.
@@ -119,7 +121,8 @@ pub fn load(source: &Source) -> Result<Settings, Error> {
         let media = crate::media::Settings::parse(&mut root.section("media"));
         let emulator = crate::emulator::Settings::parse(&mut root.section("emulator"));
         let engine = crate::engine::Settings::parse(&mut root.section("engine"), &mut root.section("broadcasts"));
-        Settings { shutdown, media, emulator, engine }
+        let broker = crate::broker::Settings::parse(&mut root.section("broker"));
+        Settings { shutdown, media, emulator, engine, broker }
     };
     let problems = context.problems.into_inner();
     if problems.is_empty() { Ok(settings) } else { Err(Error::Invalid(Problems(problems))) }
@@ -308,11 +311,16 @@ impl<'a> Section<'a> {
 
     /// An absolute `http` or `https` URL, or `None` when absent.
     pub fn url(&mut self, key: &str) -> Option<url::Url> {
+        self.url_with(key, &["http", "https"])
+    }
+
+    /// An absolute URL with one of `schemes`, or `None` when absent.
+    pub fn url_with(&mut self, key: &str, schemes: &[&str]) -> Option<url::Url> {
         let text: String = self.optional(key)?;
         match url::Url::parse(&text) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+            Ok(url) if schemes.contains(&url.scheme()) => Some(url),
             Ok(url) => {
-                self.problem(key, format!("unsupported URL scheme {:?}; use http or https", url.scheme()));
+                self.problem(key, format!("unsupported URL scheme {:?}; use {}", url.scheme(), schemes.join(" or ")));
                 None
             }
             Err(error) => {

@@ -7,12 +7,14 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::SendArgs;
+use crate::broker::{self, Publisher};
+use crate::cli::{DlqCommand, SendArgs};
 use crate::config::Settings;
 use crate::engine::{Engine, Parts, Runner, inbox};
 use crate::event::Event;
@@ -45,29 +47,103 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
         return Ok(ExitCode::from(crate::config::EXIT_CODE as u8));
     }
-    let clock = crate::clock::system();
-    let media = crate::media::Client::new(&settings.media)?;
-    let store_path = settings.engine.store.clone();
-    let store: Arc<dyn Store> = Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&store_path)).await??);
-    let (notifications, mut published) = mpsc::unbounded_channel::<Event>();
-    // Notifications are logged by the runner; with a broker they will also be published.
-    tokio::spawn(async move { while published.recv().await.is_some() {} });
-    let runner = Arc::new(Runner::new(Some(media), notifications, Arc::clone(&clock)));
-    let engine_settings = Arc::new(settings.engine.clone());
-    let parts = Parts { settings: Arc::clone(&engine_settings), library: Arc::new(library), store, runner, clock };
-    let engine = Engine::start(parts, shutdown.child_token()).await?;
-    let inbox = tokio::spawn(inbox::run(
-        engine_settings.inbox.clone(),
-        engine_settings.inbox_poll,
-        engine.input(),
-        shutdown.child_token(),
-    ));
-    tracing::info!(broadcasts = engine_settings.broadcasts.len(), store = %engine_settings.store.display(), "onair running.");
+    let daemon = Daemon::start(&settings, library).await?;
     shutdown.cancelled().await;
-    tracing::info!("Stopping: no new events; in-flight decisions finish; pending actions resume at the next start.");
-    inbox.await??;
-    engine.join().await;
+    daemon.stop().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A running daemon: the engine, its inputs (broker consumer, inbox) and the relay that publishes
+/// what onair produces for other systems.
+pub struct Daemon {
+    engine: Engine,
+    /// Stops the engine, after the inputs.
+    core: CancellationToken,
+    /// Stops the inputs: they finish what they handed over (acks) before the engine stops.
+    intake: CancellationToken,
+    consumer: tokio::task::JoinHandle<()>,
+    inbox: tokio::task::JoinHandle<Result<(), inbox::Error>>,
+    relay: tokio::task::JoinHandle<()>,
+    publisher: Arc<Publisher>,
+    status: broker::Status,
+}
+
+impl Daemon {
+    /// Opens the store, starts the engine (which resumes timers and pending actions first), then
+    /// the inputs. `library` must have passed the checks of `problems`.
+    pub async fn start(settings: &Settings, library: Library) -> anyhow::Result<Self> {
+        let clock = crate::clock::system();
+        let media = crate::media::Client::new(&settings.media)?;
+        let store_path = settings.engine.store.clone();
+        let store: Arc<dyn Store> =
+            Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&store_path)).await??);
+        let broker_settings = Arc::new(settings.broker.clone());
+        let publisher = Arc::new(Publisher::new(Arc::clone(&broker_settings)));
+        let (outbound, published) = mpsc::unbounded_channel::<Event>();
+        let runner = Arc::new(Runner::new(Some(media), outbound, Arc::clone(&clock)));
+        let engine_settings = Arc::new(settings.engine.clone());
+        let parts = Parts { settings: Arc::clone(&engine_settings), library: Arc::new(library), store, runner, clock };
+        let core = CancellationToken::new();
+        let intake = CancellationToken::new();
+        let engine = Engine::start(parts, core.clone()).await?;
+        let status = broker::Status::default();
+        let consumer =
+            tokio::spawn(broker::consume(Arc::clone(&broker_settings), engine.input(), status.clone(), intake.clone()));
+        let inbox = tokio::spawn(inbox::run(
+            engine_settings.inbox.clone(),
+            engine_settings.inbox_poll,
+            engine.input(),
+            intake.clone(),
+        ));
+        let relay = tokio::spawn(relay(published, Arc::clone(&publisher), core.clone()));
+        tracing::info!(
+            broadcasts = engine_settings.broadcasts.len(),
+            store = %engine_settings.store.display(),
+            broker = %broker_settings.endpoint(),
+            "onair running."
+        );
+        Ok(Self { engine, core, intake, consumer, inbox, relay, publisher, status })
+    }
+
+    /// The broker consumer's state.
+    pub fn broker_status(&self) -> &broker::Status {
+        &self.status
+    }
+
+    /// Stops the inputs (in-flight events finish and are acknowledged), then the engine.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        tracing::info!(
+            "Stopping: no new events; in-flight events finish and are acknowledged; pending actions resume at the next start."
+        );
+        self.intake.cancel();
+        let _ = self.consumer.await;
+        self.inbox.await??;
+        self.core.cancel();
+        self.engine.join().await;
+        let _ = self.relay.await;
+        self.publisher.close().await;
+        Ok(())
+    }
+}
+
+/// Publishes what onair produces for other systems, in order, retrying while the broker is away.
+async fn relay(mut published: mpsc::UnboundedReceiver<Event>, publisher: Arc<Publisher>, shutdown: CancellationToken) {
+    while let Some(event) = published.recv().await {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match publisher.publish_output(&event).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(event_id = %event.id, %error, "Cannot publish; trying again.");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
 }
 
 /// `onair status`.
@@ -164,8 +240,8 @@ pub fn status(settings: &Settings, only: &Option<String>, as_json: bool, events:
     Ok(ExitCode::SUCCESS)
 }
 
-/// `onair send`: one event into the local inbox.
-pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<ExitCode> {
+/// `onair send`: one event, published with a confirm (or written into the local inbox).
+pub async fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<ExitCode> {
     let data: Value = match &args.data {
         Some(text) => serde_json::from_str(text).map_err(|error| anyhow::anyhow!("--data is not JSON: {error}"))?,
         None => json!({}),
@@ -176,7 +252,49 @@ pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<ExitCode> {
     event.source = args.source.clone();
     let event = Event::from_value(serde_json::to_value(&event)?)
         .map_err(|error| anyhow::anyhow!("not a valid event: {error}"))?;
-    let path = inbox::write(&settings.engine.inbox, &event, 0)?;
-    println!("{} queued in {}", event.id, path.display());
+    if args.inbox {
+        let path = inbox::write(&settings.engine.inbox, &event, 0)?;
+        println!("{} queued in {}", event.id, path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let publisher = Publisher::new(Arc::new(settings.broker.clone()));
+    let published = publisher.publish(&event).await;
+    publisher.close().await;
+    published?;
+    println!("{} published to {} (confirmed)", event.id, settings.broker.exchange);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `onair dlq list` and `onair dlq replay`.
+pub async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DlqCommand::List { limit, json } => {
+            let letters = broker::dlq::list(&settings.broker, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else if letters.is_empty() {
+                println!("no dead letters in {}", settings.broker.dead_queue);
+            } else {
+                for letter in &letters {
+                    println!(
+                        "{}  {}  {} bytes  reason: {}",
+                        letter.message_id.as_deref().unwrap_or("(no id)"),
+                        letter.routing_key,
+                        letter.bytes,
+                        letter.reason
+                    );
+                }
+                println!(
+                    "{} dead letter{} (at most {limit} listed)",
+                    letters.len(),
+                    if letters.len() == 1 { "" } else { "s" }
+                );
+            }
+        }
+        DlqCommand::Replay { id, limit } => {
+            let report = broker::dlq::replay(&settings.broker, id.as_deref(), limit).await?;
+            println!("replayed {}, kept {}", report.replayed, report.kept);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - `broker`: RabbitMQ: topology, the consumer feeding the engine, the confirmed publisher, dead letters.
 //! - `cli`: the subcommands and their options; `main` only parses and calls `cli::execute`.
 //! - `config`: layered settings (built-in defaults, file, `ONAIR__*` environment), validated in one pass.
 //! - `telemetry`: the tracing subscriber (text or JSON, filtered by `RUST_LOG`).
@@ -22,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -14,6 +14,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     #[allow(clippy::disallowed_methods)] // The log filter is read here, once, like the settings.
     let filter = std::env::var("RUST_LOG").ok();
+    // The demo prints its own story on standard output; keep the logs to warnings unless asked.
+    let filter = filter.or_else(|| matches!(cli.command, onair::cli::Command::Demo(_)).then(|| "warn".to_string()));
     if let Err(error) = telemetry::init(cli.log_format, filter.as_deref()) {
         eprintln!("error: cannot set up logging: {error}");
         return ExitCode::FAILURE;

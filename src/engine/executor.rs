@@ -65,19 +65,20 @@ impl From<media::Error> for ActionError {
     }
 }
 
-/// What actions act on: the media client, an HTTP client for `http`, and where `notify` publishes.
+/// What actions act on: the media client, an HTTP client for `http`, and `outbound`, where the
+/// events onair publishes for other systems go (notifications, copies of action results).
 pub struct Runner {
     media: Option<media::Client>,
     http: reqwest::Client,
-    notifications: mpsc::UnboundedSender<Event>,
+    outbound: mpsc::UnboundedSender<Event>,
     clock: SharedClock,
 }
 
 impl Runner {
     /// A runner; without a media client, media actions fail with `NoMediaClient`.
-    pub fn new(media: Option<media::Client>, notifications: mpsc::UnboundedSender<Event>, clock: SharedClock) -> Self {
+    pub fn new(media: Option<media::Client>, outbound: mpsc::UnboundedSender<Event>, clock: SharedClock) -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
-        Self { media, http, notifications, clock }
+        Self { media, http, outbound, clock }
     }
 
     /// Runs one action once.
@@ -215,7 +216,7 @@ impl Runner {
             json!({"broadcast": broadcast.id, "severity": severity, "message": message, "data": row.params["data"]}),
             self.clock.now(),
         );
-        let published = self.notifications.send(notification).is_ok();
+        let published = self.outbound.send(notification).is_ok();
         json!({"severity": severity, "message": message, "published": published})
     }
 
@@ -375,6 +376,8 @@ impl Executor {
                 }
             }
             let event = self.result_event(&row, result);
+            // A copy for other systems; the engine's own copy goes straight to the lane.
+            let _ = self.inner.runner.outbound.send(event.clone());
             if self.inner.input.send(Delivery { event, reply: None }).await.is_err() {
                 return;
             }

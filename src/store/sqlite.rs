@@ -218,6 +218,20 @@ impl ReadOnly {
         integrity_check(&self.connection)
     }
 
+    /// Decisions recorded, distinct events decided, and duplicates absorbed.
+    pub fn decision_counts(&self) -> Result<(i64, i64, i64), Error> {
+        let sql = |error: rusqlite::Error| Error::Sql { operation: "decision counts", reason: error.to_string() };
+        self.connection
+            .query_row(
+                "SELECT (SELECT count(*) FROM audit WHERE kind = 'decision'),
+                        (SELECT count(DISTINCT event_id) FROM audit WHERE kind = 'decision'),
+                        (SELECT count(*) FROM audit WHERE kind = 'duplicate')",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .map_err(sql)
+    }
+
     /// Counts of outbox rows by status.
     pub fn outbox_counts(&self) -> Result<BTreeMap<String, i64>, Error> {
         let sql = |error: rusqlite::Error| Error::Sql { operation: "outbox counts", reason: error.to_string() };

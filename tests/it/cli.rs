@@ -28,7 +28,7 @@ fn help_lists_exactly_the_working_subcommands() {
         .take_while(|line| line.starts_with("  "))
         .filter_map(|line| line.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["emulator", "demo", "run", "check", "status", "send", "help"]);
+    assert_eq!(commands, ["emulator", "demo", "run", "check", "status", "send", "dlq", "help"]);
 }
 
 #[test]
@@ -123,8 +123,9 @@ fn the_emulator_logs_json_and_saves_its_snapshot_on_sigterm() {
 }
 
 #[test]
-fn the_demo_walks_through_the_lifecycle_and_prints_the_urls() {
-    let output = onair().args(["demo", "--transition-ms", "20", "--on-air-secs", "0"]).output().unwrap();
+fn the_client_demo_walks_through_the_lifecycle_and_prints_the_urls() {
+    let output =
+        onair().args(["demo", "--client-only", "--transition-ms", "20", "--on-air-secs", "0"]).output().unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     for step in [
@@ -140,6 +141,26 @@ fn the_demo_walks_through_the_lifecycle_and_prints_the_urls() {
     assert!(stdout.contains("HLS     https://default-demo.streaming.mediaservices.windows.net/"), "{stdout}");
     assert!(stdout.contains("(format=mpd-time-csf)"), "{stdout}");
     assert!(stdout.contains("4 resources created, each with one PUT."), "{stdout}");
+}
+
+#[test]
+fn the_demo_runs_onair_end_to_end_with_rabbitmq_the_emulator_and_the_daemon() {
+    // The README's run command; it needs rabbitmq-server, which .ci/run installs.
+    let output = onair().args(["demo", "--transition-ms", "100", "--on-air-secs", "0"]).output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    for line in [
+        "rabbitmq   onair-",
+        "onair      consuming onair.events",
+        "published onair.schedule.fired step=warmup",
+        "news: idle → warming",
+        "news: standby → live",
+        "HLS   https://default-demo.streaming.mediaservices.windows.net/",
+        "news: cooldown → idle",
+        "4 resources created, each once",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
 }
 
 /// A token request with a plain TCP socket: the test stays synchronous, like the process it drives.
@@ -234,6 +255,7 @@ fn send_queues_in_the_inbox_and_status_shows_the_broadcasts() {
         .arg(file.path())
         .args([
             "send",
+            "--inbox",
             "--type",
             "onair.command.pause",
             "--subject",

@@ -1,6 +1,6 @@
-//! `onair demo`: one broadcast lifecycle through the media client against an emulator.
+//! `onair demo --client-only`: one broadcast lifecycle through the media client alone.
 //!
-//! It shows a new user what onair automates: each step, the requests it took (from the emulator's
+//! It shows what the ensure-operations do: each step, the requests it took (from the emulator's
 //! request log, retries and faults included) and the streaming URLs. It starts its own emulator
 //! on a free port unless pointed at a running one. It changes nothing outside that emulator.
 
@@ -14,35 +14,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::emulator::{self, Emulator, LoggedRequest};
 use crate::media::{self, ChannelSpec, Client, EndpointSpec, LocatorSpec, ProgramSpec};
 
-/// What to demonstrate.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// A running emulator to drive; `None` starts one.
-    pub external: Option<url::Url>,
-    /// The channel name.
-    pub channel: String,
-    /// Time on air between publishing and cleaning up.
-    pub on_air: Duration,
-    /// Keep the demo's emulator running until shutdown.
-    pub keep_running: bool,
-}
-
-/// Why the demo stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The emulator could not start.
-    #[error("cannot start the emulator: {0}")]
-    Emulator(#[from] emulator::Error),
-    /// A media operation failed.
-    #[error(transparent)]
-    Media(#[from] media::Error),
-    /// The emulator's request log could not be read.
-    #[error("cannot read the emulator's request log: {0}")]
-    Log(String),
-    /// Shutdown was requested.
-    #[error("interrupted")]
-    Interrupted,
-}
+use super::{Error, Options};
 
 /// Runs the demo: starts or finds the emulator, drives the lifecycle, prints it.
 pub async fn run(

@@ -1,0 +1,635 @@
+//! RabbitMQ: the topology, the consumer that feeds the engine, the confirmed publisher.
+//!
+//! Only this module imports lapin. On every connect it declares the topology: a durable topic
+//! exchange (`onair.events`), a quorum queue bound to it with a delivery limit and at-least-once
+//! dead-lettering to a durable fanout exchange and quorum queue (`onair.dead`).
+//!
+//! The consumer acknowledges a message only after the engine reports its consequences committed
+//! (or found it a duplicate). A message that is not a valid event, or that no broadcast is about,
+//! is republished to the dead-letter exchange with an `x-onair-reason` header (confirmed) and then
+//! acknowledged, so it never loops. A decision that could not be committed is rejected with
+//! requeue; the queue's delivery limit dead-letters it if that keeps happening.
+//!
+//! Connection loss: the supervisor rebuilds the connection, channels, topology and consumer
+//! after a capped, jittered backoff; heartbeats (`heartbeat`) and a periodic liveness check detect
+//! a dead connection; unacknowledged messages come back from the broker and are deduplicated by
+//! the engine. While the broker is away the daemon stays up and `Status` says not ready.
+//!
+//! - `local`: a private RabbitMQ node for tests and the demo.
+//! - `dlq`: listing and replaying dead letters.
+
+pub mod dlq;
+pub mod local;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use url::Url;
+
+use crate::engine::{Delivery, Outcome};
+use crate::event::Event;
+
+/// The header that carries onair's reason on a dead letter.
+pub const REASON_HEADER: &str = "x-onair-reason";
+
+/// The header that marks what onair publishes for other systems (notifications, copies of action
+/// results): its own consumer acknowledges such messages without deciding them again.
+pub const OUTPUT_HEADER: &str = "x-onair-output";
+
+/// `[broker]` settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `amqp://host:port/vhost` or `amqps://…`, without a password.
+    pub url: Url,
+    /// The user; the URL's user name wins when it has one.
+    pub username: String,
+    /// The password; redacted in `Debug`.
+    pub password: Option<SecretString>,
+    /// AMQP heartbeat; two missed beats mean the connection is dead.
+    pub heartbeat: Duration,
+    /// Time limit of a connection attempt.
+    pub connection_timeout: Duration,
+    pub exchange: String,
+    pub queue: String,
+    /// Routing keys the queue is bound with.
+    pub bindings: Vec<String>,
+    pub dead_exchange: String,
+    pub dead_queue: String,
+    /// Deliveries of one message before the broker dead-letters it.
+    pub delivery_limit: u32,
+    /// Unacknowledged deliveries in flight.
+    pub prefetch: u16,
+    /// Time limit of one publisher confirm.
+    pub confirm_timeout: Duration,
+    /// Reconnection backoff, first and largest.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// How often the connection's liveness is checked.
+    pub liveness_interval: Duration,
+}
+
+impl Settings {
+    pub(crate) fn parse(section: &mut crate::config::Section<'_>) -> Self {
+        let url = section.url_with("url", &["amqp", "amqps"]).unwrap_or_else(|| {
+            // The default is a constant URL that parses.
+            Url::parse("amqp://127.0.0.1:5672/%2f").expect("constant URL")
+        });
+        if url.password().is_some() {
+            section.problem(
+                "url",
+                "the URL must not carry a password; set broker.password_file or ONAIR__BROKER__PASSWORD",
+            );
+        }
+        let settings = Self {
+            url,
+            username: section.value("username"),
+            password: section.secret("password"),
+            heartbeat: section.duration("heartbeat"),
+            connection_timeout: section.duration("connection_timeout"),
+            exchange: section.value("exchange"),
+            queue: section.value("queue"),
+            bindings: section.value("bindings"),
+            dead_exchange: section.value("dead_exchange"),
+            dead_queue: section.value("dead_queue"),
+            delivery_limit: section.value("delivery_limit"),
+            prefetch: section.value("prefetch"),
+            confirm_timeout: section.duration("confirm_timeout"),
+            reconnect_min: section.duration("reconnect_min"),
+            reconnect_max: section.duration("reconnect_max"),
+            liveness_interval: section.duration("liveness_interval"),
+        };
+        section.check("heartbeat", settings.heartbeat >= Duration::from_secs(1), "must be at least 1s");
+        section.check("connection_timeout", !settings.connection_timeout.is_zero(), "must be greater than zero");
+        section.check("confirm_timeout", !settings.confirm_timeout.is_zero(), "must be greater than zero");
+        section.check("liveness_interval", !settings.liveness_interval.is_zero(), "must be greater than zero");
+        section.check(
+            "prefetch",
+            settings.prefetch >= 1 && settings.prefetch <= 2000,
+            "must be between 1 and 2000 (quorum queues cap it at 2000)",
+        );
+        section.check("delivery_limit", settings.delivery_limit >= 1, "must be at least 1");
+        section.check(
+            "reconnect_max",
+            settings.reconnect_max >= settings.reconnect_min,
+            "must not be smaller than reconnect_min",
+        );
+        for (key, name) in [
+            ("exchange", &settings.exchange),
+            ("queue", &settings.queue),
+            ("dead_exchange", &settings.dead_exchange),
+            ("dead_queue", &settings.dead_queue),
+        ] {
+            section.check(key, !name.is_empty() && name.len() <= 255, "must be 1 to 255 characters");
+        }
+        section.check("bindings", !settings.bindings.is_empty(), "needs at least one routing key");
+        settings
+    }
+
+    /// The URI lapin connects to, with credentials and tuning; never logged.
+    fn connect_uri(&self) -> SecretString {
+        let mut url = self.url.clone();
+        if url.username().is_empty() {
+            let _ = url.set_username(&self.username);
+        }
+        if let Some(password) = &self.password {
+            let _ = url.set_password(Some(password.expose_secret()));
+        }
+        url.query_pairs_mut()
+            .append_pair("heartbeat", &self.heartbeat.as_secs().max(1).to_string())
+            .append_pair("connection_timeout", &self.connection_timeout.as_millis().to_string());
+        SecretString::from(url.to_string())
+    }
+
+    /// Where it connects, for logs: host, port and vhost, no credentials.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}{}", self.url.host_str().unwrap_or("?"), self.url.port().unwrap_or(5672), self.url.path())
+    }
+}
+
+/// Broker failures; none carries credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("{operation} failed: {reason}")]
+    Amqp { operation: &'static str, reason: String },
+    #[error("the broker did not confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for routing key {routing_key:?} on exchange {exchange:?}; the message was returned")]
+    Unroutable { exchange: String, routing_key: String },
+    #[error("the consumer stopped: {0}")]
+    ConsumerEnded(String),
+}
+
+fn amqp(operation: &'static str) -> impl Fn(lapin::Error) -> Error {
+    move |error| Error::Amqp { operation, reason: error.to_string() }
+}
+
+/// Whether the consumer is connected and consuming, shared with health checks.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    inner: Arc<StatusInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    ready: AtomicBool,
+    reconnects: AtomicU64,
+    consumed: AtomicU64,
+    acked: AtomicU64,
+    dead_lettered: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Status {
+    /// Connected, topology declared, consumer registered.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+
+    /// Reconnections after the first connection.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries received, acknowledged, and dead-lettered by onair.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.inner.consumed.load(Ordering::Relaxed),
+            self.inner.acked.load(Ordering::Relaxed),
+            self.inner.dead_lettered.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Why it is not ready, if it is not.
+    pub fn last_error(&self) -> Option<String> {
+        self.inner.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    fn set_ready(&self) {
+        self.inner.ready.store(true, Ordering::SeqCst);
+        *self.inner.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+
+    fn set_down(&self, error: &str) {
+        self.inner.ready.store(false, Ordering::SeqCst);
+        *self.inner.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
+    }
+}
+
+/// Opens a connection (bounded by `connection_timeout`).
+pub async fn connect(settings: &Settings, name: &str) -> Result<Connection, Error> {
+    let fail = |reason: String| Error::Connect { endpoint: settings.endpoint(), reason };
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let uri = settings.connect_uri();
+    match tokio::time::timeout(
+        settings.connection_timeout + Duration::from_secs(1),
+        Connection::connect(uri.expose_secret(), properties),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => Err(fail(error.to_string())),
+        Err(_) => Err(fail(format!("no answer within {:?}", settings.connection_timeout))),
+    }
+}
+
+/// Declares the exchanges, queues and bindings; idempotent, run on every connect.
+pub async fn declare(channel: &Channel, settings: &Settings) -> Result<(), Error> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .exchange_declare(settings.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .await
+        .map_err(amqp("exchange.declare"))?;
+    channel
+        .exchange_declare(settings.dead_exchange.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await
+        .map_err(amqp("exchange.declare"))?;
+    let queue_options = QueueDeclareOptions { durable: true, ..Default::default() };
+    let mut dead_arguments = FieldTable::default();
+    dead_arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    channel
+        .queue_declare(settings.dead_queue.as_str().into(), queue_options, dead_arguments)
+        .await
+        .map_err(amqp("queue.declare"))?;
+    channel
+        .queue_bind(
+            settings.dead_queue.as_str().into(),
+            settings.dead_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("queue.bind"))?;
+    channel
+        .queue_declare(settings.queue.as_str().into(), queue_options, queue_arguments(settings))
+        .await
+        .map_err(amqp("queue.declare"))?;
+    for binding in &settings.bindings {
+        channel
+            .queue_bind(
+                settings.queue.as_str().into(),
+                settings.exchange.as_str().into(),
+                binding.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("queue.bind"))?;
+    }
+    Ok(())
+}
+
+/// The main queue's arguments: quorum, delivery limit, at-least-once dead-lettering (which needs
+/// `reject-publish` overflow). They must be identical on every declaration.
+fn queue_arguments(settings: &Settings) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    arguments.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(settings.delivery_limit)));
+    arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(settings.dead_exchange.as_str().into()));
+    arguments.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+    arguments.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    arguments
+}
+
+// === Publishing ===
+
+/// Publishes with confirms on its own connection, opened on first use and again after a failure.
+#[derive(Debug)]
+pub struct Publisher {
+    settings: Arc<Settings>,
+    channel: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+}
+
+impl Publisher {
+    pub fn new(settings: Arc<Settings>) -> Self {
+        Self { settings, channel: tokio::sync::Mutex::new(None) }
+    }
+
+    /// Publishes `event` to the events exchange, routing key = its type, persistent, mandatory,
+    /// `message_id` = its id; waits for the confirm (bounded).
+    pub async fn publish(&self, event: &Event) -> Result<(), Error> {
+        let exchange = self.settings.exchange.clone();
+        self.publish_to(&exchange, &event.kind, &event.to_json(), properties(event), true).await
+    }
+
+    /// Publishes an event onair produced for other systems, marked so that onair's own consumer
+    /// skips it; not mandatory (nobody may be listening).
+    pub async fn publish_output(&self, event: &Event) -> Result<(), Error> {
+        let exchange = self.settings.exchange.clone();
+        let mut headers = FieldTable::default();
+        headers.insert(OUTPUT_HEADER.into(), AMQPValue::Boolean(true));
+        self.publish_to(&exchange, &event.kind, &event.to_json(), properties(event).with_headers(headers), false).await
+    }
+
+    /// Publishes raw bytes with confirms; `mandatory` returns unroutable messages as an error.
+    pub async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), Error> {
+        let mut slot = self.channel.lock().await;
+        let result = async {
+            if slot.as_ref().is_none_or(|(connection, _)| !connection.status().connected()) {
+                let connection = connect(&self.settings, "onair-publisher").await?;
+                let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
+                channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;
+                declare(&channel, &self.settings).await?;
+                *slot = Some((connection, channel));
+            }
+            let Some((_, channel)) = slot.as_ref() else {
+                return Err(Error::Amqp { operation: "publish", reason: "no channel".into() });
+            };
+            confirmed_publish(
+                channel,
+                exchange,
+                routing_key,
+                payload,
+                properties,
+                mandatory,
+                self.settings.confirm_timeout,
+            )
+            .await
+        }
+        .await;
+        if matches!(result, Err(Error::Amqp { .. } | Error::Connect { .. } | Error::ConfirmTimeout(_))) {
+            // The channel may be dead or in an unknown state: start from a new one next time.
+            *slot = None;
+        }
+        result
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        if let Some((connection, _)) = self.channel.lock().await.take() {
+            let _ = connection.close(200, "bye".into()).await;
+        }
+    }
+}
+
+/// The AMQP properties of an event: persistent, JSON, `message_id` = event id.
+pub fn properties(event: &Event) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/cloudevents+json".into())
+        .with_message_id(ShortString::from(event.id.as_str()))
+        .with_type(ShortString::from(event.kind.as_str()))
+}
+
+async fn confirmed_publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+    mandatory: bool,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let options = BasicPublishOptions { mandatory, ..Default::default() };
+    let confirm = channel
+        .basic_publish(exchange.into(), routing_key.into(), options, payload, properties)
+        .await
+        .map_err(amqp("basic.publish"))?;
+    match tokio::time::timeout(timeout, confirm).await {
+        Err(_) => Err(Error::ConfirmTimeout(timeout)),
+        Ok(Err(error)) => Err(amqp("publisher confirm")(error)),
+        Ok(Ok(lapin::Confirmation::Ack(Some(_)))) => {
+            Err(Error::Unroutable { exchange: exchange.to_string(), routing_key: routing_key.to_string() })
+        }
+        Ok(Ok(lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested)) => Ok(()),
+        Ok(Ok(lapin::Confirmation::Nack(_))) => Err(Error::Nacked),
+    }
+}
+
+// === Consuming ===
+
+/// Consumes the events queue into the engine until `shutdown`, reconnecting as needed.
+pub async fn consume(
+    settings: Arc<Settings>,
+    input: mpsc::Sender<Delivery>,
+    status: Status,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = settings.reconnect_min;
+    let mut first = true;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let connected_at = tokio::time::Instant::now();
+        let result = session(&settings, &input, &status, &shutdown, &mut first).await;
+        match result {
+            Ok(()) => return,
+            Err(error) => {
+                status.set_down(&error.to_string());
+                tracing::warn!(endpoint = %settings.endpoint(), %error, retry_in = ?backoff, "Broker unavailable; consumption paused.");
+            }
+        }
+        // A session that lasted a while resets the backoff.
+        if connected_at.elapsed() > settings.reconnect_max {
+            backoff = settings.reconnect_min;
+        }
+        let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff / 2 + jitter) => {}
+        }
+        backoff = (backoff * 2).min(settings.reconnect_max);
+    }
+}
+
+/// One connection's life: declare, consume, and on shutdown cancel, drain and close.
+async fn session(
+    settings: &Settings,
+    input: &mpsc::Sender<Delivery>,
+    status: &Status,
+    shutdown: &CancellationToken,
+    first: &mut bool,
+) -> Result<(), Error> {
+    let connection = connect(settings, "onair-consumer").await?;
+    let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
+    declare(&channel, settings).await?;
+    channel.basic_qos(settings.prefetch, BasicQosOptions::default()).await.map_err(amqp("basic.qos"))?;
+    let dead_channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
+    dead_channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;
+    let tag = format!("onair-{}", uuid::Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(
+            settings.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("basic.consume"))?;
+    status.set_ready();
+    if *first {
+        *first = false;
+        tracing::info!(endpoint = %settings.endpoint(), queue = %settings.queue, prefetch = settings.prefetch, "Consuming.");
+    } else {
+        status.inner.reconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(endpoint = %settings.endpoint(), queue = %settings.queue, "Reconnected; consuming again.");
+    }
+    let in_flight = TaskTracker::new();
+    let dead = Arc::new(DeadLetters { channel: dead_channel, settings: settings.clone(), status: status.clone() });
+    let mut liveness = tokio::time::interval(settings.liveness_interval);
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = liveness.tick() => {
+                if !connection.status().connected() || !channel.status().connected() {
+                    break Err(Error::ConsumerEnded("the connection is no longer open".into()));
+                }
+            }
+            delivery = consumer.next() => match delivery {
+                Some(Ok(delivery)) => {
+                    status.inner.consumed.fetch_add(1, Ordering::Relaxed);
+                    handle(delivery, input, &in_flight, &dead, status).await;
+                }
+                Some(Err(error)) => break Err(Error::ConsumerEnded(error.to_string())),
+                None => break Err(Error::ConsumerEnded("the broker cancelled the consumer".into())),
+            },
+        }
+    };
+    status.set_down(match &outcome {
+        Ok(()) => "stopping",
+        Err(_) => "connection lost",
+    });
+    if outcome.is_ok() {
+        // Stop deliveries, let those in flight finish (ack or requeue), then close: whatever is
+        // still unacknowledged goes back to the queue.
+        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+        in_flight.close();
+        in_flight.wait().await;
+        let _ = channel.close(200, "bye".into()).await;
+        let _ = connection.close(200, "bye".into()).await;
+        tracing::info!("Consumer stopped; in-flight events acknowledged or returned.");
+    }
+    outcome
+}
+
+/// Hands one delivery to the engine; its acknowledgement waits for the outcome in a task, so
+/// that up to `prefetch` deliveries are decided concurrently.
+async fn handle(
+    delivery: lapin::message::Delivery,
+    input: &mpsc::Sender<Delivery>,
+    in_flight: &TaskTracker,
+    dead: &Arc<DeadLetters>,
+    status: &Status,
+) {
+    let is_output =
+        delivery.properties.headers().as_ref().is_some_and(|headers| headers.inner().contains_key(OUTPUT_HEADER));
+    if is_output {
+        in_flight.spawn(async move { ack(&delivery).await });
+        return;
+    }
+    let event = match Event::parse(&delivery.data) {
+        Ok(event) => event,
+        Err(error) => {
+            let dead = Arc::clone(dead);
+            in_flight.spawn(async move { dead.dead_letter(delivery, &error.to_string()).await });
+            return;
+        }
+    };
+    let (reply, outcome) = oneshot::channel();
+    if input.send(Delivery { event, reply: Some(reply) }).await.is_err() {
+        // The engine is stopping: leave the message unacknowledged; it goes back to the queue.
+        return;
+    }
+    let dead = Arc::clone(dead);
+    let status = status.clone();
+    in_flight.spawn(async move {
+        match outcome.await.unwrap_or_else(|_| Outcome::Failed("the engine stopped before deciding".into())) {
+            Outcome::Committed | Outcome::Duplicate => {
+                if ack(&delivery).await {
+                    status.inner.acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Outcome::Unroutable(reason) => dead.dead_letter(delivery, &reason).await,
+            Outcome::Failed(reason) => {
+                tracing::warn!(%reason, "Event not committed; returned to the queue.");
+                let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
+            }
+        }
+    });
+}
+
+/// Acknowledges; false when the ack could not be sent (the broker will redeliver).
+async fn ack(delivery: &lapin::message::Delivery) -> bool {
+    match delivery.ack(BasicAckOptions::default()).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(
+                delivery_tag = delivery.delivery_tag,
+                "Ack not sent (the channel is gone); the broker will redeliver."
+            );
+            false
+        }
+        Err(error) => {
+            tracing::warn!(delivery_tag = delivery.delivery_tag, %error, "Ack failed; the broker will redeliver.");
+            false
+        }
+    }
+}
+
+struct DeadLetters {
+    channel: Channel,
+    settings: Settings,
+    status: Status,
+}
+
+impl DeadLetters {
+    /// Republishes the message to the dead-letter exchange with onair's reason (confirmed), then
+    /// acknowledges the original. If the republish fails, the original is returned to the queue.
+    async fn dead_letter(&self, delivery: lapin::message::Delivery, reason: &str) {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        let reason: String = reason.chars().take(1000).collect();
+        headers.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason.as_str())));
+        headers.insert(
+            "x-onair-original-routing-key".into(),
+            AMQPValue::LongString(LongString::from(delivery.routing_key.as_str())),
+        );
+        let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
+        let published = confirmed_publish(
+            &self.channel,
+            &self.settings.dead_exchange,
+            "",
+            &delivery.data,
+            properties,
+            false,
+            self.settings.confirm_timeout,
+        )
+        .await;
+        match published {
+            Ok(()) => {
+                tracing::warn!(%reason, delivery_tag = delivery.delivery_tag, "Message dead-lettered.");
+                if ack(&delivery).await {
+                    self.status.inner.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Dead-lettering failed; the message goes back to the queue.");
+                let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The end-to-end demo: RabbitMQ, the emulator and the daemon on this machine.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Error, Options};
+use crate::broker::Publisher;
+use crate::broker::local::LocalNode;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Settings;
+use crate::daemon::Daemon;
+use crate::emulator::{self, Emulator, LoggedRequest};
+use crate::engine::Broadcast;
+use crate::event::{self, Event};
+use crate::machine::Library;
+use crate::store::SqliteStore;
+
+/// Each schedule step of the occurrence, and the state the broadcast settles in after it.
+const STEPS: [(&str, &str); 5] =
+    [("warmup", "standby"), ("scale", "standby"), ("air", "live"), ("end", "cooldown"), ("cooldown", "idle")];
+
+/// Runs the demo with `settings` (the built-in defaults, the file and the environment) as a base.
+pub async fn run(mut settings: Settings, options: Options, shutdown: CancellationToken) -> Result<(), Error> {
+    let started = Instant::now();
+    println!("onair demo: RabbitMQ, the Media Services emulator and the onair daemon, all on this machine");
+    ensure_rabbitmq()?;
+    let directory = std::env::temp_dir().join(format!("onair-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    let node_directory = directory.join("rabbitmq");
+    println!("  starting a private RabbitMQ node (it stops with the demo)…");
+    let node = tokio::task::spawn_blocking(move || LocalNode::start(&node_directory, Duration::from_secs(120)))
+        .await
+        .map_err(|error| Error::Daemon(error.to_string()))??;
+    println!("  rabbitmq   {} on 127.0.0.1:{}", node.name, node.port);
+
+    let mut emulator_settings = settings.emulator.clone();
+    emulator_settings.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let listener = tokio::net::TcpListener::bind(emulator_settings.listen)
+        .await
+        .map_err(|source| emulator::Error::Bind { address: emulator_settings.listen, source })?;
+    let base = format!(
+        "http://{}",
+        listener.local_addr().map_err(|source| emulator::Error::Bind { address: emulator_settings.listen, source })?
+    );
+    let emulator = Emulator::new(emulator_settings.clone(), crate::clock::system());
+    let serving = CancellationToken::new();
+    let server = tokio::spawn(emulator::serve(listener, emulator.clone(), serving.clone()));
+    println!("  emulator   {base} (transient states last {:?})", emulator_settings.transition);
+
+    configure(&mut settings, &base, &node, &directory, &options);
+    let daemon =
+        Daemon::start(&settings, Library::load(None)).await.map_err(|error| Error::Daemon(format!("{error:#}")))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon.broker_status().is_ready() {
+        if Instant::now() > deadline {
+            return Err(Error::Stuck(format!(
+                "the daemon did not connect to RabbitMQ: {:?}",
+                daemon.broker_status().last_error()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("  onair      consuming {} (store {})", settings.broker.queue, settings.engine.store.display());
+    println!();
+
+    let outcome = tokio::select! {
+        outcome = lifecycle(&settings, &emulator, &options) => outcome,
+        _ = shutdown.cancelled() => Err(Error::Interrupted),
+    };
+    daemon.stop().await.map_err(|error| Error::Daemon(format!("{error:#}")))?;
+    serving.cancel();
+    let _ = server.await;
+    drop(node);
+    let _ = std::fs::remove_dir_all(&directory);
+    if outcome.is_ok() {
+        let requests = emulator.requests();
+        let creates = requests.iter().filter(|entry| entry.method == "PUT" && entry.status == 201).count();
+        println!();
+        println!(
+            "Done in {:.1} s: {} API requests, {creates} resources created, each once; RabbitMQ and the emulator are stopped.",
+            started.elapsed().as_secs_f64(),
+            requests.iter().filter(|entry| entry.path.starts_with("/subscriptions/")).count(),
+        );
+    }
+    outcome
+}
+
+/// Installs Debian's `rabbitmq-server` when it is missing and this user may.
+fn ensure_rabbitmq() -> Result<(), Error> {
+    if LocalNode::installed() {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !root || !Path::new("/usr/bin/apt-get").exists() {
+        return Err(Error::Rabbitmq(
+            "rabbitmq-server is not installed; install it with: sudo apt-get install -y rabbitmq-server".into(),
+        ));
+    }
+    println!("  rabbitmq-server is not installed: installing Debian's package (apt-get install -y rabbitmq-server)…");
+    for args in [&["update", "-qq"][..], &["install", "-y", "-qq", "rabbitmq-server"][..]] {
+        let output = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .map_err(|error| Error::Rabbitmq(format!("apt-get failed to run: {error}")))?;
+        if !output.status.success() {
+            let errors = String::from_utf8_lossy(&output.stderr);
+            return Err(Error::Rabbitmq(format!("apt-get {} failed:\n{}", args.join(" "), errors.trim())));
+        }
+    }
+    Ok(())
+}
+
+/// Points the settings at the local node and emulator, with one broadcast and a private store.
+fn configure(settings: &mut Settings, base: &str, node: &LocalNode, directory: &Path, options: &Options) {
+    let media = &mut settings.media;
+    media.arm_url = url::Url::parse(base).unwrap_or_else(|_| media.arm_url.clone());
+    media.token_url = url::Url::parse(&format!("{base}/onair-demo/oauth2/v2.0/token")).ok();
+    media.subscription_id = Some("00000000-0000-0000-0000-00000000d3e0".into());
+    media.resource_group = Some("onair-demo".into());
+    media.account = Some("demo".into());
+    media.client_id = Some(settings.emulator.client_id.clone());
+    media.client_secret = Some(settings.emulator.client_secret.clone());
+    media.poll_interval = Duration::from_millis(250);
+    if let Ok(url) = url::Url::parse(&node.url()) {
+        settings.broker.url = url;
+    }
+    settings.broker.password = None;
+    let engine = &mut settings.engine;
+    engine.state_dir = directory.join("state");
+    engine.store = engine.state_dir.join("onair.db");
+    engine.inbox = engine.state_dir.join("inbox");
+    engine.action_backoff = Duration::from_millis(500);
+    engine.broadcasts.clear();
+    engine.broadcasts.insert(
+        options.channel.clone(),
+        Broadcast {
+            id: options.channel.clone(),
+            machine: "live".into(),
+            channel: options.channel.clone(),
+            protocol: "RTMP".into(),
+            endpoint: "default".into(),
+            streaming_policy: "Predefined_ClearStreamingOnly".into(),
+            archive_window: "PT1H".into(),
+            on_air_units: 3,
+            off_air_units: 1,
+            settings: Default::default(),
+        },
+    );
+}
+
+/// Publishes each schedule step to RabbitMQ and follows the broadcast until it settles.
+async fn lifecycle(settings: &Settings, emulator: &Emulator, options: &Options) -> Result<(), Error> {
+    let broadcast = options.channel.as_str();
+    let publisher = Publisher::new(Arc::new(settings.broker.clone()));
+    let occurrence = crate::machine::expr::format_occurrence(SystemClock.now());
+    let mut seen_requests = 0;
+    let mut last_state = String::from("idle");
+    for (step, settles) in STEPS {
+        let data = json!({"broadcast": broadcast, "occurrence": occurrence, "step": step, "planned": SystemClock.now().to_rfc3339()});
+        let event = Event::new(
+            format!("{broadcast}/{occurrence}/{step}"),
+            event::SCHEDULE_FIRED,
+            broadcast,
+            data,
+            SystemClock.now(),
+        );
+        publisher.publish(&event).await?;
+        println!(
+            "→ published {} step={step} occurrence={occurrence} to {} (confirmed)",
+            event::SCHEDULE_FIRED,
+            settings.broker.exchange
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (state, pending, vars, decided) = snapshot(&settings.engine.store, broadcast, &event.id);
+            if state != last_state {
+                println!("    {broadcast}: {last_state} → {state}");
+                last_state = state.clone();
+            }
+            let requests = emulator.requests();
+            for entry in requests
+                .iter()
+                .skip(seen_requests)
+                .filter(|entry| entry.method != "GET" && entry.path.starts_with("/subscriptions/"))
+            {
+                println!("        {:<6} {} → {}", entry.method, tail(entry), entry.status);
+            }
+            seen_requests = requests.len();
+            if decided && state == settles && pending == 0 {
+                if state == "live" {
+                    for (label, key) in [("HLS", "hls"), ("DASH", "dash")] {
+                        if let Some(url) = vars.get(key).and_then(|value| value.as_str()).filter(|url| !url.is_empty())
+                        {
+                            println!("      {label:<5} {url}");
+                        }
+                    }
+                    println!("\n  … on air for {:?} …\n", options.on_air);
+                    tokio::time::sleep(options.on_air).await;
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Stuck(format!(
+                    "{broadcast} did not reach {settles} after step {step}: it is {state}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    publisher.close().await;
+    Ok(())
+}
+
+/// The broadcast's state, its pending actions, its variables, and whether `event_id` was decided,
+/// read from the store.
+fn snapshot(
+    store: &Path,
+    broadcast: &str,
+    event_id: &str,
+) -> (String, usize, serde_json::Map<String, serde_json::Value>, bool) {
+    let Ok(store) = SqliteStore::open_read_only(store) else { return ("idle".into(), 0, Default::default(), false) };
+    let instance = store
+        .load_instances()
+        .ok()
+        .and_then(|instances| instances.into_iter().find(|instance| instance.broadcast == broadcast));
+    let pending =
+        store.pending_actions().map(|rows| rows.iter().filter(|row| row.broadcast == broadcast).count()).unwrap_or(0);
+    let decided =
+        store.audit(broadcast, 100).is_ok_and(|rows| rows.iter().any(|row| row.event_id.as_deref() == Some(event_id)));
+    match instance {
+        Some(instance) => (instance.state, pending, instance.vars, decided),
+        None => ("idle".into(), pending, Default::default(), decided),
+    }
+}
+
+fn tail(entry: &LoggedRequest) -> &str {
+    let tail = entry.path.split_once("/mediaservices/").map_or(entry.path.as_str(), |(_, tail)| tail);
+    tail.split_once('/').map_or("", |(_, tail)| tail)
+}
