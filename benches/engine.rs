@@ -58,9 +58,9 @@ async fn run(broadcasts: usize) -> (f64, u64) {
     let settings =
         onair::config::load(&onair::config::Source { file: Some(file), env: Default::default() }).expect("settings");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.engine.store).expect("store"));
-    let (notifications, _published) = tokio::sync::mpsc::unbounded_channel();
+    let (outbound, _published) = tokio::sync::mpsc::unbounded_channel();
     let clock = onair::clock::system();
-    let runner = Arc::new(Runner::new(None, notifications, Arc::clone(&clock)));
+    let runner = Arc::new(Runner::new(None, outbound, Arc::clone(&clock)));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let parts = Parts {
         settings: Arc::new(settings.engine.clone()),

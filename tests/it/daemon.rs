@@ -59,10 +59,10 @@ impl TestEngine {
         assert!(library.problems.is_empty(), "{:?}", library.problems);
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.engine.store).expect("store"));
         let media = onair::media::Client::new(&settings.media).expect("media client");
-        let (notifications, mut published) = tokio::sync::mpsc::unbounded_channel();
+        let (outbound, mut published) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move { while published.recv().await.is_some() {} });
         let clock = onair::clock::system();
-        let runner = Arc::new(Runner::new(Some(media), notifications, Arc::clone(&clock)));
+        let runner = Arc::new(Runner::new(Some(media), outbound, Arc::clone(&clock)));
         let shutdown = CancellationToken::new();
         let parts =
             Parts { settings: Arc::new(settings.engine.clone()), library: Arc::new(library), store, runner, clock };

@@ -4,6 +4,7 @@
 //! binary as a process. Nothing is mocked.
 
 mod bad_input;
+mod broker;
 mod cli;
 mod conformance;
 mod crash;
@@ -16,3 +17,4 @@ mod helpers;
 mod history;
 mod lifecycle;
 mod property;
+mod rabbit;
