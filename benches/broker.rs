@@ -70,7 +70,8 @@ fn events(broadcasts: usize) -> Vec<Event> {
     let now = onair::clock::Clock::now(&onair::clock::SystemClock);
     (0..EVENTS)
         .map(|index| {
-            let kind = if (index / broadcasts) % 2 == 0 { "onair.command.pause" } else { "onair.command.resume" };
+            let kind =
+                if (index / broadcasts).is_multiple_of(2) { "onair.command.pause" } else { "onair.command.resume" };
             Event::new(format!("e{index}"), kind, format!("b{}", index % broadcasts), serde_json::json!({}), now)
         })
         .collect()

@@ -76,7 +76,7 @@ async fn run(broadcasts: usize) -> (f64, u64) {
     let mut replies = Vec::with_capacity(EVENTS);
     for index in 0..EVENTS {
         let broadcast = format!("b{}", index % broadcasts);
-        let command = if (index / broadcasts) % 2 == 0 { "pause" } else { "resume" };
+        let command = if (index / broadcasts).is_multiple_of(2) { "pause" } else { "resume" };
         let event =
             Event::new(format!("e{index}"), format!("onair.command.{command}"), broadcast, serde_json::json!({}), now);
         let (reply, outcome) = tokio::sync::oneshot::channel();

@@ -408,10 +408,10 @@ fn new_live_event(account: &Account, env: &Env<'_>, name: &str, body: LiveEvent)
             )));
         }
     }
-    if let Some(token) = &input.access_token {
-        if uuid::Uuid::parse_str(token).is_err() {
-            return Err(ArmError::bad_request("properties.input.accessToken must be a GUID."));
-        }
+    if let Some(token) = &input.access_token
+        && uuid::Uuid::parse_str(token).is_err()
+    {
+        return Err(ArmError::bad_request("properties.input.accessToken must be a GUID."));
     }
     input.access_token.get_or_insert_with(|| uuid::Uuid::new_v4().simple().to_string());
     input.endpoints = Some(Vec::new());
@@ -473,10 +473,10 @@ fn update(entry: &mut LiveEventEntry, env: &Env<'_>, name: &str, body: LiveEvent
             current.key_frame_interval_duration = input.key_frame_interval_duration;
         }
     }
-    if let (Some(preview), Some(current)) = (update.preview, properties.preview.as_mut()) {
-        if preview.access_control.is_some() {
-            current.access_control = preview.access_control;
-        }
+    if let (Some(preview), Some(current)) = (update.preview, properties.preview.as_mut())
+        && preview.access_control.is_some()
+    {
+        current.access_control = preview.access_control;
     }
     properties.last_modified = Some(env.wall.clone());
     resource.system_data =

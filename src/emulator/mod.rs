@@ -335,11 +335,11 @@ pub async fn run(settings: Settings, clock: SharedClock, shutdown: CancellationT
     let listener = TcpListener::bind(address).await.map_err(|source| Error::Bind { address, source })?;
     let snapshot = settings.snapshot.clone();
     let emulator = Emulator::new(settings, clock);
-    if let Some(path) = &snapshot {
-        if path.exists() {
-            emulator.load_snapshot(path)?;
-            tracing::info!(path = %path.display(), "Snapshot loaded.");
-        }
+    if let Some(path) = &snapshot
+        && path.exists()
+    {
+        emulator.load_snapshot(path)?;
+        tracing::info!(path = %path.display(), "Snapshot loaded.");
     }
     tracing::info!(address = %listener.local_addr().unwrap_or(address), "Emulator listening.");
     serve(listener, emulator.clone(), shutdown).await;

@@ -304,14 +304,14 @@ pub(crate) fn put_policy(account: &mut Account, env: &mut Env<'_>, name: &str, r
             "Every encryption section needs enabledProtocols {download, dash, hls, smoothStreaming}.",
         ));
     }
-    if let Some(default_policy) = &properties.default_content_key_policy_name {
-        if !account.content_key_policies.contains_key(&default_policy.to_lowercase()) {
-            return Err(ArmError::new(
-                StatusCode::BAD_REQUEST,
-                "ContentKeyPolicyNotFound",
-                format!("The content key policy '{default_policy}' does not exist."),
-            ));
-        }
+    if let Some(default_policy) = &properties.default_content_key_policy_name
+        && !account.content_key_policies.contains_key(&default_policy.to_lowercase())
+    {
+        return Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "ContentKeyPolicyNotFound",
+            format!("The content key policy '{default_policy}' does not exist."),
+        ));
     }
     properties.created = Some(env.wall.clone());
     let policy = StreamingPolicy {

@@ -27,14 +27,15 @@ pub fn check(definition: &Definition) -> Vec<Problem> {
     }
     for (position, transition) in definition.transitions.iter().enumerate() {
         let label = format!("transition #{}", transition.index);
-        if let Matcher::Only(from) = &transition.from {
-            if !from.is_empty() && from.iter().all(|state| !reachable.contains(state)) {
-                problems.push(Problem::new(
-                    transition.location.clone(),
-                    format!("{label} can never fire: no state it starts from can be reached"),
-                ));
-                continue;
-            }
+        if let Matcher::Only(from) = &transition.from
+            && !from.is_empty()
+            && from.iter().all(|state| !reachable.contains(state))
+        {
+            problems.push(Problem::new(
+                transition.location.clone(),
+                format!("{label} can never fire: no state it starts from can be reached"),
+            ));
+            continue;
         }
         let shadow = definition.transitions[..position].iter().find(|earlier| {
             earlier.guard.is_none()
@@ -51,20 +52,20 @@ pub fn check(definition: &Definition) -> Vec<Problem> {
             ));
             continue;
         }
-        if let Some(guard) = &transition.guard {
-            if guard.variables().is_empty() {
-                let scope = Scope::new(&Value::Null, &Value::Null, &Map::new(), "", chrono::DateTime::UNIX_EPOCH);
-                match guard.eval_bool(&scope) {
-                    Ok(false) => problems.push(Problem::new(
-                        transition.location.clone(),
-                        format!("{label} can never fire: its guard is always false"),
-                    )),
-                    Err(error) => problems.push(Problem::new(
-                        transition.location.clone(),
-                        format!("{label}: its guard always fails: {error}"),
-                    )),
-                    Ok(true) => {}
-                }
+        if let Some(guard) = &transition.guard
+            && guard.variables().is_empty()
+        {
+            let scope = Scope::new(&Value::Null, &Value::Null, &Map::new(), "", chrono::DateTime::UNIX_EPOCH);
+            match guard.eval_bool(&scope) {
+                Ok(false) => problems.push(Problem::new(
+                    transition.location.clone(),
+                    format!("{label} can never fire: its guard is always false"),
+                )),
+                Err(error) => problems.push(Problem::new(
+                    transition.location.clone(),
+                    format!("{label}: its guard always fails: {error}"),
+                )),
+                Ok(true) => {}
             }
         }
     }

@@ -131,13 +131,13 @@ pub fn parse(file: &str, text: &str, fallback_name: &str) -> (Option<Definition>
             let delay_location = at(timer.delay.span());
             match Template::compile(timer.delay.get_ref()) {
                 Ok(delay) => {
-                    if let Some(literal) = delay.literal() {
-                        if humantime::parse_duration(literal).is_err() {
-                            problems.push(Problem::new(
-                                delay_location,
-                                format!("timer {:?}: invalid delay {literal:?}; write it like \"90s\"", timer.name),
-                            ));
-                        }
+                    if let Some(literal) = delay.literal()
+                        && humantime::parse_duration(literal).is_err()
+                    {
+                        problems.push(Problem::new(
+                            delay_location,
+                            format!("timer {:?}: invalid delay {literal:?}; write it like \"90s\"", timer.name),
+                        ));
                     }
                     after.push(TimerTemplate { name: timer.name, delay, location });
                 }

@@ -340,23 +340,22 @@ fn fire(
     let scope = Scope::new(event, broadcast, &vars, &instance.state, now);
     let mut templates: Vec<&ActionTemplate> = Vec::new();
     let mut timers = Vec::new();
-    if target.is_some() {
-        if let Some(state) = definition.states.get(&instance.state) {
-            templates.extend(&state.exit);
-            timers.extend(state.after.iter().map(|timer| TimerChange::Cancel { name: timer.name.clone() }));
-        }
+    if target.is_some()
+        && let Some(state) = definition.states.get(&instance.state)
+    {
+        templates.extend(&state.exit);
+        timers.extend(state.after.iter().map(|timer| TimerChange::Cancel { name: timer.name.clone() }));
     }
     templates.extend(&transition.actions);
-    if let Some(target) = &target {
-        if let Some(state) = definition.states.get(target) {
-            templates.extend(&state.entry);
-            for timer in &state.after {
-                match timer.delay.eval(&scope).map_err(|error| error.to_string()).and_then(|delay| parse_delay(&delay))
-                {
-                    Ok(delay) => timers.push(TimerChange::Set { name: timer.name.clone(), due: now + delay }),
-                    Err(error) => {
-                        return Decision::ignored(instance, format!("ignored: {label}: timer {}: {error}", timer.name));
-                    }
+    if let Some(target) = &target
+        && let Some(state) = definition.states.get(target)
+    {
+        templates.extend(&state.entry);
+        for timer in &state.after {
+            match timer.delay.eval(&scope).map_err(|error| error.to_string()).and_then(|delay| parse_delay(&delay)) {
+                Ok(delay) => timers.push(TimerChange::Set { name: timer.name.clone(), due: now + delay }),
+                Err(error) => {
+                    return Decision::ignored(instance, format!("ignored: {label}: timer {}: {error}", timer.name));
                 }
             }
         }

@@ -398,10 +398,10 @@ impl Client {
     /// A valid bearer token and its generation, fetching a new one when the cached one is near expiry.
     async fn token(&self) -> Result<(SecretString, u64), Error> {
         let mut slot = self.inner.token.lock().await;
-        if let Some(cached) = slot.as_ref() {
-            if Instant::now() < cached.refresh_at {
-                return Ok((cached.value.clone(), cached.generation));
-            }
+        if let Some(cached) = slot.as_ref()
+            && Instant::now() < cached.refresh_at
+        {
+            return Ok((cached.value.clone(), cached.generation));
         }
         let generation = slot.as_ref().map_or(1, |cached| cached.generation + 1);
         let (value, lifetime) = self.fetch_token().await?;
@@ -414,10 +414,10 @@ impl Client {
 
     async fn forget_token(&self, generation: u64) {
         let mut slot = self.inner.token.lock().await;
-        if slot.as_ref().is_some_and(|cached| cached.generation == generation) {
-            if let Some(cached) = slot.as_mut() {
-                cached.refresh_at = Instant::now();
-            }
+        if slot.as_ref().is_some_and(|cached| cached.generation == generation)
+            && let Some(cached) = slot.as_mut()
+        {
+            cached.refresh_at = Instant::now();
         }
     }
 

@@ -87,7 +87,8 @@ fn commands(count: usize, broadcasts: usize, prefix: &str) -> Vec<Event> {
     let now = onair::clock::Clock::now(&onair::clock::SystemClock);
     (0..count)
         .map(|index| {
-            let kind = if (index / broadcasts) % 2 == 0 { "onair.command.pause" } else { "onair.command.resume" };
+            let kind =
+                if (index / broadcasts).is_multiple_of(2) { "onair.command.pause" } else { "onair.command.resume" };
             Event::new(format!("{prefix}-{index}"), kind, format!("b{}", index % broadcasts), json!({}), now)
         })
         .collect()

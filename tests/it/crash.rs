@@ -68,38 +68,38 @@ async fn fifty_lifecycles_survive_sigkill_at_random_moments() {
             child = start(&config, &log);
             next_kill = Instant::now() + Duration::from_millis(rng.random_range(150..700));
         }
-        if let Ok(store) = SqliteStore::open_read_only(&settings.engine.store) {
-            if let (Ok(instances), Ok(pending)) = (store.load_instances(), store.pending_actions()) {
-                for (broadcast, step) in progress.iter_mut() {
-                    let instance = instances.iter().find(|instance| &instance.broadcast == broadcast);
-                    let busy = pending.iter().any(|row| &row.broadcast == broadcast);
-                    let settled = match *step {
-                        0 => true,
-                        done => instance.is_some_and(|instance| instance.state == STEPS[done - 1].1) && !busy,
-                    };
-                    if settled && *step < STEPS.len() {
-                        let (name, _) = STEPS[*step];
-                        let data = json!({"broadcast": broadcast, "occurrence": "20261124t1800z", "step": name});
-                        let now = onair::clock::Clock::now(&onair::clock::SystemClock);
-                        let event = Event::new(
-                            format!("{broadcast}/20261124t1800z/{name}"),
-                            event::SCHEDULE_FIRED,
-                            broadcast.clone(),
-                            data,
-                            now,
-                        );
-                        written += 1;
-                        onair::engine::inbox::write(&inbox, &event, written).unwrap();
-                        *step += 1;
-                    }
+        if let Ok(store) = SqliteStore::open_read_only(&settings.engine.store)
+            && let (Ok(instances), Ok(pending)) = (store.load_instances(), store.pending_actions())
+        {
+            for (broadcast, step) in progress.iter_mut() {
+                let instance = instances.iter().find(|instance| &instance.broadcast == broadcast);
+                let busy = pending.iter().any(|row| &row.broadcast == broadcast);
+                let settled = match *step {
+                    0 => true,
+                    done => instance.is_some_and(|instance| instance.state == STEPS[done - 1].1) && !busy,
+                };
+                if settled && *step < STEPS.len() {
+                    let (name, _) = STEPS[*step];
+                    let data = json!({"broadcast": broadcast, "occurrence": "20261124t1800z", "step": name});
+                    let now = onair::clock::Clock::now(&onair::clock::SystemClock);
+                    let event = Event::new(
+                        format!("{broadcast}/20261124t1800z/{name}"),
+                        event::SCHEDULE_FIRED,
+                        broadcast.clone(),
+                        data,
+                        now,
+                    );
+                    written += 1;
+                    onair::engine::inbox::write(&inbox, &event, written).unwrap();
+                    *step += 1;
                 }
-                let all_done = progress.values().all(|step| *step == STEPS.len())
-                    && instances.len() == BROADCASTS
-                    && instances.iter().all(|instance| instance.state == "idle")
-                    && pending.is_empty();
-                if all_done && kills >= KILLS {
-                    break;
-                }
+            }
+            let all_done = progress.values().all(|step| *step == STEPS.len())
+                && instances.len() == BROADCASTS
+                && instances.iter().all(|instance| instance.state == "idle")
+                && pending.is_empty();
+            if all_done && kills >= KILLS {
+                break;
             }
         }
         tokio::time::sleep(Duration::from_millis(40)).await;
