@@ -348,33 +348,70 @@ impl Publisher {
     ) -> Result<(), Error> {
         let mut slot = self.channel.lock().await;
         let result = async {
-            if slot.as_ref().is_none_or(|(connection, _)| !connection.status().connected()) {
-                let connection = connect(&self.settings, "onair-publisher").await?;
-                let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
-                channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;
-                declare(&channel, &self.settings).await?;
-                *slot = Some((connection, channel));
-            }
-            let Some((_, channel)) = slot.as_ref() else {
-                return Err(Error::Amqp { operation: "publish", reason: "no channel".into() });
-            };
-            confirmed_publish(
-                channel,
-                exchange,
-                routing_key,
-                payload,
-                properties,
-                mandatory,
-                self.settings.confirm_timeout,
-            )
-            .await
+            let channel = self.open(&mut slot).await?;
+            let timeout = self.settings.confirm_timeout;
+            confirmed_publish(channel, exchange, routing_key, payload, properties, mandatory, timeout).await
         }
         .await;
+        Self::forget_on_failure(&mut slot, &result);
+        result
+    }
+
+    /// Publishes events to the events exchange (like `publish`) in one go: all are sent, then
+    /// all confirms awaited, so a burst costs one round trip instead of one per event. They
+    /// reach the queue in order. An error means some may not have been confirmed; publishing
+    /// them all again is safe, since consumers deduplicate on the event id. With no events, it
+    /// only opens the channel.
+    pub async fn publish_many(&self, events: &[Event]) -> Result<(), Error> {
+        let exchange = self.settings.exchange.clone();
+        let mut slot = self.channel.lock().await;
+        let result = async {
+            let channel = self.open(&mut slot).await?;
+            let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+            let mut confirms = Vec::with_capacity(events.len());
+            for event in events {
+                let confirm = channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        event.kind.as_str().into(),
+                        options,
+                        &event.to_json(),
+                        properties(event),
+                    )
+                    .await
+                    .map_err(amqp("basic.publish"))?;
+                confirms.push((confirm, &event.kind));
+            }
+            for (confirm, routing_key) in confirms {
+                confirmed(confirm, &exchange, routing_key, self.settings.confirm_timeout).await?;
+            }
+            Ok(())
+        }
+        .await;
+        Self::forget_on_failure(&mut slot, &result);
+        result
+    }
+
+    /// The publishing channel, opened (with confirms and the topology) when there is none.
+    async fn open<'s>(&self, slot: &'s mut Option<(Connection, Channel)>) -> Result<&'s Channel, Error> {
+        if slot.as_ref().is_none_or(|(connection, _)| !connection.status().connected()) {
+            let connection = connect(&self.settings, "onair-publisher").await?;
+            let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
+            channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;
+            declare(&channel, &self.settings).await?;
+            *slot = Some((connection, channel));
+        }
+        match slot.as_ref() {
+            Some((_, channel)) => Ok(channel),
+            None => Err(Error::Amqp { operation: "publish", reason: "no channel".into() }),
+        }
+    }
+
+    fn forget_on_failure(slot: &mut Option<(Connection, Channel)>, result: &Result<(), Error>) {
         if matches!(result, Err(Error::Amqp { .. } | Error::Connect { .. } | Error::ConfirmTimeout(_))) {
             // The channel may be dead or in an unknown state: start from a new one next time.
             *slot = None;
         }
-        result
     }
 
     /// Closes the connection.
@@ -394,6 +431,7 @@ pub fn properties(event: &Event) -> BasicProperties {
         .with_type(ShortString::from(event.kind.as_str()))
 }
 
+/// Publishes one message on `channel` (in confirm mode) and waits for its confirm (bounded).
 async fn confirmed_publish(
     channel: &Channel,
     exchange: &str,
@@ -408,6 +446,16 @@ async fn confirmed_publish(
         .basic_publish(exchange.into(), routing_key.into(), options, payload, properties)
         .await
         .map_err(amqp("basic.publish"))?;
+    confirmed(confirm, exchange, routing_key, timeout).await
+}
+
+/// Waits (bounded) for one publisher confirm.
+async fn confirmed(
+    confirm: lapin::PublisherConfirm,
+    exchange: &str,
+    routing_key: &str,
+    timeout: Duration,
+) -> Result<(), Error> {
     match tokio::time::timeout(timeout, confirm).await {
         Err(_) => Err(Error::ConfirmTimeout(timeout)),
         Ok(Err(error)) => Err(amqp("publisher confirm")(error)),
