@@ -43,6 +43,10 @@ pub trait Store: Send + Sync + 'static {
     fn purge_processed(&self, before: DateTime<Utc>) -> Result<usize, Error>;
     /// `PRAGMA integrity_check` or its equivalent: `"ok"` when sound.
     fn integrity_check(&self) -> Result<String, Error>;
+    /// Each schedule's progress: every step at or before its cursor is handled.
+    fn schedule_cursors(&self) -> Result<BTreeMap<String, Cursor>, Error>;
+    /// Records schedule progress, in order, all or nothing: cursors and their audit rows.
+    fn schedule_progress(&self, records: Vec<ScheduleRecord>) -> Result<(), Error>;
 }
 
 /// Store failures. The messages name the file and the operation, never data.
@@ -160,13 +164,37 @@ pub struct OutboxRow {
     pub created: DateTime<Utc>,
 }
 
+/// How far a schedule has got: the last step handled, by its place in the schedule's order
+/// (planned instant, then the occurrence's air instant, then the step's rank).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Cursor {
+    pub at: DateTime<Utc>,
+    pub air: DateTime<Utc>,
+    pub rank: u8,
+}
+
+/// One step of schedule progress: the new cursor and, usually, an audit row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRecord {
+    pub broadcast: String,
+    pub cursor: Cursor,
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
+    /// The step's event id, when it is about one step.
+    pub event_id: Option<String>,
+    /// `armed`, `published`, `missed` or `skipped`; `None` writes no audit row.
+    pub outcome: Option<String>,
+    pub reason: String,
+    pub detail: Value,
+}
+
 /// One line of a broadcast's timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRow {
     pub id: i64,
     pub broadcast: String,
     pub at: DateTime<Utc>,
-    /// `decision`, `duplicate`, `action`.
+    /// `decision`, `duplicate`, `action`, `schedule`.
     pub kind: String,
     pub event_id: Option<String>,
     pub event_type: Option<String>,

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use serde_json::Value;
 
-use super::{AuditRow, Commit, Committed, Error, InstanceRecord, OutboxRow, Store};
+use super::{AuditRow, Commit, Committed, Cursor, Error, InstanceRecord, OutboxRow, ScheduleRecord, Store};
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -70,6 +70,14 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     CREATE INDEX audit_broadcast ON audit (broadcast, id);",
+    // 2: schedule cursors (audit rows of kind `schedule` need no new table).
+    "CREATE TABLE schedule_cursors (
+        broadcast TEXT PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        air_ms INTEGER NOT NULL,
+        rank INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );",
 ];
 
 /// Commits written in one transaction at most.
@@ -95,6 +103,7 @@ enum Request {
     Commit(Vec<Commit>, Sender<Result<Vec<Committed>, Error>>),
     ActionStarted { outbox_id: i64, attempt: u32, at: DateTime<Utc>, reply: Sender<Result<(), Error>> },
     Purge { before: DateTime<Utc>, reply: Sender<Result<usize, Error>> },
+    Schedule(Vec<ScheduleRecord>, Sender<Result<(), Error>>),
 }
 
 impl SqliteStore {
@@ -185,6 +194,14 @@ impl Store for SqliteStore {
         self.ask(|reply| Request::Purge { before, reply })
     }
 
+    fn schedule_cursors(&self) -> Result<BTreeMap<String, Cursor>, Error> {
+        schedule_cursors(&self.reader())
+    }
+
+    fn schedule_progress(&self, records: Vec<ScheduleRecord>) -> Result<(), Error> {
+        self.ask(|reply| Request::Schedule(records, reply))
+    }
+
     fn integrity_check(&self) -> Result<String, Error> {
         integrity_check(&self.reader())
     }
@@ -216,6 +233,10 @@ impl ReadOnly {
 
     pub fn integrity_check(&self) -> Result<String, Error> {
         integrity_check(&self.connection)
+    }
+
+    pub fn schedule_cursors(&self) -> Result<BTreeMap<String, Cursor>, Error> {
+        schedule_cursors(&self.connection)
     }
 
     /// Decisions recorded, distinct events decided, and duplicates absorbed.
@@ -355,6 +376,10 @@ fn apply(transaction: &mut Transaction<'_>, request: Request) -> Answer {
             });
             answer(reply, result, "purge")
         }
+        Request::Schedule(records, reply) => {
+            let result = in_savepoint(transaction, |savepoint| write_schedule(savepoint, &records));
+            answer(reply, result, "schedule progress")
+        }
     }
 }
 
@@ -375,6 +400,7 @@ fn fail(request: Request, operation: &'static str, reason: &str) {
         Request::Commit(_, reply) => drop(reply.send(Err(error()))),
         Request::ActionStarted { reply, .. } => drop(reply.send(Err(error()))),
         Request::Purge { reply, .. } => drop(reply.send(Err(error()))),
+        Request::Schedule(_, reply) => drop(reply.send(Err(error()))),
     }
 }
 
@@ -534,6 +560,42 @@ fn write_action_started(
     Ok(())
 }
 
+fn write_schedule(db: &rusqlite::Savepoint<'_>, records: &[ScheduleRecord]) -> rusqlite::Result<()> {
+    let mut cursor = db.prepare_cached(
+        "INSERT INTO schedule_cursors (broadcast, at_ms, air_ms, rank, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (broadcast) DO UPDATE SET at_ms = ?2, air_ms = ?3, rank = ?4, updated_ms = ?5",
+    )?;
+    let mut audit = db.prepare_cached(
+        "INSERT INTO audit (broadcast, at_ms, kind, event_id, event_type, reason, detail)
+         VALUES (?1, ?2, 'schedule', ?3, ?4, ?5, ?6)",
+    )?;
+    for record in records {
+        let at = record.at.timestamp_millis();
+        cursor.execute(params![
+            record.broadcast,
+            record.cursor.at.timestamp_millis(),
+            record.cursor.air.timestamp_millis(),
+            record.cursor.rank,
+            at
+        ])?;
+        if let Some(outcome) = &record.outcome {
+            let mut detail = record.detail.clone();
+            if let Value::Object(map) = &mut detail {
+                map.insert("outcome".into(), Value::String(outcome.clone()));
+            }
+            audit.execute(params![
+                record.broadcast,
+                at,
+                record.event_id,
+                record.event_id.as_ref().map(|_| crate::event::SCHEDULE_FIRED),
+                record.reason,
+                detail.to_string()
+            ])?;
+        }
+    }
+    Ok(())
+}
+
 // === Reads ===
 
 fn time(ms: i64) -> DateTime<Utc> {
@@ -658,6 +720,22 @@ fn query_audit(
         })
         .map_err(sql)?;
     rows.collect::<Result<_, _>>().map_err(sql)
+}
+
+fn schedule_cursors(connection: &Connection) -> Result<BTreeMap<String, Cursor>, Error> {
+    let sql = |error: rusqlite::Error| Error::Sql { operation: "read schedule cursors", reason: error.to_string() };
+    let mut statement =
+        connection.prepare("SELECT broadcast, at_ms, air_ms, rank FROM schedule_cursors").map_err(sql)?;
+    let rows = statement
+        .query_map([], |row| {
+            let rank: i64 = row.get(3)?;
+            Ok((
+                row.get::<_, String>(0)?,
+                Cursor { at: time(row.get(1)?), air: time(row.get(2)?), rank: u8::try_from(rank).unwrap_or(u8::MAX) },
+            ))
+        })
+        .map_err(sql)?;
+    rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(sql)
 }
 
 fn integrity_check(connection: &Connection) -> Result<String, Error> {
