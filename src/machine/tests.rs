@@ -30,6 +30,11 @@ fn schedule(step: &str) -> Event {
     event(crate::event::SCHEDULE_FIRED, json!({"step": step, "occurrence": "20261124t1800z", "broadcast": "news"}))
 }
 
+/// A step of the next day's occurrence.
+fn next_schedule(step: &str) -> Event {
+    event(crate::event::SCHEDULE_FIRED, json!({"step": step, "occurrence": "20261125t1800z", "broadcast": "news"}))
+}
+
 fn succeeded(action: &str) -> Event {
     event(
         crate::event::ACTION_SUCCEEDED,
@@ -131,6 +136,16 @@ fn cases() -> Vec<Case> {
         case("a second cooldown step while stopping", "cooldown", schedule("cooldown"), None, "cooldown", &[]).vars(json!({"occurrence": "20261124t1800z", "stopping": true})),
         case("channel stopped: wait for the endpoint", "cooldown", succeeded("channel.stop"), None, "cooldown", &[]).vars(json!({"stopping": true})),
         case("everything stopped", "cooldown", succeeded("endpoint.scale"), Some(32), "idle", &[]).vars(json!({"stopping": true})).sets(json!({"stopping": false})),
+        // The next occurrence while this one still runs.
+        case("post-roll, next warm-up: the channel passes on", "cooldown", next_schedule("warmup"), Some(33), "warming", &["endpoint.start", "channel.start"]).vars(current.clone()).sets(json!({"occurrence": "20261125t1800z", "air_pending": false})),
+        case("post-roll, next air: live as soon as the channel runs", "cooldown", next_schedule("air"), Some(33), "warming", &["endpoint.start", "channel.start"]).vars(current.clone()).sets(json!({"occurrence": "20261125t1800z", "air_pending": true})),
+        case("an earlier occurrence's step in post-roll is ignored", "cooldown", schedule("warmup"), None, "cooldown", &[]).vars(json!({"occurrence": "20261125t1800z"})),
+        case("next warm-up while live is remembered", "live", next_schedule("warmup"), Some(34), "live", &[]).vars(current.clone()).sets(json!({"next_occurrence": "20261125t1800z", "next_air": false})),
+        case("next air while ending is remembered", "ending", next_schedule("air"), Some(34), "ending", &[]).vars(json!({"occurrence": "20261124t1800z", "next_occurrence": "20261125t1800z"})).sets(json!({"next_air": true})),
+        case("next warm-up while stopping is remembered", "cooldown", next_schedule("warmup"), Some(34), "cooldown", &[]).vars(json!({"occurrence": "20261124t1800z", "stopping": true})).sets(json!({"next_occurrence": "20261125t1800z"})),
+        case("program stopped, next occurrence waiting", "ending", succeeded("program.stop"), Some(35), "warming", &["endpoint.start", "channel.start"]).vars(json!({"occurrence": "20261124t1800z", "next_occurrence": "20261125t1800z", "next_air": true, "cooldown_pending": true})).sets(json!({"occurrence": "20261125t1800z", "air_pending": true, "next_occurrence": "", "cooldown_pending": false})),
+        case("stopped, next occurrence waiting", "cooldown", succeeded("endpoint.scale"), Some(36), "warming", &["endpoint.start", "channel.start"]).vars(json!({"stopping": true, "next_occurrence": "20261125t1800z"})).sets(json!({"occurrence": "20261125t1800z", "stopping": false, "air_pending": false})),
+        case("stop-now while live forgets the next occurrence", "live", command("stop-now"), Some(24), "ending", &["program.stop"]).vars(json!({"next_occurrence": "20261125t1800z"})).sets(json!({"next_occurrence": ""})),
     ]
 }
 
