@@ -48,6 +48,22 @@ pub enum Command {
     /// Dead letters: list them, replay them.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Show the coming schedule steps in UTC and local time, with DST shifts, skips and overlaps marked.
+    Plan(PlanArgs),
+}
+
+/// `onair plan` options.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// How far ahead to look, in hours.
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..=8784))]
+    pub hours: u32,
+    /// Only this broadcast.
+    #[arg(long, value_name = "ID")]
+    pub broadcast: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `onair dlq` subcommands.
@@ -255,6 +271,7 @@ pub async fn execute(command: Command, settings: Settings, shutdown: Cancellatio
         Command::Status(args) => crate::daemon::status(&settings, &args.broadcast, args.json, args.events),
         Command::Send(args) => crate::daemon::send(&settings, args).await,
         Command::Dlq(command) => crate::daemon::dlq(&settings, command).await,
+        Command::Plan(args) => plan(&settings, &args),
     }
 }
 
@@ -283,11 +300,33 @@ fn apply_emulator_args(emulator: &mut crate::emulator::Settings, args: &Emulator
     args.faults.apply(&mut emulator.faults);
 }
 
+/// `onair plan`.
+fn plan(settings: &Settings, args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    let broadcasts = &settings.engine.broadcasts;
+    if let Some(id) = &args.broadcast {
+        match broadcasts.get(id) {
+            None => anyhow::bail!("no broadcast {id:?} in the settings"),
+            Some(broadcast) if broadcast.schedule.is_none() => {
+                anyhow::bail!("broadcast {id:?} has no schedule ([broadcasts.{id}.schedule])")
+            }
+            Some(_) => {}
+        }
+    }
+    let now = crate::clock::system().now();
+    let rows = crate::schedule::plan::plan(broadcasts, args.broadcast.as_deref(), now, args.hours);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", crate::schedule::plan::render(&rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `onair check`: the settings loaded (main already refused invalid ones); now the machines, the
 /// broadcasts, and what running needs.
 fn check(settings: &Settings) -> ExitCode {
     let library = crate::machine::Library::load(settings.engine.machines_dir.as_deref());
-    let problems = crate::daemon::problems(settings, &library);
+    let problems = crate::daemon::problems(settings, &library, crate::clock::system().now());
     if !problems.is_empty() {
         println!("{} problem{}:", problems.len(), if problems.len() == 1 { "" } else { "s" });
         for problem in problems {
@@ -300,6 +339,14 @@ fn check(settings: &Settings) -> ExitCode {
     println!("  media       {} account {}", media.arm_url, media.account.as_deref().unwrap_or_default());
     println!("  machines    {}", library.machines.keys().cloned().collect::<Vec<_>>().join(", "));
     println!("  broadcasts  {}", settings.engine.broadcasts.keys().cloned().collect::<Vec<_>>().join(", "));
+    let scheduled: Vec<&str> = settings
+        .engine
+        .broadcasts
+        .iter()
+        .filter(|(_, broadcast)| broadcast.schedule.is_some())
+        .map(|(id, _)| id.as_str())
+        .collect();
+    println!("  schedules   {}", if scheduled.is_empty() { "(none)".to_string() } else { scheduled.join(", ") });
     println!("  store       {}", settings.engine.store.display());
     println!("  shutdown    grace {:?}", settings.shutdown.grace);
     ExitCode::SUCCESS

@@ -58,6 +58,25 @@ impl Clock for ManualClock {
     }
 }
 
+/// The system clock shifted by a fixed offset: it runs at real speed and reads `offset` ahead (or
+/// behind). Tests use it to put a daemon shortly before a step without waiting for it.
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetClock {
+    offset: Duration,
+}
+
+impl OffsetClock {
+    pub fn new(offset: Duration) -> Self {
+        Self { offset }
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> DateTime<Utc> {
+        SystemClock.now() + self.offset
+    }
+}
+
 /// The system clock as a shared handle.
 pub fn system() -> SharedClock {
     Arc::new(SystemClock)

@@ -46,6 +46,8 @@ pub struct Settings {
     pub engine: crate::engine::Settings,
     /// `[broker]`
     pub broker: crate::broker::Settings,
+    /// `[scheduler]` (the schedules themselves are `[broadcasts.<id>.schedule]`)
+    pub scheduler: crate::schedule::Settings,
 }
 
 /// Where settings come from.
@@ -122,7 +124,8 @@ pub fn load(source: &Source) -> Result<Settings, Error> {
         let emulator = crate::emulator::Settings::parse(&mut root.section("emulator"));
         let engine = crate::engine::Settings::parse(&mut root.section("engine"), &mut root.section("broadcasts"));
         let broker = crate::broker::Settings::parse(&mut root.section("broker"));
-        Settings { shutdown, media, emulator, engine, broker }
+        let scheduler = crate::schedule::Settings::parse(&mut root.section("scheduler"));
+        Settings { shutdown, media, emulator, engine, broker, scheduler }
     };
     let problems = context.problems.into_inner();
     if problems.is_empty() { Ok(settings) } else { Err(Error::Invalid(Problems(problems))) }
@@ -199,10 +202,10 @@ impl Layers {
             let variable = key.split('.').map(str::to_uppercase).collect::<Vec<_>>().join("__");
             return format!("environment variable {ENV_PREFIX}__{variable}");
         }
-        if let Some((path, value)) = &self.file {
-            if lookup(value, key).is_some() {
-                return path.display().to_string();
-            }
+        if let Some((path, value)) = &self.file
+            && lookup(value, key).is_some()
+        {
+            return path.display().to_string();
         }
         "built-in default".into()
     }

@@ -9,12 +9,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, Publisher};
 use crate::cli::{DlqCommand, SendArgs};
+use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::engine::{Engine, Parts, Runner, inbox};
 use crate::event::Event;
@@ -22,8 +24,9 @@ use crate::machine::Library;
 use crate::store::{SqliteStore, Store};
 
 /// Every reason the daemon cannot run with these settings: machine problems (with file and
-/// location), broadcasts naming a missing machine, missing media settings.
-pub fn problems(settings: &Settings, library: &Library) -> Vec<String> {
+/// location), broadcasts naming a missing machine, schedule problems over the coming year (from
+/// `now`), missing media settings.
+pub fn problems(settings: &Settings, library: &Library, now: DateTime<Utc>) -> Vec<String> {
     let mut problems: Vec<String> = library.problems.iter().map(ToString::to_string).collect();
     for (id, broadcast) in &settings.engine.broadcasts {
         if library.get(&broadcast.machine).is_none() {
@@ -32,6 +35,7 @@ pub fn problems(settings: &Settings, library: &Library) -> Vec<String> {
                 .push(format!("broadcasts.{id}.machine: no machine named {:?} (loaded: {known})", broadcast.machine));
         }
     }
+    problems.extend(crate::schedule::plan::problems(&settings.engine.broadcasts, now));
     problems.extend(settings.media.missing().into_iter().map(|key| format!("{key}: required to run (no default)")));
     problems
 }
@@ -39,7 +43,7 @@ pub fn problems(settings: &Settings, library: &Library) -> Vec<String> {
 /// `onair run`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
     let library = Library::load(settings.engine.machines_dir.as_deref());
-    let problems = problems(&settings, &library);
+    let problems = problems(&settings, &library, crate::clock::system().now());
     if !problems.is_empty() {
         eprintln!("error: cannot run ({} problem{}):", problems.len(), if problems.len() == 1 { "" } else { "s" });
         for problem in problems {
@@ -64,15 +68,21 @@ pub struct Daemon {
     consumer: tokio::task::JoinHandle<()>,
     inbox: tokio::task::JoinHandle<Result<(), inbox::Error>>,
     relay: tokio::task::JoinHandle<()>,
+    scheduler: Option<tokio::task::JoinHandle<()>>,
     publisher: Arc<Publisher>,
     status: broker::Status,
+    schedule_stats: crate::schedule::Stats,
 }
 
 impl Daemon {
     /// Opens the store, starts the engine (which resumes timers and pending actions first), then
     /// the inputs. `library` must have passed the checks of `problems`.
     pub async fn start(settings: &Settings, library: Library) -> anyhow::Result<Self> {
-        let clock = crate::clock::system();
+        Self::start_with_clock(settings, library, crate::clock::system()).await
+    }
+
+    /// `start` with a given wall clock (tests move it to put the daemon before or after a step).
+    pub async fn start_with_clock(settings: &Settings, library: Library, clock: SharedClock) -> anyhow::Result<Self> {
         let media = crate::media::Client::new(&settings.media)?;
         let store_path = settings.engine.store.clone();
         let store: Arc<dyn Store> =
@@ -82,7 +92,13 @@ impl Daemon {
         let (outbound, published) = mpsc::unbounded_channel::<Event>();
         let runner = Arc::new(Runner::new(Some(media), outbound, Arc::clone(&clock)));
         let engine_settings = Arc::new(settings.engine.clone());
-        let parts = Parts { settings: Arc::clone(&engine_settings), library: Arc::new(library), store, runner, clock };
+        let parts = Parts {
+            settings: Arc::clone(&engine_settings),
+            library: Arc::new(library),
+            store: Arc::clone(&store),
+            runner,
+            clock: Arc::clone(&clock),
+        };
         let core = CancellationToken::new();
         let intake = CancellationToken::new();
         let engine = Engine::start(parts, core.clone()).await?;
@@ -96,18 +112,48 @@ impl Daemon {
             intake.clone(),
         ));
         let relay = tokio::spawn(relay(published, Arc::clone(&publisher), core.clone()));
+        let schedule_stats = crate::schedule::Stats::default();
+        let schedules: Vec<_> = engine_settings
+            .broadcasts
+            .iter()
+            .filter_map(|(id, broadcast)| Some((id.clone(), Arc::clone(broadcast.schedule.as_ref()?))))
+            .collect();
+        let scheduler = if settings.scheduler.enabled && !schedules.is_empty() {
+            let sink = Arc::new(Publisher::new(Arc::clone(&broker_settings)));
+            let scheduler = crate::schedule::Scheduler::new(
+                settings.scheduler.clone(),
+                schedules,
+                store,
+                Arc::clone(&sink),
+                clock,
+                schedule_stats.clone(),
+            )
+            .await?;
+            let stop = intake.clone();
+            Some(tokio::spawn(async move {
+                scheduler.run(stop).await;
+                sink.close().await;
+            }))
+        } else {
+            None
+        };
         tracing::info!(
             broadcasts = engine_settings.broadcasts.len(),
             store = %engine_settings.store.display(),
             broker = %broker_settings.endpoint(),
             "onair running."
         );
-        Ok(Self { engine, core, intake, consumer, inbox, relay, publisher, status })
+        Ok(Self { engine, core, intake, consumer, inbox, relay, scheduler, publisher, status, schedule_stats })
     }
 
     /// The broker consumer's state.
     pub fn broker_status(&self) -> &broker::Status {
         &self.status
+    }
+
+    /// The scheduler's counters.
+    pub fn schedule_stats(&self) -> &crate::schedule::Stats {
+        &self.schedule_stats
     }
 
     /// Stops the inputs (in-flight events finish and are acknowledged), then the engine.
@@ -116,6 +162,9 @@ impl Daemon {
             "Stopping: no new events; in-flight events finish and are acknowledged; pending actions resume at the next start."
         );
         self.intake.cancel();
+        if let Some(scheduler) = self.scheduler {
+            let _ = scheduler.await;
+        }
         let _ = self.consumer.await;
         self.inbox.await??;
         self.core.cancel();
@@ -148,10 +197,10 @@ async fn relay(mut published: mpsc::UnboundedReceiver<Event>, publisher: Arc<Pub
 
 /// `onair status`.
 pub fn status(settings: &Settings, only: &Option<String>, as_json: bool, events: usize) -> anyhow::Result<ExitCode> {
-    if let Some(id) = only {
-        if !settings.engine.broadcasts.contains_key(id) {
-            anyhow::bail!("no broadcast {id:?} in the settings");
-        }
+    if let Some(id) = only
+        && !settings.engine.broadcasts.contains_key(id)
+    {
+        anyhow::bail!("no broadcast {id:?} in the settings");
     }
     let store = SqliteStore::open_read_only(&settings.engine.store).ok();
     let instances = match &store {
@@ -162,6 +211,7 @@ pub fn status(settings: &Settings, only: &Option<String>, as_json: bool, events:
         Some(store) => store.pending_actions()?,
         None => Vec::new(),
     };
+    let now = crate::clock::system().now();
     let mut report = Vec::new();
     for (id, broadcast) in &settings.engine.broadcasts {
         if only.as_ref().is_some_and(|only| only != id) {
@@ -185,6 +235,12 @@ pub fn status(settings: &Settings, only: &Option<String>, as_json: bool, events:
         let next_timer = instance
             .and_then(|instance| instance.timers.iter().min_by_key(|(_, due)| **due))
             .map(|(name, due)| json!({"timer": name, "due": due.to_rfc3339()}));
+        let next_step = broadcast
+            .schedule
+            .as_ref()
+            .and_then(|spec| crate::schedule::plan::next_step(id, spec, now))
+            .map(|row| json!({"step": row.step, "occurrence": row.occurrence, "planned": row.planned.to_rfc3339(), "local": row.local}));
+        let missed = audit.iter().filter(|row| row.kind == "schedule" && row.detail["outcome"] == "missed").count();
         report.push(json!({
             "broadcast": id,
             "machine": broadcast.machine,
@@ -194,6 +250,8 @@ pub fn status(settings: &Settings, only: &Option<String>, as_json: bool, events:
             "vars": instance.map(|instance| Value::Object(instance.vars.clone())),
             "pending_actions": actions,
             "next_timer": next_timer,
+            "next_step": next_step,
+            "recently_missed_steps": missed,
             "last_events": last,
         }));
     }
@@ -220,6 +278,18 @@ pub fn status(settings: &Settings, only: &Option<String>, as_json: bool, events:
                 action["id"],
                 action["attempts"]
             );
+        }
+        if let Some(step) = entry["next_step"].as_object() {
+            println!(
+                "    next     {} of {} at {} ({})",
+                step["step"].as_str().unwrap_or_default(),
+                step["occurrence"].as_str().unwrap_or_default(),
+                step["planned"].as_str().unwrap_or_default(),
+                step["local"].as_str().unwrap_or_default()
+            );
+        }
+        if let Some(missed) = entry["recently_missed_steps"].as_u64().filter(|missed| *missed > 0) {
+            println!("    missed   {missed} schedule steps among the recent audit rows (see the audit trail)");
         }
         if let Some(timer) = entry["next_timer"].as_object() {
             println!(

@@ -11,6 +11,8 @@
 //! - `event`: the CloudEvents envelope and the event types onair emits or understands.
 //! - `machine`: machine definitions (TOML, CEL guards) and the pure `step`.
 //! - `daemon`: the wiring of `onair run`, and `status`, `send` and the checks behind `check`.
+//! - `schedule`: cron/one-shot schedules with time zones and DST policy, the plan, and the
+//!   scheduler that publishes each step (warm-up, scale, air, end, cooldown) as an event.
 //! - `engine`: routing, one ordered lane per broadcast, the executor, durable timers, the inbox.
 //! - `media`: the Media Services v3 REST shapes, the client (token, retries, long-running operations)
 //!   and the idempotent ensure-operations that the rest of onair drives.
@@ -34,6 +36,7 @@ pub mod engine;
 pub mod event;
 pub mod machine;
 pub mod media;
+pub mod schedule;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

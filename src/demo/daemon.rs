@@ -155,6 +155,7 @@ fn configure(settings: &mut Settings, base: &str, node: &LocalNode, directory: &
             on_air_units: 3,
             off_air_units: 1,
             settings: Default::default(),
+            schedule: None,
         },
     );
 }

@@ -2,7 +2,10 @@
 
 use serde_json::{Map, Value, json};
 
+use std::sync::Arc;
+
 use crate::media::{ChannelSpec, EndpointSpec};
+use crate::schedule::Spec;
 
 /// One broadcast: which channel, endpoint and machine, how it is published, how many units.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +30,8 @@ pub struct Broadcast {
     pub off_air_units: i32,
     /// Free-form settings for rules (`broadcast.settings.*`).
     pub settings: Map<String, Value>,
+    /// When it goes on air (`[broadcasts.<id>.schedule]`), if onair schedules it.
+    pub schedule: Option<Arc<Spec>>,
 }
 
 impl Broadcast {

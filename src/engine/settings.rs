@@ -81,6 +81,7 @@ impl Settings {
 
 fn parse_broadcasts(section: &mut crate::config::Section<'_>) -> BTreeMap<String, Broadcast> {
     let mut broadcasts = BTreeMap::new();
+    let mut interned = crate::schedule::Interned::new();
     for id in section.keys() {
         let mut table = section.section(&id);
         if !valid_id(&id) {
@@ -102,6 +103,11 @@ fn parse_broadcasts(section: &mut crate::config::Section<'_>) -> BTreeMap<String
         }
         drop(units);
         let settings = table.optional::<Map<String, Value>>("settings").unwrap_or_default();
+        let schedule = if table.keys().iter().any(|key| key == "schedule") {
+            crate::schedule::parse_spec(&mut table.section("schedule"), &mut interned).map(std::sync::Arc::new)
+        } else {
+            None
+        };
         let broadcast = Broadcast {
             machine: table.optional("machine").unwrap_or_else(|| "live".into()),
             endpoint: table.optional("endpoint").unwrap_or_else(|| "default".into()),
@@ -115,6 +121,7 @@ fn parse_broadcasts(section: &mut crate::config::Section<'_>) -> BTreeMap<String
             on_air_units,
             off_air_units,
             settings,
+            schedule,
         };
         broadcasts.insert(id, broadcast);
     }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::{TestEmulator, emulator_settings};
 use crate::rabbit::{self, node, publish_all};
 
-static EXCLUSIVE: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
+pub(crate) static EXCLUSIVE: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
 
 /// An engine fed by the broker consumer, in this process; broadcasts `b0`…`b<n-1>`, no media.
 struct Running {
@@ -280,7 +280,12 @@ async fn every_event_published_twice_has_one_effect() {
 
 // === The daemon as a process ===
 
-fn daemon_config(directory: &Path, emulator: &TestEmulator, broker: &broker::Settings, broadcasts: &str) -> PathBuf {
+pub(crate) fn daemon_config(
+    directory: &Path,
+    emulator: &TestEmulator,
+    broker: &broker::Settings,
+    broadcasts: &str,
+) -> PathBuf {
     let config = format!(
         "[media]\narm_url = \"{base}\"\ntoken_url = \"{base}/t/oauth2/v2.0/token\"\nsubscription_id = \"{s}\"\nresource_group = \"{g}\"\naccount = \"{a}\"\nclient_id = \"onair-emulator\"\npoll_interval = \"50ms\"\n[engine]\nstate_dir = \"{dir}\"\n{broker}{broadcasts}",
         base = emulator.base,
@@ -295,7 +300,7 @@ fn daemon_config(directory: &Path, emulator: &TestEmulator, broker: &broker::Set
     path
 }
 
-fn onair(config: &Path) -> Command {
+pub(crate) fn onair(config: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_onair"));
     command
         .arg("--config")
@@ -305,12 +310,12 @@ fn onair(config: &Path) -> Command {
     command
 }
 
-fn run_daemon(config: &Path, log: &Path) -> Child {
+pub(crate) fn run_daemon(config: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     onair(config).arg("run").env("RUST_LOG", "info").stdout(Stdio::null()).stderr(log).spawn().unwrap()
 }
 
-fn terminate(child: &mut Child, grace: Duration) -> (Option<i32>, Duration) {
+pub(crate) fn terminate(child: &mut Child, grace: Duration) -> (Option<i32>, Duration) {
     let sent = Instant::now();
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     loop {
@@ -322,7 +327,7 @@ fn terminate(child: &mut Child, grace: Duration) -> (Option<i32>, Duration) {
     }
 }
 
-fn state_of(store: &Path, broadcast: &str) -> Option<String> {
+pub(crate) fn state_of(store: &Path, broadcast: &str) -> Option<String> {
     let store = SqliteStore::open_read_only(store).ok()?;
     store
         .load_instances()

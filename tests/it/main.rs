@@ -18,3 +18,4 @@ mod history;
 mod lifecycle;
 mod property;
 mod rabbit;
+mod schedule;

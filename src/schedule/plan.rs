@@ -1,0 +1,280 @@
+//! The plan (`onair plan`: the coming steps, in UTC and local time, with daylight-saving shifts,
+//! skips and overlaps marked) and the schedule checks of `onair check`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+
+use super::{
+    Anchor, Dst, Occurrence, Skip, Spec, StepKind, When, anchor_before, format_local, occurrence_id, runner::stamp,
+};
+use crate::engine::Broadcast;
+
+/// One line of the plan: a step, or an occurrence that does not go on air.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub broadcast: String,
+    pub occurrence: String,
+    /// `None` for an occurrence that does not go on air.
+    pub step: Option<&'static str>,
+    /// The planned instant (for a skipped occurrence, its air time).
+    #[serde(serialize_with = "serialize_stamp")]
+    pub planned: DateTime<Utc>,
+    /// The same instant in the broadcast's time zone.
+    pub local: String,
+    pub timezone: String,
+    /// DST shifts, skips, overlaps and handovers, in words; empty when there is nothing to say.
+    pub note: String,
+}
+
+fn serialize_stamp<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&stamp(*at))
+}
+
+/// The steps of every scheduled broadcast (or only `only`) planned in `[from, from + hours)`.
+pub fn plan(broadcasts: &BTreeMap<String, Broadcast>, only: Option<&str>, from: DateTime<Utc>, hours: u32) -> Vec<Row> {
+    let to = from + TimeDelta::hours(i64::from(hours));
+    let mut rows = Vec::new();
+    for (id, broadcast) in broadcasts {
+        if only.is_some_and(|only| only != id) {
+            continue;
+        }
+        let Some(spec) = &broadcast.schedule else { continue };
+        // Occurrences that started earlier may still have steps in the window.
+        for occurrence in spec.occurrences(from - spec.duration - spec.post_roll) {
+            if occurrence.first_step(spec) >= to {
+                break;
+            }
+            rows.extend(
+                occurrence_rows(id, spec, &occurrence)
+                    .into_iter()
+                    .filter(|row| row.planned >= from && row.planned < to),
+            );
+        }
+    }
+    rows.sort_by(|a, b| (a.planned, &a.broadcast, &a.occurrence).cmp(&(b.planned, &b.broadcast, &b.occurrence)));
+    rows
+}
+
+/// The next step of one broadcast's schedule at or after `now` (skipped occurrences passed over).
+pub fn next_step(broadcast: &str, spec: &Arc<Spec>, now: DateTime<Utc>) -> Option<Row> {
+    spec.occurrences(now - spec.duration - spec.post_roll)
+        .take(1000)
+        .flat_map(|occurrence| occurrence_rows(broadcast, spec, &occurrence))
+        .find(|row| row.step.is_some() && row.planned >= now)
+}
+
+fn occurrence_rows(broadcast: &str, spec: &Spec, occurrence: &Occurrence) -> Vec<Row> {
+    let row = |step: Option<StepKind>, planned: DateTime<Utc>, note: String| Row {
+        broadcast: broadcast.to_string(),
+        occurrence: occurrence.id(),
+        step: step.map(StepKind::name),
+        planned,
+        local: format_local(spec, planned),
+        timezone: spec.timezone.name().to_string(),
+        note,
+    };
+    let wall = occurrence.local.format("%H:%M:%S").to_string();
+    if let Some(skip) = occurrence.skipped {
+        let note = match skip {
+            Skip::Gap => format!("skipped: {wall} does not exist on that day (DST gap; dst_gap = \"skip\")"),
+            Skip::Fold => {
+                let pass = if occurrence.dst == Dst::FirstPass { "first" } else { "second" };
+                format!("skipped: {pass} pass of the repeated {wall} (DST fold; dst_fold)")
+            }
+            Skip::Excluded => "skipped: excluded date".to_string(),
+            Skip::Merged => format!("skipped: {wall} lands on the same instant as another occurrence"),
+            Skip::Overlap { previous } => format!(
+                "skipped: {} is still on air until {} (overlap = \"skip\")",
+                occurrence_id(previous),
+                format_local(spec, previous + spec.duration)
+            ),
+        };
+        return vec![row(None, occurrence.air, note)];
+    }
+    occurrence
+        .steps(spec)
+        .into_iter()
+        .map(|(step, planned)| {
+            let note = match step {
+                StepKind::Air => match occurrence.dst {
+                    Dst::Shifted => format!("DST: {wall} does not exist that day; shifted to the end of the gap"),
+                    Dst::FirstPass => format!("DST: {wall} happens twice; first pass"),
+                    Dst::SecondPass => format!("DST: {wall} happens twice; second pass"),
+                    Dst::Normal | Dst::GapSkipped => String::new(),
+                },
+                StepKind::Warmup => occurrence
+                    .handover_from
+                    .map(|previous| format!("channel handed over from {}", occurrence_id(previous)))
+                    .unwrap_or_default(),
+                StepKind::End => occurrence
+                    .ended_by
+                    .map(|next| format!("ends early: {} goes on air (overlap = \"end-previous\")", occurrence_id(next)))
+                    .unwrap_or_default(),
+                StepKind::Scale | StepKind::Cooldown => String::new(),
+            };
+            row(Some(step), planned, note)
+        })
+        .collect()
+}
+
+/// The plan as a table.
+pub fn render(rows: &[Row]) -> String {
+    if rows.is_empty() {
+        return "nothing planned in this window\n".to_string();
+    }
+    let headers = ["UTC", "LOCAL", "BROADCAST", "OCCURRENCE", "STEP", "NOTE"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|row| {
+            [
+                stamp(row.planned),
+                row.local.clone(),
+                row.broadcast.clone(),
+                row.occurrence.clone(),
+                row.step.unwrap_or("-").to_string(),
+                row.note.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for line in &cells {
+        for (width, cell) in widths.iter_mut().zip(line) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; 6]| {
+        let text: Vec<String> = cells.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(headers);
+    for row in &cells {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+    }
+    out
+}
+
+// === Checks ===
+
+/// How far ahead the checks look.
+const CHECK_HORIZON: TimeDelta = TimeDelta::days(366);
+/// Occurrences per schedule the checks look at, at most.
+const CHECK_OCCURRENCES: usize = 1000;
+
+/// Schedule problems that only show over time: a lead time longer than the gap between two
+/// occurrences, and two broadcasts on one channel at the same time. Each names the broadcast(s).
+pub fn problems(broadcasts: &BTreeMap<String, Broadcast>, now: DateTime<Utc>) -> Vec<String> {
+    let mut problems = Vec::new();
+    // Windows (warm-up to cooldown) per broadcast, for the channel check.
+    let mut windows: BTreeMap<&str, Vec<Window>> = BTreeMap::new();
+    // Broadcasts with the same schedule share the answer.
+    let mut gaps: HashMap<String, Option<Gap>> = HashMap::new();
+    for (id, broadcast) in broadcasts {
+        let Some(spec) = &broadcast.schedule else { continue };
+        let occurrences: Vec<Occurrence> = horizon(spec, now);
+        if let When::Cron(cron) = &spec.when {
+            let key =
+                format!("{}|{:?}|{:?}|{:?}|{:?}", cron.source(), spec.timezone, spec.start, spec.end, spec.exclude);
+            let key = format!("{key}|{:?}|{:?}|{:?}", spec.dst_gap, spec.dst_fold, spec.duration);
+            let smallest = *gaps.entry(key).or_insert_with(|| smallest_gap(&occurrences));
+            if let Some((gap, first, second)) = smallest
+                && spec.lead_channel > gap
+            {
+                problems.push(format!(
+                    "broadcasts.{id}.schedule.lead.channel: {} is longer than the {} between occurrences {} and {}; \
+                     a warm-up would come before the previous air time",
+                    humanize(spec.lead_channel),
+                    humanize(gap),
+                    occurrence_id(first),
+                    occurrence_id(second),
+                ));
+            }
+        }
+        if let Some(overlapped) =
+            occurrences.iter().find(|occurrence| matches!(occurrence.skipped, Some(Skip::Overlap { .. })))
+            && matches!(anchor_before(spec, overlapped.air), Anchor::Crowded(_))
+        {
+            problems.push(format!(
+                "broadcasts.{id}.schedule.duration: {} is longer than the time between occurrences, all the time \
+                 (in the {} days before {} no occurrence starts with nothing on air); which ones go on air would \
+                 depend on when onair started: shorten the duration or space the occurrences",
+                humanize(spec.duration),
+                super::OVERLAP_LOOKBACK.num_days(),
+                occurrence_id(overlapped.air),
+            ));
+        }
+        windows.insert(
+            id,
+            occurrences
+                .iter()
+                .filter(|occurrence| occurrence.skipped.is_none())
+                .map(|occurrence| (occurrence.air - spec.lead_channel, occurrence.end + spec.post_roll, occurrence.air))
+                .collect(),
+        );
+    }
+    let mut by_channel: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for id in windows.keys() {
+        if let Some(broadcast) = broadcasts.get(*id) {
+            by_channel.entry(broadcast.channel.as_str()).or_default().push(id);
+        }
+    }
+    for (channel, ids) in by_channel {
+        for (index, first) in ids.iter().enumerate() {
+            for second in &ids[index + 1..] {
+                if let Some((a, b)) = first_clash(&windows[first], &windows[second]) {
+                    problems.push(format!(
+                        "broadcasts.{first} and broadcasts.{second}: both use channel {channel:?} at the same time \
+                         ({first} {} from {} to {}, {second} {} from {} to {}); give one its own channel or move it",
+                        occurrence_id(a.2),
+                        stamp(a.0),
+                        stamp(a.1),
+                        occurrence_id(b.2),
+                        stamp(b.0),
+                        stamp(b.1),
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn horizon(spec: &Arc<Spec>, now: DateTime<Utc>) -> Vec<Occurrence> {
+    spec.occurrences(now)
+        .take_while(|occurrence| occurrence.air < now + CHECK_HORIZON)
+        .take(CHECK_OCCURRENCES)
+        .collect()
+}
+
+/// The smallest gap between two consecutive air times that go on air, and which.
+fn smallest_gap(occurrences: &[Occurrence]) -> Option<Gap> {
+    let airs: Vec<DateTime<Utc>> =
+        occurrences.iter().filter(|occurrence| occurrence.skipped.is_none()).map(|occurrence| occurrence.air).collect();
+    airs.windows(2).map(|pair| (pair[1] - pair[0], pair[0], pair[1])).min_by_key(|(gap, _, _)| *gap)
+}
+
+/// When an occurrence holds its channel: warm-up, cooldown, and its air time (to name it).
+type Window = (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>);
+
+/// A gap between two consecutive air times: its length, and the two air times.
+type Gap = (TimeDelta, DateTime<Utc>, DateTime<Utc>);
+
+/// The first pair of windows (both sorted) that intersect.
+fn first_clash(a: &[Window], b: &[Window]) -> Option<(Window, Window)> {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i].0 < b[j].1 && b[j].0 < a[i].1 {
+            return Some((a[i], b[j]));
+        }
+        if a[i].1 <= b[j].1 { i += 1 } else { j += 1 }
+    }
+    None
+}
+
+fn humanize(delta: TimeDelta) -> String {
+    humantime::format_duration(delta.to_std().unwrap_or_default()).to_string()
+}

@@ -1,0 +1,577 @@
+//! The scheduler: fires every schedule's steps from one ordered timer map.
+//!
+//! Each scheduled broadcast is a *track*: its occurrences (generated lazily, one or two ahead),
+//! the steps armed from them in order, and its durable cursor. The timer map holds one entry per
+//! track, keyed by the instant of its next step; one task sleeps until the earliest, capped at
+//! `max_sleep` so that a wall-clock jump (NTP step, resumed VM) is noticed within it. Due steps
+//! of all tracks are taken together, published in one batch with confirms, and only then are the
+//! cursors and audit rows committed: a crash in between publishes them again at the next start,
+//! which the engine absorbs as duplicates (the step ids are deterministic).
+//!
+//! At start, a track resumes after its cursor. A step found later than `misfire_grace` follows
+//! its schedule's catch-up policy; every step not published is audited (`missed` or `skipped`)
+//! and counted.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{CatchUp, Occurrence, Occurrences, Settings, Skip, Spec, StepKind, occurrence_id};
+use crate::clock::SharedClock;
+use crate::event::{self, Event};
+use crate::store::{Cursor, ScheduleRecord, Store};
+
+/// Where published steps go: the broker in the daemon, a channel in benchmarks.
+pub trait Sink: Send + Sync + 'static {
+    /// Publishes `events` in order, each confirmed; an error means some may not have been.
+    fn publish(&self, events: &[Event]) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Gets ready to publish (opens connections), so that the first step is not late.
+    fn ready(&self) -> impl Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
+    }
+}
+
+impl Sink for crate::broker::Publisher {
+    async fn publish(&self, events: &[Event]) -> Result<(), String> {
+        self.publish_many(events).await.map_err(|error| error.to_string())
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.publish_many(&[]).await.map_err(|error| error.to_string())
+    }
+}
+
+impl Sink for mpsc::UnboundedSender<Event> {
+    async fn publish(&self, events: &[Event]) -> Result<(), String> {
+        for event in events {
+            self.send(event.clone()).map_err(|_| "the receiver is gone".to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Counters, shared with whoever reports on the scheduler.
+#[derive(Debug, Clone, Default)]
+pub struct Stats(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    tracks: AtomicU64,
+    published: AtomicU64,
+    missed: AtomicU64,
+    skipped: AtomicU64,
+    publish_failures: AtomicU64,
+}
+
+impl Stats {
+    /// Schedules armed.
+    pub fn tracks(&self) -> u64 {
+        self.0.tracks.load(Ordering::Relaxed)
+    }
+    /// Steps published.
+    pub fn published(&self) -> u64 {
+        self.0.published.load(Ordering::Relaxed)
+    }
+    /// Steps not published because they were found too late (catch-up policy).
+    pub fn missed(&self) -> u64 {
+        self.0.missed.load(Ordering::Relaxed)
+    }
+    /// Occurrences skipped (daylight saving, excluded dates, overlaps).
+    pub fn skipped(&self) -> u64 {
+        self.0.skipped.load(Ordering::Relaxed)
+    }
+    /// Publish attempts that failed (and were retried).
+    pub fn publish_failures(&self) -> u64 {
+        self.0.publish_failures.load(Ordering::Relaxed)
+    }
+}
+
+/// What the runner reports on a pass, for tests and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub published: usize,
+    pub missed: usize,
+    pub skipped: usize,
+}
+
+/// A step's place in its track's order.
+type Key = Cursor;
+
+/// An armed step, or an occurrence that does not go on air (audited when its air time comes).
+#[derive(Debug, Clone, Copy)]
+struct Armed {
+    key: Key,
+    step: Result<StepKind, Skip>,
+    /// When its occurrence's cooldown is (the occurrence is open until then).
+    closes: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+struct Track {
+    broadcast: String,
+    spec: Arc<Spec>,
+    occurrences: Occurrences,
+    /// The next occurrence, not armed yet.
+    next: Option<Occurrence>,
+    armed: VecDeque<Armed>,
+    cursor: Key,
+}
+
+impl Track {
+    /// The key of the next step, arming occurrences as needed: every occurrence whose warm-up
+    /// could come before the earliest armed step is armed first, so steps leave in key order.
+    fn front(&mut self) -> Option<Key> {
+        loop {
+            if self.next.is_none() {
+                self.next = self.occurrences.next();
+            }
+            let Some(next) = &self.next else { break };
+            let arm_at = next.air - self.spec.lead_channel;
+            if self.armed.front().is_some_and(|front| front.key.at < arm_at) {
+                break;
+            }
+            let Some(occurrence) = self.next.take() else { break };
+            self.arm(&occurrence);
+        }
+        self.armed.front().map(|armed| armed.key)
+    }
+
+    fn arm(&mut self, occurrence: &Occurrence) {
+        let closes = occurrence.end + self.spec.post_roll;
+        let mut insert = |armed: Armed| {
+            if armed.key > self.cursor {
+                let index = self.armed.partition_point(|other| other.key < armed.key);
+                self.armed.insert(index, armed);
+            }
+        };
+        match occurrence.skipped {
+            Some(skip) => insert(Armed {
+                key: Key { at: occurrence.air, air: occurrence.air, rank: StepKind::Air.rank() },
+                step: Err(skip),
+                closes,
+            }),
+            None => {
+                for (step, at) in occurrence.steps(&self.spec) {
+                    insert(Armed { key: Key { at, air: occurrence.air, rank: step.rank() }, step: Ok(step), closes });
+                }
+            }
+        }
+    }
+}
+
+/// The scheduler task.
+pub struct Scheduler<S: Sink> {
+    settings: Settings,
+    store: Arc<dyn Store>,
+    sink: Arc<S>,
+    clock: SharedClock,
+    stats: Stats,
+    tracks: Vec<Track>,
+    /// (next step instant, track index): one entry per track with something armed.
+    timers: BTreeSet<(DateTime<Utc>, usize)>,
+}
+
+/// Why the scheduler could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error("the store task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl<S: Sink> Scheduler<S> {
+    /// Loads the cursors and arms every schedule. A schedule seen for the first time starts at
+    /// the current instant (nothing before it counts as missed); its cursor is recorded at once,
+    /// so that a restart after downtime knows what it missed.
+    pub async fn new(
+        settings: Settings,
+        schedules: Vec<(String, Arc<Spec>)>,
+        store: Arc<dyn Store>,
+        sink: Arc<S>,
+        clock: SharedClock,
+        stats: Stats,
+    ) -> Result<Self, Error> {
+        let reader = Arc::clone(&store);
+        let cursors = tokio::task::spawn_blocking(move || reader.schedule_cursors()).await??;
+        let now = clock.now();
+        let mut fresh = Vec::new();
+        let mut tracks = Vec::with_capacity(schedules.len());
+        for (broadcast, spec) in schedules {
+            let cursor = match cursors.get(&broadcast) {
+                Some(cursor) => *cursor,
+                None => {
+                    let cursor = Key { at: now, air: DateTime::<Utc>::MAX_UTC, rank: u8::MAX };
+                    fresh.push(ScheduleRecord {
+                        broadcast: broadcast.clone(),
+                        cursor,
+                        at: now,
+                        event_id: None,
+                        outcome: Some("armed".into()),
+                        reason: "schedule armed; steps from now on fire".into(),
+                        detail: json!({}),
+                    });
+                    cursor
+                }
+            };
+            // Every occurrence with a step after the cursor.
+            let from = cursor.at - spec.duration - spec.post_roll;
+            let occurrences = spec.occurrences(from);
+            // Five steps per armed occurrence; one occurrence at a time is usual.
+            let armed = VecDeque::with_capacity(StepKind::ALL.len());
+            tracks.push(Track { broadcast, spec, occurrences, next: None, armed, cursor });
+        }
+        if !fresh.is_empty() {
+            let writer = Arc::clone(&store);
+            tokio::task::spawn_blocking(move || writer.schedule_progress(fresh)).await??;
+        }
+        let mut timers = BTreeSet::new();
+        for (index, track) in tracks.iter_mut().enumerate() {
+            if let Some(key) = track.front() {
+                timers.insert((key.at, index));
+            }
+        }
+        stats.0.tracks.store(tracks.len() as u64, Ordering::Relaxed);
+        Ok(Self { settings, store, sink, clock, stats, tracks, timers })
+    }
+
+    /// The instant of the earliest armed step.
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Fires steps until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        tracing::info!(schedules = self.tracks.len(), next = ?self.next_due(), "Scheduler running.");
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            ready = self.sink.ready() => if let Err(error) = ready {
+                tracing::warn!(%error, "The scheduler cannot publish yet; it retries when a step is due.");
+            }
+        }
+        // Progress is recorded by a task of its own, in order, so that the timer never waits for a
+        // commit's fsync; what is not recorded when the process dies is published again at the
+        // next start (a duplicate the engine absorbs).
+        let (recorder, mut pending) = mpsc::unbounded_channel::<Vec<ScheduleRecord>>();
+        let store = Arc::clone(&self.store);
+        let writer = tokio::spawn(async move {
+            while let Some(records) = pending.recv().await {
+                record(&store, records).await;
+            }
+        });
+        self.tick_loop(&shutdown, &recorder).await;
+        drop(recorder);
+        let _ = writer.await;
+    }
+
+    async fn tick_loop(&mut self, shutdown: &CancellationToken, recorder: &mpsc::UnboundedSender<Vec<ScheduleRecord>>) {
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let now = self.clock.now();
+            if self.next_due().is_some_and(|due| due <= now) {
+                let Some((_, records)) = self.take(now, shutdown).await else { return };
+                if !records.is_empty() {
+                    let _ = recorder.send(records);
+                }
+                continue;
+            }
+            let wait = self
+                .next_due()
+                .and_then(|due| (due - now).to_std().ok())
+                .map_or(self.settings.max_sleep, |wait| wait.min(self.settings.max_sleep));
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Takes every step due at `now`, publishes what is to be published, then records the
+    /// progress. `None` when shut down before the publish was confirmed (nothing recorded).
+    pub async fn fire(&mut self, now: DateTime<Utc>, shutdown: &CancellationToken) -> Option<Progress> {
+        let (progress, records) = self.take(now, shutdown).await?;
+        record(&self.store, records).await;
+        Some(progress)
+    }
+
+    /// Takes every step due at `now` and publishes what is to be published; returns the progress
+    /// to record.
+    async fn take(
+        &mut self,
+        now: DateTime<Utc>,
+        shutdown: &CancellationToken,
+    ) -> Option<(Progress, Vec<ScheduleRecord>)> {
+        let mut due = Vec::new();
+        while let Some(&(at, index)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            due.push(index);
+        }
+        let mut events = Vec::new();
+        let mut records = Vec::new();
+        let mut published_records = Vec::new();
+        let mut progress = Progress::default();
+        for &index in &due {
+            let track = &mut self.tracks[index];
+            let taken = take_due(track, now);
+            let decisions = decide(&track.spec, &taken, now, self.settings.misfire_grace);
+            let mut missed_audited = 0;
+            let mut missed_unaudited = 0;
+            for (armed, publish) in taken.iter().zip(decisions) {
+                track.cursor = armed.key;
+                let occurrence = occurrence_id(armed.key.air);
+                let record = |outcome: &str, event_id: Option<String>, reason: String, detail: Value| ScheduleRecord {
+                    broadcast: track.broadcast.clone(),
+                    cursor: armed.key,
+                    at: now,
+                    event_id,
+                    outcome: Some(outcome.to_string()),
+                    reason,
+                    detail,
+                };
+                match armed.step {
+                    Err(skip) => {
+                        progress.skipped += 1;
+                        let reason = format!("occurrence {occurrence} skipped: {}", skip_reason(skip, &track.spec));
+                        records.push(record("skipped", None, reason, json!({"occurrence": occurrence})));
+                    }
+                    Ok(step) if publish => {
+                        progress.published += 1;
+                        let id = format!("{}/{occurrence}/{}", track.broadcast, step.name());
+                        let planned = armed.key.at;
+                        let data = json!({
+                            "broadcast": track.broadcast,
+                            "occurrence": occurrence,
+                            "step": step.name(),
+                            "planned": stamp(planned),
+                            "air": stamp(armed.key.air),
+                        });
+                        events.push(Event::new(id.clone(), event::SCHEDULE_FIRED, track.broadcast.clone(), data, now));
+                        let reason = format!("published {} of {occurrence} (planned {})", step.name(), stamp(planned));
+                        let detail = json!({
+                            "step": step.name(),
+                            "occurrence": occurrence,
+                            "planned": stamp(planned),
+                            "fired": stamp(now),
+                            "late_ms": (now - planned).num_milliseconds(),
+                        });
+                        published_records.push(records.len());
+                        records.push(record("published", Some(id), reason, detail));
+                    }
+                    Ok(step) => {
+                        progress.missed += 1;
+                        let id = format!("{}/{occurrence}/{}", track.broadcast, step.name());
+                        let late = now - armed.key.at;
+                        if missed_audited < self.settings.audit_missed_limit {
+                            missed_audited += 1;
+                            let reason = format!(
+                                "missed {} of {occurrence}: found {} late (catch_up = {})",
+                                step.name(),
+                                humanize(late),
+                                catch_up_name(track.spec.catch_up)
+                            );
+                            let detail = json!({
+                                "step": step.name(),
+                                "occurrence": occurrence,
+                                "planned": stamp(armed.key.at),
+                                "late_ms": late.num_milliseconds(),
+                            });
+                            records.push(record("missed", Some(id), reason, detail));
+                        } else {
+                            missed_unaudited += 1;
+                        }
+                    }
+                }
+            }
+            if events.len() >= PUBLISH_CHUNK
+                && !publish_chunk(
+                    &*self.sink,
+                    &self.stats,
+                    &self.clock,
+                    &mut events,
+                    &mut published_records,
+                    &mut records,
+                    shutdown,
+                )
+                .await
+            {
+                return None;
+            }
+            if missed_unaudited > 0 {
+                records.push(ScheduleRecord {
+                    broadcast: track.broadcast.clone(),
+                    cursor: track.cursor,
+                    at: now,
+                    event_id: None,
+                    outcome: Some("missed".into()),
+                    reason: format!("missed {missed_unaudited} more steps (not listed one by one)"),
+                    detail: json!({"count": missed_unaudited}),
+                });
+            }
+        }
+        if !publish_chunk(
+            &*self.sink,
+            &self.stats,
+            &self.clock,
+            &mut events,
+            &mut published_records,
+            &mut records,
+            shutdown,
+        )
+        .await
+        {
+            return None;
+        }
+        for (step, count) in [
+            (&self.stats.0.published, progress.published),
+            (&self.stats.0.missed, progress.missed),
+            (&self.stats.0.skipped, progress.skipped),
+        ] {
+            step.fetch_add(count as u64, Ordering::Relaxed);
+        }
+        if progress.missed > 0 {
+            tracing::warn!(missed = progress.missed, "Schedule steps missed (found too late); see the audit trail.");
+        }
+        for index in due {
+            if let Some(key) = self.tracks[index].front() {
+                self.timers.insert((key.at, index));
+            }
+        }
+        Some((progress, records))
+    }
+}
+
+/// Commits schedule progress; a failure is logged (the steps are published again at the next
+/// start).
+async fn record(store: &Arc<dyn Store>, records: Vec<ScheduleRecord>) {
+    if records.is_empty() {
+        return;
+    }
+    let store = Arc::clone(store);
+    match tokio::task::spawn_blocking(move || store.schedule_progress(records)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(%error, "Cannot record schedule progress; these steps are published again at the next start.")
+        }
+        Err(error) => tracing::error!(%error, "The store task failed."),
+    }
+}
+
+/// Steps handed to the sink at once at most: a large burst starts leaving before all of it is
+/// prepared.
+const PUBLISH_CHUNK: usize = 512;
+
+/// Publishes `events` (retrying until confirmed; `false` when shut down first), stamps the
+/// confirmation time on their audit rows, and empties both lists.
+async fn publish_chunk<S: Sink>(
+    sink: &S,
+    stats: &Stats,
+    clock: &SharedClock,
+    events: &mut Vec<Event>,
+    published_records: &mut Vec<usize>,
+    records: &mut [ScheduleRecord],
+    shutdown: &CancellationToken,
+) -> bool {
+    if events.is_empty() {
+        return true;
+    }
+    let mut backoff = Duration::from_millis(100);
+    while let Err(error) = sink.publish(events).await {
+        stats.0.publish_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%error, steps = events.len(), retry_in = ?backoff, "Cannot publish schedule steps; retrying.");
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    let confirmed = stamp(clock.now());
+    for index in published_records.drain(..) {
+        if let Value::Object(detail) = &mut records[index].detail {
+            detail.insert("published".into(), Value::String(confirmed.clone()));
+        }
+    }
+    events.clear();
+    true
+}
+
+/// The track's armed steps due at `now`, in order.
+fn take_due(track: &mut Track, now: DateTime<Utc>) -> Vec<Armed> {
+    let mut taken = Vec::new();
+    while track.front().is_some_and(|key| key.at <= now) {
+        if let Some(armed) = track.armed.pop_front() {
+            taken.push(armed);
+        }
+    }
+    taken
+}
+
+/// For each taken step, whether it is published: on time (within the grace), or late but
+/// kept by the catch-up policy.
+fn decide(spec: &Spec, taken: &[Armed], now: DateTime<Utc>, grace: Duration) -> Vec<bool> {
+    let grace = TimeDelta::from_std(grace).unwrap_or(TimeDelta::MAX);
+    let on_time = |armed: &Armed| now - armed.key.at <= grace;
+    taken
+        .iter()
+        .enumerate()
+        .map(|(index, armed)| {
+            if armed.step.is_err() || on_time(armed) {
+                return armed.step.is_ok();
+            }
+            match spec.catch_up {
+                CatchUp::None => false,
+                CatchUp::All => armed.key.at >= now - spec.catch_up_window,
+                CatchUp::Latest => {
+                    // Only the latest due step of an occurrence still open, and only when no
+                    // later step of it is due.
+                    armed.closes > now
+                        && !taken[index + 1..].iter().any(|later| later.key.air == armed.key.air && later.step.is_ok())
+                }
+            }
+        })
+        .collect()
+}
+
+fn skip_reason(skip: Skip, spec: &Spec) -> String {
+    match skip {
+        Skip::Gap => "its local time does not exist (daylight saving; dst_gap = \"skip\")".into(),
+        Skip::Fold => "this pass of a repeated local time does not fire (daylight saving; dst_fold)".into(),
+        Skip::Excluded => "excluded date".into(),
+        Skip::Merged => "it lands on the same instant as another occurrence".into(),
+        Skip::Overlap { previous } => format!(
+            "{} is still on air (overlap = \"skip\"; on air until {})",
+            occurrence_id(previous),
+            stamp(previous + spec.duration)
+        ),
+    }
+}
+
+fn catch_up_name(catch_up: CatchUp) -> &'static str {
+    match catch_up {
+        CatchUp::Latest => "latest",
+        CatchUp::None => "none",
+        CatchUp::All => "all",
+    }
+}
+
+/// An instant as RFC 3339 UTC with milliseconds.
+pub(crate) fn stamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn humanize(delta: TimeDelta) -> String {
+    let millis = delta.num_milliseconds().max(0) as u64;
+    humantime::format_duration(Duration::from_millis(millis - millis % 1000)).to_string()
+}
