@@ -5,25 +5,21 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use chrono::{DateTime, TimeDelta};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Error, Options};
-use crate::broker::Publisher;
 use crate::broker::local::LocalNode;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::daemon::Daemon;
 use crate::emulator::{self, Emulator, LoggedRequest};
 use crate::engine::Broadcast;
-use crate::event::{self, Event};
+use crate::event;
 use crate::machine::Library;
-use crate::store::SqliteStore;
-
-/// Each schedule step of the occurrence, and the state the broadcast settles in after it.
-const STEPS: [(&str, &str); 5] =
-    [("warmup", "standby"), ("scale", "standby"), ("air", "live"), ("end", "cooldown"), ("cooldown", "idle")];
+use crate::schedule::{CatchUp, FoldPolicy, GapPolicy, Overlap, Spec, When};
+use crate::store::{AuditRow, SqliteStore};
 
 /// Runs the demo with `settings` (the built-in defaults, the file and the environment) as a base.
 pub async fn run(mut settings: Settings, options: Options, shutdown: CancellationToken) -> Result<(), Error> {
@@ -155,93 +151,119 @@ fn configure(settings: &mut Settings, base: &str, node: &LocalNode, directory: &
             on_air_units: 3,
             off_air_units: 1,
             settings: Default::default(),
-            schedule: None,
+            schedule: Some(Arc::new(demo_schedule(options))),
         },
     );
 }
 
-/// Publishes each schedule step to RabbitMQ and follows the broadcast until it settles.
-async fn lifecycle(settings: &Settings, emulator: &Emulator, options: &Options) -> Result<(), Error> {
-    let broadcast = options.channel.as_str();
-    let publisher = Publisher::new(Arc::new(settings.broker.clone()));
-    let occurrence = crate::machine::expr::format_occurrence(SystemClock.now());
-    let mut seen_requests = 0;
-    let mut last_state = String::from("idle");
-    for (step, settles) in STEPS {
-        let data = json!({"broadcast": broadcast, "occurrence": occurrence, "step": step, "planned": SystemClock.now().to_rfc3339()});
-        let event = Event::new(
-            format!("{broadcast}/{occurrence}/{step}"),
-            event::SCHEDULE_FIRED,
-            broadcast,
-            data,
-            SystemClock.now(),
-        );
-        publisher.publish(&event).await?;
-        println!(
-            "→ published {} step={step} occurrence={occurrence} to {} (confirmed)",
-            event::SCHEDULE_FIRED,
-            settings.broker.exchange
-        );
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (state, pending, vars, decided) = snapshot(&settings.engine.store, broadcast, &event.id);
-            if state != last_state {
-                println!("    {broadcast}: {last_state} → {state}");
-                last_state = state.clone();
-            }
-            let requests = emulator.requests();
-            for entry in requests
-                .iter()
-                .skip(seen_requests)
-                .filter(|entry| entry.method != "GET" && entry.path.starts_with("/subscriptions/"))
-            {
-                println!("        {:<6} {} → {}", entry.method, tail(entry), entry.status);
-            }
-            seen_requests = requests.len();
-            if decided && state == settles && pending == 0 {
-                if state == "live" {
-                    for (label, key) in [("HLS", "hls"), ("DASH", "dash")] {
-                        if let Some(url) = vars.get(key).and_then(|value| value.as_str()).filter(|url| !url.is_empty())
-                        {
-                            println!("      {label:<5} {url}");
-                        }
-                    }
-                    println!("\n  … on air for {:?} …\n", options.on_air);
-                    tokio::time::sleep(options.on_air).await;
-                }
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Stuck(format!(
-                    "{broadcast} did not reach {settles} after step {step}: it is {state}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+/// One air time a few seconds from now, with leads that fit the emulator's transient states.
+fn demo_schedule(options: &Options) -> Spec {
+    let now = SystemClock.now();
+    let air = DateTime::from_timestamp(now.timestamp() + 12, 0).unwrap_or(now);
+    let seconds = |seconds: i64| TimeDelta::seconds(seconds);
+    Spec {
+        when: When::Instant(air),
+        timezone: chrono_tz::UTC,
+        duration: TimeDelta::from_std(options.on_air).unwrap_or(seconds(3)).max(seconds(1)),
+        start: None,
+        end: None,
+        exclude: Vec::new(),
+        dst_gap: GapPolicy::Shift,
+        dst_fold: FoldPolicy::First,
+        catch_up: CatchUp::Latest,
+        catch_up_window: TimeDelta::hours(1),
+        overlap: Overlap::Skip,
+        lead_channel: seconds(9),
+        lead_scale: seconds(3),
+        post_roll: seconds(3),
     }
-    publisher.close().await;
-    Ok(())
 }
 
-/// The broadcast's state, its pending actions, its variables, and whether `event_id` was decided,
-/// read from the store.
+/// Shows the plan, then follows the broadcast as the scheduler publishes each step through
+/// RabbitMQ and the engine drives the emulator, until it is idle again.
+async fn lifecycle(settings: &Settings, emulator: &Emulator, options: &Options) -> Result<(), Error> {
+    let broadcast = options.channel.as_str();
+    let rows = crate::schedule::plan::plan(&settings.engine.broadcasts, Some(broadcast), SystemClock.now(), 1);
+    println!("The plan (onair plan):");
+    for line in crate::schedule::plan::render(&rows).lines() {
+        println!("  {line}");
+    }
+    println!();
+    let deadline = rows.last().map_or_else(|| SystemClock.now(), |row| row.planned) + TimeDelta::minutes(2);
+    let mut seen_requests = 0;
+    let mut seen_audit = 0;
+    let mut last_state = String::from("idle");
+    let mut published = 0;
+    let mut shown_urls = false;
+    loop {
+        let (state, pending, vars, audit) = snapshot(&settings.engine.store, broadcast);
+        for row in
+            audit.iter().skip(seen_audit).filter(|row| row.kind == "schedule" && row.detail["outcome"] == "published")
+        {
+            published += 1;
+            println!(
+                "→ scheduler published {} step={} (planned {}, {:+} ms) to RabbitMQ (confirmed)",
+                event::SCHEDULE_FIRED,
+                row.detail["step"].as_str().unwrap_or_default(),
+                row.detail["planned"].as_str().unwrap_or_default(),
+                row.detail["late_ms"].as_i64().unwrap_or_default(),
+            );
+        }
+        seen_audit = audit.len();
+        if state != last_state {
+            println!("    {broadcast}: {last_state} → {state}");
+            last_state = state.clone();
+        }
+        let requests = emulator.requests();
+        for entry in requests
+            .iter()
+            .skip(seen_requests)
+            .filter(|entry| entry.method != "GET" && entry.path.starts_with("/subscriptions/"))
+        {
+            println!("        {:<6} {} → {}", entry.method, tail(entry), entry.status);
+        }
+        seen_requests = requests.len();
+        if state == "live" && !shown_urls {
+            let urls: Vec<(&str, &str)> = [("HLS", "hls"), ("DASH", "dash")]
+                .into_iter()
+                .filter_map(|(label, key)| Some((label, vars.get(key)?.as_str().filter(|url| !url.is_empty())?)))
+                .collect();
+            if urls.len() == 2 {
+                for (label, url) in urls {
+                    println!("      {label:<5} {url}");
+                }
+                shown_urls = true;
+            }
+        }
+        if published == rows.len() && state == "idle" && pending == 0 {
+            return Ok(());
+        }
+        if SystemClock.now() > deadline {
+            return Err(Error::Stuck(format!("{broadcast} is {state} after {published} of {} steps", rows.len())));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the store says of the broadcast: its state, its pending actions, its variables, and its
+/// audit trail.
 fn snapshot(
     store: &Path,
     broadcast: &str,
-    event_id: &str,
-) -> (String, usize, serde_json::Map<String, serde_json::Value>, bool) {
-    let Ok(store) = SqliteStore::open_read_only(store) else { return ("idle".into(), 0, Default::default(), false) };
+) -> (String, usize, serde_json::Map<String, serde_json::Value>, Vec<AuditRow>) {
+    let Ok(store) = SqliteStore::open_read_only(store) else {
+        return ("idle".into(), 0, Default::default(), Vec::new());
+    };
     let instance = store
         .load_instances()
         .ok()
         .and_then(|instances| instances.into_iter().find(|instance| instance.broadcast == broadcast));
     let pending =
         store.pending_actions().map(|rows| rows.iter().filter(|row| row.broadcast == broadcast).count()).unwrap_or(0);
-    let decided =
-        store.audit(broadcast, 100).is_ok_and(|rows| rows.iter().any(|row| row.event_id.as_deref() == Some(event_id)));
+    let audit = store.audit(broadcast, 10_000).unwrap_or_default();
     match instance {
-        Some(instance) => (instance.state, pending, instance.vars, decided),
-        None => ("idle".into(), pending, Default::default(), decided),
+        Some(instance) => (instance.state, pending, instance.vars, audit),
+        None => ("idle".into(), pending, Default::default(), audit),
     }
 }
 
