@@ -12,29 +12,17 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use onair::clock::{Clock, SystemClock};
-use onair::schedule::{CatchUp, CronExpr, FoldPolicy, GapPolicy, Overlap, Scheduler, Spec, When};
+use onair::schedule::{CronExpr, Scheduler, Spec, When};
 use onair::store::{SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 
 const LEAD: TimeDelta = TimeDelta::minutes(10);
 
 fn spec(when: When) -> Spec {
-    Spec {
-        when,
-        timezone: chrono_tz::Europe::Paris,
-        duration: TimeDelta::minutes(30),
-        start: None,
-        end: None,
-        exclude: Vec::new(),
-        dst_gap: GapPolicy::Shift,
-        dst_fold: FoldPolicy::First,
-        catch_up: CatchUp::Latest,
-        catch_up_window: TimeDelta::hours(1),
-        overlap: Overlap::Skip,
-        lead_channel: LEAD,
-        lead_scale: TimeDelta::minutes(5),
-        post_roll: TimeDelta::minutes(5),
-    }
+    let mut spec = Spec::new(when, chrono_tz::Europe::Paris, TimeDelta::minutes(30));
+    spec.lead_channel = LEAD;
+    spec.lead_scale = TimeDelta::minutes(5);
+    spec
 }
 
 /// A daily cron schedule at a time of day that does not fire during the benchmark, each with

@@ -18,7 +18,7 @@ use crate::emulator::{self, Emulator, LoggedRequest};
 use crate::engine::Broadcast;
 use crate::event;
 use crate::machine::Library;
-use crate::schedule::{CatchUp, FoldPolicy, GapPolicy, Overlap, Spec, When};
+use crate::schedule::{Spec, When};
 use crate::store::{AuditRow, SqliteStore};
 
 /// Runs the demo with `settings` (the built-in defaults, the file and the environment) as a base.
@@ -161,22 +161,12 @@ fn demo_schedule(options: &Options) -> Spec {
     let now = SystemClock.now();
     let air = DateTime::from_timestamp(now.timestamp() + 12, 0).unwrap_or(now);
     let seconds = |seconds: i64| TimeDelta::seconds(seconds);
-    Spec {
-        when: When::Instant(air),
-        timezone: chrono_tz::UTC,
-        duration: TimeDelta::from_std(options.on_air).unwrap_or(seconds(3)).max(seconds(1)),
-        start: None,
-        end: None,
-        exclude: Vec::new(),
-        dst_gap: GapPolicy::Shift,
-        dst_fold: FoldPolicy::First,
-        catch_up: CatchUp::Latest,
-        catch_up_window: TimeDelta::hours(1),
-        overlap: Overlap::Skip,
-        lead_channel: seconds(9),
-        lead_scale: seconds(3),
-        post_roll: seconds(3),
-    }
+    let duration = TimeDelta::from_std(options.on_air).unwrap_or(seconds(3)).max(seconds(1));
+    let mut spec = Spec::new(When::Instant(air), chrono_tz::UTC, duration);
+    spec.lead_channel = seconds(9);
+    spec.lead_scale = seconds(3);
+    spec.post_roll = seconds(3);
+    spec
 }
 
 /// Shows the plan, then follows the broadcast as the scheduler publishes each step through

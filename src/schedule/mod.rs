@@ -110,6 +110,34 @@ pub struct Spec {
     pub post_roll: TimeDelta,
 }
 
+/// Defaults of `[broadcasts.<id>.schedule]`.
+pub const DEFAULT_LEAD_CHANNEL: TimeDelta = TimeDelta::minutes(10);
+pub const DEFAULT_LEAD_SCALE: TimeDelta = TimeDelta::minutes(2);
+pub const DEFAULT_POST_ROLL: TimeDelta = TimeDelta::minutes(5);
+pub const DEFAULT_CATCH_UP_WINDOW: TimeDelta = TimeDelta::hours(1);
+
+impl Spec {
+    /// A schedule with every other setting at its default, as `[broadcasts.<id>.schedule]` gives.
+    pub fn new(when: When, timezone: Tz, duration: TimeDelta) -> Self {
+        Self {
+            when,
+            timezone,
+            duration,
+            start: None,
+            end: None,
+            exclude: Vec::new(),
+            dst_gap: GapPolicy::Shift,
+            dst_fold: FoldPolicy::First,
+            catch_up: CatchUp::Latest,
+            catch_up_window: DEFAULT_CATCH_UP_WINDOW,
+            overlap: Overlap::Skip,
+            lead_channel: DEFAULT_LEAD_CHANNEL,
+            lead_scale: DEFAULT_LEAD_SCALE,
+            post_roll: DEFAULT_POST_ROLL,
+        }
+    }
+}
+
 impl PartialEq for Spec {
     fn eq(&self, other: &Self) -> bool {
         let when = match (&self.when, &other.when) {
@@ -669,11 +697,11 @@ pub(crate) fn parse_spec(section: &mut crate::config::Section<'_>, interned: &mu
         },
     };
     let duration = delta(section, "duration", None);
-    let post_roll = delta(section, "post_roll", Some(TimeDelta::minutes(5)));
+    let post_roll = delta(section, "post_roll", Some(DEFAULT_POST_ROLL));
     let (lead_channel, lead_scale) = {
         let mut lead = section.section("lead");
-        let channel = delta(&mut lead, "channel", Some(TimeDelta::minutes(10)));
-        let scale = delta(&mut lead, "scale", Some(TimeDelta::minutes(2)));
+        let channel = delta(&mut lead, "channel", Some(DEFAULT_LEAD_CHANNEL));
+        let scale = delta(&mut lead, "scale", Some(DEFAULT_LEAD_SCALE));
         if let (Some(channel), Some(scale)) = (channel, scale)
             && scale > channel
         {
@@ -681,7 +709,7 @@ pub(crate) fn parse_spec(section: &mut crate::config::Section<'_>, interned: &mu
         }
         (channel, scale)
     };
-    let catch_up_window = delta(section, "catch_up_window", Some(TimeDelta::hours(1)));
+    let catch_up_window = delta(section, "catch_up_window", Some(DEFAULT_CATCH_UP_WINDOW));
     let dst_gap = choice(section, "dst_gap", &[("shift", GapPolicy::Shift), ("skip", GapPolicy::Skip)]);
     let dst_fold = choice(
         section,

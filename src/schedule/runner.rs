@@ -319,9 +319,7 @@ impl<S: Sink> Scheduler<S> {
             self.timers.pop_first();
             due.push(index);
         }
-        let mut events = Vec::new();
-        let mut records = Vec::new();
-        let mut published_records = Vec::new();
+        let mut pass = Pass::default();
         let mut progress = Progress::default();
         for &index in &due {
             let track = &mut self.tracks[index];
@@ -345,7 +343,7 @@ impl<S: Sink> Scheduler<S> {
                     Err(skip) => {
                         progress.skipped += 1;
                         let reason = format!("occurrence {occurrence} skipped: {}", skip_reason(skip, &track.spec));
-                        records.push(record("skipped", None, reason, json!({"occurrence": occurrence})));
+                        pass.records.push(record("skipped", None, reason, json!({"occurrence": occurrence})));
                     }
                     Ok(step) if publish => {
                         progress.published += 1;
@@ -358,7 +356,13 @@ impl<S: Sink> Scheduler<S> {
                             "planned": stamp(planned),
                             "air": stamp(armed.key.air),
                         });
-                        events.push(Event::new(id.clone(), event::SCHEDULE_FIRED, track.broadcast.clone(), data, now));
+                        pass.events.push(Event::new(
+                            id.clone(),
+                            event::SCHEDULE_FIRED,
+                            track.broadcast.clone(),
+                            data,
+                            now,
+                        ));
                         let reason = format!("published {} of {occurrence} (planned {})", step.name(), stamp(planned));
                         let detail = json!({
                             "step": step.name(),
@@ -367,8 +371,8 @@ impl<S: Sink> Scheduler<S> {
                             "fired": stamp(now),
                             "late_ms": (now - planned).num_milliseconds(),
                         });
-                        published_records.push(records.len());
-                        records.push(record("published", Some(id), reason, detail));
+                        pass.published.push(pass.records.len());
+                        pass.records.push(record("published", Some(id), reason, detail));
                     }
                     Ok(step) => {
                         progress.missed += 1;
@@ -388,29 +392,19 @@ impl<S: Sink> Scheduler<S> {
                                 "planned": stamp(armed.key.at),
                                 "late_ms": late.num_milliseconds(),
                             });
-                            records.push(record("missed", Some(id), reason, detail));
+                            pass.records.push(record("missed", Some(id), reason, detail));
                         } else {
                             missed_unaudited += 1;
                         }
                     }
                 }
             }
-            if events.len() >= PUBLISH_CHUNK
-                && !publish_chunk(
-                    &*self.sink,
-                    &self.stats,
-                    &self.clock,
-                    &mut events,
-                    &mut published_records,
-                    &mut records,
-                    shutdown,
-                )
-                .await
+            if pass.events.len() >= PUBLISH_CHUNK && !pass.flush(&*self.sink, &self.stats, &self.clock, shutdown).await
             {
                 return None;
             }
             if missed_unaudited > 0 {
-                records.push(ScheduleRecord {
+                pass.records.push(ScheduleRecord {
                     broadcast: track.broadcast.clone(),
                     cursor: track.cursor,
                     at: now,
@@ -421,17 +415,7 @@ impl<S: Sink> Scheduler<S> {
                 });
             }
         }
-        if !publish_chunk(
-            &*self.sink,
-            &self.stats,
-            &self.clock,
-            &mut events,
-            &mut published_records,
-            &mut records,
-            shutdown,
-        )
-        .await
-        {
+        if !pass.flush(&*self.sink, &self.stats, &self.clock, shutdown).await {
             return None;
         }
         for (step, count) in [
@@ -449,7 +433,7 @@ impl<S: Sink> Scheduler<S> {
                 self.timers.insert((key.at, index));
             }
         }
-        Some((progress, records))
+        Some((progress, pass.records))
     }
 }
 
@@ -473,38 +457,49 @@ async fn record(store: &Arc<dyn Store>, records: Vec<ScheduleRecord>) {
 /// prepared.
 const PUBLISH_CHUNK: usize = 512;
 
-/// Publishes `events` (retrying until confirmed; `false` when shut down first), stamps the
-/// confirmation time on their audit rows, and empties both lists.
-async fn publish_chunk<S: Sink>(
-    sink: &S,
-    stats: &Stats,
-    clock: &SharedClock,
-    events: &mut Vec<Event>,
-    published_records: &mut Vec<usize>,
-    records: &mut [ScheduleRecord],
-    shutdown: &CancellationToken,
-) -> bool {
-    if events.is_empty() {
-        return true;
-    }
-    let mut backoff = Duration::from_millis(100);
-    while let Err(error) = sink.publish(events).await {
-        stats.0.publish_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%error, steps = events.len(), retry_in = ?backoff, "Cannot publish schedule steps; retrying.");
-        tokio::select! {
-            () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(backoff) => {}
+/// What one pass of the scheduler publishes and records.
+#[derive(Default)]
+struct Pass {
+    /// Steps to publish, not yet handed to the sink.
+    events: Vec<Event>,
+    /// Progress to record, in order.
+    records: Vec<ScheduleRecord>,
+    /// The records of `events`, to stamp with the confirmation time.
+    published: Vec<usize>,
+}
+
+impl Pass {
+    /// Publishes the pending steps (retrying until confirmed; `false` when shut down first) and
+    /// stamps the confirmation time on their records.
+    async fn flush<S: Sink>(
+        &mut self,
+        sink: &S,
+        stats: &Stats,
+        clock: &SharedClock,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        if self.events.is_empty() {
+            return true;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-    let confirmed = stamp(clock.now());
-    for index in published_records.drain(..) {
-        if let Value::Object(detail) = &mut records[index].detail {
-            detail.insert("published".into(), Value::String(confirmed.clone()));
+        let mut backoff = Duration::from_millis(100);
+        while let Err(error) = sink.publish(&self.events).await {
+            stats.0.publish_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, steps = self.events.len(), retry_in = ?backoff, "Cannot publish schedule steps; retrying.");
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+        let confirmed = stamp(clock.now());
+        for index in self.published.drain(..) {
+            if let Value::Object(detail) = &mut self.records[index].detail {
+                detail.insert("published".into(), Value::String(confirmed.clone()));
+            }
+        }
+        self.events.clear();
+        true
     }
-    events.clear();
-    true
 }
 
 /// The track's armed steps due at `now`, in order.

@@ -11,22 +11,12 @@ use chrono_tz::Tz;
 use super::*;
 
 fn spec(cron: &str, timezone: &str, gap: GapPolicy, fold: FoldPolicy) -> Arc<Spec> {
-    Arc::new(Spec {
-        when: When::Cron(Arc::new(CronExpr::parse(cron).unwrap())),
-        timezone: timezone.parse().unwrap(),
-        duration: TimeDelta::minutes(1),
-        start: None,
-        end: None,
-        exclude: Vec::new(),
-        dst_gap: gap,
-        dst_fold: fold,
-        catch_up: CatchUp::Latest,
-        catch_up_window: TimeDelta::hours(1),
-        overlap: Overlap::Skip,
-        lead_channel: TimeDelta::zero(),
-        lead_scale: TimeDelta::zero(),
-        post_roll: TimeDelta::zero(),
-    })
+    let when = When::Cron(Arc::new(CronExpr::parse(cron).unwrap()));
+    let mut spec = Spec::new(when, timezone.parse().unwrap(), TimeDelta::minutes(1));
+    spec.dst_gap = gap;
+    spec.dst_fold = fold;
+    (spec.lead_channel, spec.lead_scale, spec.post_roll) = (TimeDelta::zero(), TimeDelta::zero(), TimeDelta::zero());
+    Arc::new(spec)
 }
 
 /// Local midnight of `date` in `timezone`, as an instant.
