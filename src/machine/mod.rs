@@ -352,7 +352,12 @@ fn fire(
     {
         templates.extend(&state.entry);
         for timer in &state.after {
-            match timer.delay.eval(&scope).map_err(|error| error.to_string()).and_then(|delay| parse_delay(&delay)) {
+            // A delay that comes out null or empty arms nothing: the timer is optional.
+            let delay = timer.delay.eval(&scope).map_err(|error| error.to_string());
+            if matches!(&delay, Ok(Value::Null)) || matches!(&delay, Ok(Value::String(text)) if text.is_empty()) {
+                continue;
+            }
+            match delay.and_then(|delay| parse_delay(&delay)) {
                 Ok(delay) => timers.push(TimerChange::Set { name: timer.name.clone(), due: now + delay }),
                 Err(error) => {
                     return Decision::ignored(instance, format!("ignored: {label}: timer {}: {error}", timer.name));

@@ -58,6 +58,8 @@ struct Case {
     actions: &'static [&'static str],
     /// Variables the decision must leave with these values.
     sets: Value,
+    /// The broadcast's settings, over `broadcast()`'s.
+    settings: Value,
 }
 
 fn case(
@@ -68,7 +70,7 @@ fn case(
     to: &'static str,
     actions: &'static [&'static str],
 ) -> Case {
-    Case { name, state, vars: json!({}), event, transition, to, actions, sets: json!({}) }
+    Case { name, state, vars: json!({}), event, transition, to, actions, sets: json!({}), settings: json!({}) }
 }
 
 impl Case {
@@ -81,7 +83,22 @@ impl Case {
         self.sets = sets;
         self
     }
+
+    fn settings(mut self, settings: Value) -> Self {
+        self.settings = settings;
+        self
+    }
 }
+
+fn heartbeat(track: &str, healthy: bool) -> Event {
+    event("onair.encoder.heartbeat", json!({"trackType": track, "healthy": healthy, "original_type": "Microsoft.Media.LiveEventIngestHeartbeat"}))
+}
+
+fn timer(name: &str) -> Event {
+    event(crate::event::TIMER_FIRED, json!({"timer": name}))
+}
+
+const GO_LIVE: &[&str] = &["program.create", "locator.publish", "endpoint.scale", "notify"];
 
 fn cases() -> Vec<Case> {
     let current = json!({"occurrence": "20261124t1800z"});
@@ -146,6 +163,27 @@ fn cases() -> Vec<Case> {
         case("program stopped, next occurrence waiting", "ending", succeeded("program.stop"), Some(35), "warming", &["endpoint.start", "channel.start"]).vars(json!({"occurrence": "20261124t1800z", "next_occurrence": "20261125t1800z", "next_air": true, "cooldown_pending": true})).sets(json!({"occurrence": "20261125t1800z", "air_pending": true, "next_occurrence": "", "cooldown_pending": false})),
         case("stopped, next occurrence waiting", "cooldown", succeeded("endpoint.scale"), Some(36), "warming", &["endpoint.start", "channel.start"]).vars(json!({"stopping": true, "next_occurrence": "20261125t1800z"})).sets(json!({"occurrence": "20261125t1800z", "stopping": false, "air_pending": false})),
         case("stop-now while live forgets the next occurrence", "live", command("stop-now"), Some(24), "ending", &["program.stop"]).vars(json!({"next_occurrence": "20261125t1800z"})).sets(json!({"next_occurrence": ""})),
+        // The encoder: readiness gate and heartbeats.
+        case("gated, encoder ready: the channel runs and goes live", "warming", succeeded("channel.start"), Some(12), "live", GO_LIVE).vars(json!({"air_pending": true, "occurrence": "20261124t1800z", "encoder_connected": true, "video_healthy": true})).settings(json!({"wait_for_encoder": true})),
+        case("gated, encoder not ready: the channel runs, wait", "warming", succeeded("channel.start"), Some(37), "waiting", &["notify"]).vars(json!({"air_pending": true, "occurrence": "20261124t1800z"})).settings(json!({"wait_for_encoder": true})).sets(json!({"air_pending": false})),
+        case("gated, encoder not ready: air waits", "standby", schedule("air"), Some(38), "waiting", &["notify"]).vars(current.clone()).settings(json!({"wait_for_encoder": true})),
+        case("not gated: air goes live without an encoder", "standby", schedule("air"), Some(17), "live", GO_LIVE).vars(current.clone()).settings(json!({"wait_for_encoder": false})),
+        case("waiting, the encoder connects after healthy heartbeats: live", "waiting", event("onair.encoder.connected", json!({})), Some(39), "live", GO_LIVE).vars(json!({"occurrence": "20261124t1800z", "video_healthy": true})).sets(json!({"encoder_connected": true})),
+        case("waiting, the encoder connects but no healthy heartbeat yet", "waiting", event("onair.encoder.connected", json!({})), Some(46), "waiting", &[]).vars(current.clone()).sets(json!({"encoder_connected": true})),
+        case("waiting, first healthy heartbeat: live", "waiting", heartbeat("video", true), Some(40), "live", GO_LIVE).vars(json!({"occurrence": "20261124t1800z", "encoder_connected": true})).sets(json!({"video_healthy": true})),
+        case("waiting, an unhealthy heartbeat: still waiting", "waiting", heartbeat("video", false), Some(48), "waiting", &[]).vars(json!({"encoder_connected": true, "video_healthy": true})).sets(json!({"video_healthy": false})),
+        case("deadline, fallback cancel: clean up", "waiting", timer("encoder-deadline"), Some(41), "cooldown", &["notify", "channel.stop", "endpoint.scale"]).vars(current.clone()).settings(json!({"encoder_fallback": "cancel"})).sets(json!({"stopping": true})),
+        case("deadline: go live anyway", "waiting", timer("encoder-deadline"), Some(42), "live", GO_LIVE).vars(current.clone()),
+        case("end while waiting: clean up", "waiting", schedule("end"), Some(19), "cooldown", &["channel.stop", "endpoint.scale"]).vars(current.clone()),
+        case("start-now while waiting: go live", "waiting", command("start-now"), Some(18), "live", GO_LIVE).vars(current.clone()),
+        case("a healthy heartbeat while live restarts the heartbeat timer", "live", heartbeat("video", true), Some(43), "live", &[]).vars(json!({"encoder_connected": true, "video_healthy": true})).settings(json!({"heartbeat_timeout": "60s"})),
+        case("an unhealthy heartbeat while live is only noted", "live", heartbeat("audio", false), Some(48), "live", &[]).vars(json!({"encoder_connected": true, "video_healthy": true})).sets(json!({"audio_healthy": false})),
+        case("no healthy heartbeat for heartbeat_timeout: degraded", "live", timer("heartbeat-lost"), Some(44), "degraded", &["notify"]).settings(json!({"heartbeat_timeout": "60s"})),
+        case("healthy again: back on air", "degraded", heartbeat("video", true), Some(45), "live", &["notify"]).vars(json!({"encoder_connected": true, "audio_healthy": true})),
+        case("an unhealthy heartbeat while degraded is only noted", "degraded", heartbeat("video", false), Some(48), "degraded", &[]).vars(json!({"encoder_connected": true})),
+        case("the encoder connects while idle", "idle", event("onair.encoder.connected", json!({})), Some(46), "idle", &[]).sets(json!({"encoder_connected": true})),
+        case("the encoder disconnects on standby", "standby", event("onair.encoder.disconnected", json!({})), Some(47), "standby", &[]).vars(json!({"encoder_connected": true, "video_healthy": true})).sets(json!({"encoder_connected": false, "video_healthy": false})),
+        case("a heartbeat on standby is noted", "standby", heartbeat("video", true), Some(48), "standby", &[]).sets(json!({"video_healthy": true})),
     ]
 }
 
@@ -159,7 +197,11 @@ fn every_transition_of_live_does_what_it_says() {
         for (key, value) in case.vars.as_object().unwrap() {
             instance.vars.insert(key.clone(), value.clone());
         }
-        let decision = step(&definition, &instance, &case.event, &broadcast(), now());
+        let mut broadcast = broadcast();
+        for (key, value) in case.settings.as_object().unwrap() {
+            broadcast["settings"][key] = value.clone();
+        }
+        let decision = step(&definition, &instance, &case.event, &broadcast, now());
         let transition = match &decision.outcome {
             Outcome::Transitioned { transition, .. } => *transition,
             Outcome::Ignored => None,
@@ -204,13 +246,27 @@ fn states_with_after_timers_arm_and_cancel_them() {
     let lost = step(&definition, &instance, &event("onair.encoder.disconnected", json!({})), &broadcast(), now());
     assert_eq!(
         lost.timers,
-        vec![TimerChange::Set { name: "still-lost".into(), due: now() + chrono::Duration::seconds(90) }]
+        vec![
+            TimerChange::Cancel { name: "heartbeat-lost".into() },
+            TimerChange::Set { name: "still-lost".into(), due: now() + chrono::Duration::seconds(90) }
+        ]
     );
     let degraded = lost.apply(&instance);
     assert_eq!(degraded.timers.len(), 1);
     let back = step(&definition, &degraded, &event("onair.encoder.connected", json!({})), &broadcast(), now());
-    assert_eq!(back.timers, vec![TimerChange::Cancel { name: "still-lost".into() }]);
+    assert_eq!(back.timers, vec![TimerChange::Cancel { name: "still-lost".into() }], "heartbeat_timeout unset: no timer");
     assert!(back.apply(&degraded).timers.is_empty());
+    // With heartbeat_timeout, entering live arms heartbeat-lost (an optional timer).
+    let mut watched = broadcast();
+    watched["settings"]["heartbeat_timeout"] = json!("45s");
+    let back = step(&definition, &degraded, &event("onair.encoder.connected", json!({})), &watched, now());
+    assert_eq!(
+        back.timers,
+        vec![
+            TimerChange::Cancel { name: "still-lost".into() },
+            TimerChange::Set { name: "heartbeat-lost".into(), due: now() + chrono::Duration::seconds(45) }
+        ]
+    );
 }
 
 #[test]
