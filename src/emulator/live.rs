@@ -17,7 +17,7 @@ use crate::media::model::{
 };
 
 use super::arm::{self, ArmError, ArmRequest, ArmResult, Reply};
-use super::state::{Account, Effect, Entry, Env, LiveEventEntry, OperationKind, Outcome};
+use super::state::{Account, Effect, Entry, Env, LiveEventChange, LiveEventEntry, OperationKind, Outcome};
 
 const KIND: &str = "liveEvents";
 
@@ -92,6 +92,7 @@ pub(crate) fn delete(account: &mut Account, env: &mut Env<'_>, name: &str) -> Ar
         Outcome::removed().with(Effect::ClearOutputs),
         Outcome::to(state),
     );
+    env.changes.push(LiveEventChange::Deleted(name.to_string()));
     begin(entry, pending, env, &account.id, name)
 }
 
@@ -147,6 +148,11 @@ pub(crate) fn action(
         }
     };
     let pending = env.start(OperationKind::LiveEvent, &key, (name.to_string(), None), phases, success, failure);
+    match action.as_str() {
+        "stop" => env.changes.push(LiveEventChange::Stopped(name.to_string())),
+        "reset" => env.changes.push(LiveEventChange::Reset(name.to_string())),
+        _ => {}
+    }
     begin(entry, pending, env, &account_id, name)
 }
 

@@ -5,16 +5,21 @@
 //!   long-running operation records they share.
 //! - `state`: accounts, resources, transient states and long-running operations.
 //! - `faults`: throttling, server errors, latency, dropped responses and failed operations.
+//! - `encoders`: simulated encoders on live events; `events`: their Event Grid deliveries.
 //!
 //! Besides ARM it serves an Azure AD v2-style token endpoint (`POST /{tenant}/oauth2/v2.0/token`)
-//! and, under `/_emulator/`, the request log, reset, fault settings and a state dump for tests.
+//! and, under `/_emulator/`, the request log, reset, fault settings, a state dump, the encoders and
+//! the delivery log for tests. Two background tasks run beside the server: encoder heartbeats and
+//! Event Grid deliveries; they never change ARM resources.
 //! State lives in memory, optionally loaded from and saved to a JSON snapshot.
 //!
 //! The server runs its own accept loop (hyper) rather than `axum::serve` so that a fault can close
 //! a connection without answering: a write applied but whose response is lost.
 
 mod arm;
+mod encoders;
 mod endpoints;
+mod events;
 mod faults;
 mod live;
 mod operations;
@@ -24,7 +29,7 @@ mod state;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -42,10 +47,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use encoders::{
+    AUDIO_BITRATE, EncoderAction, EncoderState, EncoderStatus, NOT_RUNNING_CODE, TrackStatus, VIDEO_BITRATE,
+};
+pub use events::{DeliveryRecord, Endpoint, EventSchema, EventSettings, VALIDATION_EVENT_TYPE, WEBHOOK_ORIGIN};
 pub use faults::Faults;
 
 use crate::clock::{SharedClock, arm_timestamp};
 use arm::{ArmError, ArmRequest, Reply};
+use encoders::Tick;
+use events::{Outbox, Stamp};
 use state::{Env, World};
 
 /// The client secret the emulator accepts when none is configured; a well-known development
@@ -79,6 +90,8 @@ pub struct Settings {
     pub quotas: Quotas,
     /// Faults at start.
     pub faults: Faults,
+    /// Simulated encoders' events and their Event Grid deliveries (`[emulator.events]`).
+    pub events: EventSettings,
 }
 
 /// Per-account quotas (the service's defaults).
@@ -105,6 +118,7 @@ impl Default for Settings {
             request_log_limit: 100_000,
             quotas: Quotas { live_events: 5, live_outputs_per_live_event: 3, streaming_endpoints: 2 },
             faults: Faults::default(),
+            events: EventSettings::default(),
         }
     }
 }
@@ -142,6 +156,9 @@ impl Settings {
             faults_section.problem(&key, problem);
         }
         drop(faults_section);
+        let mut events_section = section.section("events");
+        let events = EventSettings::parse(&mut events_section);
+        drop(events_section);
         let settings = Self {
             listen,
             client_id: section.value("client_id"),
@@ -155,6 +172,7 @@ impl Settings {
             request_log_limit: section.value("request_log_limit"),
             quotas,
             faults,
+            events,
         };
         section.check("token_ttl", settings.token_ttl >= Duration::from_secs(1), "must be at least 1s");
         section.check("page_size", settings.page_size >= 1, "must be at least 1");
@@ -177,6 +195,35 @@ pub enum Error {
     /// The snapshot could not be read or written.
     #[error("snapshot {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
+    /// The Event Grid endpoint is not a usable URL (the message never repeats the URL).
+    #[error("invalid Event Grid endpoint: {reason}")]
+    InvalidEndpoint { reason: String },
+    /// No live event of that name (in that account).
+    #[error("the live event {name:?} does not exist")]
+    LiveEventNotFound { name: String },
+    /// Several accounts have a live event of that name.
+    #[error("several accounts have a live event {name:?}; name the account as subscription/resourceGroup/account")]
+    AmbiguousLiveEvent { name: String },
+    /// The live event is not Running, so an encoder cannot connect to it or change its stream.
+    #[error("the live event {name:?} is {state}, not Running")]
+    LiveEventNotRunning { name: String, state: String },
+    /// The encoder must be connected for this.
+    #[error("no encoder is connected to the live event {name:?}")]
+    EncoderNotConnected { name: String },
+}
+
+impl Error {
+    /// The HTTP status and code `/_emulator/` answers this error with.
+    fn introspection_status(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::LiveEventNotFound { .. } => (StatusCode::NOT_FOUND, "LiveEventNotFound"),
+            Self::AmbiguousLiveEvent { .. } => (StatusCode::BAD_REQUEST, "AmbiguousLiveEvent"),
+            Self::LiveEventNotRunning { .. } => (StatusCode::CONFLICT, "LiveEventNotRunning"),
+            Self::EncoderNotConnected { .. } => (StatusCode::CONFLICT, "EncoderNotConnected"),
+            Self::InvalidEndpoint { .. } => (StatusCode::BAD_REQUEST, "BadRequest"),
+            Self::Bind { .. } | Self::Snapshot { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        }
+    }
 }
 
 /// One logged request, as `/_emulator/requests` returns it.
@@ -215,6 +262,12 @@ struct Inner {
     log: Mutex<RequestLog>,
     /// Issued bearer tokens and when they expire.
     tokens: Mutex<HashMap<String, Instant>>,
+    /// Wakes the delivery task: events were queued, or the subscription was validated.
+    wake_deliveries: Notify,
+    /// Wakes the heartbeat task: an encoder's schedule changed.
+    wake_heartbeats: Notify,
+    /// The address `serve` listens on, for the validation URL.
+    address: OnceLock<SocketAddr>,
 }
 
 #[derive(Debug, Default)]
@@ -226,7 +279,8 @@ struct RequestLog {
 impl Emulator {
     /// A fresh emulator; no account exists until a path names it.
     pub fn new(settings: Settings, clock: SharedClock) -> Self {
-        let world = World::new(faults::FaultState::new(settings.faults.clone(), settings.seed));
+        let outbox = Outbox::new(&settings.events, settings.request_log_limit);
+        let world = World::new(faults::FaultState::new(settings.faults.clone(), settings.seed), outbox);
         Self {
             inner: Arc::new(Inner {
                 settings,
@@ -235,6 +289,9 @@ impl Emulator {
                 world: Mutex::new(world),
                 log: Mutex::new(RequestLog { next_seq: 1, entries: VecDeque::new() }),
                 tokens: Mutex::new(HashMap::new()),
+                wake_deliveries: Notify::new(),
+                wake_heartbeats: Notify::new(),
+                address: OnceLock::new(),
             }),
         }
     }
@@ -264,15 +321,68 @@ impl Emulator {
         Ok(())
     }
 
-    /// Forgets every account, operation and logged request; faults stay as they are.
+    /// Forgets every account, operation, encoder, queued event and logged request or delivery;
+    /// faults and the subscription's validation stay as they are.
     pub fn reset(&self) {
         let mut world = lock(&self.inner.world);
         world.accounts.clear();
         world.operations.clear();
+        world.encoders.clear();
+        world.outbox.clear();
         drop(world);
+        self.inner.wake_heartbeats.notify_one();
+        self.inner.wake_deliveries.notify_one();
         let mut log = lock(&self.inner.log);
         log.entries.clear();
         log.next_seq = 1;
+    }
+
+    /// Acts on the simulated encoder of `live_event`; `account` (`subscription/resourceGroup/account`)
+    /// is needed only when several accounts have a live event of that name.
+    pub fn encoder(
+        &self,
+        live_event: &str,
+        account: Option<&str>,
+        action: EncoderAction,
+    ) -> Result<EncoderStatus, Error> {
+        let stamp = self.stamp();
+        let now = Instant::now();
+        let result = {
+            let mut world = lock(&self.inner.world);
+            let World { accounts, encoders, outbox, .. } = &mut *world;
+            for account in accounts.values_mut() {
+                account.settle(now, &stamp.wall);
+            }
+            let tick = Tick { now, stamp: &stamp, interval: self.inner.settings.events.heartbeat_interval };
+            encoders.act(accounts, outbox, account, live_event, action, &tick)
+        };
+        self.inner.wake_heartbeats.notify_one();
+        self.inner.wake_deliveries.notify_one();
+        result
+    }
+
+    /// Every simulated encoder.
+    pub fn encoders(&self) -> Vec<EncoderStatus> {
+        lock(&self.inner.world).encoders.statuses()
+    }
+
+    /// The delivery log, oldest first: handshakes, delivery attempts and undelivered events.
+    pub fn deliveries(&self) -> Vec<DeliveryRecord> {
+        lock(&self.inner.world).outbox.log()
+    }
+
+    /// The Event Grid validation URL of a handshake (the asynchronous way to validate).
+    fn validation_url(&self, code: &str) -> String {
+        let mut address = self.inner.address.get().copied().unwrap_or(self.inner.settings.listen);
+        if address.ip().is_unspecified() {
+            address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let name = &self.inner.settings.events.subscription_name;
+        format!("http://{address}/_emulator/eventsubscriptions/{name}/validate?id={code}")
+    }
+
+    fn stamp(&self) -> Stamp {
+        Stamp { at_ms: self.elapsed_ms(), wall: arm_timestamp(self.inner.clock.now()) }
     }
 
     /// Loads accounts from a snapshot file.
@@ -309,6 +419,10 @@ impl Emulator {
             .route("/_emulator/reset", post(reset))
             .route("/_emulator/faults", get(get_faults).put(put_faults))
             .route("/_emulator/state", get(dump_state))
+            .route("/_emulator/encoders", get(list_encoders))
+            .route("/_emulator/encoders/{live_event}", post(act_on_encoder))
+            .route("/_emulator/deliveries", get(list_deliveries).delete(clear_deliveries))
+            .route("/_emulator/eventsubscriptions/{name}/validate", get(validate_subscription))
             .fallback(handle_arm)
             .with_state(self.clone())
     }
@@ -353,7 +467,14 @@ pub async fn run(settings: Settings, clock: SharedClock, shutdown: CancellationT
 /// Serves `emulator` on `listener` until `shutdown` is cancelled; open connections finish their
 /// current request (graceful), for at most five seconds.
 pub async fn serve(listener: TcpListener, emulator: Emulator, shutdown: CancellationToken) {
+    if let Ok(address) = listener.local_addr() {
+        let _ = emulator.inner.address.set(address);
+    }
     let router = emulator.router();
+    let background = TaskTracker::new();
+    background.spawn(encoders::heartbeats(emulator.clone(), shutdown.clone()));
+    background.spawn(events::deliver(emulator.clone(), shutdown.clone()));
+    background.close();
     let connections = TaskTracker::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -395,6 +516,7 @@ pub async fn serve(listener: TcpListener, emulator: Emulator, shutdown: Cancella
     }
     connections.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), background.wait()).await;
 }
 
 /// Lets a handler close its connection without answering.
@@ -509,17 +631,27 @@ async fn handle_arm(State(emulator): State<Emulator>, request: Request) -> Respo
         Some(host) => format!("http://{host}"),
         None => format!("http://{}", settings.listen),
     };
-    let (result, drop_response) = {
+    let (result, drop_response, changed) = {
         let wall = arm_timestamp(emulator.inner.clock.now());
         let mut guard = lock(&emulator.inner.world);
-        let World { accounts, operations, faults } = &mut *guard;
+        let World { accounts, operations, faults, encoders, outbox } = &mut *guard;
         let account = state::account(accounts, &request.account, &wall, &settings.client_id);
         account.settle(now, &wall);
-        let mut env = Env { now, wall, settings, origin, operations, faults };
+        let mut env = Env { now, wall, settings, origin, operations, faults, changes: Vec::new() };
         let result = arm::dispatch(account, &mut env, &request, &path);
+        let changes = std::mem::take(&mut env.changes);
+        let stamp = Stamp { at_ms: emulator.elapsed_ms(), wall: env.wall };
         let drop_response = result.is_ok() && arm::is_write(&parts.method, &request.route) && faults.drop_response();
-        (result, drop_response)
+        let tick = Tick { now, stamp: &stamp, interval: settings.events.heartbeat_interval };
+        for change in &changes {
+            encoders.live_event_changed(account, change, outbox, &tick);
+        }
+        (result, drop_response, !changes.is_empty())
     };
+    if changed {
+        emulator.inner.wake_heartbeats.notify_one();
+        emulator.inner.wake_deliveries.notify_one();
+    }
     if drop_response {
         entry.fault = Some("dropped".into());
         entry.status = result.as_ref().map_or(0, |reply| reply.status.as_u16());
@@ -681,6 +813,74 @@ async fn dump_state(State(emulator): State<Emulator>) -> Response {
     let accounts: Vec<&state::Account> = world.accounts.values().collect();
     let body = serde_json::to_value(accounts).unwrap_or(Value::Null);
     drop(world);
+    axum::Json(body).into_response()
+}
+
+async fn list_encoders(State(emulator): State<Emulator>) -> Response {
+    axum::Json(emulator.encoders()).into_response()
+}
+
+/// The body of `POST /_emulator/encoders/{liveEvent}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncoderRequest {
+    action: EncoderAction,
+    /// `subscription/resourceGroup/account`, needed only when the name is in several accounts.
+    account: Option<String>,
+}
+
+async fn act_on_encoder(
+    State(emulator): State<Emulator>,
+    Path(live_event): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let request: EncoderRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            let body = json!({"error": format!("invalid body: {error}"), "code": "BadRequest"});
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    };
+    match emulator.encoder(&live_event, request.account.as_deref(), request.action) {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(error) => {
+            let (status, code) = error.introspection_status();
+            (status, axum::Json(json!({"error": error.to_string(), "code": code}))).into_response()
+        }
+    }
+}
+
+async fn list_deliveries(State(emulator): State<Emulator>, Query(since): Query<Since>) -> Response {
+    let after = since.since.unwrap_or(0);
+    let entries: Vec<DeliveryRecord> = emulator.deliveries().into_iter().filter(|entry| entry.seq > after).collect();
+    axum::Json(entries).into_response()
+}
+
+async fn clear_deliveries(State(emulator): State<Emulator>) -> StatusCode {
+    lock(&emulator.inner.world).outbox.clear_log();
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Debug, Deserialize)]
+struct ValidationQuery {
+    id: Option<String>,
+}
+
+/// `GET` on the validation URL: the asynchronous way to complete the Event Grid handshake.
+async fn validate_subscription(
+    State(emulator): State<Emulator>,
+    Path(name): Path<String>,
+    Query(query): Query<ValidationQuery>,
+) -> Response {
+    let stamp = emulator.stamp();
+    let validated = name == emulator.inner.settings.events.subscription_name
+        && query.id.as_deref().is_some_and(|code| lock(&emulator.inner.world).outbox.validate_by_url(code, &stamp));
+    if !validated {
+        let body = json!({"error": "no handshake is waiting for this validation code", "code": "BadRequest"});
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
+    emulator.inner.wake_deliveries.notify_one();
+    let body = json!({"message": "Webhook successfully validated as a part of the subscription creation."});
     axum::Json(body).into_response()
 }
 

@@ -18,6 +18,8 @@ use crate::media::model::{
     StreamingPolicy, StreamingPolicyProperties, SystemData,
 };
 
+use super::encoders::Encoders;
+use super::events::Outbox;
 use super::faults::FaultState;
 use super::{Quotas, Settings};
 
@@ -40,6 +42,10 @@ pub(crate) struct World {
     pub accounts: BTreeMap<String, Account>,
     pub operations: HashMap<String, Operation>,
     pub faults: FaultState,
+    /// Simulated encoders (not ARM state: never in snapshots).
+    pub encoders: Encoders,
+    /// Events waiting for delivery, and the delivery log.
+    pub outbox: Outbox,
 }
 
 /// Account identity as first seen in a path, with the key it is stored under.
@@ -208,6 +214,19 @@ pub(crate) struct Env<'a> {
     pub origin: String,
     pub operations: &'a mut HashMap<String, Operation>,
     pub faults: &'a mut FaultState,
+    /// Live events this request stopped, reset or deleted, for their encoders to follow.
+    pub changes: Vec<LiveEventChange>,
+}
+
+/// A change of a live event that its encoder follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LiveEventChange {
+    /// A stop was accepted: the encoder is disconnected and heartbeats end.
+    Stopped(String),
+    /// A reset was accepted: the encoder is disconnected.
+    Reset(String),
+    /// A delete was accepted: the encoder is forgotten.
+    Deleted(String),
 }
 
 impl Env<'_> {
@@ -265,8 +284,8 @@ impl Env<'_> {
 // === impl World ===
 
 impl World {
-    pub fn new(faults: FaultState) -> Self {
-        Self { accounts: BTreeMap::new(), operations: HashMap::new(), faults }
+    pub fn new(faults: FaultState, outbox: Outbox) -> Self {
+        Self { accounts: BTreeMap::new(), operations: HashMap::new(), faults, encoders: Encoders::default(), outbox }
     }
 
     /// Applies every due outcome everywhere, then finishes what is still in flight as if its time

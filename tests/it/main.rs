@@ -10,6 +10,7 @@ mod conformance;
 mod crash;
 mod daemon;
 mod emulator;
+mod encoders;
 mod engine;
 mod faults;
 mod fixtures;
