@@ -48,6 +48,8 @@ pub struct Settings {
     pub broker: crate::broker::Settings,
     /// `[scheduler]` (the schedules themselves are `[broadcasts.<id>.schedule]`)
     pub scheduler: crate::schedule::Settings,
+    /// `[ingress]`: the webhook listener
+    pub ingress: crate::ingress::Settings,
 }
 
 /// Where settings come from.
@@ -125,7 +127,8 @@ pub fn load(source: &Source) -> Result<Settings, Error> {
         let engine = crate::engine::Settings::parse(&mut root.section("engine"), &mut root.section("broadcasts"));
         let broker = crate::broker::Settings::parse(&mut root.section("broker"));
         let scheduler = crate::schedule::Settings::parse(&mut root.section("scheduler"));
-        Settings { shutdown, media, emulator, engine, broker, scheduler }
+        let ingress = crate::ingress::Settings::parse(&mut root.section("ingress"));
+        Settings { shutdown, media, emulator, engine, broker, scheduler, ingress }
     };
     let problems = context.problems.into_inner();
     if problems.is_empty() { Ok(settings) } else { Err(Error::Invalid(Problems(problems))) }

@@ -5,6 +5,7 @@
 //! problem), opens the store, starts the engine (which resumes timers and pending actions from the
 //! store before taking events), then the inputs, and waits for the shutdown signal.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +70,7 @@ pub struct Daemon {
     inbox: tokio::task::JoinHandle<Result<(), inbox::Error>>,
     relay: tokio::task::JoinHandle<()>,
     scheduler: Option<tokio::task::JoinHandle<()>>,
+    ingress: Option<(SocketAddr, crate::ingress::Ingress, tokio::task::JoinHandle<()>)>,
     publisher: Arc<Publisher>,
     status: broker::Status,
     schedule_stats: crate::schedule::Stats,
@@ -125,7 +127,7 @@ impl Daemon {
                 schedules,
                 store,
                 Arc::clone(&sink),
-                clock,
+                Arc::clone(&clock),
                 schedule_stats.clone(),
             )
             .await?;
@@ -137,18 +139,40 @@ impl Daemon {
         } else {
             None
         };
+        let ingress = if settings.ingress.enabled {
+            let listener = tokio::net::TcpListener::bind(settings.ingress.listen).await.map_err(|error| {
+                anyhow::anyhow!("cannot listen on {} (ingress.listen): {error}", settings.ingress.listen)
+            })?;
+            let address = listener.local_addr()?;
+            let ingress = crate::ingress::Ingress::new(
+                settings.ingress.clone(),
+                &engine_settings.broadcasts,
+                Arc::new(Publisher::new(Arc::clone(&broker_settings))),
+                Arc::clone(&clock),
+            );
+            let task = tokio::spawn(crate::ingress::serve(listener, ingress.clone(), intake.clone()));
+            tracing::info!(%address, "Webhook ingress listening.");
+            Some((address, ingress, task))
+        } else {
+            None
+        };
         tracing::info!(
             broadcasts = engine_settings.broadcasts.len(),
             store = %engine_settings.store.display(),
             broker = %broker_settings.endpoint(),
             "onair running."
         );
-        Ok(Self { engine, core, intake, consumer, inbox, relay, scheduler, publisher, status, schedule_stats })
+        Ok(Self { engine, core, intake, consumer, inbox, relay, scheduler, ingress, publisher, status, schedule_stats })
     }
 
     /// The broker consumer's state.
     pub fn broker_status(&self) -> &broker::Status {
         &self.status
+    }
+
+    /// Where the webhook ingress listens, and its counters, when it is enabled.
+    pub fn ingress(&self) -> Option<(SocketAddr, Arc<crate::ingress::Stats>)> {
+        self.ingress.as_ref().map(|(address, ingress, _)| (*address, ingress.stats()))
     }
 
     /// The scheduler's counters.
@@ -164,6 +188,9 @@ impl Daemon {
         self.intake.cancel();
         if let Some(scheduler) = self.scheduler {
             let _ = scheduler.await;
+        }
+        if let Some((_, _, task)) = self.ingress {
+            let _ = task.await;
         }
         let _ = self.consumer.await;
         self.inbox.await??;

@@ -11,6 +11,8 @@
 //! - `event`: the CloudEvents envelope and the event types onair emits or understands.
 //! - `machine`: machine definitions (TOML, CEL guards) and the pure `step`.
 //! - `daemon`: the wiring of `onair run`, and `status`, `send` and the checks behind `check`.
+//! - `ingress`: the webhook listener: CloudEvents and Event Grid deliveries, signatures and keys,
+//!   Media Services event types mapped to onair's, published to RabbitMQ with confirms.
 //! - `schedule`: cron/one-shot schedules with time zones and DST policy, the plan, and the
 //!   scheduler that publishes each step (warm-up, scale, air, end, cooldown) as an event.
 //! - `engine`: routing, one ordered lane per broadcast, the executor, durable timers, the inbox.
@@ -34,6 +36,7 @@ pub mod demo;
 pub mod emulator;
 pub mod engine;
 pub mod event;
+pub mod ingress;
 pub mod machine;
 pub mod media;
 pub mod schedule;

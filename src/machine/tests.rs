@@ -91,7 +91,10 @@ impl Case {
 }
 
 fn heartbeat(track: &str, healthy: bool) -> Event {
-    event("onair.encoder.heartbeat", json!({"trackType": track, "healthy": healthy, "original_type": "Microsoft.Media.LiveEventIngestHeartbeat"}))
+    event(
+        "onair.encoder.heartbeat",
+        json!({"trackType": track, "healthy": healthy, "original_type": "Microsoft.Media.LiveEventIngestHeartbeat"}),
+    )
 }
 
 fn timer(name: &str) -> Event {
@@ -254,7 +257,11 @@ fn states_with_after_timers_arm_and_cancel_them() {
     let degraded = lost.apply(&instance);
     assert_eq!(degraded.timers.len(), 1);
     let back = step(&definition, &degraded, &event("onair.encoder.connected", json!({})), &broadcast(), now());
-    assert_eq!(back.timers, vec![TimerChange::Cancel { name: "still-lost".into() }], "heartbeat_timeout unset: no timer");
+    assert_eq!(
+        back.timers,
+        vec![TimerChange::Cancel { name: "still-lost".into() }],
+        "heartbeat_timeout unset: no timer"
+    );
     assert!(back.apply(&degraded).timers.is_empty());
     // With heartbeat_timeout, entering live arms heartbeat-lost (an optional timer).
     let mut watched = broadcast();

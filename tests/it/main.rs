@@ -16,6 +16,7 @@ mod faults;
 mod fixtures;
 mod helpers;
 mod history;
+mod ingress;
 mod lifecycle;
 mod property;
 mod rabbit;

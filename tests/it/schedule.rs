@@ -245,7 +245,7 @@ async fn a_wall_clock_jump_is_noticed_within_a_second() {
 
 /// A daemon's settings: the emulator (quota large enough for many channels), a private broker
 /// namespace, `broadcasts` TOML; the scheduler looks at the clock every 20 ms.
-fn daemon_settings(
+pub(crate) fn daemon_settings(
     directory: &Path,
     emulator: &TestEmulator,
     broker: &onair::broker::Settings,

@@ -1,0 +1,438 @@
+//! The webhook ingress in a real daemon (RabbitMQ, engine, SQLite, emulator): the published
+//! Event Grid samples in both schemas, the refusals (signatures, keys, sizes, replays,
+//! handshakes) with their figures, and 503 while the broker is away.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use onair::daemon::Daemon;
+use onair::ingress::{SIGNATURE_HEADER, sign};
+use onair::machine::Library;
+use onair::store::SqliteStore;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::broker::EXCLUSIVE;
+use crate::helpers::{TestEmulator, emulator_settings};
+use crate::rabbit::{self, node};
+use crate::schedule::daemon_settings;
+
+pub(crate) const SECRET: &str = "ingress-hmac-secret-0123456789";
+pub(crate) const KEY: &str = "ingress-query-key-0123456789";
+pub(crate) const TOPIC: &str =
+    "/subscriptions/<subscription-id>/resourceGroups/<rg-name>/providers/Microsoft.Media/mediaservices/<account-name>";
+
+/// A daemon with the ingress on a free port; `broadcasts` TOML as in the schedule tests.
+pub(crate) async fn daemon_with_ingress(
+    directory: &Path,
+    emulator: &TestEmulator,
+    broker: &onair::broker::Settings,
+    broadcasts: &str,
+    max_body_bytes: usize,
+) -> (Daemon, String, onair::config::Settings) {
+    let mut settings = daemon_settings(directory, emulator, broker, broadcasts);
+    let ingress = &mut settings.ingress;
+    ingress.enabled = true;
+    ingress.listen = "127.0.0.1:0".parse().unwrap();
+    ingress.max_body_bytes = max_body_bytes;
+    ingress.secrets.hmac = vec![SecretString::from("retired-hmac-secret-000000"), SecretString::from(SECRET)];
+    ingress.secrets.keys = vec![SecretString::from(KEY)];
+    ingress.topics = vec![TOPIC.to_string()];
+    let daemon = Daemon::start(&settings, Library::load(None)).await.unwrap();
+    let (address, _) = daemon.ingress().unwrap();
+    (daemon, format!("http://{address}"), settings)
+}
+
+fn audit(store: &Path) -> Vec<onair::store::AuditRow> {
+    SqliteStore::open_read_only(store).and_then(|store| store.all_audit()).unwrap_or_default()
+}
+
+/// Decisions (and duplicates) recorded for `event_id`.
+fn decided(store: &Path, event_id: &str) -> (usize, usize) {
+    let rows = audit(store);
+    let of =
+        |kind: &str| rows.iter().filter(|row| row.kind == kind && row.event_id.as_deref() == Some(event_id)).count();
+    (of("decision"), of("duplicate"))
+}
+
+async fn until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}: not after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn now() -> i64 {
+    onair::clock::Clock::now(&onair::clock::SystemClock).timestamp()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_published_samples_in_both_schemas_reach_the_broadcast_on_their_channel() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let broker = rabbit::settings("ingress-samples");
+    let directory = tempfile::tempdir().unwrap();
+    let (daemon, base, settings) =
+        daemon_with_ingress(directory.path(), &emulator, &broker, "[broadcasts.studio]\nchannel = \"mle1\"\n", 1 << 20)
+            .await;
+    let http = reqwest::Client::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eventgrid");
+
+    // Event Grid schema, with the query key (Event Grid cannot sign) and its headers.
+    let body = std::fs::read(fixtures.join("event-grid-schema/MediaLiveEventIngestHeartbeatEvent.json")).unwrap();
+    let response = http
+        .post(format!("{base}/eventgrid?key={KEY}"))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("aeg-event-type", "Notification")
+        .header("aeg-subscription-name", "onair")
+        .header("aeg-delivery-count", "0")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+    let event_id = "7f450938-491f-41e1-b06f-c6cd3965d786";
+    until(Duration::from_secs(10), "the Event Grid sample decided", || {
+        decided(&settings.engine.store, event_id).0 == 1
+    })
+    .await;
+    let row = audit(&settings.engine.store).into_iter().find(|row| row.event_id.as_deref() == Some(event_id)).unwrap();
+    assert_eq!(row.broadcast, "studio", "liveEvent/mle1 reaches the broadcast on channel mle1");
+    assert_eq!(row.event_type.as_deref(), Some("onair.encoder.heartbeat"));
+
+    // CloudEvents schema, signed. The sample has the same id: routed, and absorbed as a duplicate.
+    let body = std::fs::read(fixtures.join("cloud-events-schema/MediaLiveEventIngestHeartbeatEvent.json")).unwrap();
+    let response = http
+        .post(format!("{base}/events"))
+        .header("content-type", "application/cloudevents+json; charset=utf-8")
+        .header(SIGNATURE_HEADER, sign(SECRET, now(), &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    until(Duration::from_secs(10), "the CloudEvents sample routed", || {
+        decided(&settings.engine.store, event_id) == (1, 1)
+    })
+    .await;
+
+    // The original type and data are kept.
+    let event = &row.detail["event"];
+    assert_eq!(event["data"]["original_type"], "Microsoft.Media.LiveEventIngestHeartbeat");
+    assert_eq!(event["data"]["incomingBitrate"], 2462597);
+    assert_eq!(event["data"]["healthy"], true);
+
+    // An event about a channel nobody runs is acknowledged and dropped, not dead-lettered.
+    let stranger = json!([{"id": "x1", "topic": TOPIC, "subject": "liveEvent/other", "eventType": "Microsoft.Media.LiveEventEncoderConnected",
+        "eventTime": "2026-11-24T10:00:00Z", "data": {}, "dataVersion": "1.0"}]);
+    let response = http.post(format!("{base}/eventgrid?key={KEY}")).json(&stranger).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["ignored"], 1);
+    daemon.stop().await.unwrap();
+}
+
+/// One request of the security test and the status it must get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Attack {
+    Missing,
+    BadSignature,
+    Stale,
+    WrongKey,
+    Oversized,
+    Replay,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_bad_deliveries_are_refused_and_change_nothing() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let broker = rabbit::settings("ingress-attacks");
+    let directory = tempfile::tempdir().unwrap();
+    let max_body = 16 * 1024;
+    let (daemon, base, settings) =
+        daemon_with_ingress(directory.path(), &emulator, &broker, "[broadcasts.news]\n", max_body).await;
+    let store = settings.engine.store.clone();
+    let http = reqwest::Client::new();
+
+    // One valid delivery: a command that changes a variable (one decision).
+    let valid = serde_json::to_vec(&json!({"specversion": "1.0", "id": "valid-1", "source": "playout", "type": "onair.command.pause", "subject": "news", "data": {}})).unwrap();
+    let valid_signature = sign(SECRET, now(), &valid);
+    let response = http
+        .post(format!("{base}/events"))
+        .header("content-type", "application/cloudevents+json")
+        .header(SIGNATURE_HEADER, &valid_signature)
+        .body(valid.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    until(Duration::from_secs(10), "the valid delivery decided", || decided(&store, "valid-1").0 == 1).await;
+    let decisions_before = audit(&store).iter().filter(|row| row.kind == "decision").count();
+
+    let attacks =
+        [Attack::Missing, Attack::BadSignature, Attack::Stale, Attack::WrongKey, Attack::Oversized, Attack::Replay];
+    let total = 10_000;
+    let started = Instant::now();
+    let tally = Arc::new(std::sync::Mutex::new(BTreeMap::<(Attack, u16), usize>::new()));
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let (http, base, valid, valid_signature, tally) =
+            (http.clone(), base.clone(), valid.clone(), valid_signature.clone(), Arc::clone(&tally));
+        tasks.push(tokio::spawn(async move {
+            for index in (worker..total).step_by(16) {
+                let attack = attacks[index % attacks.len()];
+                // Each forged body is a different, otherwise valid command.
+                let forged = serde_json::to_vec(
+                    &json!({"specversion": "1.0", "id": format!("forged-{index}"), "source": "attacker",
+                    "type": "onair.command.stop-now", "subject": "news", "data": {}}),
+                )
+                .unwrap();
+                let request =
+                    http.post(format!("{base}/events")).header("content-type", "application/cloudevents+json");
+                let request = match attack {
+                    Attack::Missing => request.body(forged),
+                    Attack::BadSignature => {
+                        request.header(SIGNATURE_HEADER, sign("guessed-secret-0123456789", now(), &forged)).body(forged)
+                    }
+                    Attack::Stale => request.header(SIGNATURE_HEADER, sign(SECRET, now() - 301, &forged)).body(forged),
+                    Attack::WrongKey => http.post(format!("{base}/events?key=not-the-key-0123456789")).body(forged),
+                    Attack::Oversized => {
+                        let mut big = forged.clone();
+                        big.extend(std::iter::repeat_n(b' ', max_body));
+                        let signature = sign(SECRET, now(), &big);
+                        request.header(SIGNATURE_HEADER, signature).body(big)
+                    }
+                    Attack::Replay => request.header(SIGNATURE_HEADER, &valid_signature).body(valid.clone()),
+                };
+                let status = request.send().await.map(|response| response.status().as_u16()).unwrap_or(0);
+                *tally.lock().unwrap().entry((attack, status)).or_default() += 1;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+
+    // Handshakes for a topic or an origin nobody configured are refused.
+    let validation = json!([{"id": "v1", "topic": "/subscriptions/someone-else/x", "subject": "", "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+        "eventTime": "2026-11-24T10:00:00Z", "data": {"validationCode": "3c1f3c8e-0000-4000-8000-000000000001"}, "dataVersion": "1"}]);
+    let refused = http
+        .post(format!("{base}/eventgrid?key={KEY}"))
+        .header("aeg-event-type", "SubscriptionValidation")
+        .json(&validation)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let mut ours = validation.clone();
+    ours[0]["topic"] = json!(TOPIC);
+    let accepted = http
+        .post(format!("{base}/eventgrid?key={KEY}"))
+        .header("aeg-event-type", "SubscriptionValidation")
+        .json(&ours)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 200);
+    assert_eq!(
+        accepted.json::<Value>().await.unwrap(),
+        json!({"validationResponse": "3c1f3c8e-0000-4000-8000-000000000001"})
+    );
+    let options = |origin: &str| {
+        http.request(reqwest::Method::OPTIONS, format!("{base}/events?key={KEY}"))
+            .header("webhook-request-origin", origin)
+            .send()
+    };
+    let refused = options("evil.example").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let allowed = options("eventgrid.azure.net").await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["webhook-allowed-origin"], "eventgrid.azure.net");
+
+    let tally = tally.lock().unwrap().clone();
+    let expected = |attack: Attack| match attack {
+        Attack::Oversized => 413,
+        Attack::Replay => 200,
+        _ => 401,
+    };
+    for ((attack, status), count) in &tally {
+        assert_eq!(*status, expected(*attack), "{count} × {attack:?} got {status}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = audit(&store);
+    let decisions_after = rows.iter().filter(|row| row.kind == "decision").count();
+    let forged = rows.iter().filter(|row| row.event_id.as_deref().is_some_and(|id| id.starts_with("forged-"))).count();
+    assert_eq!(decisions_after, decisions_before, "no state change");
+    assert_eq!(forged, 0);
+    assert_eq!(decided(&store, "valid-1"), (1, 0), "replays had no second effect (not even published again)");
+    let (_, stats) = daemon.ingress().unwrap();
+    let stats = stats.snapshot();
+    println!(
+        "ingress under attack: {total} requests in {:.1} s ({:.0}/s): {} unauthorized (401), {} too large (413), {} replays answered without effect; \
+         0 state changes; validation for an unknown topic and OPTIONS from an unknown origin refused (403)",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64(),
+        stats["unauthorized"],
+        stats["too_large"],
+        stats["replays"],
+    );
+    assert_eq!(stats["unauthorized"] as usize + stats["too_large"] as usize + stats["replays"] as usize, total);
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_broker_is_stopped_deliveries_get_503_and_the_retry_is_the_only_copy() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let broker = rabbit::settings("ingress-503");
+    let directory = tempfile::tempdir().unwrap();
+    let (daemon, base, settings) =
+        daemon_with_ingress(directory.path(), &emulator, &broker, "[broadcasts.news]\n", 1 << 20).await;
+    let http = reqwest::Client::new();
+    let delivery = json!([{"id": "during-outage", "topic": TOPIC, "subject": "news", "eventType": "onair.command.pause",
+        "eventTime": "2026-11-24T10:00:00Z", "data": {}, "dataVersion": "1.0"}]);
+    let send = || http.post(format!("{base}/eventgrid?key={KEY}")).json(&delivery).send();
+
+    node().stop_app().unwrap();
+    let stopped = Instant::now();
+    let response = send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    node().start_app(Duration::from_secs(60)).unwrap();
+
+    // The sender retries (as Event Grid does) until it gets a 2xx.
+    let mut attempts = 1;
+    loop {
+        attempts += 1;
+        if send().await.unwrap().status() == 200 {
+            break;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(90), "still refused after {attempts} attempts");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    until(Duration::from_secs(20), "the retried delivery decided", || {
+        decided(&settings.engine.store, "during-outage").0 == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(decided(&settings.engine.store, "during-outage"), (1, 0));
+    println!(
+        "broker stopped: the ingress answered 503 (Retry-After 5); {attempts} attempts until 200 {:.1} s later; decided once",
+        stopped.elapsed().as_secs_f64()
+    );
+    daemon.stop().await.unwrap();
+}
+
+/// The transitions of `broadcast` recorded so far, in order (numbers of the `live` machine).
+fn transitions(store: &Path, broadcast: &str) -> Vec<i64> {
+    audit(store)
+        .into_iter()
+        .filter(|row| row.kind == "decision" && row.broadcast == broadcast)
+        .filter_map(|row| row.transition)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_broadcast_waits_for_its_encoder_degrades_recovers_and_resets_on_a_long_loss() {
+    use onair::emulator::{EncoderAction, Endpoint};
+    let _exclusive = EXCLUSIVE.lock().await;
+    // The ingress's port first: the emulator delivers its Event Grid events there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut emulator_settings = emulator_settings();
+    emulator_settings.transition = Duration::from_millis(100);
+    let events = &mut emulator_settings.events;
+    events.endpoint = Some(Endpoint::parse(&format!("http://127.0.0.1:{port}/eventgrid?key={KEY}")).unwrap());
+    let topic = format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Media/mediaservices/{}",
+        crate::helpers::SUBSCRIPTION,
+        crate::helpers::GROUP,
+        crate::helpers::ACCOUNT
+    );
+    events.topic = Some(topic.clone());
+    events.heartbeat_interval = Duration::from_millis(200);
+    events.retry_initial = Duration::from_millis(100);
+    events.retry_max = Duration::from_secs(1);
+    let emulator = TestEmulator::start(emulator_settings).await;
+    let broker = rabbit::settings("ingress-encoder");
+    let directory = tempfile::tempdir().unwrap();
+    let real_now = onair::clock::Clock::now(&onair::clock::SystemClock);
+    let air = chrono::DateTime::from_timestamp(real_now.timestamp() + 6, 0).unwrap();
+    let broadcasts = format!(
+        "[broadcasts.news]\nsettings = {{ wait_for_encoder = true, encoder_deadline = \"60s\", heartbeat_timeout = \"1s\", reset_after = \"3s\" }}\n\
+         [broadcasts.news.schedule]\nat = \"{}\"\nduration = \"10m\"\nlead = {{ channel = \"4s\", scale = \"1s\" }}\n",
+        air.to_rfc3339()
+    );
+    let mut settings = daemon_settings(directory.path(), &emulator, &broker, &broadcasts);
+    let ingress = &mut settings.ingress;
+    ingress.enabled = true;
+    ingress.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    ingress.secrets.keys = vec![SecretString::from(KEY)];
+    ingress.topics = vec![topic];
+    let daemon = Daemon::start(&settings, Library::load(None)).await.unwrap();
+    let store = settings.engine.store.clone();
+    let state = || crate::broker::state_of(&store, "news").unwrap_or_default();
+    let started = Instant::now();
+    let mut timeline = Vec::new();
+    let mut mark = |what: &str| timeline.push(format!("{what} at {:.1} s", started.elapsed().as_secs_f64()));
+
+    // Air time comes, the encoder is not there: the broadcast waits.
+    until(Duration::from_secs(30), "waiting for the encoder", || state() == "waiting").await;
+    mark("waiting");
+    // The encoder connects; its first healthy heartbeats (through Event Grid and the ingress) put it on air.
+    emulator.emulator.encoder("news", None, EncoderAction::Connect).unwrap();
+    until(Duration::from_secs(10), "live after the encoder connects", || state() == "live").await;
+    mark("live");
+    // Heartbeats turn unhealthy: no healthy heartbeat for heartbeat_timeout, degraded.
+    emulator.emulator.encoder("news", None, EncoderAction::Degrade).unwrap();
+    until(Duration::from_secs(10), "degraded on unhealthy heartbeats", || state() == "degraded").await;
+    mark("degraded");
+    // Healthy again: back on air.
+    emulator.emulator.encoder("news", None, EncoderAction::Recover).unwrap();
+    until(Duration::from_secs(10), "live again", || state() == "live").await;
+    mark("live again");
+    // A long loss: the encoder disconnects and stays away; after reset_after, the channel is reset.
+    emulator.emulator.encoder("news", None, EncoderAction::Disconnect).unwrap();
+    until(Duration::from_secs(10), "degraded on disconnect", || state() == "degraded").await;
+    mark("disconnected, degraded");
+    let reset = || {
+        emulator
+            .arm_requests()
+            .iter()
+            .any(|entry| entry.method == "POST" && entry.path.ends_with("/liveEvents/news/reset"))
+    };
+    until(Duration::from_secs(15), "the channel reset", reset).await;
+    mark("channel reset");
+    daemon.stop().await.unwrap();
+
+    // All of it is in the audit trail, in order.
+    let seen = transitions(&store, "news");
+    let position = |transition: i64| seen.iter().position(|seen| *seen == transition);
+    let order = [
+        ("wait for the encoder", position(38).or(position(37))),
+        ("healthy heartbeat: live", position(40)),
+        ("heartbeat lost: degraded", position(44)),
+        ("healthy again: live", position(45)),
+        ("disconnected: degraded", position(25)),
+        ("still lost: channel reset", position(27)),
+    ];
+    for window in order.windows(2) {
+        let (Some(before), Some(after)) = (window[0].1, window[1].1) else {
+            panic!("{:?} or {:?} missing from {seen:?}", window[0].0, window[1].0)
+        };
+        assert!(before < after, "{} before {} in {seen:?}", window[0].0, window[1].0);
+    }
+    let rows = audit(&store);
+    let notices: Vec<&str> = rows
+        .iter()
+        .filter(|row| row.kind == "action")
+        .map(|row| row.reason.as_str())
+        .filter(|reason| reason.contains("channel.reset"))
+        .collect();
+    assert!(!notices.is_empty(), "the reset action is audited");
+    let heartbeats = rows.iter().filter(|row| row.event_type.as_deref() == Some("onair.encoder.heartbeat")).count();
+    println!("encoder end to end: {}; {heartbeats} heartbeats decided", timeline.join(", "));
+}
