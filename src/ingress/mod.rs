@@ -216,6 +216,20 @@ impl Ingress {
         }
     }
 
+    /// The body of an admitted request: read within the limit, authenticated, not a replay.
+    async fn receive(
+        &self,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Bytes, Box<Response>> {
+        let body = self.read(body).await?;
+        match self.admit(query, headers, &body) {
+            Some(response) => Err(Box::new(response)),
+            None => Ok(body),
+        }
+    }
+
     /// Checks the authentication of a request (and whether it is a replay); the response when it
     /// is not to be processed.
     fn admit(&self, query: &HashMap<String, String>, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
@@ -295,13 +309,10 @@ async fn events(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match ingress.read(body).await {
+    let body = match ingress.receive(&query, &headers, body).await {
         Ok(body) => body,
         Err(response) => return *response,
     };
-    if let Some(response) = ingress.admit(&query, &headers, &body) {
-        return response;
-    }
     match parse::cloudevents(&headers, &body) {
         Ok(events) => ingress.publish(events).await,
         Err(error) => malformed(&ingress, error),
@@ -314,13 +325,10 @@ async fn eventgrid(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match ingress.read(body).await {
+    let body = match ingress.receive(&query, &headers, body).await {
         Ok(body) => body,
         Err(response) => return *response,
     };
-    if let Some(response) = ingress.admit(&query, &headers, &body) {
-        return response;
-    }
     match parse::eventgrid(&headers, &body) {
         Ok(Delivery::Events(events)) => ingress.publish(events).await,
         Ok(Delivery::Validation { topic, code }) => {
