@@ -42,7 +42,7 @@ pub struct Settings {
     pub media: crate::media::Settings,
     /// `[emulator]`
     pub emulator: crate::emulator::Settings,
-    /// `[engine]` and `[broadcasts.<id>]`
+    /// `[engine]`, `[broadcasts.<id>]` and `[content_key_policies.<name>]`
     pub engine: crate::engine::Settings,
     /// `[broker]`
     pub broker: crate::broker::Settings,
@@ -124,7 +124,9 @@ pub fn load(source: &Source) -> Result<Settings, Error> {
         let shutdown = crate::shutdown::Settings::parse(&mut root.section("shutdown"));
         let media = crate::media::Settings::parse(&mut root.section("media"));
         let emulator = crate::emulator::Settings::parse(&mut root.section("emulator"));
-        let engine = crate::engine::Settings::parse(&mut root.section("engine"), &mut root.section("broadcasts"));
+        let policies = crate::protection::parse_policies(&mut root.section("content_key_policies"));
+        let engine =
+            crate::engine::Settings::parse(&mut root.section("engine"), &mut root.section("broadcasts"), policies);
         let broker = crate::broker::Settings::parse(&mut root.section("broker"));
         let scheduler = crate::schedule::Settings::parse(&mut root.section("scheduler"));
         let ingress = crate::ingress::Settings::parse(&mut root.section("ingress"));

@@ -18,6 +18,8 @@
 //! - `engine`: routing, one ordered lane per broadcast, the executor, durable timers, the inbox.
 //! - `media`: the Media Services v3 REST shapes, the client (token, retries, long-running operations)
 //!   and the idempotent ensure-operations that the rest of onair drives.
+//! - `protection`: content key policies from the settings, the streaming policies that use them,
+//!   playback tokens (`onair token`).
 //! - `store`: durable state behind a narrow trait; SQLite (WAL, `synchronous=FULL`) by default.
 //! - `emulator`: an HTTP server that behaves like the Media Services v3 API, for tests, demos and rehearsals.
 //! - `demo`: one broadcast lifecycle driven through the client against an emulator, step by step.
@@ -39,6 +41,7 @@ pub mod event;
 pub mod ingress;
 pub mod machine;
 pub mod media;
+pub mod protection;
 pub mod schedule;
 pub mod shutdown;
 pub mod store;

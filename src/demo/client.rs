@@ -114,6 +114,7 @@ async fn lifecycle(client: &Client, base: &str, options: &Options) -> Result<(),
         name: occurrence.clone(),
         asset: occurrence.clone(),
         streaming_policy: "Predefined_ClearStreamingOnly".into(),
+        content_key_policy: None,
         endpoint: endpoint.into(),
     };
     let published = client.ensure_locator_published(&locator).await?;

@@ -152,6 +152,7 @@ fn configure(settings: &mut Settings, base: &str, node: &LocalNode, directory: &
             off_air_units: 1,
             settings: Default::default(),
             schedule: Some(Arc::new(demo_schedule(options))),
+            protection: Default::default(),
         },
     );
 }

@@ -32,6 +32,8 @@ pub struct Broadcast {
     pub settings: Map<String, Value>,
     /// When it goes on air (`[broadcasts.<id>.schedule]`), if onair schedules it.
     pub schedule: Option<Arc<Spec>>,
+    /// How it is published: clear, envelope or multi-DRM, and its content key policy.
+    pub protection: crate::protection::Protection,
 }
 
 impl Broadcast {
@@ -46,6 +48,7 @@ impl Broadcast {
             "streaming_policy": self.streaming_policy,
             "archive_window": self.archive_window,
             "units": {"on_air": self.on_air_units, "off_air": self.off_air_units},
+            "protection": self.protection.mode.name(),
             "settings": self.settings,
         })
     }

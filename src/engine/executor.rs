@@ -21,6 +21,7 @@ use super::{Broadcast, Delivery, Settings};
 use crate::clock::SharedClock;
 use crate::event::{self, Event};
 use crate::media::{self, LocatorSpec, ProgramSpec};
+use crate::protection::{self, Mode};
 use crate::store::{OutboxRow, Store};
 
 /// Why an action failed.
@@ -154,9 +155,25 @@ impl Runner {
             }
             "locator.publish" => {
                 let name = name()?;
+                let (streaming_policy, content_key_policy) = match &broadcast.protection.policy {
+                    Some(policy) if broadcast.protection.mode != Mode::Clear => {
+                        let mode = broadcast.protection.mode;
+                        // Keys first, then the policy that uses them, then the locator: each step
+                        // converges on its own, so a crash between two of them repeats nothing.
+                        media.ensure_content_key_policy(&policy.name, &policy.content_key_policy(mode)).await?;
+                        let streaming = protection::streaming_policy_name(mode, &policy.name);
+                        let body = protection::streaming_policy(mode, &policy.name).map_err(|error| {
+                            ActionError::permanent("BadParameter", format!("streaming policy {streaming}: {error}"))
+                        })?;
+                        media.ensure_streaming_policy(&streaming, &body).await?;
+                        (streaming, Some(policy.name.clone()))
+                    }
+                    _ => (text("policy").unwrap_or_else(|| broadcast.streaming_policy.clone()), None),
+                };
                 let spec = LocatorSpec {
                     asset: text("asset").unwrap_or_else(|| name.clone()),
-                    streaming_policy: text("policy").unwrap_or_else(|| broadcast.streaming_policy.clone()),
+                    streaming_policy,
+                    content_key_policy,
                     endpoint: endpoint.to_string(),
                     name,
                 };
@@ -167,6 +184,8 @@ impl Runner {
                     "hls": published.hls,
                     "dash": published.dash,
                     "smooth": published.smooth,
+                    "streaming_policy": spec.streaming_policy,
+                    "protection": broadcast.protection.mode.name(),
                 })
             }
             "locator.unpublish" => {

@@ -41,10 +41,16 @@ pub struct Settings {
     pub dedup_retention: Duration,
     /// The broadcasts, by id.
     pub broadcasts: BTreeMap<String, Broadcast>,
+    /// The content key policies protected broadcasts name (`[content_key_policies.<name>]`).
+    pub content_key_policies: crate::protection::Policies,
 }
 
 impl Settings {
-    pub(crate) fn parse(engine: &mut crate::config::Section<'_>, broadcasts: &mut crate::config::Section<'_>) -> Self {
+    pub(crate) fn parse(
+        engine: &mut crate::config::Section<'_>,
+        broadcasts: &mut crate::config::Section<'_>,
+        content_key_policies: crate::protection::Policies,
+    ) -> Self {
         let state_dir: PathBuf = engine.value::<String>("state_dir").into();
         let store = engine.optional::<PathBuf>("store").unwrap_or_else(|| state_dir.join("onair.db"));
         let inbox = engine.optional::<PathBuf>("inbox").unwrap_or_else(|| state_dir.join("inbox"));
@@ -62,7 +68,8 @@ impl Settings {
             action_backoff: engine.duration("action_backoff"),
             commit_attempts: engine.value("commit_attempts"),
             dedup_retention: engine.duration("dedup_retention"),
-            broadcasts: parse_broadcasts(broadcasts),
+            broadcasts: parse_broadcasts(broadcasts, &content_key_policies),
+            content_key_policies,
             state_dir,
         };
         engine.check("state_dir", !settings.state_dir.as_os_str().is_empty(), "must not be empty");
@@ -79,7 +86,10 @@ impl Settings {
     }
 }
 
-fn parse_broadcasts(section: &mut crate::config::Section<'_>) -> BTreeMap<String, Broadcast> {
+fn parse_broadcasts(
+    section: &mut crate::config::Section<'_>,
+    policies: &crate::protection::Policies,
+) -> BTreeMap<String, Broadcast> {
     let mut broadcasts = BTreeMap::new();
     let mut interned = crate::schedule::Interned::new();
     for id in section.keys() {
@@ -103,6 +113,7 @@ fn parse_broadcasts(section: &mut crate::config::Section<'_>) -> BTreeMap<String
         }
         drop(units);
         let settings = table.optional::<Map<String, Value>>("settings").unwrap_or_default();
+        let protection = crate::protection::parse_protection(&mut table, policies);
         let schedule = if table.keys().iter().any(|key| key == "schedule") {
             crate::schedule::parse_spec(&mut table.section("schedule"), &mut interned).map(std::sync::Arc::new)
         } else {
@@ -122,6 +133,7 @@ fn parse_broadcasts(section: &mut crate::config::Section<'_>) -> BTreeMap<String
             off_air_units,
             settings,
             schedule,
+            protection,
         };
         broadcasts.insert(id, broadcast);
     }

@@ -17,11 +17,11 @@ use tokio::time::Instant;
 use super::Error;
 use super::client::{Client, Lro};
 use super::model::{
-    self, AccessControl, Asset, AssetProperties, AsyncOperationResult, ContentKeyPolicy, IpAccessControl, IpRange,
-    LiveEvent, LiveEventActionInput, LiveEventEncoding, LiveEventInput, LiveEventPreview, LiveEventProperties,
-    LiveEventState, LiveOutput, LiveOutputProperties, LiveOutputState, METADATA_API_VERSION, STREAMING_API_VERSION,
-    ScaleUnit, StreamingEndpoint, StreamingEndpointProperties, StreamingEndpointState, StreamingLocator,
-    StreamingLocatorProperties, StreamingPolicy,
+    self, AccessControl, Asset, AssetProperties, AsyncOperationResult, ContentKeyPolicy, ContentKeyPolicyProperties,
+    IpAccessControl, IpRange, LiveEvent, LiveEventActionInput, LiveEventEncoding, LiveEventInput, LiveEventPreview,
+    LiveEventProperties, LiveEventState, LiveOutput, LiveOutputProperties, LiveOutputState, METADATA_API_VERSION,
+    STREAMING_API_VERSION, ScaleUnit, StreamingEndpoint, StreamingEndpointProperties, StreamingEndpointState,
+    StreamingLocator, StreamingLocatorProperties, StreamingPolicy, StreamingPolicyProperties,
 };
 
 /// How a channel (live event) is created when it does not exist.
@@ -113,6 +113,8 @@ pub struct LocatorSpec {
     pub asset: String,
     /// The streaming (delivery) policy, for example `Predefined_ClearStreamingOnly`.
     pub streaming_policy: String,
+    /// The content key policy of its keys, for a protected streaming policy.
+    pub content_key_policy: Option<String>,
     /// The streaming endpoint whose host name the URLs use.
     pub endpoint: String,
 }
@@ -301,6 +303,34 @@ impl Client {
         let (policy, _) =
             self.put(&self.path(&format!("contentKeyPolicies/{name}")), METADATA_API_VERSION, &[], body).await?;
         Ok(policy)
+    }
+
+    /// `POST contentKeyPolicies/{name}/getPolicyPropertiesWithSecrets`: the policy as it is,
+    /// verification keys included; `None` when there is no such policy.
+    pub async fn content_key_policy_with_secrets(
+        &self,
+        name: &str,
+    ) -> Result<Option<ContentKeyPolicyProperties>, Error> {
+        let path = self.path(&format!("contentKeyPolicies/{name}/getPolicyPropertiesWithSecrets"));
+        match self.call(&path, METADATA_API_VERSION).await {
+            Ok(properties) => Ok(Some(properties)),
+            Err(Error::Api { status: 404, .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `PUT streamingPolicies/{name}` (create only: streaming policies cannot be changed).
+    pub async fn put_streaming_policy(&self, name: &str, body: &StreamingPolicy) -> Result<StreamingPolicy, Error> {
+        let (policy, _) =
+            self.put(&self.path(&format!("streamingPolicies/{name}")), METADATA_API_VERSION, &[], body).await?;
+        Ok(policy)
+    }
+
+    /// `POST streamingLocators/{name}/listContentKeys`.
+    pub async fn list_content_keys(&self, name: &str) -> Result<Vec<model::StreamingLocatorContentKey>, Error> {
+        let path = self.path(&format!("streamingLocators/{name}/listContentKeys"));
+        let answer: model::ListContentKeysResponse = self.call(&path, METADATA_API_VERSION).await?;
+        Ok(answer.content_keys)
     }
 
     /// `GET streamingEndpoints/{name}`.
@@ -591,6 +621,7 @@ impl Client {
                             properties: StreamingLocatorProperties {
                                 asset_name: Some(spec.asset.clone()),
                                 streaming_policy_name: Some(spec.streaming_policy.clone()),
+                                default_content_key_policy_name: spec.content_key_policy.clone(),
                                 ..Default::default()
                             },
                             ..Default::default()
@@ -626,6 +657,77 @@ impl Client {
             dash: url("Dash"),
             smooth: url("SmoothStreaming"),
         })
+    }
+
+    /// The content key policy exists and says what `desired` says: created when absent, updated
+    /// when it differs (compared with its secrets, server-set fields aside).
+    pub async fn ensure_content_key_policy(
+        &self,
+        name: &str,
+        desired: &ContentKeyPolicyProperties,
+    ) -> Result<(), Error> {
+        let mut converging = Converging::new(self, format!("content key policy {name}"));
+        loop {
+            let step: Result<Step<()>, Error> = async {
+                match self.content_key_policy_with_secrets(name).await? {
+                    Some(existing) if crate::protection::same_content_key_policy(&existing, desired) => {
+                        Ok(Step::Done(()))
+                    }
+                    _ => {
+                        let body = ContentKeyPolicy { properties: desired.clone(), ..Default::default() };
+                        self.put_content_key_policy(name, &body).await?;
+                        Ok(Step::Wrote)
+                    }
+                }
+            }
+            .await;
+            if let Some(done) = converging.next(step).await? {
+                break Ok(done);
+            }
+        }
+    }
+
+    /// The streaming policy exists with the encryption of `desired`. Streaming policies cannot be
+    /// changed: one that exists with another encryption or other keys is an error to resolve by
+    /// hand (delete it, or rename the content key policy).
+    pub async fn ensure_streaming_policy(&self, name: &str, desired: &StreamingPolicyProperties) -> Result<(), Error> {
+        let what = format!("streaming policy {name}");
+        let mut converging = Converging::new(self, &what);
+        loop {
+            let step: Result<Step<()>, Error> = async {
+                match self.get_streaming_policy(name).await? {
+                    Some(existing) => {
+                        let scheme = |properties: &StreamingPolicyProperties| {
+                            (
+                                properties.envelope_encryption.is_some(),
+                                properties.common_encryption_cenc.is_some(),
+                                properties.common_encryption_cbcs.is_some(),
+                                properties.default_content_key_policy_name.clone(),
+                            )
+                        };
+                        if scheme(&existing.properties) == scheme(desired) {
+                            Ok(Step::Done(()))
+                        } else {
+                            Err(Error::Unexpected {
+                                what: what.clone(),
+                                reason: "it exists with another encryption or content key policy, and streaming \
+                                         policies cannot be changed; delete it or rename the content key policy"
+                                    .into(),
+                            })
+                        }
+                    }
+                    None => {
+                        let body = StreamingPolicy { properties: desired.clone(), ..Default::default() };
+                        self.put_streaming_policy(name, &body).await?;
+                        Ok(Step::Wrote)
+                    }
+                }
+            }
+            .await;
+            if let Some(done) = converging.next(step).await? {
+                break Ok(done);
+            }
+        }
     }
 
     /// The locator is gone.

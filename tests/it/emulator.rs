@@ -129,6 +129,7 @@ async fn locator_paths_follow_the_policy_and_the_live_outputs_manifest() {
         name: name.into(),
         asset: "evening-asset".into(),
         streaming_policy: policy.into(),
+        content_key_policy: None,
         endpoint: "default".into(),
     };
     client.ensure_locator_published(&locator("clear", "Predefined_ClearStreamingOnly")).await.unwrap();

@@ -23,6 +23,7 @@ pub fn locator(name: &str) -> LocatorSpec {
     LocatorSpec {
         name: name.into(),
         asset: name.into(),
+        content_key_policy: None,
         streaming_policy: "Predefined_ClearStreamingOnly".into(),
         endpoint: "default".into(),
     }
