@@ -13,6 +13,7 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::protection::Mode;
 use crate::telemetry::LogFormat;
 
 /// onair runs live-streaming operations unattended.
@@ -50,6 +51,24 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Show the coming schedule steps in UTC and local time, with DST shifts, skips and overlaps marked.
     Plan(PlanArgs),
+    /// Mint a playback token for a token-restricted broadcast (for players and rehearsals); the
+    /// token alone goes to standard output.
+    Token(TokenArgs),
+}
+
+/// `onair token` options.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The broadcast, whose content key policy signs the token.
+    #[arg(long, value_name = "ID")]
+    pub broadcast: String,
+    /// How long the token is valid, for example 1h, 30m, 2h 30m.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// The content key id, when the policy requires the key id claim (default: the first key of
+    /// the broadcast's current locator, asked of the media API).
+    #[arg(long, value_name = "KID")]
+    pub kid: Option<String>,
 }
 
 /// `onair plan` options.
@@ -272,6 +291,7 @@ pub async fn execute(command: Command, settings: Settings, shutdown: Cancellatio
         Command::Send(args) => crate::daemon::send(&settings, args).await,
         Command::Dlq(command) => crate::daemon::dlq(&settings, command).await,
         Command::Plan(args) => plan(&settings, &args),
+        Command::Token(args) => token(&settings, &args).await,
     }
 }
 
@@ -320,6 +340,60 @@ fn plan(settings: &Settings, args: &PlanArgs) -> anyhow::Result<ExitCode> {
         print!("{}", crate::schedule::plan::render(&rows));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `onair token`: the token on standard output, what it is on standard error.
+async fn token(settings: &Settings, args: &TokenArgs) -> anyhow::Result<ExitCode> {
+    use crate::protection::{CONTENT_KEY_ID_CLAIM, Restriction};
+    let id = &args.broadcast;
+    let Some(broadcast) = settings.engine.broadcasts.get(id) else {
+        anyhow::bail!("no broadcast {id:?} in the settings");
+    };
+    let Some(policy) = broadcast.protection.policy.as_ref().filter(|_| broadcast.protection.mode != Mode::Clear) else {
+        anyhow::bail!(
+            "broadcast {id:?} is published in the clear: it has no content key policy, players need no token"
+        );
+    };
+    let Restriction::Token { issuer, audience, required_claims, .. } = &policy.restriction else {
+        anyhow::bail!("the content key policy {:?} of {id:?} is open: players need no token", policy.name);
+    };
+    let needs_kid = required_claims.iter().any(|(kind, value)| kind == CONTENT_KEY_ID_CLAIM && value.is_none());
+    let kid = match (&args.kid, needs_kid) {
+        (Some(kid), _) => Some(kid.clone()),
+        (None, true) => Some(current_key_id(settings, id).await?),
+        (None, false) => None,
+    };
+    let now = crate::clock::system().now();
+    let token = policy.mint(kid.as_deref(), now, args.ttl)?.unwrap_or_default();
+    let expires = now + chrono::Duration::from_std(args.ttl).unwrap_or(chrono::Duration::MAX);
+    eprintln!(
+        "token for {id} (policy {}): issuer {issuer}, audience {audience}{}, expires {}",
+        policy.name,
+        kid.as_deref().map(|kid| format!(", key {kid}")).unwrap_or_default(),
+        expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The id of the first content key of the broadcast's current locator (`<id>-<occurrence>`, the
+/// name the `live` machine publishes under), asked of the media API.
+async fn current_key_id(settings: &Settings, id: &str) -> anyhow::Result<String> {
+    let store = crate::store::SqliteStore::open_read_only(&settings.engine.store)
+        .map_err(|error| anyhow::anyhow!("cannot read the store to find {id:?}'s locator ({error}); give --kid"))?;
+    let instance = store.load_instances()?.into_iter().find(|instance| instance.broadcast == id);
+    let occurrence = instance
+        .as_ref()
+        .and_then(|instance| instance.vars.get("occurrence"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|occurrence| !occurrence.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{id:?} has not been published yet (no occurrence in the store); give --kid"))?;
+    let locator = format!("{id}-{occurrence}");
+    let media = crate::media::Client::new(&settings.media)?;
+    let keys = media.list_content_keys(&locator).await?;
+    keys.into_iter()
+        .find_map(|key| key.id)
+        .ok_or_else(|| anyhow::anyhow!("the locator {locator:?} has no content keys; give --kid"))
 }
 
 /// `onair check`: the settings loaded (main already refused invalid ones); now the machines, the
