@@ -21,6 +21,7 @@ mod encoders;
 mod endpoints;
 mod events;
 mod faults;
+mod keydelivery;
 mod live;
 mod operations;
 mod publish;
@@ -423,6 +424,10 @@ impl Emulator {
             .route("/_emulator/encoders/{live_event}", post(act_on_encoder))
             .route("/_emulator/deliveries", get(list_deliveries).delete(clear_deliveries))
             .route("/_emulator/eventsubscriptions/{name}/validate", get(validate_subscription))
+            .route(
+                "/keydelivery/{subscription}/{resource_group}/{account}",
+                get(keydelivery::deliver).post(keydelivery::deliver),
+            )
             .fallback(handle_arm)
             .with_state(self.clone())
     }

@@ -16,6 +16,7 @@ use crate::media::model::{
 };
 
 use super::arm::{self, ArmError, ArmRequest, ArmResult, Reply};
+use super::keydelivery;
 use super::state::{Account, AssetEntry, Env, PREDEFINED_POLICIES};
 
 /// Locators one asset may have (the service's default quota).
@@ -101,7 +102,8 @@ pub(crate) fn delete_asset(account: &mut Account, name: &str) -> ArmResult {
 // === Streaming locators ===
 
 pub(crate) fn list_locators(account: &Account, request: &ArmRequest<'_>, env: &Env<'_>, path: &str) -> ArmResult {
-    let items = account.streaming_locators.iter().map(|(key, locator)| (key.clone(), locator.clone())).collect();
+    let items =
+        account.streaming_locators.iter().map(|(key, locator)| (key.clone(), without_key_values(locator))).collect();
     arm::page(items, request, env, path)
 }
 
@@ -110,7 +112,16 @@ pub(crate) fn get_locator(account: &Account, name: &str) -> ArmResult {
         .streaming_locators
         .get(&name.to_lowercase())
         .ok_or_else(|| ArmError::not_found("streamingLocators", name, &account.id))?;
-    Ok(Reply::ok(locator))
+    Ok(Reply::ok(without_key_values(locator)))
+}
+
+/// The locator as GET shows it: its content keys without their values (`listContentKeys` has them).
+fn without_key_values(locator: &StreamingLocator) -> StreamingLocator {
+    let mut locator = locator.clone();
+    for key in locator.properties.content_keys.iter_mut().flatten() {
+        key.value = None;
+    }
+    locator
 }
 
 /// `PUT`: create only (201); an existing name is a 409.
@@ -172,8 +183,35 @@ pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, 
             "Another streaming locator has this streamingLocatorId.",
         ));
     }
+    let streaming_policy = account
+        .streaming_policies
+        .get(&policy.to_lowercase())
+        .ok_or_else(|| ArmError::not_found("streamingPolicies", &policy, &account.id))?;
+    let protected = streaming_policy.properties.envelope_encryption.is_some()
+        || streaming_policy.properties.common_encryption_cenc.is_some()
+        || streaming_policy.properties.common_encryption_cbcs.is_some();
+    if protected {
+        let key_policy = properties
+            .default_content_key_policy_name
+            .clone()
+            .or_else(|| streaming_policy.properties.default_content_key_policy_name.clone());
+        if let Some(name) = &key_policy
+            && !account.content_key_policies.contains_key(&name.to_lowercase())
+        {
+            return Err(ArmError::new(
+                StatusCode::BAD_REQUEST,
+                "ContentKeyPolicyNotFound",
+                format!("The content key policy '{name}' does not exist."),
+            ));
+        }
+    }
+    let keys = keydelivery::content_keys(
+        streaming_policy,
+        properties.content_keys.take(),
+        properties.default_content_key_policy_name.as_deref(),
+    )?;
+    properties.content_keys = Some(keys);
     properties.end_time.get_or_insert_with(|| FOREVER.into());
-    properties.content_keys.get_or_insert_with(Vec::new);
     properties.created = Some(env.wall.clone());
     let locator = StreamingLocator {
         name: Some(name.to_string()),
@@ -183,7 +221,7 @@ pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, 
         system_data: Some(env.system_data(None)),
         ..Default::default()
     };
-    let reply = Reply::json(StatusCode::CREATED, &locator);
+    let reply = Reply::json(StatusCode::CREATED, without_key_values(&locator));
     account.streaming_locators.insert(name.to_lowercase(), locator);
     Ok(reply)
 }
@@ -391,14 +429,7 @@ pub(crate) fn put_content_key_policy(
         return Err(ArmError::quota(format!("A content key policy has at most {MAX_POLICY_OPTIONS} options.")));
     }
     for (index, option) in options.iter_mut().enumerate() {
-        for (field, value) in [("configuration", &option.configuration), ("restriction", &option.restriction)] {
-            let typed = value.as_ref().and_then(|value| value.get("@odata.type")).and_then(Value::as_str);
-            if !typed.is_some_and(|kind| kind.starts_with("#Microsoft.Media.ContentKeyPolicy")) {
-                return Err(ArmError::bad_request(format!(
-                    "properties.options[{index}].{field} needs an @odata.type such as #Microsoft.Media.ContentKeyPolicy…"
-                )));
-            }
-        }
+        keydelivery::validate_option(index, option)?;
         option.policy_option_id.get_or_insert_with(|| uuid::Uuid::new_v4().to_string());
     }
     let created = existing.as_ref().and_then(|policy| policy.properties.created.clone());

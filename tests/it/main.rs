@@ -19,5 +19,6 @@ mod history;
 mod ingress;
 mod lifecycle;
 mod property;
+mod protection;
 mod rabbit;
 mod schedule;
