@@ -173,6 +173,7 @@ async fn onair_run(
         store,
         runner,
         clock,
+        metrics: Default::default(),
     };
     let engine = Engine::start(parts, core.clone()).await.expect("engine");
     let status = broker::Status::default();

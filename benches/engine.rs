@@ -68,6 +68,7 @@ async fn run(broadcasts: usize) -> (f64, u64) {
         store,
         runner,
         clock,
+        metrics: Default::default(),
     };
     let engine = Engine::start(parts, shutdown.clone()).await.expect("engine");
     let input = engine.input();

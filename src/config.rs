@@ -50,6 +50,10 @@ pub struct Settings {
     pub scheduler: crate::schedule::Settings,
     /// `[ingress]`: the webhook listener
     pub ingress: crate::ingress::Settings,
+    /// `[http]`: the operations listener (probes, metrics, API, dashboard)
+    pub http: crate::http::Settings,
+    /// `[health]`: readiness and progress checks
+    pub health: crate::health::Settings,
 }
 
 /// Where settings come from.
@@ -130,7 +134,9 @@ pub fn load(source: &Source) -> Result<Settings, Error> {
         let broker = crate::broker::Settings::parse(&mut root.section("broker"));
         let scheduler = crate::schedule::Settings::parse(&mut root.section("scheduler"));
         let ingress = crate::ingress::Settings::parse(&mut root.section("ingress"));
-        Settings { shutdown, media, emulator, engine, broker, scheduler, ingress }
+        let http = crate::http::Settings::parse(&mut root.section("http"));
+        let health = crate::health::Settings::parse(&mut root.section("health"));
+        Settings { shutdown, media, emulator, engine, broker, scheduler, ingress, http, health }
     };
     let problems = context.problems.into_inner();
     if problems.is_empty() { Ok(settings) } else { Err(Error::Invalid(Problems(problems))) }

@@ -53,7 +53,32 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         return Ok(ExitCode::from(crate::config::EXIT_CODE as u8));
     }
     let daemon = Daemon::start(&settings, library).await?;
+    // READY=1 once the store is open (start did it) and the consumer is registered; then the
+    // watchdog, fed only while events get committed.
+    let status = daemon.broker_status().clone();
+    let health = daemon.health().clone();
+    let notifier = shutdown.child_token();
+    let notify = {
+        let notifier = notifier.clone();
+        tokio::spawn(async move {
+            while !status.is_ready() {
+                tokio::select! {
+                    () = notifier.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+            tracing::info!("Ready: store open, topology declared, consumer registered.");
+            crate::systemd::ready("running");
+            if let Some(interval) = crate::systemd::watchdog_interval() {
+                tracing::info!(interval = ?interval, "systemd watchdog enabled; pinging while events are committed.");
+                crate::systemd::watchdog(health, interval, notifier).await;
+            }
+        })
+    };
     shutdown.cancelled().await;
+    crate::systemd::stopping();
+    notifier.cancel();
+    let _ = notify.await;
     daemon.stop().await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -74,6 +99,10 @@ pub struct Daemon {
     publisher: Arc<Publisher>,
     status: broker::Status,
     schedule_stats: crate::schedule::Stats,
+    http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    probe: tokio::task::JoinHandle<()>,
+    health: crate::health::Health,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Daemon {
@@ -92,14 +121,21 @@ impl Daemon {
         let broker_settings = Arc::new(settings.broker.clone());
         let publisher = Arc::new(Publisher::new(Arc::clone(&broker_settings)));
         let (outbound, published) = mpsc::unbounded_channel::<Event>();
-        let runner = Arc::new(Runner::new(Some(media), outbound, Arc::clone(&clock)));
+        let runner = Arc::new(Runner::new(Some(media.clone()), outbound, Arc::clone(&clock)));
         let engine_settings = Arc::new(settings.engine.clone());
+        let metrics = crate::metrics::Metrics::default();
+        let initial_states = engine_settings
+            .broadcasts
+            .iter()
+            .filter_map(|(id, broadcast)| Some((id.clone(), library.get(&broadcast.machine)?.initial.clone())))
+            .collect();
         let parts = Parts {
             settings: Arc::clone(&engine_settings),
             library: Arc::new(library),
             store: Arc::clone(&store),
             runner,
             clock: Arc::clone(&clock),
+            metrics: metrics.clone(),
         };
         let core = CancellationToken::new();
         let intake = CancellationToken::new();
@@ -125,7 +161,7 @@ impl Daemon {
             let scheduler = crate::schedule::Scheduler::new(
                 settings.scheduler.clone(),
                 schedules,
-                store,
+                Arc::clone(&store),
                 Arc::clone(&sink),
                 Arc::clone(&clock),
                 schedule_stats.clone(),
@@ -156,13 +192,71 @@ impl Daemon {
         } else {
             None
         };
+        let health = crate::health::Health::new(settings.health.clone(), engine_settings.store.clone(), status.clone());
+        let probe = tokio::spawn(health.clone().probe_media(media, intake.clone()));
+        let http = if settings.http.enabled {
+            let listener = tokio::net::TcpListener::bind(settings.http.listen)
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot listen on {} (http.listen): {error}", settings.http.listen))?;
+            let address = listener.local_addr()?;
+            let router = crate::http::router(crate::http::Parts {
+                settings: settings.http.clone(),
+                engine: Arc::clone(&engine_settings),
+                broker: Arc::clone(&broker_settings),
+                store,
+                publisher: Arc::clone(&publisher),
+                status: status.clone(),
+                schedule: schedule_stats.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+                initial_states,
+                clock: Arc::clone(&clock),
+                started: std::time::Instant::now(),
+            });
+            let task = tokio::spawn(crate::http::serve(listener, router, intake.clone()));
+            tracing::info!(%address, "Operations listener (health, metrics, API, dashboard) listening.");
+            Some((address, task))
+        } else {
+            None
+        };
         tracing::info!(
             broadcasts = engine_settings.broadcasts.len(),
             store = %engine_settings.store.display(),
             broker = %broker_settings.endpoint(),
             "onair running."
         );
-        Ok(Self { engine, core, intake, consumer, inbox, relay, scheduler, ingress, publisher, status, schedule_stats })
+        Ok(Self {
+            engine,
+            core,
+            intake,
+            consumer,
+            inbox,
+            relay,
+            scheduler,
+            ingress,
+            publisher,
+            status,
+            schedule_stats,
+            http,
+            probe,
+            health,
+            metrics,
+        })
+    }
+
+    /// Readiness and progress.
+    pub fn health(&self) -> &crate::health::Health {
+        &self.health
+    }
+
+    /// The daemon's measurements.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Where the operations listener listens, when it is enabled.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(address, _)| *address)
     }
 
     /// The broker consumer's state.
@@ -192,6 +286,10 @@ impl Daemon {
         if let Some((_, _, task)) = self.ingress {
             let _ = task.await;
         }
+        if let Some((_, task)) = self.http {
+            let _ = task.await;
+        }
+        let _ = self.probe.await;
         let _ = self.consumer.await;
         self.inbox.await??;
         self.core.cancel();

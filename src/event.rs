@@ -24,6 +24,8 @@ pub const COMMAND_PREFIX: &str = "onair.command.";
 pub const FORCE_STATE: &str = "onair.command.force-state";
 /// What the `notify` action publishes.
 pub const NOTIFICATION: &str = "onair.notification";
+/// An encoder heartbeat (`Microsoft.Media.LiveEventIngestHeartbeat`), subject `liveEvent/<channel>`.
+pub const ENCODER_HEARTBEAT: &str = "onair.encoder.heartbeat";
 
 /// The operator commands onair knows.
 pub const COMMANDS: [&str; 6] = ["start-now", "stop-now", "pause", "resume", "skip-next", "force-state"];

@@ -20,6 +20,11 @@
 //!   and the idempotent ensure-operations that the rest of onair drives.
 //! - `protection`: content key policies from the settings, the streaming policies that use them,
 //!   playback tokens (`onair token`).
+//! - `http`: the operations listener: `/healthz`, `/readyz`, `/metrics`, the JSON API under
+//!   `/api/v1/` (with its OpenAPI document) and the dashboard.
+//! - `health`: readiness (store, broker, media) and progress (the consumer is not stalled).
+//! - `metrics`: the daemon's measurements, rendered for Prometheus.
+//! - `systemd`: `READY=1`, the progress-gated watchdog, `STOPPING=1`.
 //! - `store`: durable state behind a narrow trait; SQLite (WAL, `synchronous=FULL`) by default.
 //! - `emulator`: an HTTP server that behaves like the Media Services v3 API, for tests, demos and rehearsals.
 //! - `demo`: one broadcast lifecycle driven through the client against an emulator, step by step.
@@ -38,11 +43,15 @@ pub mod demo;
 pub mod emulator;
 pub mod engine;
 pub mod event;
+pub mod health;
+pub mod http;
 pub mod ingress;
 pub mod machine;
 pub mod media;
+pub mod metrics;
 pub mod protection;
 pub mod schedule;
 pub mod shutdown;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;

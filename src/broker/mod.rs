@@ -191,8 +191,45 @@ struct StatusInner {
     reconnects: AtomicU64,
     consumed: AtomicU64,
     acked: AtomicU64,
+    deduplicated: AtomicU64,
     dead_lettered: AtomicU64,
     last_error: std::sync::Mutex<Option<String>>,
+    work: std::sync::Mutex<Work>,
+}
+
+/// Deliveries in hand and since when none has been settled for good (acknowledged or
+/// dead-lettered): what tells a busy consumer from a stuck one.
+#[derive(Debug, Default)]
+struct Work {
+    outstanding: u64,
+    /// Set while there is work and no delivery has been settled for good since.
+    waiting_since: Option<tokio::time::Instant>,
+    /// The last delivery received or settled.
+    last_activity: Option<tokio::time::Instant>,
+}
+
+/// A gap between deliveries after which a new delivery starts a new wait (`Status::received`).
+const QUIET: Duration = Duration::from_secs(5);
+
+/// Why the consumer is not making progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    /// Deliveries in hand.
+    pub outstanding: u64,
+    /// How long since a delivery was last settled for good.
+    pub for_: Duration,
+}
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no event committed for {:.0?} with {} deliver{} in hand",
+            self.for_,
+            self.outstanding,
+            if self.outstanding == 1 { "y" } else { "ies" }
+        )
+    }
 }
 
 impl Status {
@@ -213,6 +250,54 @@ impl Status {
             self.inner.acked.load(Ordering::Relaxed),
             self.inner.dead_lettered.load(Ordering::Relaxed),
         )
+    }
+
+    /// Deliveries acknowledged as duplicates (already decided).
+    pub fn deduplicated(&self) -> u64 {
+        self.inner.deduplicated.load(Ordering::Relaxed)
+    }
+
+    /// Whether the consumer makes progress: stalled when deliveries keep arriving or stay in hand
+    /// and none has been committed (or dead-lettered) for `threshold`. An idle consumer, or one
+    /// waiting for the broker to come back, is not stalled.
+    pub fn stalled(&self, threshold: Duration) -> Option<Stalled> {
+        let work = self.work();
+        let now = tokio::time::Instant::now();
+        let waiting = now.saturating_duration_since(work.waiting_since?);
+        let delivering = work.last_activity.is_some_and(|at| now.saturating_duration_since(at) < threshold);
+        (waiting >= threshold && (work.outstanding > 0 || delivering))
+            .then_some(Stalled { outstanding: work.outstanding, for_: waiting })
+    }
+
+    fn work(&self) -> std::sync::MutexGuard<'_, Work> {
+        self.inner.work.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn received(&self) {
+        self.inner.consumed.fetch_add(1, Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        let mut work = self.work();
+        // A delivery after a quiet spell starts a new wait; one right after a requeue (the broker
+        // redelivers at once) continues the wait of the delivery that was not committed.
+        let quiet = work.last_activity.is_none_or(|at| now.saturating_duration_since(at) > QUIET);
+        if work.outstanding == 0 && quiet {
+            work.waiting_since = None;
+        }
+        work.outstanding += 1;
+        work.last_activity = Some(now);
+        work.waiting_since.get_or_insert(now);
+    }
+
+    /// A delivery left onair's hands; `committed` when for good (acknowledged, dead-lettered),
+    /// not when it went back to the queue.
+    fn settled(&self, committed: bool) {
+        let now = tokio::time::Instant::now();
+        let mut work = self.work();
+        work.outstanding = work.outstanding.saturating_sub(1);
+        work.last_activity = Some(now);
+        if committed {
+            work.waiting_since = (work.outstanding > 0).then_some(now);
+        }
     }
 
     /// Why it is not ready, if it is not.
@@ -550,7 +635,7 @@ async fn session(
             }
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
-                    status.inner.consumed.fetch_add(1, Ordering::Relaxed);
+                    status.received();
                     handle(delivery, input, &in_flight, &dead, status).await;
                 }
                 Some(Err(error)) => break Err(Error::ConsumerEnded(error.to_string())),
@@ -587,7 +672,8 @@ async fn handle(
     let is_output =
         delivery.properties.headers().as_ref().is_some_and(|headers| headers.inner().contains_key(OUTPUT_HEADER));
     if is_output {
-        in_flight.spawn(async move { ack(&delivery).await });
+        let status = status.clone();
+        in_flight.spawn(async move { status.settled(ack(&delivery).await) });
         return;
     }
     let event = match Event::parse(&delivery.data) {
@@ -601,21 +687,28 @@ async fn handle(
     let (reply, outcome) = oneshot::channel();
     if input.send(Delivery { event, reply: Some(reply) }).await.is_err() {
         // The engine is stopping: leave the message unacknowledged; it goes back to the queue.
+        status.settled(false);
         return;
     }
     let dead = Arc::clone(dead);
     let status = status.clone();
     in_flight.spawn(async move {
         match outcome.await.unwrap_or_else(|_| Outcome::Failed("the engine stopped before deciding".into())) {
-            Outcome::Committed | Outcome::Duplicate => {
-                if ack(&delivery).await {
+            outcome @ (Outcome::Committed | Outcome::Duplicate) => {
+                let acked = ack(&delivery).await;
+                if acked {
                     status.inner.acked.fetch_add(1, Ordering::Relaxed);
+                    if outcome == Outcome::Duplicate {
+                        status.inner.deduplicated.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
+                status.settled(acked);
             }
             Outcome::Unroutable(reason) => dead.dead_letter(delivery, &reason).await,
             Outcome::Failed(reason) => {
                 tracing::warn!(%reason, "Event not committed; returned to the queue.");
                 let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
+                status.settled(false);
             }
         }
     });
@@ -670,14 +763,54 @@ impl DeadLetters {
         match published {
             Ok(()) => {
                 tracing::warn!(%reason, delivery_tag = delivery.delivery_tag, "Message dead-lettered.");
-                if ack(&delivery).await {
+                let acked = ack(&delivery).await;
+                if acked {
                     self.status.inner.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 }
+                self.status.settled(acked);
             }
             Err(error) => {
                 tracing::warn!(%error, "Dead-lettering failed; the message goes back to the queue.");
                 let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
+                self.status.settled(false);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_is_stalled_only_while_deliveries_go_uncommitted() {
+        let status = Status::default();
+        let threshold = Duration::from_secs(30);
+        assert_eq!(status.stalled(threshold), None, "idle from the start");
+        status.received();
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(status.stalled(threshold), None, "busy, not for long");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(status.stalled(threshold), Some(Stalled { outstanding: 1, for_: Duration::from_secs(31) }));
+        // Returned to the queue and delivered again, still without a commit: stalled.
+        status.settled(false);
+        status.received();
+        assert!(status.stalled(threshold).is_some());
+        // Committed: progress; idle after it.
+        status.settled(true);
+        assert_eq!(status.stalled(threshold), None);
+        tokio::time::advance(Duration::from_secs(300)).await;
+        assert_eq!(status.stalled(threshold), None, "idle is not stalled");
+        // A delivery returned to the queue that never comes back (the broker dead-lettered it):
+        // once nothing arrives for the threshold, it is idle again.
+        status.received();
+        status.settled(false);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(status.stalled(threshold), None);
+        // The next delivery after that quiet spell starts a new wait.
+        status.received();
+        assert_eq!(status.stalled(threshold), None);
+        let text = Stalled { outstanding: 2, for_: Duration::from_secs(61) }.to_string();
+        assert_eq!(text, "no event committed for 61s with 2 deliveries in hand");
     }
 }

@@ -63,6 +63,9 @@ pub async fn run(mut settings: Settings, options: Options, shutdown: Cancellatio
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("  onair      consuming {} (store {})", settings.broker.queue, settings.engine.store.display());
+    if let Some(address) = daemon.http_address() {
+        println!("  dashboard  http://{address}/ (metrics at /metrics, API under /api/v1/)");
+    }
     println!();
 
     let outcome = tokio::select! {
@@ -132,6 +135,8 @@ fn configure(settings: &mut Settings, base: &str, node: &LocalNode, directory: &
         settings.broker.url = url;
     }
     settings.broker.password = None;
+    // A free port: the demo may run next to a daemon on the default one.
+    settings.http.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let engine = &mut settings.engine;
     engine.state_dir = directory.join("state");
     engine.store = engine.state_dir.join("onair.db");

@@ -21,6 +21,7 @@ use super::{Broadcast, Delivery, Settings};
 use crate::clock::SharedClock;
 use crate::event::{self, Event};
 use crate::media::{self, LocatorSpec, ProgramSpec};
+use crate::metrics::Attempt;
 use crate::protection::{self, Mode};
 use crate::store::{OutboxRow, Store};
 
@@ -305,30 +306,30 @@ struct ExecutorInner {
     settings: Arc<Settings>,
     input: mpsc::Sender<Delivery>,
     clock: SharedClock,
+    metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl Executor {
+    /// Starts the executor on the engine's parts; results go to `input`.
     pub fn start(
         tracker: &TaskTracker,
-        runner: Arc<Runner>,
-        store: Arc<dyn Store>,
-        settings: Arc<Settings>,
+        parts: &super::Parts,
         input: mpsc::Sender<Delivery>,
-        clock: SharedClock,
         shutdown: CancellationToken,
     ) -> Self {
-        let permits = Arc::new(Semaphore::new(settings.action_concurrency));
+        let permits = Arc::new(Semaphore::new(parts.settings.action_concurrency));
         Self {
             inner: Arc::new(ExecutorInner {
                 queues: Mutex::new(Queues::default()),
                 permits,
-                runner,
-                store,
-                settings,
+                runner: Arc::clone(&parts.runner),
+                store: Arc::clone(&parts.store),
+                settings: Arc::clone(&parts.settings),
                 input,
-                clock,
+                clock: Arc::clone(&parts.clock),
+                metrics: parts.metrics.clone(),
                 shutdown,
                 tracker: tracker.clone(),
             }),
@@ -420,16 +421,19 @@ impl Executor {
             match self.inner.runner.run(row, broadcast).await {
                 Ok(result) => {
                     tracing::info!(broadcast = %row.broadcast, action = %row.kind, outbox_id = row.id, "Action succeeded.");
+                    self.inner.metrics.action(&row.kind, Attempt::Succeeded);
                     return Ok(result);
                 }
                 Err(error) if error.retryable && attempt < settings.action_attempts => {
                     tracing::warn!(broadcast = %row.broadcast, action = %row.kind, attempt, %error, "Action failed; trying again.");
+                    self.inner.metrics.action(&row.kind, Attempt::Retrying);
                     drop(_permit);
                     tokio::time::sleep(backoff).await;
                     backoff = backoff.saturating_mul(2);
                 }
                 Err(error) => {
                     tracing::error!(broadcast = %row.broadcast, action = %row.kind, attempt, %error, "Action failed.");
+                    self.inner.metrics.action(&row.kind, Attempt::Failed);
                     return Err(error);
                 }
             }

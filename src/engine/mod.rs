@@ -90,6 +90,8 @@ pub struct Parts {
     pub store: Arc<dyn Store>,
     pub runner: Arc<Runner>,
     pub clock: SharedClock,
+    /// Where decision latencies, action attempts and heartbeats are recorded.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A running engine.
@@ -101,7 +103,8 @@ pub struct Engine {
 impl Engine {
     /// Loads the durable state, resumes timers and pending actions, then starts taking events.
     pub async fn start(parts: Parts, shutdown: CancellationToken) -> Result<Self, Error> {
-        let Parts { settings, library, store, runner, clock } = parts;
+        let executor_parts = &parts;
+        let Parts { settings, library, store, clock, metrics, .. } = &parts;
         let mut definitions = HashMap::new();
         for (id, broadcast) in &settings.broadcasts {
             let definition = library
@@ -110,26 +113,18 @@ impl Engine {
             definitions.insert(id.clone(), Arc::clone(definition));
         }
         let loaded = {
-            let store = Arc::clone(&store);
+            let store = Arc::clone(store);
             tokio::task::spawn_blocking(move || store.load_instances()).await.unwrap_or(Err(store::Error::Stopped))?
         };
         let pending = {
-            let store = Arc::clone(&store);
+            let store = Arc::clone(store);
             tokio::task::spawn_blocking(move || store.pending_actions()).await.unwrap_or(Err(store::Error::Stopped))?
         };
 
         let tracker = TaskTracker::new();
         let (input, inbox) = mpsc::channel::<Delivery>(settings.input_queue);
-        let timers = timers::Timers::start(&tracker, input.clone(), Arc::clone(&clock), shutdown.child_token());
-        let executor = executor::Executor::start(
-            &tracker,
-            Arc::clone(&runner),
-            Arc::clone(&store),
-            Arc::clone(&settings),
-            input.clone(),
-            Arc::clone(&clock),
-            shutdown.child_token(),
-        );
+        let timers = timers::Timers::start(&tracker, input.clone(), Arc::clone(clock), shutdown.child_token());
+        let executor = executor::Executor::start(&tracker, executor_parts, input.clone(), shutdown.child_token());
 
         let lane_count = settings.lanes.max(1);
         let mut lanes = Vec::with_capacity(lane_count);
@@ -162,23 +157,24 @@ impl Engine {
         for cache in caches {
             let (sender, receiver) = mpsc::channel::<Routed>(settings.lane_queue);
             let lane = Lane {
-                settings: Arc::clone(&settings),
+                settings: Arc::clone(settings),
                 definitions: Arc::clone(&definitions),
-                store: Arc::clone(&store),
+                store: Arc::clone(store),
                 executor: executor.clone(),
                 timers: timers.clone(),
-                clock: Arc::clone(&clock),
+                clock: Arc::clone(clock),
+                metrics: metrics.clone(),
                 cache,
                 stale: Default::default(),
             };
             tracker.spawn(lane.run(receiver));
             lanes.push(sender);
         }
-        tracker.spawn(route(inbox, lanes, Arc::clone(&settings), shutdown.child_token()));
+        tracker.spawn(route(inbox, lanes, Arc::clone(settings), metrics.clone(), shutdown.child_token()));
         tracker.spawn(purge_processed(
-            Arc::clone(&store),
-            Arc::clone(&settings),
-            Arc::clone(&clock),
+            Arc::clone(store),
+            Arc::clone(settings),
+            Arc::clone(clock),
             shutdown.child_token(),
         ));
         tracker.close();
@@ -213,6 +209,8 @@ struct Routed {
     broadcast: String,
     event: Arc<Event>,
     reply: Option<oneshot::Sender<Outcome>>,
+    /// When the engine took it (for the decision latency).
+    arrived: std::time::Instant,
 }
 
 fn lane_of(broadcast: &str, lanes: usize) -> usize {
@@ -245,6 +243,7 @@ async fn route(
     mut input: mpsc::Receiver<Delivery>,
     lanes: Vec<mpsc::Sender<Routed>>,
     settings: Arc<Settings>,
+    metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -257,6 +256,13 @@ async fn route(
             },
         };
         let Delivery { event, reply } = delivery;
+        let arrived = std::time::Instant::now();
+        if event.kind == crate::event::ENCODER_HEARTBEAT
+            && let Some((_, channel)) = event.subject.split_once('/')
+        {
+            metrics
+                .heartbeat(channel, event.time.unwrap_or_else(|| crate::clock::Clock::now(&crate::clock::SystemClock)));
+        }
         let broadcasts = targets(&settings, &event.subject);
         let event = Arc::new(event);
         match broadcasts.len() {
@@ -269,7 +275,7 @@ async fn route(
             1 => {
                 let broadcast = broadcasts.into_iter().next().unwrap_or_default();
                 let lane = &lanes[lane_of(&broadcast, lanes.len())];
-                if lane.send(Routed { broadcast, event, reply }).await.is_err() {
+                if lane.send(Routed { broadcast, event, reply, arrived }).await.is_err() {
                     break;
                 }
             }
@@ -279,7 +285,10 @@ async fn route(
                 for broadcast in broadcasts {
                     let (sub_reply, outcome) = oneshot::channel();
                     let lane = &lanes[lane_of(&broadcast, lanes.len())];
-                    if lane.send(Routed { broadcast, event: Arc::clone(&event), reply: Some(sub_reply) }).await.is_err()
+                    if lane
+                        .send(Routed { broadcast, event: Arc::clone(&event), reply: Some(sub_reply), arrived })
+                        .await
+                        .is_err()
                     {
                         return;
                     }
@@ -332,6 +341,7 @@ struct Lane {
     executor: executor::Executor,
     timers: timers::Timers,
     clock: SharedClock,
+    metrics: crate::metrics::Metrics,
     /// The instances of this lane's broadcasts, all loaded at start. Only this task touches them.
     cache: HashMap<String, Cached>,
     /// Broadcasts whose cached instance was dropped after a failed commit: read again from the store.
@@ -353,6 +363,9 @@ impl Lane {
             }
             let outcomes = self.handle(&batch).await;
             for (routed, outcome) in batch.into_iter().zip(outcomes) {
+                if outcome == Outcome::Committed {
+                    self.metrics.decided(routed.arrived.elapsed());
+                }
                 if let Outcome::Failed(reason) = &outcome {
                     tracing::error!(broadcast = %routed.broadcast, event_id = %routed.event.id, %reason, "Decision not committed.");
                 }

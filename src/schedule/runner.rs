@@ -62,13 +62,28 @@ impl Sink for mpsc::UnboundedSender<Event> {
 #[derive(Debug, Clone, Default)]
 pub struct Stats(Arc<Counters>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     tracks: AtomicU64,
     published: AtomicU64,
     missed: AtomicU64,
     skipped: AtomicU64,
     publish_failures: AtomicU64,
+    /// Seconds from each published step's planned instant to its confirmation.
+    lateness: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            tracks: AtomicU64::default(),
+            published: AtomicU64::default(),
+            missed: AtomicU64::default(),
+            skipped: AtomicU64::default(),
+            publish_failures: AtomicU64::default(),
+            lateness: prometheus_client::metrics::histogram::Histogram::new(crate::metrics::LATENESS_BUCKETS),
+        }
+    }
 }
 
 impl Stats {
@@ -91,6 +106,10 @@ impl Stats {
     /// Publish attempts that failed (and were retried).
     pub fn publish_failures(&self) -> u64 {
         self.0.publish_failures.load(Ordering::Relaxed)
+    }
+    /// How late published steps were (seconds from planned to confirmed), for `/metrics`.
+    pub fn lateness(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.0.lateness
     }
 }
 
@@ -371,7 +390,7 @@ impl<S: Sink> Scheduler<S> {
                             "fired": stamp(now),
                             "late_ms": (now - planned).num_milliseconds(),
                         });
-                        pass.published.push(pass.records.len());
+                        pass.published.push((pass.records.len(), planned));
                         pass.records.push(record("published", Some(id), reason, detail));
                     }
                     Ok(step) => {
@@ -464,8 +483,8 @@ struct Pass {
     events: Vec<Event>,
     /// Progress to record, in order.
     records: Vec<ScheduleRecord>,
-    /// The records of `events`, to stamp with the confirmation time.
-    published: Vec<usize>,
+    /// The records of `events` and their planned instants, to stamp with the confirmation time.
+    published: Vec<(usize, DateTime<Utc>)>,
 }
 
 impl Pass {
@@ -491,8 +510,10 @@ impl Pass {
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        let confirmed = stamp(clock.now());
-        for index in self.published.drain(..) {
+        let now = clock.now();
+        let confirmed = stamp(now);
+        for (index, planned) in self.published.drain(..) {
+            stats.0.lateness.observe((now - planned).to_std().unwrap_or_default().as_secs_f64());
             if let Value::Object(detail) = &mut self.records[index].detail {
                 detail.insert("published".into(), Value::String(confirmed.clone()));
             }

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use sqlite::{ReadOnly, SqliteStore};
+pub use sqlite::{ReadOnly, SqliteStore, probe_writable};
 
 /// The store's operations. Implementations are blocking; the engine calls them from
 /// `spawn_blocking`. Every method is atomic.

@@ -207,6 +207,21 @@ impl Store for SqliteStore {
     }
 }
 
+/// Whether the store at `path` takes a write now: a write transaction begins (and is rolled
+/// back) within a second. For readiness checks; it writes nothing.
+pub fn probe_writable(path: &Path) -> Result<(), Error> {
+    let fail = |reason: String| Error::Open { path: path.display().to_string(), reason };
+    if !path.exists() {
+        return Err(fail("no such file".into()));
+    }
+    let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|error| fail(error.to_string()))?;
+    connection.busy_timeout(std::time::Duration::from_secs(1)).map_err(|error| fail(error.to_string()))?;
+    connection
+        .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+        .map_err(|error| Error::Sql { operation: "begin a write", reason: error.to_string() })
+}
+
 /// A read-only view of a store, for `onair status` and tests, safe while `onair run` writes.
 #[derive(Debug)]
 pub struct ReadOnly {

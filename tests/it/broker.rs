@@ -52,6 +52,7 @@ impl Running {
             store,
             runner,
             clock,
+            metrics: Default::default(),
         };
         let engine = Engine::start(parts, core.clone()).await.unwrap();
         let intake = CancellationToken::new();
@@ -287,7 +288,7 @@ pub(crate) fn daemon_config(
     broadcasts: &str,
 ) -> PathBuf {
     let config = format!(
-        "[media]\narm_url = \"{base}\"\ntoken_url = \"{base}/t/oauth2/v2.0/token\"\nsubscription_id = \"{s}\"\nresource_group = \"{g}\"\naccount = \"{a}\"\nclient_id = \"onair-emulator\"\npoll_interval = \"50ms\"\n[engine]\nstate_dir = \"{dir}\"\n{broker}{broadcasts}",
+        "[media]\narm_url = \"{base}\"\ntoken_url = \"{base}/t/oauth2/v2.0/token\"\nsubscription_id = \"{s}\"\nresource_group = \"{g}\"\naccount = \"{a}\"\nclient_id = \"onair-emulator\"\npoll_interval = \"50ms\"\n[engine]\nstate_dir = \"{dir}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{broker}{broadcasts}",
         base = emulator.base,
         s = crate::helpers::SUBSCRIPTION,
         g = crate::helpers::GROUP,

@@ -28,6 +28,8 @@ client_id = "onair-emulator"
 poll_interval = "20ms"
 backoff_initial = "20ms"
 backoff_max = "200ms"
+[http]
+listen = "127.0.0.1:0"
 [engine]
 state_dir = "{state_dir}"
 inbox_poll = "20ms"
@@ -64,8 +66,14 @@ impl TestEngine {
         let clock = onair::clock::system();
         let runner = Arc::new(Runner::new(Some(media), outbound, Arc::clone(&clock)));
         let shutdown = CancellationToken::new();
-        let parts =
-            Parts { settings: Arc::new(settings.engine.clone()), library: Arc::new(library), store, runner, clock };
+        let parts = Parts {
+            settings: Arc::new(settings.engine.clone()),
+            library: Arc::new(library),
+            store,
+            runner,
+            clock,
+            metrics: Default::default(),
+        };
         let engine = Engine::start(parts, shutdown.clone()).await.expect("engine");
         Self { engine, shutdown }
     }

@@ -1,0 +1,140 @@
+//! Whether the daemon is ready and making progress: what `/readyz` answers and what the systemd
+//! watchdog is fed from.
+//!
+//! Ready means: the store takes a write (a write transaction can begin), RabbitMQ is connected
+//! with the consumer registered, and the media API answered the last probe. Progress means the
+//! consumer is not stalled: deliveries that arrive get committed (`broker::Status::stalled`).
+//! An idle daemon is making progress; a daemon whose commits keep failing, or whose deliveries
+//! sit in hand, is not, and the watchdog stops so that systemd restarts it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// `[health]`
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often the media API is probed.
+    pub media_check_interval: Duration,
+    /// How long deliveries may go without a commit before the consumer counts as stalled.
+    pub stall_after: Duration,
+}
+
+impl Settings {
+    pub(crate) fn parse(section: &mut crate::config::Section<'_>) -> Self {
+        let settings = Self {
+            media_check_interval: section.duration("media_check_interval"),
+            stall_after: section.duration("stall_after"),
+        };
+        section.check(
+            "media_check_interval",
+            (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&settings.media_check_interval),
+            "must be between 1s and 1h",
+        );
+        section.check(
+            "stall_after",
+            (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&settings.stall_after),
+            "must be between 1s and 1h",
+        );
+        settings
+    }
+}
+
+/// One check's answer.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Check {
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// `/readyz`'s answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: std::collections::BTreeMap<&'static str, Check>,
+}
+
+/// The daemon's health, shared by the HTTP server, the watchdog and the media probe.
+#[derive(Clone, Debug)]
+pub struct Health(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    settings: Settings,
+    store: PathBuf,
+    broker: crate::broker::Status,
+    media: Mutex<Option<(Check, tokio::time::Instant)>>,
+}
+
+impl Health {
+    pub fn new(settings: Settings, store: PathBuf, broker: crate::broker::Status) -> Self {
+        Self(Arc::new(Inner { settings, store, broker, media: Mutex::new(None) }))
+    }
+
+    /// Every check, now (the media check is the last probe's answer).
+    pub async fn readiness(&self) -> Readiness {
+        let path = self.0.store.clone();
+        let store = match tokio::task::spawn_blocking(move || crate::store::probe_writable(&path)).await {
+            Ok(Ok(())) => Check { ok: true, detail: "writable".into() },
+            Ok(Err(error)) => Check { ok: false, detail: error.to_string() },
+            Err(error) => Check { ok: false, detail: format!("the probe did not finish: {error}") },
+        };
+        let status = &self.0.broker;
+        let broker = if status.is_ready() {
+            Check { ok: true, detail: "connected and consuming".into() }
+        } else {
+            Check { ok: false, detail: status.last_error().unwrap_or_else(|| "not connected yet".into()) }
+        };
+        let media = match &*self.media() {
+            Some((check, at)) => {
+                Check { ok: check.ok, detail: format!("{} (checked {} s ago)", check.detail, at.elapsed().as_secs()) }
+            }
+            None => Check { ok: false, detail: "not checked yet".into() },
+        };
+        let progress = match self.stalled() {
+            None => Check { ok: true, detail: "events are committed as they arrive".into() },
+            Some(stalled) => Check { ok: false, detail: stalled },
+        };
+        let checks = [("store", store), ("broker", broker), ("media", media), ("progress", progress)].into();
+        let checks: std::collections::BTreeMap<&'static str, Check> = checks;
+        Readiness { ready: checks.values().all(|check| check.ok), checks }
+    }
+
+    /// Why the consumer is not making progress, if it is not.
+    pub fn stalled(&self) -> Option<String> {
+        self.0.broker.stalled(self.0.settings.stall_after).map(|stalled| stalled.to_string())
+    }
+
+    fn media(&self) -> std::sync::MutexGuard<'_, Option<(Check, tokio::time::Instant)>> {
+        self.0.media.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Probes the media API every `media_check_interval` until `shutdown`.
+    pub async fn probe_media(self, client: crate::media::Client, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(self.0.settings.media_check_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let timeout = self.0.settings.media_check_interval.min(Duration::from_secs(15));
+            let check = match tokio::time::timeout(timeout, client.get_streaming_endpoint("default")).await {
+                Ok(Ok(_)) => Check { ok: true, detail: "reachable".into() },
+                Ok(Err(error)) => Check { ok: false, detail: error.to_string() },
+                Err(_) => Check { ok: false, detail: format!("no answer within {timeout:?}") },
+            };
+            let previous = self.media().replace((check.clone(), tokio::time::Instant::now()));
+            if previous.as_ref().map(|(previous, _)| previous.ok) != Some(check.ok) {
+                if check.ok {
+                    tracing::info!("Media API reachable.");
+                } else {
+                    tracing::warn!(detail = %check.detail, "Media API not reachable.");
+                }
+            }
+        }
+    }
+}

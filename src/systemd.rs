@@ -1,0 +1,74 @@
+//! The systemd service protocol: `READY=1` once the daemon takes events, `WATCHDOG=1` only while
+//! it makes progress, `STOPPING=1` on the way out. Without `$NOTIFY_SOCKET` every call is a
+//! no-op, so the daemon runs the same outside systemd.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+
+/// Tells the service manager the daemon is ready, with a status line.
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// Tells the service manager the daemon is stopping.
+pub fn stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+fn send(states: &[NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(false, states) {
+        tracing::warn!(%error, "Cannot notify the service manager.");
+    }
+}
+
+/// The watchdog interval systemd asks for (`$WATCHDOG_USEC`), when it is meant for this process
+/// (`$WATCHDOG_PID` unset or this process's id), as `sd_watchdog_enabled(3)` reads it.
+pub fn watchdog_interval() -> Option<Duration> {
+    // The service manager's environment is read here, once, like the settings' layer.
+    #[allow(clippy::disallowed_methods)]
+    let (usec, pid) = (std::env::var("WATCHDOG_USEC").ok(), std::env::var("WATCHDOG_PID").ok());
+    let usec: u64 = usec?.trim().parse().ok().filter(|usec| *usec > 0)?;
+    match pid.map(|pid| pid.trim().parse::<u32>()) {
+        None => {}
+        Some(Ok(pid)) if pid == std::process::id() => {}
+        Some(_) => return None,
+    }
+    Some(Duration::from_micros(usec))
+}
+
+/// Pings the watchdog at half its interval while `health` shows progress; while the consumer is
+/// stalled it stays silent (and says why in the status line), so that systemd restarts a daemon
+/// that is up but no longer doing its job.
+pub async fn watchdog(health: Health, interval: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(interval / 2);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_stalled = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match health.stalled() {
+            None => {
+                if was_stalled {
+                    tracing::info!("Progress again; watchdog pings resume.");
+                    send(&[NotifyState::Watchdog, NotifyState::Status("running")]);
+                } else {
+                    send(&[NotifyState::Watchdog]);
+                }
+                was_stalled = false;
+            }
+            Some(reason) => {
+                if !was_stalled {
+                    tracing::error!(%reason, "No progress; watchdog pings stop (systemd restarts onair if it lasts).");
+                    send(&[NotifyState::Status(&format!("stalled: {reason}"))]);
+                }
+                was_stalled = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The operations listener in a real daemon (RabbitMQ, engine, SQLite, emulator): probes, the
+//! JSON API and its commands, metrics, the OpenAPI document, the dashboard in headless Chromium.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use onair::daemon::Daemon;
+use onair::machine::Library;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::broker::EXCLUSIVE;
+use crate::helpers::{TestEmulator, emulator_settings};
+use crate::rabbit;
+use crate::schedule::daemon_settings;
+
+pub(crate) const TOKEN: &str = "operations-api-token-0123456789";
+
+const NEWS: &str = r#"
+[broadcasts.news]
+units = { on_air = 2, off_air = 0 }
+[broadcasts.news.schedule]
+cron = "0 19 * * *"
+timezone = "Europe/Paris"
+duration = "30m"
+[broadcasts.sport]
+channel = "sport"
+"#;
+
+/// A daemon with the operations listener on a free port and an API token.
+pub(crate) async fn daemon_with_http(
+    directory: &Path,
+    emulator: &TestEmulator,
+    broker: &onair::broker::Settings,
+    broadcasts: &str,
+) -> (Daemon, String, onair::config::Settings) {
+    let mut settings = daemon_settings(directory, emulator, broker, broadcasts);
+    settings.http.enabled = true;
+    settings.http.listen = "127.0.0.1:0".parse().unwrap();
+    settings.http.api_token = Some(SecretString::from(TOKEN));
+    settings.health.media_check_interval = Duration::from_millis(500);
+    let daemon = Daemon::start(&settings, Library::load(None)).await.unwrap();
+    let base = format!("http://{}", daemon.http_address().unwrap());
+    (daemon, base, settings)
+}
+
+pub(crate) async fn until_async<F: Future<Output = bool>>(limit: Duration, what: &str, mut done: impl FnMut() -> F) {
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < limit, "{what}: not after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub(crate) async fn get(base: &str, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("{base}{path}")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+pub(crate) async fn command(base: &str, broadcast: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut request = reqwest::Client::new().post(format!("{base}/api/v1/broadcasts/{broadcast}/commands")).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+pub(crate) async fn state_of(base: &str, broadcast: &str) -> Option<String> {
+    let (_, body) = get(base, &format!("/api/v1/broadcasts/{broadcast}")).await;
+    body["state"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_api_commands_and_metrics_tell_the_truth() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let broker = rabbit::settings("operations");
+    let directory = tempfile::tempdir().unwrap();
+    let (daemon, base, settings) = daemon_with_http(directory.path(), &emulator, &broker, NEWS).await;
+
+    let (status, body) = get(&base, "/healthz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    until_async(Duration::from_secs(20), "ready", || async { get(&base, "/readyz").await.0 == 200 }).await;
+    let (_, ready) = get(&base, "/readyz").await;
+    for part in ["store", "broker", "media", "progress"] {
+        assert_eq!(ready["checks"][part]["ok"], true, "{part}: {ready}");
+    }
+
+    // A store that cannot take a write makes the daemon not ready, and says so.
+    let lock = rusqlite::Connection::open(&settings.engine.store).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+    let (status, ready) = get(&base, "/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["checks"]["store"]["ok"], false, "{ready}");
+    assert_eq!(ready["checks"]["broker"]["ok"], true, "{ready}");
+    println!("readyz with the store locked: {}", ready["checks"]["store"]["detail"]);
+    lock.execute_batch("ROLLBACK;").unwrap();
+    drop(lock);
+    assert_eq!(get(&base, "/readyz").await.0, 200);
+
+    // Reads.
+    let (status, list) = get(&base, "/api/v1/broadcasts").await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = list["broadcasts"].as_array().unwrap().iter().filter_map(|b| b["id"].as_str()).collect();
+    assert_eq!(ids, ["news", "sport"]);
+    assert_eq!(list["broadcasts"][0]["next_step"]["step"], "warmup", "{list}");
+    assert_eq!(list["broadcasts"][0]["scheduled"], true);
+    assert_eq!(list["broadcasts"][1]["state"], Value::Null, "never decided yet");
+    assert_eq!(get(&base, "/api/v1/broadcasts/weather").await.0, 404);
+    let (status, plan) = get(&base, "/api/v1/plan?hours=48").await;
+    assert_eq!(status, 200);
+    let steps: Vec<&str> = plan["rows"].as_array().unwrap().iter().filter_map(|row| row["step"].as_str()).collect();
+    assert_eq!(steps[..5], ["warmup", "scale", "air", "end", "cooldown"], "{plan}");
+    assert_eq!(get(&base, "/api/v1/plan?hours=0").await.0, 400);
+
+    // Commands: refused without the token, with another one, or malformed; accepted otherwise.
+    let start = json!({"command": "start-now", "note": "rehearsal"});
+    assert_eq!(command(&base, "news", None, start.clone()).await.0, 401);
+    assert_eq!(command(&base, "news", Some("not-the-token-000000000"), start.clone()).await.0, 401);
+    assert_eq!(command(&base, "news", Some(TOKEN), json!({"command": "launch"})).await.0, 400);
+    assert_eq!(command(&base, "news", Some(TOKEN), json!({"command": "force-state"})).await.0, 400);
+    assert_eq!(command(&base, "weather", Some(TOKEN), start.clone()).await.0, 404);
+    let (status, accepted) = command(&base, "news", Some(TOKEN), start).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["type"], "onair.command.start-now");
+    until_async(Duration::from_secs(30), "news live", || async {
+        state_of(&base, "news").await.as_deref() == Some("live")
+    })
+    .await;
+    let (_, news) = get(&base, "/api/v1/broadcasts/news").await;
+    assert!(news["vars"]["hls"].as_str().unwrap_or_default().contains("m3u8"), "{news}");
+    let (_, audit) = get(&base, "/api/v1/broadcasts/news/audit?limit=100").await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|entry| entry["event_id"] == accepted["event_id"] && entry["to"] == "warming"),
+        "{audit}"
+    );
+    let (_, recent) = get(&base, "/api/v1/audit?limit=5").await;
+    assert_eq!(recent["entries"].as_array().unwrap().len(), 5);
+    let (status, forced) = command(
+        &base,
+        "sport",
+        Some(TOKEN),
+        json!({"command": "force-state", "state": "failed", "note": "encoder room flooded"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{forced}");
+    until_async(Duration::from_secs(10), "sport forced", || async {
+        state_of(&base, "sport").await.as_deref() == Some("failed")
+    })
+    .await;
+
+    // Dead letters: one malformed message, listed with its reason, replayed (and dead again).
+    let publisher = onair::broker::Publisher::new(std::sync::Arc::new(broker.clone()));
+    let properties = lapin::BasicProperties::default().with_message_id("bad-1".into()).with_delivery_mode(2);
+    publisher.publish_to(&broker.exchange, "bad", b"{not json", properties, true).await.unwrap();
+    until_async(Duration::from_secs(10), "a dead letter", || async {
+        get(&base, "/api/v1/dead-letters").await.1["dead_letters"].as_array().is_some_and(|letters| letters.len() == 1)
+    })
+    .await;
+    let (_, letters) = get(&base, "/api/v1/dead-letters").await;
+    assert!(letters["dead_letters"][0]["reason"].as_str().unwrap().contains("JSON"), "{letters}");
+    let replay = reqwest::Client::new().post(format!("{base}/api/v1/dead-letters/replay")).json(&json!({}));
+    assert_eq!(replay.try_clone().unwrap().send().await.unwrap().status(), 401);
+    let replayed: Value = replay.bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(replayed, json!({"replayed": 1, "kept": 0}));
+    publisher.close().await;
+
+    // Metrics.
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
+    };
+    assert!(value("onair_events_consumed_total") >= 4.0);
+    assert!(value("onair_events_acked_total") >= 2.0, "the two commands");
+    assert!(value("onair_events_dead_lettered_total") >= 1.0);
+    assert_eq!(value("onair_broadcasts{state=\"live\"}"), 1.0);
+    assert_eq!(value("onair_broadcasts{state=\"failed\"}"), 1.0);
+    assert!(value("onair_decision_latency_seconds_count") >= 2.0);
+    assert!(value("onair_action_attempts_total{action=\"channel.start\"}") >= 1.0);
+    assert!(value("onair_heartbeat_age_seconds{channel=\"news\",broadcast=\"news\"}") >= 0.0);
+    assert_eq!(value("onair_broker_ready"), 1.0);
+    assert_eq!(value("onair_broker_reconnects_total"), 0.0);
+    assert!(text.contains("# TYPE onair_schedule_lateness_seconds histogram"), "{text}");
+    assert!(text.ends_with("# EOF\n"));
+    println!(
+        "metrics: consumed {}, acked {}, dead-lettered {}, decisions {} (latency sum {:.3} s)",
+        value("onair_events_consumed_total"),
+        value("onair_events_acked_total"),
+        value("onair_events_dead_lettered_total"),
+        value("onair_decision_latency_seconds_count"),
+        value("onair_decision_latency_seconds_sum"),
+    );
+    daemon.stop().await.unwrap();
+}
+
+/// The routes the router serves, as the OpenAPI document names them.
+const ROUTES: [(&str, &str); 13] = [
+    ("get", "/"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/broadcasts"),
+    ("get", "/api/v1/broadcasts/{id}"),
+    ("get", "/api/v1/broadcasts/{id}/audit"),
+    ("post", "/api/v1/broadcasts/{id}/commands"),
+    ("get", "/api/v1/audit"),
+    ("get", "/api/v1/plan"),
+    ("get", "/api/v1/dead-letters"),
+    ("post", "/api/v1/dead-letters/replay"),
+];
+
+#[test]
+fn the_openapi_document_describes_exactly_the_routes_served() {
+    let document: Value = serde_json::from_str(onair::http::OPENAPI).unwrap();
+    assert_eq!(document["openapi"].as_str().map(|version| version.starts_with("3.")), Some(true));
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys().filter(|key| *key != "parameters") {
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> =
+        ROUTES.iter().map(|(method, path)| (method.to_string(), path.to_string())).collect();
+    served.sort();
+    assert_eq!(documented, served);
+    for (method, path) in ROUTES.iter().filter(|(method, _)| *method == "post") {
+        let security = &document["paths"][path][method]["security"];
+        assert!(security.as_array().is_some_and(|schemes| !schemes.is_empty()), "{path} needs the bearer token");
+    }
+}
+
+/// The screenshot the dashboard test leaves behind.
+pub(crate) fn artefact(name: &str) -> PathBuf {
+    let directory = Path::new(env!("CARGO_TARGET_TMPDIR")).join("artefacts");
+    std::fs::create_dir_all(&directory).unwrap();
+    directory.join(name)
+}
