@@ -1,12 +1,14 @@
 //! Content protection in the emulator: what a content key policy option may say (validated on
-//! `PUT`), the content keys a locator gets from a protected streaming policy, and a ClearKey
-//! (AES envelope) key delivery that checks tokens against the policy's restriction, so that
-//! protection can be rehearsed end to end.
+//! `PUT` and `PATCH`), the content keys a locator gets from a protected streaming policy, and a
+//! ClearKey (AES envelope) key delivery that checks tokens against the policy's restriction, so
+//! that protection can be rehearsed end to end.
 //!
 //! Key delivery: `GET` or `POST /keydelivery/{subscription}/{resourceGroup}/{account}?kid={keyId}`
-//! with `Authorization: Bearer <token>`; 200 with the 16 key bytes, or a JSON error saying which
-//! check failed (never the key). JWT (HS256/384/512 with a symmetric key, RS256/384/512 with an
-//! RSA key; issuer, audience, `exp` with no leeway, `nbf`, required claims) and SWT (HMAC-SHA256).
+//! with `Authorization: Bearer <token>` (the playback token, not an ARM one; never faulted, always
+//! logged); 200 with the 16 key bytes, or a JSON error whose code names the failed check (never
+//! the key). JWT (HS256/384/512 with a symmetric key, RS256/384/512 with an RSA key; issuer,
+//! audience, `exp` required with no leeway, `nbf`, required claims; times from the emulator's
+//! clock) and SWT (HMAC-SHA256 over everything before `&HMACSHA256=`).
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -127,60 +129,119 @@ fn validate_key(field: &str, key: &Value) -> Result<(), ArmError> {
 
 // === Content keys of a locator ===
 
-/// The content keys a locator with `policy` gets: the ones asked for (checked, completed), or one
-/// generated per encryption section of the policy. `fallback` is the content key policy when
-/// neither the key nor the section names one.
+/// The encryption sections of a streaming policy that carry a content key: the key type, and the
+/// section if the policy has it.
+fn encryption_sections(
+    policy: &StreamingPolicy,
+) -> [(&'static str, Option<&crate::media::model::EncryptionScheme>); 3] {
+    let properties = &policy.properties;
+    [
+        ("EnvelopeEncryption", properties.envelope_encryption.as_ref()),
+        ("CommonEncryptionCenc", properties.common_encryption_cenc.as_ref()),
+        ("CommonEncryptionCbcs", properties.common_encryption_cbcs.as_ref()),
+    ]
+}
+
+/// The content keys a locator with `policy` gets: one per encryption section of the policy, taken
+/// from the keys asked for (matched by `labelReferenceInStreamingPolicy`, checked, completed) or
+/// generated. A key's content key policy is its section's `contentKeys.defaultKey.policyName`, else
+/// `fallback` (the locator's `defaultContentKeyPolicyName`), else the policy's.
 pub(crate) fn content_keys(
     policy: &StreamingPolicy,
     requested: Option<Vec<StreamingLocatorContentKey>>,
     fallback: Option<&str>,
 ) -> Result<Vec<StreamingLocatorContentKey>, ArmError> {
-    let properties = &policy.properties;
-    let sections = [
-        ("EnvelopeEncryption", &properties.envelope_encryption),
-        ("CommonEncryptionCenc", &properties.common_encryption_cenc),
-        ("CommonEncryptionCbcs", &properties.common_encryption_cbcs),
-    ];
+    let requested = requested.unwrap_or_default();
+    let sections: Vec<(&str, &crate::media::model::EncryptionScheme)> = encryption_sections(policy)
+        .into_iter()
+        .filter_map(|(kind, section)| section.map(|section| (kind, section)))
+        .collect();
+    if sections.is_empty() {
+        if !requested.is_empty() {
+            return Err(ArmError::bad_request(
+                "properties.contentKeys is only for a streaming policy with envelopeEncryption, commonEncryptionCenc or commonEncryptionCbcs.",
+            ));
+        }
+        return Ok(Vec::new());
+    }
+    let labels: Vec<Option<String>> = sections
+        .iter()
+        .map(|(_, section)| {
+            let default_key = section.extra.get("contentKeys").and_then(|keys| keys.get("defaultKey"));
+            default_key.and_then(|key| text(key, "label")).map(str::to_string)
+        })
+        .collect();
+    // Which section each requested key is for; every requested key must be for exactly one.
+    let mut given: Vec<Option<(usize, &StreamingLocatorContentKey)>> = vec![None; sections.len()];
+    for (position, key) in requested.iter().enumerate() {
+        let field = |name: &str| format!("properties.contentKeys[{position}].{name}");
+        let section = match key.label_reference_in_streaming_policy.as_deref().filter(|label| !label.is_empty()) {
+            Some(label) => labels.iter().position(|known| known.as_deref() == Some(label)).ok_or_else(|| {
+                ArmError::bad_request(format!(
+                    "{} {label:?} is not the label of a content key in the streaming policy.",
+                    field("labelReferenceInStreamingPolicy")
+                ))
+            })?,
+            None if sections.len() == 1 => 0,
+            None => {
+                return Err(ArmError::bad_request(format!(
+                    "{} is required: the streaming policy has several content keys.",
+                    field("labelReferenceInStreamingPolicy")
+                )));
+            }
+        };
+        if given[section].is_some() {
+            return Err(ArmError::bad_request(format!(
+                "{} names a content key that another entry already gives.",
+                field("labelReferenceInStreamingPolicy")
+            )));
+        }
+        given[section] = Some((position, key));
+    }
     let mut keys = Vec::new();
-    for (kind, section) in sections {
-        let Some(section) = section else { continue };
+    for (((kind, section), label), asked) in sections.iter().zip(labels).zip(given) {
         let default_key = section.extra.get("contentKeys").and_then(|keys| keys.get("defaultKey"));
-        let label = default_key.and_then(|key| text(key, "label")).map(str::to_string);
         let policy_name = default_key
             .and_then(|key| text(key, "policyName"))
-            .map(str::to_string)
-            .or_else(|| fallback.map(str::to_string))
-            .or_else(|| properties.default_content_key_policy_name.clone());
-        let asked = requested.as_ref().and_then(|requested| {
-            requested.iter().find(|key| key.label_reference_in_streaming_policy == label || requested.len() == 1)
-        });
-        let id = match asked.and_then(|key| key.id.clone()) {
-            Some(id) if uuid::Uuid::parse_str(&id).is_err() => {
-                return Err(ArmError::bad_request("properties.contentKeys[].id must be a GUID."));
-            }
-            Some(id) => id,
-            None => uuid::Uuid::new_v4().to_string(),
-        };
-        let value = match asked.and_then(|key| key.value.clone()) {
-            Some(value) if BASE64.decode(&value).map(|bytes| bytes.len()) != Ok(16) => {
-                return Err(ArmError::bad_request("properties.contentKeys[].value must be 16 bytes, base64."));
-            }
-            Some(value) => value,
-            None => BASE64.encode(rand::random::<[u8; 16]>()),
+            .or(fallback)
+            .or(policy.properties.default_content_key_policy_name.as_deref())
+            .filter(|name| !name.is_empty())
+            .map(str::to_string);
+        let (id, value) = match asked {
+            Some((position, key)) => checked_key(position, key)?,
+            None => (uuid::Uuid::new_v4().to_string(), BASE64.encode(rand::random::<[u8; 16]>())),
         };
         keys.push(StreamingLocatorContentKey {
             id: Some(id),
-            kind: Some(kind.into()),
+            kind: Some((*kind).into()),
             label_reference_in_streaming_policy: label,
             value: Some(value),
             policy_name,
             tracks: Some(Vec::new()),
         });
     }
-    if keys.is_empty() && requested.is_some_and(|requested| !requested.is_empty()) {
-        return Err(ArmError::bad_request("properties.contentKeys is only for a streaming policy with encryption."));
-    }
     Ok(keys)
+}
+
+/// A requested key's id (a GUID, generated when missing) and value (16 bytes in base64, generated
+/// when missing).
+fn checked_key(position: usize, key: &StreamingLocatorContentKey) -> Result<(String, String), ArmError> {
+    let id = match key.id.as_deref().filter(|id| !id.is_empty()) {
+        Some(id) => uuid::Uuid::parse_str(id)
+            .map(|id| id.hyphenated().to_string())
+            .map_err(|_| ArmError::bad_request(format!("properties.contentKeys[{position}].id must be a GUID.")))?,
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let value = match key.value.as_deref().filter(|value| !value.is_empty()) {
+        Some(value) if BASE64.decode(value).map(|bytes| bytes.len()) == Ok(16) => value.to_string(),
+        Some(_) => {
+            return Err(ArmError::bad_request(format!(
+                "properties.contentKeys[{position}].value must be 16 bytes in base64."
+            )));
+        }
+        None => BASE64.encode(rand::random::<[u8; 16]>()),
+    };
+    Ok((id, value))
 }
 
 // === Key delivery ===
@@ -203,8 +264,9 @@ impl Refusal {
         Self { status, code, message: message.into() }
     }
 
-    fn token(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "InvalidToken", message)
+    /// A 401: the token is missing or fails the check `code` names.
+    fn token(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
 }
 
@@ -318,7 +380,7 @@ fn find_and_check(
             Err(why) => refusal = Some(why),
         }
     }
-    Err(refusal.unwrap_or_else(|| Refusal::token("no option accepts this token")))
+    Err(refusal.unwrap_or_else(|| Refusal::token("InvalidToken", "no option accepts this token")))
 }
 
 /// Whether `token` satisfies `restriction` for key `kid` at `now` (Unix seconds).
@@ -334,7 +396,8 @@ fn check(restriction: &Value, token: Option<&str>, kid: &str, now: i64) -> Resul
             ));
         }
     }
-    let token = token.ok_or_else(|| Refusal::token("a token is required: Authorization: Bearer <token>"))?;
+    let token =
+        token.ok_or_else(|| Refusal::token("MissingToken", "a token is required: Authorization: Bearer <token>"))?;
     let issuer = text(restriction, "issuer").unwrap_or_default();
     let audience = text(restriction, "audience").unwrap_or_default();
     let keys: Vec<&Value> = std::iter::once(restriction.get("primaryVerificationKey"))
@@ -343,33 +406,39 @@ fn check(restriction: &Value, token: Option<&str>, kid: &str, now: i64) -> Resul
         .collect();
     let claims = match text(restriction, "restrictionTokenType") {
         Some("Swt") => swt_claims(token, &keys, issuer, audience, now)?,
-        _ => jwt_claims(token, &keys, issuer, audience)?,
+        _ => jwt_claims(token, &keys, issuer, audience, now)?,
     };
     for required in restriction.get("requiredClaims").and_then(Value::as_array).into_iter().flatten() {
         let kind = text(required, "claimType").unwrap_or_default();
         let present = claims.get(kind).map(|value| value.as_str().map_or_else(|| value.to_string(), str::to_string));
-        let Some(present) = present else { return Err(Refusal::token(format!("the token lacks the claim {kind}"))) };
+        let Some(present) = present else {
+            return Err(Refusal::token("MissingClaim", format!("the token lacks the claim {kind}")));
+        };
         let matches = match text(required, "claimValue") {
             Some(expected) => present == expected,
             None if kind == KEY_ID_CLAIM => present.eq_ignore_ascii_case(kid),
             None => true,
         };
         if !matches {
-            return Err(Refusal::token(format!("the claim {kind} does not have the required value")));
+            return Err(Refusal::token("InvalidClaim", format!("the claim {kind} does not have the required value")));
         }
     }
     Ok(())
 }
 
+/// The claims of a JWT signed by one of `keys`, for `issuer` and `audience`, valid at `now`
+/// (`exp` required, no leeway; `nbf` if present). Times are the emulator's clock.
 fn jwt_claims(
     token: &str,
     keys: &[&Value],
     issuer: &str,
     audience: &str,
+    now: i64,
 ) -> Result<serde_json::Map<String, Value>, Refusal> {
     use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
-    let header = jsonwebtoken::decode_header(token).map_err(|error| Refusal::token(format!("not a JWT: {error}")))?;
-    let mut last = Refusal::token("no verification key of the policy fits the token's algorithm");
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|error| Refusal::token("MalformedToken", format!("not a JWT: {error}")))?;
+    let mut last = Refusal::token("InvalidSignature", "no verification key of the policy fits the token's algorithm");
     for key in keys {
         let (decoding, algorithms) = match odata_type(key) {
             "#Microsoft.Media.ContentKeyPolicySymmetricTokenKey" => {
@@ -385,7 +454,10 @@ fn jwt_claims(
                 (decoding, vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512])
             }
             _ => {
-                last = Refusal::token("X.509 verification keys are not supported by the emulator's key delivery");
+                last = Refusal::token(
+                    "UnsupportedVerificationKey",
+                    "X.509 verification keys are not supported by the emulator's key delivery",
+                );
                 continue;
             }
         };
@@ -395,35 +467,54 @@ fn jwt_claims(
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
+        // Expiry and not-before are checked below against the emulator's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.leeway = 0;
-        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &decoding, &validation) {
-            Ok(data) => return Ok(data.claims),
+        let claims = match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &decoding, &validation) {
+            Ok(data) => data.claims,
             Err(error) => {
-                let message = match error.kind() {
+                let (code, message) = match error.kind() {
                     ErrorKind::InvalidSignature => {
-                        "the signature does not match the policy's verification keys".to_string()
+                        ("InvalidSignature", "the signature does not match the policy's verification keys".to_string())
                     }
-                    ErrorKind::ExpiredSignature => "the token has expired".to_string(),
-                    ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".to_string(),
-                    ErrorKind::InvalidAudience => format!("the token's audience is not {audience}"),
-                    ErrorKind::InvalidIssuer => format!("the token's issuer is not {issuer}"),
-                    ErrorKind::MissingRequiredClaim(claim) => format!("the token lacks the claim {claim}"),
-                    _ => format!("invalid token: {error}"),
+                    ErrorKind::InvalidAudience => {
+                        ("InvalidAudience", format!("the token's audience is not {audience}"))
+                    }
+                    ErrorKind::InvalidIssuer => ("InvalidIssuer", format!("the token's issuer is not {issuer}")),
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        ("MissingClaim", format!("the token lacks the claim {claim}"))
+                    }
+                    _ => ("MalformedToken", format!("invalid token: {error}")),
                 };
-                let signature = matches!(error.kind(), ErrorKind::InvalidSignature);
-                last = Refusal::token(message);
-                if !signature {
-                    // The key fitted: the token itself is wrong, another key will not help.
-                    return Err(last);
+                last = Refusal::token(code, message);
+                if code == "InvalidSignature" {
+                    continue;
                 }
+                // The key fitted: the token itself is wrong, another key will not help.
+                return Err(last);
             }
-        }
+        };
+        let time =
+            |name: &str| claims.get(name).map(|value| value.as_i64().or_else(|| value.as_f64().map(|v| v as i64)));
+        return match (time("exp"), time("nbf")) {
+            (Some(None), _) | (_, Some(None)) => {
+                Err(Refusal::token("MalformedToken", "exp and nbf must be numbers (Unix seconds)"))
+            }
+            (Some(Some(expires)), _) if expires <= now => Err(Refusal::token("TokenExpired", "the token has expired")),
+            (_, Some(Some(not_before))) if not_before > now => {
+                Err(Refusal::token("TokenNotYetValid", "the token is not valid yet (nbf)"))
+            }
+            (None, _) => Err(Refusal::token("MissingClaim", "the token lacks the claim exp")),
+            _ => Ok(claims),
+        };
     }
     Err(last)
 }
 
+/// The claims of an SWT (`Issuer=..&Audience=..&ExpiresOn=..&..&HMACSHA256=..`) signed with one
+/// of the symmetric `keys`, for `issuer` and `audience`, unexpired at `now`.
 fn swt_claims(
     token: &str,
     keys: &[&Value],
@@ -432,13 +523,15 @@ fn swt_claims(
     now: i64,
 ) -> Result<serde_json::Map<String, Value>, Refusal> {
     use hmac::Mac;
-    let (unsigned, signature) =
-        token.rsplit_once("&HMACSHA256=").ok_or_else(|| Refusal::token("not an SWT: no HMACSHA256 signature"))?;
+    let (unsigned, signature) = token
+        .rsplit_once("&HMACSHA256=")
+        .ok_or_else(|| Refusal::token("MalformedToken", "not an SWT: no HMACSHA256 signature"))?;
     let signature: String = url::form_urlencoded::parse(format!("s={signature}").as_bytes())
         .next()
         .map(|(_, value)| value.into_owned())
         .unwrap_or_default();
-    let signature = BASE64.decode(signature).map_err(|_| Refusal::token("the SWT signature is not base64"))?;
+    let signature =
+        BASE64.decode(signature).map_err(|_| Refusal::token("MalformedToken", "the SWT signature is not base64"))?;
     let signed =
         keys.iter().filter(|key| odata_type(key) == "#Microsoft.Media.ContentKeyPolicySymmetricTokenKey").any(|key| {
             let secret = BASE64.decode(text(key, "keyValue").unwrap_or_default()).unwrap_or_default();
@@ -450,22 +543,22 @@ fn swt_claims(
                 .unwrap_or(false)
         });
     if !signed {
-        return Err(Refusal::token("the signature does not match the policy's verification keys"));
+        return Err(Refusal::token("InvalidSignature", "the signature does not match the policy's verification keys"));
     }
     let claims: serde_json::Map<String, Value> = url::form_urlencoded::parse(unsigned.as_bytes())
         .map(|(name, value)| (name.into_owned(), Value::String(value.into_owned())))
         .collect();
     let field = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default();
     if field("Issuer") != issuer {
-        return Err(Refusal::token(format!("the token's issuer is not {issuer}")));
+        return Err(Refusal::token("InvalidIssuer", format!("the token's issuer is not {issuer}")));
     }
     if field("Audience") != audience {
-        return Err(Refusal::token(format!("the token's audience is not {audience}")));
+        return Err(Refusal::token("InvalidAudience", format!("the token's audience is not {audience}")));
     }
     match field("ExpiresOn").parse::<i64>() {
         Ok(expires) if expires > now => Ok(claims),
-        Ok(_) => Err(Refusal::token("the token has expired")),
-        Err(_) => Err(Refusal::token("the token lacks ExpiresOn")),
+        Ok(_) => Err(Refusal::token("TokenExpired", "the token has expired")),
+        Err(_) => Err(Refusal::token("MissingClaim", "the token lacks ExpiresOn")),
     }
 }
 
@@ -529,5 +622,118 @@ mod tests {
         assert!(swt_claims(&sign(unsigned, b"another-key-0000"), &keys, "https://sts.example", "urn:a", 1000).is_err());
         assert!(swt_claims(&sign(unsigned, b"0123456789abcdef"), &keys, "https://sts.example", "urn:a", 3000).is_err());
         assert!(swt_claims(&sign(unsigned, b"0123456789abcdef"), &keys, "https://sts.example", "urn:b", 1000).is_err());
+    }
+
+    fn envelope_policy(label: &str, policy_name: Option<&str>) -> StreamingPolicy {
+        let mut default_key = json!({"label": label});
+        if let Some(name) = policy_name {
+            default_key["policyName"] = json!(name);
+        }
+        serde_json::from_value(json!({"properties": {"envelopeEncryption": {
+            "enabledProtocols": {"download": false, "dash": true, "hls": true, "smoothStreaming": true},
+            "contentKeys": {"defaultKey": default_key}
+        }}}))
+        .unwrap()
+    }
+
+    fn requested(label: Option<&str>, id: Option<&str>, value: Option<&str>) -> StreamingLocatorContentKey {
+        StreamingLocatorContentKey {
+            label_reference_in_streaming_policy: label.map(str::to_string),
+            id: id.map(str::to_string),
+            value: value.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_protected_policy_gives_one_key_per_section_generated_or_as_asked() {
+        let policy = envelope_policy("aes", Some("tokens"));
+        let keys = content_keys(&policy, None, Some("fallback")).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kind.as_deref(), Some("EnvelopeEncryption"));
+        assert_eq!(keys[0].label_reference_in_streaming_policy.as_deref(), Some("aes"));
+        assert_eq!(keys[0].policy_name.as_deref(), Some("tokens"), "the section's policy first");
+        assert!(uuid::Uuid::parse_str(keys[0].id.as_deref().unwrap()).is_ok());
+        assert_eq!(BASE64.decode(keys[0].value.as_deref().unwrap()).unwrap().len(), 16);
+
+        let unnamed = envelope_policy("aes", None);
+        let keys = content_keys(&unnamed, None, Some("fallback")).unwrap();
+        assert_eq!(keys[0].policy_name.as_deref(), Some("fallback"), "then the locator's");
+
+        let value = BASE64.encode([7u8; 16]);
+        let id = "60000000-0000-0000-0000-00000000000A";
+        let keys = content_keys(&policy, Some(vec![requested(Some("aes"), Some(id), Some(&value))]), None).unwrap();
+        assert_eq!(keys[0].id.as_deref(), Some("60000000-0000-0000-0000-00000000000a"));
+        assert_eq!(keys[0].value.as_deref(), Some(value.as_str()));
+        let keys = content_keys(&policy, Some(vec![requested(None, None, None)]), None).unwrap();
+        assert_eq!(BASE64.decode(keys[0].value.as_deref().unwrap()).unwrap().len(), 16, "completed");
+
+        for (what, key, field) in [
+            ("an id that is no GUID", requested(Some("aes"), Some("key-1"), None), "contentKeys[0].id"),
+            ("8 bytes", requested(Some("aes"), None, Some(&BASE64.encode([1u8; 8]))), "contentKeys[0].value"),
+            ("not base64", requested(Some("aes"), None, Some("***")), "contentKeys[0].value"),
+            ("an unknown label", requested(Some("cenc"), None, None), "labelReferenceInStreamingPolicy"),
+        ] {
+            let error = content_keys(&policy, Some(vec![key]), None).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{what}");
+            assert!(error.message.contains(field), "{what}: {}", error.message);
+        }
+        let clear: StreamingPolicy = serde_json::from_value(json!({"properties": {"noEncryption": {
+            "enabledProtocols": {"download": false, "dash": true, "hls": true, "smoothStreaming": true}}}}))
+        .unwrap();
+        assert_eq!(content_keys(&clear, None, None).unwrap(), Vec::new());
+        assert!(content_keys(&clear, Some(vec![requested(None, None, None)]), None).is_err());
+    }
+
+    const SECRET: &[u8] = b"0123456789abcdef";
+
+    fn jwt(claims: Value, secret: &[u8]) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_jwt_is_checked_against_the_emulators_clock_and_the_required_claims() {
+        let restriction = token_restriction();
+        let kid = "9259eb06-eeee-4f77-987f-48f4ea5c649f";
+        let now = 1_000_000;
+        let claims = |exp: i64| json!({"iss": "https://sts.example", "aud": "urn:a", "exp": exp, KEY_ID_CLAIM: kid});
+        let code = |token: Option<String>, at: i64| {
+            check(&restriction, token.as_deref(), kid, at).err().map(|refusal| (refusal.status.as_u16(), refusal.code))
+        };
+        assert_eq!(code(Some(jwt(claims(now + 60), SECRET)), now), None);
+        assert_eq!(code(Some(jwt(claims(now), SECRET)), now), Some((401, "TokenExpired")), "no leeway");
+        assert_eq!(code(Some(jwt(claims(now + 60), SECRET)), now + 61), Some((401, "TokenExpired")));
+        let mut early = claims(now + 60);
+        early["nbf"] = json!(now + 30);
+        assert_eq!(code(Some(jwt(early, SECRET)), now), Some((401, "TokenNotYetValid")));
+        assert_eq!(code(Some(jwt(claims(now + 60), b"fedcba9876543210")), now), Some((401, "InvalidSignature")));
+        let mut other_audience = claims(now + 60);
+        other_audience["aud"] = json!("urn:b");
+        assert_eq!(code(Some(jwt(other_audience, SECRET)), now), Some((401, "InvalidAudience")));
+        let mut other_issuer = claims(now + 60);
+        other_issuer["iss"] = json!("https://elsewhere");
+        assert_eq!(code(Some(jwt(other_issuer, SECRET)), now), Some((401, "InvalidIssuer")));
+        let mut no_kid = claims(now + 60);
+        no_kid.as_object_mut().unwrap().remove(KEY_ID_CLAIM);
+        assert_eq!(code(Some(jwt(no_kid, SECRET)), now), Some((401, "MissingClaim")));
+        let mut other_kid = claims(now + 60);
+        other_kid[KEY_ID_CLAIM] = json!("00000000-0000-4000-8000-000000000000");
+        assert_eq!(code(Some(jwt(other_kid, SECRET)), now), Some((401, "InvalidClaim")));
+        let no_exp = json!({"iss": "https://sts.example", "aud": "urn:a", KEY_ID_CLAIM: kid});
+        assert_eq!(code(Some(jwt(no_exp, SECRET)), now), Some((401, "MissingClaim")));
+        assert_eq!(code(None, now), Some((401, "MissingToken")));
+        assert_eq!(code(Some("not-a-token".into()), now), Some((401, "MalformedToken")));
+
+        // An alternate key verifies too.
+        let mut with_alternate = token_restriction();
+        with_alternate["alternateVerificationKeys"] = json!([{"@odata.type": "#Microsoft.Media.ContentKeyPolicySymmetricTokenKey", "keyValue": BASE64.encode(b"fedcba9876543210")}]);
+        assert!(check(&with_alternate, Some(&jwt(claims(now + 60), b"fedcba9876543210")), kid, now).is_ok());
+        let open = json!({"@odata.type": "#Microsoft.Media.ContentKeyPolicyOpenRestriction"});
+        assert!(check(&open, None, kid, now).is_ok());
     }
 }

@@ -3,16 +3,18 @@
 //!
 //! Rules kept: a locator needs an existing asset and policy and cannot be created twice; its paths
 //! are built from its GUID and the manifest name of the live output that recorded the asset, with
-//! the encryption scheme of its policy; an asset recorded by a live output cannot be deleted, and
-//! deleting an asset deletes its locators; a streaming policy in use, or predefined, cannot be
-//! deleted; content key policy secrets are blanked except through `getPolicyPropertiesWithSecrets`.
+//! the encryption scheme (and `encryption=` argument) of its policy; a protected policy gives the
+//! locator content keys, whose content key policies must exist; an asset recorded by a live output
+//! cannot be deleted, and deleting an asset deletes its locators; a streaming policy in use, or
+//! predefined, cannot be deleted; content key policy secrets are blanked except through
+//! `getPolicyPropertiesWithSecrets`.
 
 use axum::http::StatusCode;
 use serde_json::Value;
 
 use crate::media::model::{
     Asset, ContentKeyPolicy, EnabledProtocols, ListContentKeysResponse, ListPathsResponse, METADATA_API_VERSION,
-    StreamingLocator, StreamingPath, StreamingPolicy,
+    StreamingLocator, StreamingLocatorContentKey, StreamingPath, StreamingPolicy,
 };
 
 use super::arm::{self, ArmError, ArmRequest, ArmResult, Reply};
@@ -187,29 +189,23 @@ pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, 
         .streaming_policies
         .get(&policy.to_lowercase())
         .ok_or_else(|| ArmError::not_found("streamingPolicies", &policy, &account.id))?;
-    let protected = streaming_policy.properties.envelope_encryption.is_some()
-        || streaming_policy.properties.common_encryption_cenc.is_some()
-        || streaming_policy.properties.common_encryption_cbcs.is_some();
-    if protected {
-        let key_policy = properties
-            .default_content_key_policy_name
-            .clone()
-            .or_else(|| streaming_policy.properties.default_content_key_policy_name.clone());
-        if let Some(name) = &key_policy
-            && !account.content_key_policies.contains_key(&name.to_lowercase())
-        {
-            return Err(ArmError::new(
-                StatusCode::BAD_REQUEST,
-                "ContentKeyPolicyNotFound",
-                format!("The content key policy '{name}' does not exist."),
-            ));
-        }
-    }
     let keys = keydelivery::content_keys(
         streaming_policy,
         properties.content_keys.take(),
         properties.default_content_key_policy_name.as_deref(),
     )?;
+    let named = keys.iter().filter_map(|key| key.policy_name.as_deref());
+    let locator_default = properties.default_content_key_policy_name.as_deref().filter(|_| !keys.is_empty());
+    if let Some(missing) =
+        named.chain(locator_default).find(|name| !account.content_key_policies.contains_key(&name.to_lowercase()))
+    {
+        return Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "ContentKeyPolicyNotFound",
+            format!("The content key policy '{missing}' does not exist."),
+        ));
+    }
+    check_key_ids(account, &keys)?;
     properties.content_keys = Some(keys);
     properties.end_time.get_or_insert_with(|| FOREVER.into());
     properties.created = Some(env.wall.clone());
@@ -224,6 +220,31 @@ pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, 
     let reply = Reply::json(StatusCode::CREATED, without_key_values(&locator));
     account.streaming_locators.insert(name.to_lowercase(), locator);
     Ok(reply)
+}
+
+/// A content key id names one key: the same id with another value, in this locator or another
+/// one of the account, is refused (key delivery finds a key by its id).
+fn check_key_ids(account: &Account, keys: &[StreamingLocatorContentKey]) -> Result<(), ArmError> {
+    let existing =
+        account.streaming_locators.values().flat_map(|locator| locator.properties.content_keys.iter().flatten());
+    let mut seen: Vec<&StreamingLocatorContentKey> = Vec::new();
+    for key in keys {
+        let clash = existing.clone().chain(seen.iter().copied()).any(|other| {
+            other.id.as_deref().is_some_and(|id| Some(id) == key.id.as_deref()) && other.value != key.value
+        });
+        if clash {
+            return Err(ArmError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "The content key id '{}' is already used with another value.",
+                    key.id.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        seen.push(key);
+    }
+    Ok(())
 }
 
 pub(crate) fn delete_locator(account: &mut Account, name: &str) -> ArmResult {
@@ -286,14 +307,28 @@ fn paths(account: &Account, locator: &StreamingLocator) -> ListPathsResponse {
                 paths,
             })
         };
+        // The `encryption=` argument the service adds for the scheme, per protocol.
+        let (hls, other) = match scheme {
+            "EnvelopeEncryption" => (",encryption=cbc", ",encryption=cbc"),
+            "CommonEncryptionCenc" => (",encryption=cenc", ",encryption=cenc"),
+            "CommonEncryptionCbcs" => (",encryption=cbcs-aapl", ",encryption=cbcs"),
+            _ => ("", ""),
+        };
         if protocols.hls {
-            add("Hls", vec![format!("{base}(format=m3u8-aapl)"), format!("{base}(format=m3u8-cmaf)")]);
+            add("Hls", vec![format!("{base}(format=m3u8-aapl{hls})"), format!("{base}(format=m3u8-cmaf{hls})")]);
         }
         if protocols.dash {
-            add("Dash", vec![format!("{base}(format=mpd-time-csf)"), format!("{base}(format=mpd-time-cmaf)")]);
+            add(
+                "Dash",
+                vec![format!("{base}(format=mpd-time-csf{other})"), format!("{base}(format=mpd-time-cmaf{other})")],
+            );
         }
         if protocols.smooth_streaming {
-            add("SmoothStreaming", vec![base.clone()]);
+            let smooth = match other.strip_prefix(',') {
+                Some(argument) => format!("{base}({argument})"),
+                None => base.clone(),
+            };
+            add("SmoothStreaming", vec![smooth]);
         }
     }
     ListPathsResponse { streaming_paths, download_paths: Vec::new() }
@@ -512,4 +547,105 @@ fn unknown_action(collection: &str, action: &str) -> ArmError {
             "The resource type '{action}' could not be found under {collection} for api version '{METADATA_API_VERSION}'."
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::emulator::state::{self, AccountId};
+    use crate::media::model::StreamingLocatorProperties;
+
+    /// An account with an asset recorded as `show` and a locator `id` on `policy`.
+    fn account_with_locator(policy: &str) -> (BTreeMap<String, Account>, String) {
+        let mut accounts = BTreeMap::new();
+        let id = AccountId { subscription: "s".into(), resource_group: "g".into(), name: "a".into() };
+        let account = state::account(&mut accounts, &id, "2026-01-01T00:00:00Z", "client");
+        account
+            .assets
+            .insert("asset".into(), AssetEntry { resource: Asset::default(), manifest_name: Some("show".into()) });
+        let locator = StreamingLocator {
+            properties: StreamingLocatorProperties {
+                asset_name: Some("asset".into()),
+                streaming_policy_name: Some(policy.into()),
+                streaming_locator_id: Some("c3cd62e3-d117-4619-bcbd-99f96edd8dbe".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        account.streaming_locators.insert("locator".into(), locator);
+        (accounts, id.key())
+    }
+
+    fn listed(policy: &str) -> Vec<(String, String, Vec<String>)> {
+        let (accounts, key) = account_with_locator(policy);
+        let account = &accounts[&key];
+        paths(account, &account.streaming_locators["locator"])
+            .streaming_paths
+            .into_iter()
+            .map(|path| (path.streaming_protocol, path.encryption_scheme, path.paths))
+            .collect()
+    }
+
+    #[test]
+    fn encrypted_paths_carry_the_schemes_encryption_argument() {
+        let base = "/c3cd62e3-d117-4619-bcbd-99f96edd8dbe/show.ism/manifest";
+        let clear = listed("Predefined_ClearStreamingOnly");
+        assert_eq!(clear[0].2, [format!("{base}(format=m3u8-aapl)"), format!("{base}(format=m3u8-cmaf)")]);
+        assert_eq!(clear[2].2, [base.to_string()]);
+        let envelope = listed("Predefined_ClearKey");
+        let expected = [
+            (
+                "Hls",
+                vec![
+                    format!("{base}(format=m3u8-aapl,encryption=cbc)"),
+                    format!("{base}(format=m3u8-cmaf,encryption=cbc)"),
+                ],
+            ),
+            (
+                "Dash",
+                vec![
+                    format!("{base}(format=mpd-time-csf,encryption=cbc)"),
+                    format!("{base}(format=mpd-time-cmaf,encryption=cbc)"),
+                ],
+            ),
+            ("SmoothStreaming", vec![format!("{base}(encryption=cbc)")]),
+        ];
+        assert_eq!(envelope.len(), 3);
+        for ((protocol, scheme, paths), (expected_protocol, expected_paths)) in envelope.iter().zip(expected) {
+            assert_eq!((protocol.as_str(), scheme.as_str()), (expected_protocol, "EnvelopeEncryption"));
+            assert_eq!(paths, &expected_paths);
+        }
+        let multi_drm = listed("Predefined_MultiDrmStreaming");
+        let summary: Vec<(&str, &str, &str)> = multi_drm
+            .iter()
+            .map(|(protocol, scheme, paths)| (protocol.as_str(), scheme.as_str(), paths[0].as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("Dash", "CommonEncryptionCenc", format!("{base}(format=mpd-time-csf,encryption=cenc)").as_str()),
+                ("SmoothStreaming", "CommonEncryptionCenc", format!("{base}(encryption=cenc)").as_str()),
+                ("Hls", "CommonEncryptionCbcs", format!("{base}(format=m3u8-aapl,encryption=cbcs-aapl)").as_str()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_id_names_one_value_across_the_account() {
+        let (mut accounts, key) = account_with_locator("Predefined_ClearKey");
+        let account = accounts.get_mut(&key).unwrap();
+        let existing = StreamingLocatorContentKey {
+            id: Some("60000000-0000-0000-0000-000000000001".into()),
+            value: Some("AAAAAAAAAAAAAAAAAAAAAA==".into()),
+            ..Default::default()
+        };
+        if let Some(locator) = account.streaming_locators.get_mut("locator") {
+            locator.properties.content_keys = Some(vec![existing.clone()]);
+        }
+        assert!(check_key_ids(account, std::slice::from_ref(&existing)).is_ok(), "the same key may be shared");
+        let clash = StreamingLocatorContentKey { value: Some("AQEBAQEBAQEBAQEBAQEBAQ==".into()), ..existing };
+        assert_eq!(check_key_ids(account, &[clash]).unwrap_err().status, StatusCode::CONFLICT);
+    }
 }

@@ -19,6 +19,7 @@ mod fixtures;
 mod helpers;
 mod history;
 mod ingress;
+mod keydelivery;
 mod lifecycle;
 mod operations;
 mod property;
