@@ -483,16 +483,18 @@ impl Lane {
         if let Some(cached) = self.cache.get(broadcast) {
             return Ok(cached.clone());
         }
-        if !self.stale.remove(broadcast) {
+        if !self.stale.contains(broadcast) {
             let cached = Cached { instance: Instance::new(definition), since: now, seq: 0 };
             self.cache.insert(broadcast.to_string(), cached.clone());
             return Ok(cached);
         }
         let store = Arc::clone(&self.store);
         let id = broadcast.to_string();
+        // Stale until the read succeeds: a failed read must not turn the broadcast into a new one.
         let loaded = tokio::task::spawn_blocking(move || store.load_instance(&id))
             .await
             .unwrap_or(Err(store::Error::Stopped))?;
+        self.stale.remove(broadcast);
         let cached = loaded.map(Cached::from_record).unwrap_or_else(|| Cached {
             instance: Instance::new(definition),
             since: now,

@@ -64,6 +64,9 @@ pub enum Error {
     /// An event of the batch was already processed although the batch said otherwise.
     #[error("event {event_id} was already processed for {broadcast}; the batch was not recorded")]
     UnexpectedDuplicate { event_id: String, broadcast: String },
+    /// A decision carried another broadcast's instance; nothing of the batch was recorded.
+    #[error("event {event_id} for {broadcast} carries the instance of {instance}; the batch was not recorded")]
+    Mismatch { event_id: String, broadcast: String, instance: String },
     /// The writer thread is gone.
     #[error("the store's writer has stopped")]
     Stopped,

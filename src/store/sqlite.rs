@@ -163,6 +163,7 @@ impl Store for SqliteStore {
     }
 
     fn load_instance(&self, broadcast: &str) -> Result<Option<InstanceRecord>, Error> {
+        // `broadcast` is the primary key: at most one row, and it is this broadcast's.
         Ok(query_instances(&self.reader(), Some(broadcast))?.pop())
     }
 
@@ -175,6 +176,17 @@ impl Store for SqliteStore {
     }
 
     fn commit(&self, batch: Vec<Commit>) -> Result<Vec<Committed>, Error> {
+        // A decision writes only its own broadcast's state: an instance filed under another
+        // broadcast would overwrite that broadcast's row and timers.
+        if let Some((commit, instance)) = batch.iter().find_map(|commit| {
+            commit.instance.as_ref().filter(|instance| instance.broadcast != commit.broadcast).map(|i| (commit, i))
+        }) {
+            return Err(Error::Mismatch {
+                event_id: commit.event_id.clone(),
+                broadcast: commit.broadcast.clone(),
+                instance: instance.broadcast.clone(),
+            });
+        }
         self.ask(|reply| Request::Commit(batch, reply))
     }
 
@@ -495,16 +507,19 @@ fn write_commit(db: &rusqlite::Savepoint<'_>, commit: &Commit) -> rusqlite::Resu
     let mut skipped = Vec::new();
     if let Some(completion) = &commit.completes {
         let status = if completion.succeeded { "succeeded" } else { "failed" };
+        // Only an action of this decision's broadcast: a result naming another broadcast's
+        // outbox row must not close it (nor skip the rest of that broadcast's decision).
         let row: Option<(String, i64, i64, String)> = db
             .query_row(
-                "SELECT broadcast, decision, position, kind FROM outbox WHERE id = ?1",
-                params![completion.outbox_id],
+                "SELECT broadcast, decision, position, kind FROM outbox WHERE id = ?1 AND broadcast = ?2",
+                params![completion.outbox_id, commit.broadcast],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
             )
             .optional()?;
         db.execute(
-            "UPDATE outbox SET status = ?2, finished_ms = ?3, result = ?4 WHERE id = ?1 AND status = 'pending'",
-            params![completion.outbox_id, status, at, completion.result.to_string()],
+            "UPDATE outbox SET status = ?2, finished_ms = ?3, result = ?4
+             WHERE id = ?1 AND broadcast = ?5 AND status = 'pending'",
+            params![completion.outbox_id, status, at, completion.result.to_string(), commit.broadcast],
         )?;
         if let Some((broadcast, decision, position, kind)) = row {
             db.execute(
@@ -646,11 +661,18 @@ fn query_instances(connection: &Connection, only: Option<&str>) -> Result<Vec<In
             timers.entry(broadcast).or_default().insert(name, time(due));
         }
     }
-    let mut statement = connection
-        .prepare("SELECT broadcast, machine, state, vars, since_ms, seq FROM instances ORDER BY broadcast")
-        .map_err(sql)?;
+    // The same filter as the timers: `only` selects one broadcast's row and nothing else.
+    let mut statement = match only {
+        Some(_) => connection.prepare_cached(
+            "SELECT broadcast, machine, state, vars, since_ms, seq FROM instances WHERE broadcast = ?1",
+        ),
+        None => connection.prepare_cached(
+            "SELECT broadcast, machine, state, vars, since_ms, seq FROM instances WHERE ?1 IS NULL ORDER BY broadcast",
+        ),
+    }
+    .map_err(sql)?;
     let rows = statement
-        .query_map([], |row| {
+        .query_map(params![only], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
@@ -716,7 +738,7 @@ fn query_audit(
     parameters: impl rusqlite::Params,
 ) -> Result<Vec<AuditRow>, Error> {
     let sql = |error: rusqlite::Error| Error::Sql { operation: "audit", reason: error.to_string() };
-    let mut statement = connection.prepare(query).map_err(sql)?;
+    let mut statement = connection.prepare_cached(query).map_err(sql)?;
     let rows = statement
         .query_map(parameters, |row| {
             Ok(AuditRow {
