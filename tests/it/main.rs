@@ -26,4 +26,5 @@ mod property;
 mod protection;
 mod rabbit;
 mod schedule;
+mod store_model;
 mod systemd;
