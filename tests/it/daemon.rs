@@ -57,9 +57,14 @@ pub struct TestEngine {
 
 impl TestEngine {
     pub async fn start(settings: &Settings) -> Self {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.engine.store).expect("store"));
+        Self::start_with_store(settings, store).await
+    }
+
+    /// `start` on a given store (a real one, possibly wrapped to inject faults).
+    pub async fn start_with_store(settings: &Settings, store: Arc<dyn Store>) -> Self {
         let library = Library::load(settings.engine.machines_dir.as_deref());
         assert!(library.problems.is_empty(), "{:?}", library.problems);
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.engine.store).expect("store"));
         let media = onair::media::Client::new(&settings.media).expect("media client");
         let (outbound, mut published) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move { while published.recv().await.is_some() {} });

@@ -1,10 +1,12 @@
 //! The engine against the emulator, fed directly: lifecycles, duplicates, failures, durable
 //! timers and restarts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use onair::engine::Outcome;
 use onair::event;
+use onair::store;
 use serde_json::json;
 
 use crate::daemon::{TestEngine, settings, settled, state, view};
@@ -179,4 +181,148 @@ async fn an_action_in_flight_at_shutdown_resumes_without_a_second_write() {
     let channel_writes: Vec<String> =
         writes(&emulator.requests()).into_iter().filter(|write| write.contains("liveEvents/news")).collect();
     assert_eq!(channel_writes, ["PUT liveEvents/news"], "the start was resumed, not repeated");
+}
+
+/// The real store, with faults the test switches on: commits refused as if an event of the batch
+/// had been processed meanwhile (the lane then starts over from the store), and failed reads.
+struct Faulty {
+    store: onair::store::SqliteStore,
+    refuse_commits: std::sync::atomic::AtomicUsize,
+    fail_reads: std::sync::atomic::AtomicUsize,
+}
+
+impl Faulty {
+    fn take(counter: &std::sync::atomic::AtomicUsize) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        counter.fetch_update(SeqCst, SeqCst, |left| left.checked_sub(1)).is_ok()
+    }
+}
+
+impl onair::store::Store for Faulty {
+    fn load_instances(&self) -> Result<Vec<store::InstanceRecord>, store::Error> {
+        self.store.load_instances()
+    }
+    fn load_instance(&self, broadcast: &str) -> Result<Option<store::InstanceRecord>, store::Error> {
+        if Self::take(&self.fail_reads) {
+            return Err(store::Error::Sql { operation: "load instances", reason: "disk I/O error".into() });
+        }
+        self.store.load_instance(broadcast)
+    }
+    fn processed(&self, events: &[(String, String)]) -> Result<Vec<bool>, store::Error> {
+        self.store.processed(events)
+    }
+    fn commit(&self, batch: Vec<store::Commit>) -> Result<Vec<store::Committed>, store::Error> {
+        if Self::take(&self.refuse_commits) {
+            let first = &batch[0];
+            return Err(store::Error::UnexpectedDuplicate {
+                event_id: first.event_id.clone(),
+                broadcast: first.broadcast.clone(),
+            });
+        }
+        self.store.commit(batch)
+    }
+    fn pending_actions(&self) -> Result<Vec<store::OutboxRow>, store::Error> {
+        self.store.pending_actions()
+    }
+    fn action_started(
+        &self,
+        outbox_id: i64,
+        attempt: u32,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), store::Error> {
+        self.store.action_started(outbox_id, attempt, at)
+    }
+    fn audit(&self, broadcast: &str, limit: usize) -> Result<Vec<store::AuditRow>, store::Error> {
+        self.store.audit(broadcast, limit)
+    }
+    fn purge_processed(&self, before: chrono::DateTime<chrono::Utc>) -> Result<usize, store::Error> {
+        self.store.purge_processed(before)
+    }
+    fn integrity_check(&self) -> Result<String, store::Error> {
+        self.store.integrity_check()
+    }
+    fn schedule_cursors(&self) -> Result<std::collections::BTreeMap<String, store::Cursor>, store::Error> {
+        self.store.schedule_cursors()
+    }
+    fn schedule_progress(&self, records: Vec<store::ScheduleRecord>) -> Result<(), store::Error> {
+        self.store.schedule_progress(records)
+    }
+}
+
+/// After a refused commit a lane reads its broadcast again from the store; it must get that
+/// broadcast's record (not the one sorting last), and a failed read must not restart the
+/// broadcast from its initial state. Three broadcasts in three states; each is checked.
+#[tokio::test]
+async fn a_lane_starts_over_from_its_own_broadcasts_record_after_a_refused_commit() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let directory = tempfile::tempdir().unwrap();
+    let mut settings = settings(
+        &emulator,
+        directory.path(),
+        "[broadcasts.news]\n[broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.weather]\nchannel = \"weather\"\n",
+    );
+    // One lane: the three broadcasts share it, as many broadcasts share a lane in production.
+    settings.engine.lanes = 1;
+    let faulty = Arc::new(Faulty {
+        store: onair::store::SqliteStore::open(&settings.engine.store).unwrap(),
+        refuse_commits: 0.into(),
+        fail_reads: 0.into(),
+    });
+    let engine = TestEngine::start_with_store(&settings, faulty.clone()).await;
+    let force = |state: &str, note: &str| json!({"state": state, "note": note, "by": "test"});
+    for (broadcast, state) in [("news", "live"), ("sport", "failed"), ("weather", "standby")] {
+        let outcome =
+            engine.send(&format!("force-{broadcast}"), event::FORCE_STATE, broadcast, force(state, broadcast)).await;
+        assert_eq!(outcome, Outcome::Committed, "{broadcast}");
+    }
+    let before: Vec<_> = view(&settings).load_instances().unwrap();
+    assert_eq!(
+        before.iter().map(|record| (record.broadcast.as_str(), record.state.as_str())).collect::<Vec<_>>(),
+        [("news", "live"), ("sport", "failed"), ("weather", "standby")]
+    );
+
+    // news's commit is refused: the lane forgets its cached news and will read it again.
+    faulty.refuse_commits.store(1, SeqCst);
+    let refused = engine.send("n1", "something.else", "news", json!({})).await;
+    assert!(matches!(refused, Outcome::Failed(_)), "{refused:?}");
+    // The read fails: the event is not decided, and news stays to be read again.
+    faulty.fail_reads.store(1, SeqCst);
+    let unread = engine.send("n2", "something.else", "news", json!({})).await;
+    assert!(matches!(&unread, Outcome::Failed(reason) if reason.contains("disk I/O error")), "{unread:?}");
+    // Now the read succeeds: news goes on from its own record.
+    assert_eq!(engine.send("n3", "something.else", "news", json!({})).await, Outcome::Committed);
+    assert_eq!(engine.send("s1", "something.else", "sport", json!({})).await, Outcome::Committed);
+    engine.stop().await;
+
+    let after = view(&settings).load_instances().unwrap();
+    let by_id = |records: &[onair::store::InstanceRecord], id: &str| {
+        records.iter().find(|record| record.broadcast == id).cloned().unwrap()
+    };
+    let (news_before, news_after) = (by_id(&before, "news"), by_id(&after, "news"));
+    assert_eq!(news_after.state, "live", "news kept its own state: {news_after:?}");
+    assert_eq!(news_after.vars, news_before.vars, "and its own variables");
+    assert_eq!(news_after.since, news_before.since, "and the instant it went live");
+    assert_eq!(news_after.seq, news_before.seq + 1, "one more decision (n3), none for the refused or unread ones");
+    let sport = by_id(&after, "sport");
+    assert_eq!((sport.state.as_str(), sport.seq), ("failed", by_id(&before, "sport").seq + 1));
+    assert_eq!(by_id(&after, "weather"), by_id(&before, "weather"), "weather untouched");
+    let decided: Vec<String> = view(&settings)
+        .audit("news", 100)
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.kind == "decision")
+        .filter_map(|row| row.event_id)
+        .collect();
+    assert_eq!(decided, ["force-news", "n3"]);
+    println!(
+        "lane re-read: news {} seq {} -> {}, sport {} seq {}, weather {} seq {}",
+        news_after.state,
+        news_before.seq,
+        news_after.seq,
+        sport.state,
+        sport.seq,
+        by_id(&after, "weather").state,
+        by_id(&after, "weather").seq
+    );
 }
