@@ -25,6 +25,8 @@ timezone = "Europe/Paris"
 duration = "30m"
 [broadcasts.sport]
 channel = "sport"
+[broadcasts.travel]
+channel = "travel"
 "#;
 
 /// A daemon with the operations listener on a free port and an API token.
@@ -105,7 +107,7 @@ async fn probes_api_commands_and_metrics_tell_the_truth() {
     let (status, list) = get(&base, "/api/v1/broadcasts").await;
     assert_eq!(status, 200);
     let ids: Vec<&str> = list["broadcasts"].as_array().unwrap().iter().filter_map(|b| b["id"].as_str()).collect();
-    assert_eq!(ids, ["news", "sport"]);
+    assert_eq!(ids, ["news", "sport", "travel"]);
     assert_eq!(list["broadcasts"][0]["next_step"]["step"], "warmup", "{list}");
     assert_eq!(list["broadcasts"][0]["scheduled"], true);
     assert_eq!(list["broadcasts"][1]["state"], Value::Null, "never decided yet");
@@ -152,6 +154,11 @@ async fn probes_api_commands_and_metrics_tell_the_truth() {
         state_of(&base, "sport").await.as_deref() == Some("failed")
     })
     .await;
+    // Each broadcast reads back its own record: live, failed, and none yet.
+    assert_eq!(state_of(&base, "news").await.as_deref(), Some("live"));
+    let (_, travel) = get(&base, "/api/v1/broadcasts/travel").await;
+    assert_eq!((travel["id"].as_str(), &travel["state"]), (Some("travel"), &Value::Null), "{travel}");
+    assert_eq!(travel["vars"], json!({}), "{travel}");
 
     // Dead letters: one malformed message, listed with its reason, replayed (and dead again).
     let publisher = onair::broker::Publisher::new(std::sync::Arc::new(broker.clone()));
@@ -199,6 +206,86 @@ async fn probes_api_commands_and_metrics_tell_the_truth() {
         value("onair_decision_latency_seconds_sum"),
     );
     daemon.stop().await.unwrap();
+}
+
+/// Three broadcasts in three states (live, failed, standby) and a fourth with no record: the API
+/// (one by one and in the list) and `onair status` show each its own state and variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_broadcast_reads_back_its_own_state_through_the_api_and_status() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let broker = rabbit::settings("own-state");
+    let directory = tempfile::tempdir().unwrap();
+    let broadcasts = "[broadcasts.alpha]\nchannel = \"alpha\"\n[broadcasts.news]\nunits = { on_air = 2, off_air = 0 }\n\
+                      [broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.weather]\nchannel = \"weather\"\n";
+    let (daemon, base, _settings) = daemon_with_http(directory.path(), &emulator, &broker, broadcasts).await;
+    until_async(Duration::from_secs(20), "ready", || async { get(&base, "/readyz").await.0 == 200 }).await;
+
+    let start = json!({"command": "start-now", "note": "regression"});
+    assert_eq!(command(&base, "news", Some(TOKEN), start).await.0, 202);
+    for (broadcast, state) in [("sport", "failed"), ("weather", "standby")] {
+        let force = json!({"command": "force-state", "state": state, "note": format!("{broadcast} test")});
+        assert_eq!(command(&base, broadcast, Some(TOKEN), force).await.0, 202);
+    }
+    let expected = [("alpha", None), ("news", Some("live")), ("sport", Some("failed")), ("weather", Some("standby"))];
+    until_async(Duration::from_secs(30), "three states", || async {
+        let mut all = true;
+        for (broadcast, state) in expected {
+            all &= state_of(&base, broadcast).await.as_deref() == state;
+        }
+        all
+    })
+    .await;
+
+    // One by one.
+    for (broadcast, state) in expected {
+        let (status, body) = get(&base, &format!("/api/v1/broadcasts/{broadcast}")).await;
+        assert_eq!(status, 200);
+        assert_eq!((body["id"].as_str(), body["state"].as_str()), (Some(broadcast), state), "{body}");
+        let hls = body["vars"]["hls"].as_str().unwrap_or_default();
+        match broadcast {
+            "news" => assert!(hls.contains("/news-") && hls.contains("m3u8"), "news's own URL: {body}"),
+            "alpha" => assert_eq!(body["vars"], json!({}), "no record, no variables: {body}"),
+            _ => assert_eq!(hls, "", "{broadcast} never published: {body}"),
+        }
+        let (_, audit) = get(&base, &format!("/api/v1/broadcasts/{broadcast}/audit?limit=1000")).await;
+        let entries = audit["entries"].as_array().unwrap();
+        assert!(entries.iter().all(|entry| entry["broadcast"] == broadcast), "{audit}");
+        assert_eq!(entries.is_empty(), state.is_none(), "{broadcast}: {audit}");
+    }
+    // And in the list.
+    let (_, list) = get(&base, "/api/v1/broadcasts").await;
+    let listed: Vec<(Option<&str>, Option<&str>)> = list["broadcasts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| (entry["id"].as_str(), entry["state"].as_str()))
+        .collect();
+    assert_eq!(listed, expected.iter().map(|(id, state)| (Some(*id), *state)).collect::<Vec<_>>());
+    daemon.stop().await.unwrap();
+
+    // What `onair status` prints, from the same store.
+    let config = directory.path().join("onair.toml");
+    let output = crate::broker::onair(&config).args(["status", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let shown: Vec<(&str, &str)> = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| (entry["broadcast"].as_str().unwrap(), entry["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        shown,
+        [("alpha", "idle (no event yet)"), ("news", "live"), ("sport", "failed"), ("weather", "standby")]
+    );
+    assert!(report[1]["vars"]["hls"].as_str().is_some_and(|hls| hls.contains("/news-")), "{report}");
+    assert_eq!(report[3]["vars"]["hls"], "", "{report}");
+    let one = crate::broker::onair(&config).args(["status", "--broadcast", "sport"]).output().unwrap();
+    let text = String::from_utf8(one.stdout).unwrap();
+    assert!(text.starts_with("sport  failed since "), "{text}");
+    assert_eq!(text.lines().filter(|line| !line.starts_with(' ')).count(), 1, "{text}");
+    println!("own state: {listed:?}; status: {shown:?}");
 }
 
 /// The routes the router serves, as the OpenAPI document names them.
