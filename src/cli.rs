@@ -400,7 +400,8 @@ async fn current_key_id(settings: &Settings, id: &str) -> anyhow::Result<String>
 /// broadcasts, and what running needs.
 fn check(settings: &Settings) -> ExitCode {
     let library = crate::machine::Library::load(settings.engine.machines_dir.as_deref());
-    let problems = crate::daemon::problems(settings, &library, crate::clock::system().now());
+    let mut problems = crate::daemon::problems(settings, &library, crate::clock::system().now());
+    problems.extend(crate::store::check(&settings.engine.state_dir, &settings.engine.store));
     if !problems.is_empty() {
         println!("{} problem{}:", problems.len(), if problems.len() == 1 { "" } else { "s" });
         for problem in problems {
@@ -421,7 +422,11 @@ fn check(settings: &Settings) -> ExitCode {
         .map(|(id, _)| id.as_str())
         .collect();
     println!("  schedules   {}", if scheduled.is_empty() { "(none)".to_string() } else { scheduled.join(", ") });
-    println!("  store       {}", settings.engine.store.display());
+    let schema = match crate::store::schema_version(&settings.engine.store) {
+        Ok(Some(version)) => format!("schema version {version}"),
+        _ => "not created yet".to_string(),
+    };
+    println!("  store       {} ({schema})", settings.engine.store.display());
     println!("  shutdown    grace {:?}", settings.shutdown.grace);
     ExitCode::SUCCESS
 }

@@ -52,7 +52,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
         return Ok(ExitCode::from(crate::config::EXIT_CODE as u8));
     }
-    let daemon = Daemon::start(&settings, library).await?;
+    let daemon = match Daemon::start(&settings, library).await {
+        Ok(daemon) => daemon,
+        Err(error) => match error.downcast_ref::<crate::store::Error>() {
+            // Damaged, too new, not writable: nothing will change by retrying; say what to do.
+            Some(store) if store.is_unusable() => {
+                eprintln!("error: {store}");
+                return Ok(ExitCode::from(crate::config::EXIT_CODE as u8));
+            }
+            _ => return Err(error),
+        },
+    };
     // READY=1 once the store is open (start did it) and the consumer is registered; then the
     // watchdog, fed only while events get committed.
     let status = daemon.broker_status().clone();
@@ -327,7 +337,19 @@ pub fn status(settings: &Settings, only: &Option<String>, as_json: bool, events:
     {
         anyhow::bail!("no broadcast {id:?} in the settings");
     }
-    let store = SqliteStore::open_read_only(&settings.engine.store).ok();
+    // No file yet is fine (nothing has run); a store this onair cannot read rightly (damaged, or
+    // of a newer schema) is refused rather than shown wrongly.
+    let store = match settings.engine.store.exists() {
+        false => None,
+        true => match SqliteStore::open_read_only(&settings.engine.store) {
+            Ok(store) => Some(store),
+            Err(error) if error.is_unusable() => {
+                eprintln!("error: {error}");
+                return Ok(ExitCode::from(crate::config::EXIT_CODE as u8));
+            }
+            Err(error) => return Err(error.into()),
+        },
+    };
     let instances = match &store {
         Some(store) => store.load_instances()?,
         None => Vec::new(),

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use sqlite::{ReadOnly, SqliteStore, probe_writable};
+pub use sqlite::{ReadOnly, SqliteStore, check, probe_writable, schema_version};
 
 /// The store's operations. Implementations are blocking; the engine calls them from
 /// `spawn_blocking`. Every method is atomic.
@@ -56,8 +56,20 @@ pub enum Error {
     #[error("cannot open the store {path}: {reason}")]
     Open { path: String, reason: String },
     /// The database was written by a newer onair.
-    #[error("the store {path} has schema version {found}; this onair knows up to {known}")]
+    #[error(
+        "the store {path} has schema version {found}, newer than this onair knows ({known}): it was written by a \
+         newer onair; run that version, or restore a backup made by this one"
+    )]
     TooNew { path: String, found: i64, known: i64 },
+    /// The file is not a SQLite database, or a damaged one.
+    #[error(
+        "the store {path} is not a readable SQLite database ({reason}): restore it from a backup, or move it \
+         aside to start with an empty store"
+    )]
+    Corrupt { path: String, reason: String },
+    /// The database, or its directory, cannot be written (permissions, a read-only filesystem).
+    #[error("cannot write the store {path} ({reason}): make {directory} writable by the user onair runs as")]
+    Unwritable { path: String, directory: String, reason: String },
     /// A statement failed (disk full, I/O error, …).
     #[error("store {operation} failed: {reason}")]
     Sql { operation: &'static str, reason: String },
@@ -70,6 +82,14 @@ pub enum Error {
     /// The writer thread is gone.
     #[error("the store's writer has stopped")]
     Stopped,
+}
+
+impl Error {
+    /// Whether the store cannot be used at all as configured (as opposed to a failing operation):
+    /// an operator has to act, and `onair run` exits with the settings exit code.
+    pub fn is_unusable(&self) -> bool {
+        matches!(self, Error::Open { .. } | Error::TooNew { .. } | Error::Corrupt { .. } | Error::Unwritable { .. })
+    }
 }
 
 /// One broadcast's durable state.

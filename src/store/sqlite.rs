@@ -111,15 +111,20 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, Error> {
         let fail = |reason: String| Error::Open { path: path.display().to_string(), reason };
         if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|error| fail(format!("cannot create {}: {error}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|error| Error::Unwritable {
+                path: path.display().to_string(),
+                directory: parent.display().to_string(),
+                reason: format!("cannot create {}: {error}", parent.display()),
+            })?;
         }
-        let mut writer = Connection::open(path).map_err(|error| fail(error.to_string()))?;
-        configure(&writer).map_err(|error| fail(error.to_string()))?;
-        migrate(&mut writer, path)?;
+        let classify = |error| open_error(path, error, true);
+        let mut writer = Connection::open(path).map_err(classify)?;
+        configure(&writer).map_err(classify)?;
+        let version = read_schema(&writer, path, true)?;
+        migrate(&mut writer, path, version)?;
         let reader =
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-                .map_err(|error| fail(error.to_string()))?;
+                .map_err(classify)?;
         reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(|error| fail(error.to_string()))?;
         let (sender, receiver) = sync_channel(4096);
         std::thread::Builder::new()
@@ -136,8 +141,10 @@ impl SqliteStore {
             return Err(fail("no such file (has `onair run` started with this state_dir?)".into()));
         }
         let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|error| fail(error.to_string()))?;
+            .map_err(|error| open_error(path, error, false))?;
         connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(|error| fail(error.to_string()))?;
+        // Refuse a store this onair cannot read rightly: damaged, or of a newer schema.
+        read_schema(&connection, path, false)?;
         Ok(ReadOnly { connection })
     }
 
@@ -290,6 +297,93 @@ impl ReadOnly {
     }
 }
 
+/// The store's schema version, read without changing anything: `None` when there is no file yet
+/// (`onair run` creates it). A damaged file, a newer schema or an unreadable file is an error.
+pub fn schema_version(path: &Path) -> Result<Option<i64>, Error> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let connection = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|error| open_error(path, error, false))?;
+    read_schema(&connection, path, false).map(Some)
+}
+
+/// What `onair check` finds wrong with the store's place and file, one line each: the state
+/// directory and the store's directory must be writable (or, when missing, creatable), and an
+/// existing store must be a sound database of a schema this onair knows.
+pub fn check(state_dir: &Path, store: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    let store_dir = store.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut directories = vec![("engine.state_dir", state_dir)];
+    if store_dir != state_dir {
+        directories.push(("engine.store", store_dir));
+    }
+    for (key, directory) in directories {
+        if let Err(reason) = probe_directory(directory) {
+            problems.push(format!(
+                "{key}: {} is not writable ({reason}): make it writable by the user onair runs as",
+                directory.display()
+            ));
+        }
+    }
+    if let Err(error) = schema_version(store) {
+        problems.push(format!("engine.store: {error}"));
+    }
+    problems
+}
+
+/// Whether files can be created in `directory`: a probe file is created and removed. A missing
+/// directory is fine when its nearest existing ancestor is a directory (it will be created).
+fn probe_directory(directory: &Path) -> Result<(), String> {
+    match std::fs::metadata(directory) {
+        Ok(metadata) if !metadata.is_dir() => Err("it is not a directory".into()),
+        Ok(_) => {
+            let probe = directory.join(format!(".onair-check-{}", std::process::id()));
+            std::fs::OpenOptions::new().write(true).create_new(true).open(&probe).map_err(|error| error.to_string())?;
+            std::fs::remove_file(&probe).map_err(|error| error.to_string())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            match directory.ancestors().skip(1).find(|ancestor| ancestor.exists()) {
+                Some(ancestor) if !ancestor.is_dir() => Err(format!("{} is not a directory", ancestor.display())),
+                _ => Ok(()),
+            }
+        }
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Reads the schema version and the schema itself (which a damaged or foreign file fails), and
+/// refuses a version newer than this onair knows.
+fn read_schema(connection: &Connection, path: &Path, writing: bool) -> Result<i64, Error> {
+    let classify = |error| open_error(path, error, writing);
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(classify)?;
+    connection.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get::<_, i64>(0)).map_err(classify)?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(Error::TooNew { path: path.display().to_string(), found: version, known });
+    }
+    if version < 0 {
+        let reason = format!("schema version {version}, which no onair writes");
+        return Err(Error::Corrupt { path: path.display().to_string(), reason });
+    }
+    Ok(version)
+}
+
+/// Names why a store cannot be opened: damaged, not writable (`writing`), or another reason.
+fn open_error(path: &Path, error: rusqlite::Error, writing: bool) -> Error {
+    use rusqlite::ErrorCode;
+    let reason = error.to_string();
+    let path_text = path.display().to_string();
+    match error.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => Error::Corrupt { path: path_text, reason },
+        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied) if writing => {
+            let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            Error::Unwritable { path: path_text, directory: directory.display().to_string(), reason }
+        }
+        _ => Error::Open { path: path_text, reason },
+    }
+}
+
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
     connection.busy_timeout(std::time::Duration::from_secs(5))?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
@@ -298,13 +392,12 @@ fn configure(connection: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn migrate(connection: &mut Connection, path: &Path) -> Result<(), Error> {
-    let sql = |error: rusqlite::Error| Error::Sql { operation: "migration", reason: error.to_string() };
-    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(sql)?;
-    let known = MIGRATIONS.len() as i64;
-    if version > known {
-        return Err(Error::TooNew { path: path.display().to_string(), found: version, known });
-    }
+/// Applies the migrations after `version` (read by `read_schema`, which refused a newer one).
+fn migrate(connection: &mut Connection, path: &Path, version: i64) -> Result<(), Error> {
+    let sql = |error: rusqlite::Error| match open_error(path, error, true) {
+        Error::Open { reason, .. } => Error::Sql { operation: "migration", reason },
+        unusable => unusable,
+    };
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let transaction = connection.transaction().map_err(sql)?;
         transaction.execute_batch(migration).map_err(sql)?;
@@ -866,11 +959,11 @@ mod tests {
         assert_eq!(store.integrity_check().unwrap(), "ok");
         drop(store);
 
-        let mut connection = Connection::open(&path).unwrap();
+        let connection = Connection::open(&path).unwrap();
         let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
         connection.pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(migrate(&mut connection, &path), Err(Error::TooNew { found: 99, .. })));
+        assert!(matches!(read_schema(&connection, &path, true), Err(Error::TooNew { found: 99, .. })));
         let journal: String = connection.pragma_query_value(None, "journal_mode", |row| row.get(0)).unwrap();
         assert_eq!(journal, "wal");
     }

@@ -294,3 +294,205 @@ fn send_queues_in_the_inbox_and_status_shows_the_broadcasts() {
     let unknown = onair().arg("--config").arg(file.path()).args(["status", "--broadcast", "weather"]).output().unwrap();
     assert_eq!(unknown.status.code(), Some(1));
 }
+
+/// A store written by the real `SqliteStore`: `news` live with its URL, `sport` failed with an
+/// action pending, `weather` in standby with a timer armed; `travel` has no record.
+fn store_with_three_states(path: &std::path::Path) {
+    use onair::store::{Commit, DecisionRecord, InstanceRecord, NewAction, SqliteStore, Store};
+    let store = SqliteStore::open(path).unwrap();
+    let at = chrono::DateTime::parse_from_rfc3339("2026-11-24T18:00:00Z").unwrap().with_timezone(&chrono::Utc);
+    let commit = |broadcast: &str, state: &str, hls: &str, timers: &[(&str, i64)], actions: &[&str]| Commit {
+        duplicate: false,
+        broadcast: broadcast.into(),
+        machine: "live".into(),
+        at,
+        event_id: format!("{broadcast}-1"),
+        event_type: "onair.command.force-state".into(),
+        event: serde_json::json!({}),
+        decision: DecisionRecord {
+            outcome: "transition".into(),
+            from: "idle".into(),
+            to: state.into(),
+            transition: None,
+            reason: format!("{broadcast} to {state}"),
+            detail: serde_json::json!({}),
+        },
+        instance: Some(InstanceRecord {
+            broadcast: broadcast.into(),
+            machine: "live".into(),
+            state: state.into(),
+            vars: serde_json::json!({"hls": hls}).as_object().unwrap().clone(),
+            timers: timers
+                .iter()
+                .map(|(name, minutes)| (name.to_string(), at + chrono::Duration::minutes(*minutes)))
+                .collect(),
+            since: at,
+            seq: 1,
+        }),
+        actions: actions
+            .iter()
+            .map(|kind| NewAction { kind: kind.to_string(), params: serde_json::json!({}) })
+            .collect(),
+        completes: None,
+    };
+    store
+        .commit(vec![
+            commit("news", "live", "https://x/news-20261124t1800z.ism/manifest(format=m3u8-aapl)", &[], &[]),
+            commit("sport", "failed", "", &[], &["notify"]),
+            commit("weather", "standby", "", &[("air_late", 5)], &[]),
+        ])
+        .unwrap();
+}
+
+const FOUR: &str = "[broadcasts.news]\n[broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.travel]\nchannel = \"travel\"\n[broadcasts.weather]\nchannel = \"weather\"\n";
+
+#[test]
+fn status_shows_each_broadcast_its_own_state_and_refuses_a_newer_schema() {
+    let directory = tempfile::tempdir().unwrap();
+    let file = complete_settings(FOUR, directory.path());
+    let store = directory.path().join("onair.db");
+    store_with_three_states(&store);
+
+    let status = onair().arg("--config").arg(file.path()).args(["status", "--json"]).output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let shown: Vec<(&str, &str)> = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| (entry["broadcast"].as_str().unwrap(), entry["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        shown,
+        [("news", "live"), ("sport", "failed"), ("travel", "idle (no event yet)"), ("weather", "standby")]
+    );
+    assert!(report[0]["vars"]["hls"].as_str().unwrap().contains("/news-"), "{report}");
+    assert_eq!(report[0]["pending_actions"], serde_json::json!([]), "{report}");
+    assert_eq!(report[1]["pending_actions"][0]["action"], "notify", "{report}");
+    assert_eq!(report[1]["vars"]["hls"], "", "{report}");
+    assert_eq!(report[2]["vars"], serde_json::Value::Null, "{report}");
+    assert_eq!(report[3]["next_timer"]["timer"], "air_late", "{report}");
+    assert_eq!(report[0]["next_timer"], serde_json::Value::Null, "{report}");
+    for (index, broadcast) in ["news", "sport", "travel", "weather"].iter().enumerate() {
+        let events = report[index]["last_events"].as_array().unwrap();
+        let own: Vec<&str> = events.iter().filter_map(|event| event["event_id"].as_str()).collect();
+        let expected = if *broadcast == "travel" { vec![] } else { vec![format!("{broadcast}-1")] };
+        assert_eq!(own, expected, "{broadcast}: {report}");
+    }
+    let weather = onair().arg("--config").arg(file.path()).args(["status", "--broadcast", "weather"]).output().unwrap();
+    let text = String::from_utf8(weather.stdout).unwrap();
+    assert!(text.starts_with("weather  standby since 2026-11-24T18:00:00"), "{text}");
+
+    // A store written by a newer onair is refused, not printed.
+    rusqlite::Connection::open(&store).unwrap().pragma_update(None, "user_version", 99).unwrap();
+    let refused = onair().arg("--config").arg(file.path()).args(["status", "--json"]).output().unwrap();
+    let errors = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(78), "{errors}");
+    assert!(refused.stdout.is_empty(), "nothing printed: {}", String::from_utf8_lossy(&refused.stdout));
+    assert!(errors.contains(&format!("the store {} has schema version 99", store.display())), "{errors}");
+    println!("status: {shown:?}; newer schema refused: {}", errors.trim());
+}
+
+/// The user id this test runs as (of a file it creates).
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let probe = tempfile::NamedTempFile::new().unwrap();
+    probe.as_file().metadata().unwrap().uid() == 0
+}
+
+#[test]
+fn a_store_that_cannot_be_opened_stops_run_and_check_with_78_and_says_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    struct Case {
+        name: &'static str,
+        /// What `run` and `check` must say.
+        says: Vec<String>,
+        /// Whether `status` refuses it too (it only reads, so an unwritable directory is fine).
+        status_refuses: bool,
+    }
+    let mut figures = Vec::new();
+    for name in ["corrupt", "newer schema", "unwritable directory"] {
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(directory.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let state = directory.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let store = state.join("onair.db");
+        let file = complete_settings(FOUR, &state);
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut as_other_user = false;
+        let case = match name {
+            "corrupt" => {
+                std::fs::write(&store, "these are not the bytes of a database\n".repeat(200)).unwrap();
+                Case {
+                    name,
+                    says: vec![
+                        format!("the store {} is not a readable SQLite database", store.display()),
+                        "restore it from a backup".into(),
+                    ],
+                    status_refuses: true,
+                }
+            }
+            "newer schema" => {
+                store_with_three_states(&store);
+                rusqlite::Connection::open(&store).unwrap().pragma_update(None, "user_version", 7).unwrap();
+                Case {
+                    name,
+                    says: vec![
+                        format!("the store {} has schema version 7, newer than this onair knows", store.display()),
+                        "run that version".into(),
+                    ],
+                    status_refuses: true,
+                }
+            }
+            _ => {
+                std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o555)).unwrap();
+                // Root writes anywhere: run onair as nobody, as a service user would be.
+                as_other_user = running_as_root();
+                Case {
+                    name,
+                    says: vec![
+                        state.display().to_string(),
+                        format!("make {} writable by the user onair runs as", state.display()),
+                    ],
+                    status_refuses: false,
+                }
+            }
+        };
+        let command = |arguments: &[&str]| {
+            let mut command = onair();
+            command.arg("--config").arg(file.path()).args(arguments).env("ONAIR__MEDIA__CLIENT_SECRET", "x");
+            if as_other_user {
+                command.uid(65534).gid(65534);
+            }
+            command.output().unwrap()
+        };
+        let run = command(&["run"]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(78), "{}: run: {stderr}", case.name);
+        let message: Vec<&str> = stderr.lines().filter(|line| line.starts_with("error: ")).collect();
+        assert_eq!(message.len(), 1, "{}: one line: {stderr}", case.name);
+        for part in &case.says {
+            assert!(message[0].contains(part.as_str()), "{}: {part:?} in {message:?}", case.name);
+        }
+        let check = command(&["check"]);
+        let report = String::from_utf8_lossy(&check.stdout);
+        assert_eq!(check.status.code(), Some(78), "{}: check: {report}", case.name);
+        assert!(report.contains(case.says[0].as_str()), "{}: check: {report}", case.name);
+        let status = command(&["status"]);
+        assert_eq!(status.status.code(), Some(if case.status_refuses { 78 } else { 0 }), "{}: status", case.name);
+        figures.push(format!("{}: exit {:?}, {:?}", case.name, run.status.code(), message[0]));
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // A missing store in a writable directory is fine for check (it will be created).
+    let directory = tempfile::tempdir().unwrap();
+    let file = complete_settings(FOUR, directory.path());
+    let check =
+        onair().arg("--config").arg(file.path()).arg("check").env("ONAIR__MEDIA__CLIENT_SECRET", "x").output().unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "{report}");
+    assert!(report.contains("(not created yet)"), "{report}");
+    for line in figures {
+        println!("{line}");
+    }
+}
