@@ -101,6 +101,57 @@ impl TestEngine {
     }
 }
 
+/// Two broadcasts tests add beside their own, so that every read of per-broadcast state has
+/// neighbours in other states to be confused with.
+pub const NEIGHBOURS: &str = "[broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.travel]\nchannel = \"travel\"\n";
+
+/// The neighbours' records once placed.
+pub struct Neighbours(Vec<onair::store::InstanceRecord>);
+
+impl TestEngine {
+    /// Forces `sport` into `failed` and `travel` into `cooldown` (no actions run, no timers) and
+    /// records them.
+    pub async fn neighbours(&self, settings: &Settings) -> Neighbours {
+        let mut records = Vec::new();
+        for (broadcast, state) in [("sport", "failed"), ("travel", "cooldown")] {
+            let data = serde_json::json!({"state": state, "note": "a neighbour"});
+            let outcome =
+                self.send(&format!("neighbour-{broadcast}"), onair::event::FORCE_STATE, broadcast, data).await;
+            assert_eq!(outcome, Outcome::Committed, "{broadcast}");
+            let record = record(settings, broadcast).expect("the neighbour's record");
+            assert_eq!(record.state, state);
+            records.push(record);
+        }
+        Neighbours(records)
+    }
+}
+
+impl Neighbours {
+    /// Asserts that neither neighbour changed: state, variables, timers, since, decisions.
+    pub fn untouched(&self, settings: &Settings) {
+        for placed in &self.0 {
+            assert_eq!(record(settings, &placed.broadcast).as_ref(), Some(placed), "{} changed", placed.broadcast);
+            let decided = view(settings)
+                .audit(&placed.broadcast, 100)
+                .unwrap()
+                .iter()
+                .filter(|row| row.kind == "decision")
+                .count();
+            assert_eq!(decided, 1, "{}: only the decision that placed it", placed.broadcast);
+        }
+    }
+}
+
+/// The record of `broadcast` in the store.
+pub fn record(settings: &Settings, broadcast: &str) -> Option<onair::store::InstanceRecord> {
+    SqliteStore::open_read_only(&settings.engine.store)
+        .ok()?
+        .load_instances()
+        .ok()?
+        .into_iter()
+        .find(|instance| instance.broadcast == broadcast)
+}
+
 /// A read-only view of a store.
 pub fn view(settings: &Settings) -> onair::store::ReadOnly {
     SqliteStore::open_read_only(&settings.engine.store).expect("read-only store")

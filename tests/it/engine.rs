@@ -9,11 +9,12 @@ use onair::event;
 use onair::store;
 use serde_json::json;
 
-use crate::daemon::{TestEngine, settings, settled, state, view};
+use crate::daemon::{NEIGHBOURS, TestEngine, settings, settled, state, view};
 use crate::helpers::{TestEmulator, emulator_settings};
 use crate::lifecycle::writes;
 
-const NEWS: &str = "[broadcasts.news]\nunits = { on_air = 3, off_air = 1 }\n";
+/// `news`, and two neighbours (one failed, one in cooldown) that its lifecycle must not touch.
+const NEWS: &str = "[broadcasts.news]\nunits = { on_air = 3, off_air = 1 }\n[broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.travel]\nchannel = \"travel\"\n";
 
 #[tokio::test]
 async fn schedule_steps_drive_a_broadcast_through_its_lifecycle() {
@@ -23,6 +24,7 @@ async fn schedule_steps_drive_a_broadcast_through_its_lifecycle() {
     let directory = tempfile::tempdir().unwrap();
     let settings = settings(&emulator, directory.path(), NEWS);
     let engine = TestEngine::start(&settings).await;
+    let neighbours = engine.neighbours(&settings).await;
 
     for (step, expected) in
         [("warmup", "standby"), ("scale", "standby"), ("air", "live"), ("end", "cooldown"), ("cooldown", "idle")]
@@ -55,6 +57,7 @@ async fn schedule_steps_drive_a_broadcast_through_its_lifecycle() {
     let counts = store.outbox_counts().unwrap();
     assert_eq!(counts.get("succeeded"), Some(&10), "{counts:?}");
     engine.stop().await;
+    neighbours.untouched(&settings);
 }
 
 #[tokio::test]
@@ -63,6 +66,7 @@ async fn a_duplicate_event_has_one_effect_and_unknown_subjects_are_refused() {
     let directory = tempfile::tempdir().unwrap();
     let settings = settings(&emulator, directory.path(), NEWS);
     let engine = TestEngine::start(&settings).await;
+    let neighbours = engine.neighbours(&settings).await;
     assert_eq!(engine.step("news", "warmup").await, Outcome::Committed);
     assert_eq!(engine.step("news", "warmup").await, Outcome::Duplicate);
     settled(&settings, "news", "standby").await;
@@ -78,6 +82,7 @@ async fn a_duplicate_event_has_one_effect_and_unknown_subjects_are_refused() {
     let outcome = engine.send("x2", "onair.encoder.connected", "liveEvent/news", json!({})).await;
     assert_eq!(outcome, Outcome::Committed);
     engine.stop().await;
+    neighbours.untouched(&settings);
 }
 
 #[tokio::test]
@@ -95,6 +100,7 @@ async fn a_failed_action_stops_the_broadcast_and_resume_picks_it_up() {
         })
         .unwrap();
     let engine = TestEngine::start(&settings).await;
+    let neighbours = engine.neighbours(&settings).await;
     engine.step("news", "warmup").await;
     settled(&settings, "news", "failed").await;
     let (_, vars) = state(&settings, "news").unwrap();
@@ -115,14 +121,20 @@ async fn a_failed_action_stops_the_broadcast_and_resume_picks_it_up() {
     assert_eq!(engine.send("r1", "onair.command.resume", "news", json!({})).await, Outcome::Committed);
     settled(&settings, "news", "standby").await;
     engine.stop().await;
+    neighbours.untouched(&settings);
 }
 
 #[tokio::test]
 async fn a_durable_timer_due_while_down_fires_exactly_once_after_restart() {
     let emulator = TestEmulator::start(emulator_settings()).await;
     let directory = tempfile::tempdir().unwrap();
-    let settings = settings(&emulator, directory.path(), "[broadcasts.news]\nsettings = { reset_after = \"1s\" }\n");
+    let settings = settings(
+        &emulator,
+        directory.path(),
+        &format!("[broadcasts.news]\nsettings = {{ reset_after = \"1s\" }}\n{NEIGHBOURS}"),
+    );
     let engine = TestEngine::start(&settings).await;
+    let neighbours = engine.neighbours(&settings).await;
     engine.send("go", "onair.command.start-now", "news", json!({"occurrence": "20261124t1800z"})).await;
     settled(&settings, "news", "live").await;
     engine.send("lost", "onair.encoder.disconnected", "liveEvent/news", json!({})).await;
@@ -144,6 +156,7 @@ async fn a_durable_timer_due_while_down_fires_exactly_once_after_restart() {
     let engine = TestEngine::start(&settings).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     engine.stop().await;
+    neighbours.untouched(&settings);
 
     assert_eq!(resets(&emulator), 1, "one channel reset");
     let fired = view(&settings)
@@ -164,6 +177,7 @@ async fn an_action_in_flight_at_shutdown_resumes_without_a_second_write() {
     let directory = tempfile::tempdir().unwrap();
     let settings = settings(&emulator, directory.path(), NEWS);
     let engine = TestEngine::start(&settings).await;
+    let neighbours = engine.neighbours(&settings).await;
     engine.step("news", "warmup").await;
     let created =
         |emulator: &TestEmulator| writes(&emulator.requests()).iter().any(|write| write == "PUT liveEvents/news");
@@ -178,6 +192,7 @@ async fn an_action_in_flight_at_shutdown_resumes_without_a_second_write() {
     let engine = TestEngine::start(&settings).await;
     settled(&settings, "news", "standby").await;
     engine.stop().await;
+    neighbours.untouched(&settings);
     let channel_writes: Vec<String> =
         writes(&emulator.requests()).into_iter().filter(|write| write.contains("liveEvents/news")).collect();
     assert_eq!(channel_writes, ["PUT liveEvents/news"], "the start was resumed, not repeated");
