@@ -192,7 +192,12 @@ impl Daemon {
         } else {
             None
         };
-        let health = crate::health::Health::new(settings.health.clone(), engine_settings.store.clone(), status.clone());
+        let health = crate::health::Health::new(
+            settings.health.clone(),
+            engine_settings.store.clone(),
+            status.clone(),
+            metrics.commits().clone(),
+        );
         let probe = tokio::spawn(health.clone().probe_media(media, intake.clone()));
         let http = if settings.http.enabled {
             let listener = tokio::net::TcpListener::bind(settings.http.listen)
