@@ -141,6 +141,7 @@ impl Daemon {
         let intake = CancellationToken::new();
         let engine = Engine::start(parts, core.clone()).await?;
         let status = broker::Status::default();
+        status.watch_commits(metrics.commits().clone());
         let consumer =
             tokio::spawn(broker::consume(Arc::clone(&broker_settings), engine.input(), status.clone(), intake.clone()));
         let inbox = tokio::spawn(inbox::run(
