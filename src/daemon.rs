@@ -151,6 +151,7 @@ impl Daemon {
         let intake = CancellationToken::new();
         let engine = Engine::start(parts, core.clone()).await?;
         let status = broker::Status::default();
+        status.watch_commits(metrics.commits().clone());
         let consumer =
             tokio::spawn(broker::consume(Arc::clone(&broker_settings), engine.input(), status.clone(), intake.clone()));
         let inbox = tokio::spawn(inbox::run(
@@ -202,7 +203,12 @@ impl Daemon {
         } else {
             None
         };
-        let health = crate::health::Health::new(settings.health.clone(), engine_settings.store.clone(), status.clone());
+        let health = crate::health::Health::new(
+            settings.health.clone(),
+            engine_settings.store.clone(),
+            status.clone(),
+            metrics.commits().clone(),
+        );
         let probe = tokio::spawn(health.clone().probe_media(media, intake.clone()));
         let http = if settings.http.enabled {
             let listener = tokio::net::TcpListener::bind(settings.http.listen)

@@ -1,13 +1,16 @@
 //! Whether the daemon is ready and making progress: what `/readyz` answers and what the systemd
 //! watchdog is fed from.
 //!
-//! Ready means: the store takes a write (a write transaction can begin), RabbitMQ is connected
-//! with the consumer registered, and the media API answered the last probe. Progress means the
-//! consumer is not stalled: deliveries that arrive get committed (`broker::Status::stalled`).
-//! An idle daemon is making progress; a daemon whose commits keep failing, or whose deliveries
-//! sit in hand, is not, and the watchdog stops so that systemd restarts it.
+//! Ready means: the engine's commits succeed (`Commits`: the last commit did not fail) and the
+//! store takes a write (a write transaction can begin), RabbitMQ is connected with the consumer
+//! registered, and the media API answered the last probe. Progress means the consumer is not
+//! stalled: deliveries that arrive get committed (`broker::Status::stalled`), and no commit has
+//! been failing for `stall_after`. An idle daemon is making progress; a daemon whose commits keep
+//! failing, or whose deliveries sit in hand, is not, and the watchdog stops so that systemd
+//! restarts it.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +46,104 @@ impl Settings {
     }
 }
 
+/// Whether the engine's commits succeed. The lanes report every commit's result; readiness, the
+/// progress check, the broker consumer (which does not start consuming while commits fail) and
+/// `/metrics` read it. An episode starts with the first failed commit after a success and ends
+/// with the next successful commit.
+#[derive(Clone, Debug)]
+pub struct Commits(Arc<CommitsInner>);
+
+#[derive(Debug)]
+struct CommitsInner {
+    /// Failed commits since start.
+    failures: AtomicU64,
+    failing: Mutex<Option<Failing>>,
+    /// `true` while commits fail.
+    state: tokio::sync::watch::Sender<bool>,
+}
+
+/// An episode of failing commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failing {
+    /// What the store said, when it is a known condition.
+    pub fault: Option<crate::store::Fault>,
+    /// The last error.
+    pub reason: String,
+    /// The first failure of the episode.
+    pub since: tokio::time::Instant,
+    /// Failed commits in the episode.
+    pub failures: u64,
+}
+
+impl Failing {
+    /// `disk full`, `I/O error`, `locked`, or `error` when the store gave no known condition.
+    pub fn label(&self) -> String {
+        self.fault.map_or_else(|| "error".to_string(), |fault| fault.to_string())
+    }
+}
+
+impl Default for Commits {
+    fn default() -> Self {
+        Self(Arc::new(CommitsInner {
+            failures: AtomicU64::new(0),
+            failing: Mutex::new(None),
+            state: tokio::sync::watch::channel(false).0,
+        }))
+    }
+}
+
+impl Commits {
+    /// A commit failed; true when this starts an episode (the caller logs it, once).
+    pub fn failed(&self, error: &crate::store::Error) -> bool {
+        self.0.failures.fetch_add(1, Ordering::Relaxed);
+        let mut failing = self.failing_lock();
+        let started = failing.is_none();
+        let episode = failing.get_or_insert_with(|| Failing {
+            fault: None,
+            reason: String::new(),
+            since: tokio::time::Instant::now(),
+            failures: 0,
+        });
+        episode.fault = error.fault();
+        episode.reason = error.to_string();
+        episode.failures += 1;
+        drop(failing);
+        if started {
+            self.0.state.send_replace(true);
+        }
+        started
+    }
+
+    /// A commit succeeded; the episode it ends, if one was going on (the caller logs it, once).
+    pub fn succeeded(&self) -> Option<Failing> {
+        let ended = self.failing_lock().take();
+        if ended.is_some() {
+            self.0.state.send_replace(false);
+        }
+        ended
+    }
+
+    /// The episode going on, if commits fail.
+    pub fn failing(&self) -> Option<Failing> {
+        self.failing_lock().clone()
+    }
+
+    /// Failed commits since start (`onair_store_commit_failures_total`).
+    pub fn failures(&self) -> u64 {
+        self.0.failures.load(Ordering::Relaxed)
+    }
+
+    /// Returns once commits do not fail (at once when they do not).
+    pub async fn until_ok(&self) {
+        let mut state = self.0.state.subscribe();
+        let _ = state.wait_for(|failing| !failing).await;
+    }
+
+    fn failing_lock(&self) -> std::sync::MutexGuard<'_, Option<Failing>> {
+        self.0.failing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// One check's answer.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Check {
@@ -66,21 +167,38 @@ struct Inner {
     settings: Settings,
     store: PathBuf,
     broker: crate::broker::Status,
+    commits: Commits,
     media: Mutex<Option<(Check, tokio::time::Instant)>>,
 }
 
 impl Health {
-    pub fn new(settings: Settings, store: PathBuf, broker: crate::broker::Status) -> Self {
-        Self(Arc::new(Inner { settings, store, broker, media: Mutex::new(None) }))
+    pub fn new(settings: Settings, store: PathBuf, broker: crate::broker::Status, commits: Commits) -> Self {
+        Self(Arc::new(Inner { settings, store, broker, commits, media: Mutex::new(None) }))
     }
 
     /// Every check, now (the media check is the last probe's answer).
     pub async fn readiness(&self) -> Readiness {
-        let path = self.0.store.clone();
-        let store = match tokio::task::spawn_blocking(move || crate::store::probe_writable(&path)).await {
-            Ok(Ok(())) => Check { ok: true, detail: "writable".into() },
-            Ok(Err(error)) => Check { ok: false, detail: error.to_string() },
-            Err(error) => Check { ok: false, detail: format!("the probe did not finish: {error}") },
+        let store = match self.0.commits.failing() {
+            // A write transaction may still begin on a full disk: the commits' own result wins.
+            Some(failing) => Check {
+                ok: false,
+                detail: format!(
+                    "{}: {} commit{} failed in {} s, retrying; last: {}",
+                    failing.label(),
+                    failing.failures,
+                    if failing.failures == 1 { "" } else { "s" },
+                    failing.since.elapsed().as_secs(),
+                    failing.reason
+                ),
+            },
+            None => {
+                let path = self.0.store.clone();
+                match tokio::task::spawn_blocking(move || crate::store::probe_writable(&path)).await {
+                    Ok(Ok(())) => Check { ok: true, detail: "writable".into() },
+                    Ok(Err(error)) => Check { ok: false, detail: error.to_string() },
+                    Err(error) => Check { ok: false, detail: format!("the probe did not finish: {error}") },
+                }
+            }
         };
         let status = &self.0.broker;
         let broker = if status.is_ready() {
@@ -103,9 +221,23 @@ impl Health {
         Readiness { ready: checks.values().all(|check| check.ok), checks }
     }
 
-    /// Why the consumer is not making progress, if it is not.
+    /// Why the daemon is not making progress, if it is not: the consumer holds deliveries that
+    /// do not get committed, or commits (of any event, internal ones included) have been failing
+    /// for `stall_after`.
     pub fn stalled(&self) -> Option<String> {
-        self.0.broker.stalled(self.0.settings.stall_after).map(|stalled| stalled.to_string())
+        let threshold = self.0.settings.stall_after;
+        if let Some(stalled) = self.0.broker.stalled(threshold) {
+            return Some(stalled.to_string());
+        }
+        let failing = self.0.commits.failing()?;
+        let for_ = failing.since.elapsed();
+        (for_ >= threshold).then(|| {
+            format!(
+                "no event committed for {for_:.0?}: store {} ({} failed commits)",
+                failing.label(),
+                failing.failures
+            )
+        })
     }
 
     fn media(&self) -> std::sync::MutexGuard<'_, Option<(Check, tokio::time::Instant)>> {

@@ -38,6 +38,8 @@ struct Inner {
     action_failures: Family<Labels, Counter>,
     /// The last heartbeat per channel (lowercase), as the event says it was sent.
     heartbeats: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Whether the engine's commits succeed, and how many failed.
+    commits: crate::health::Commits,
 }
 
 impl Default for Metrics {
@@ -48,6 +50,7 @@ impl Default for Metrics {
             action_retries: Family::default(),
             action_failures: Family::default(),
             heartbeats: Mutex::new(HashMap::new()),
+            commits: crate::health::Commits::default(),
         }))
     }
 }
@@ -81,6 +84,11 @@ impl Metrics {
                 self.0.action_failures.get_or_create(&labels).inc();
             }
         }
+    }
+
+    /// The engine's commit results (failures counted as `onair_store_commit_failures_total`).
+    pub fn commits(&self) -> &crate::health::Commits {
+        &self.0.commits
     }
 
     /// An encoder heartbeat for `channel`.
@@ -128,6 +136,12 @@ impl Metrics {
             "broker_reconnects",
             "Reconnections to RabbitMQ after the first connection",
             snapshot.reconnects,
+        );
+        counter(
+            &mut registry,
+            "store_commit_failures",
+            "Commits of decisions that failed (disk full, I/O error, locked, …) and were retried",
+            self.0.commits.failures(),
         );
         counter(&mut registry, "schedule_steps_published", "Schedule steps published", snapshot.steps_published);
         counter(
@@ -218,6 +232,13 @@ mod tests {
         metrics.action("locator.publish", Attempt::Failed);
         let now = DateTime::from_timestamp(1_764_007_200, 0).unwrap();
         metrics.heartbeat("News", now - chrono::TimeDelta::seconds(25));
+        let full = crate::store::Error::Unavailable {
+            operation: "commit",
+            fault: crate::store::Fault::DiskFull,
+            reason: "database or disk is full".into(),
+        };
+        assert!(metrics.commits().failed(&full), "the first failure starts an episode");
+        assert!(!metrics.commits().failed(&full), "the second continues it");
         let snapshot = Snapshot {
             now,
             consumed: 10,
@@ -243,6 +264,7 @@ mod tests {
             "onair_events_deduplicated_total 2",
             "onair_events_dead_lettered_total 1",
             "onair_broker_reconnects_total 3",
+            "onair_store_commit_failures_total 2",
             "onair_schedule_steps_missed_total 4",
             "onair_decision_latency_seconds_count 2",
             "onair_decision_latency_seconds_bucket{le=\"0.005\"} 1",

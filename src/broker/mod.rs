@@ -7,8 +7,17 @@
 //! The consumer acknowledges a message only after the engine reports its consequences committed
 //! (or found it a duplicate). A message that is not a valid event, or that no broadcast is about,
 //! is republished to the dead-letter exchange with an `x-onair-reason` header (confirmed) and then
-//! acknowledged, so it never loops. A decision that could not be committed is rejected with
-//! requeue; the queue's delivery limit dead-letters it if that keeps happening.
+//! acknowledged, so it never loops. Only what is wrong with the message itself dead-letters it.
+//!
+//! When onair's own store fails, nothing is rejected or requeued (RabbitMQ 3.10 counts a requeue
+//! towards the delivery limit): the engine keeps the events and retries their commit, the
+//! deliveries stay unacknowledged, prefetch bounds how many, and the consumer takes no more until
+//! the engine takes events again. At shutdown while commits fail, the consumer does not wait for
+//! them: closing the channel returns them to the queue. After the connection is lost while
+//! commits fail (the broker's `consumer_timeout` closes a channel that holds a delivery for 30
+//! minutes), the consumer waits for a commit to succeed before it consumes again
+//! (`Status::watch_commits`), so that a long outage returns each message once, not every 30
+//! minutes.
 //!
 //! Connection loss: the supervisor rebuilds the connection, channels, topology and consumer
 //! after a capped, jittered backoff; heartbeats (`heartbeat`) and a periodic liveness check detect
@@ -195,6 +204,8 @@ struct StatusInner {
     dead_lettered: AtomicU64,
     last_error: std::sync::Mutex<Option<String>>,
     work: std::sync::Mutex<Work>,
+    /// The engine's commit results, when the consumer should hold back while commits fail.
+    commits: std::sync::OnceLock<crate::health::Commits>,
 }
 
 /// Deliveries in hand and since when none has been settled for good (acknowledged or
@@ -236,6 +247,18 @@ impl Status {
     /// Connected, topology declared, consumer registered.
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::SeqCst)
+    }
+
+    /// Makes the consumer hold back while the engine's commits fail: it does not start consuming
+    /// (after a lost connection) until a commit succeeds, and does not wait at shutdown for
+    /// deliveries that cannot be committed. Set once, before `consume`.
+    pub fn watch_commits(&self, commits: crate::health::Commits) {
+        let _ = self.inner.commits.set(commits);
+    }
+
+    /// The engine's commits fail now.
+    fn commits_failing(&self) -> bool {
+        self.inner.commits.get().is_some_and(|commits| commits.failing().is_some())
     }
 
     /// Reconnections after the first connection.
@@ -567,6 +590,13 @@ pub async fn consume(
         if shutdown.is_cancelled() {
             return;
         }
+        if let Some(commits) = status.inner.commits.get().filter(|commits| commits.failing().is_some()) {
+            tracing::warn!("Store commits fail; consuming waits until a commit succeeds.");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = commits.until_ok() => {}
+            }
+        }
         let connected_at = tokio::time::Instant::now();
         let result = session(&settings, &input, &status, &shutdown, &mut first).await;
         match result {
@@ -636,7 +666,7 @@ async fn session(
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
                     status.received();
-                    handle(delivery, input, &in_flight, &dead, status).await;
+                    handle(delivery, input, &in_flight, &dead, status, shutdown).await;
                 }
                 Some(Err(error)) => break Err(Error::ConsumerEnded(error.to_string())),
                 None => break Err(Error::ConsumerEnded("the broker cancelled the consumer".into())),
@@ -652,7 +682,21 @@ async fn session(
         // still unacknowledged goes back to the queue.
         let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
         in_flight.close();
-        in_flight.wait().await;
+        // Deliveries whose commit the store refuses would never finish: do not wait for them.
+        loop {
+            tokio::select! {
+                () = in_flight.wait() => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if status.commits_failing() {
+                        tracing::warn!(
+                            in_hand = in_flight.len(),
+                            "Store commits fail; deliveries in hand go back to the queue when the channel closes."
+                        );
+                        break;
+                    }
+                }
+            }
+        }
         let _ = channel.close(200, "bye".into()).await;
         let _ = connection.close(200, "bye".into()).await;
         tracing::info!("Consumer stopped; in-flight events acknowledged or returned.");
@@ -668,6 +712,7 @@ async fn handle(
     in_flight: &TaskTracker,
     dead: &Arc<DeadLetters>,
     status: &Status,
+    shutdown: &CancellationToken,
 ) {
     let is_output =
         delivery.properties.headers().as_ref().is_some_and(|headers| headers.inner().contains_key(OUTPUT_HEADER));
@@ -685,11 +730,18 @@ async fn handle(
         }
     };
     let (reply, outcome) = oneshot::channel();
-    if input.send(Delivery { event, reply: Some(reply) }).await.is_err() {
-        // The engine is stopping: leave the message unacknowledged; it goes back to the queue.
+    // While the engine takes nothing (its commits fail and its queues are full) this waits, and
+    // the consumer takes no new delivery: consumption is paused.
+    let permit = tokio::select! {
+        permit = input.reserve() => permit.ok(),
+        () = shutdown.cancelled() => None,
+    };
+    let Some(permit) = permit else {
+        // Stopping: leave the message unacknowledged; it goes back to the queue.
         status.settled(false);
         return;
-    }
+    };
+    permit.send(Delivery { event, reply: Some(reply) });
     let dead = Arc::clone(dead);
     let status = status.clone();
     in_flight.spawn(async move {
@@ -706,8 +758,11 @@ async fn handle(
             }
             Outcome::Unroutable(reason) => dead.dead_letter(delivery, &reason).await,
             Outcome::Failed(reason) => {
-                tracing::warn!(%reason, "Event not committed; returned to the queue.");
-                let _ = delivery.reject(BasicRejectOptions { requeue: true }).await;
+                // Only when the engine stops before its commit (store failures are retried, not
+                // reported). Not rejected: a requeue counts towards the delivery limit. The
+                // delivery stays unacknowledged until the channel closes, which returns it.
+                tracing::debug!(%reason, delivery_tag = delivery.delivery_tag, "Event not committed; left unacknowledged, it goes back to the queue when the channel closes.");
+                drop(delivery);
                 status.settled(false);
             }
         }

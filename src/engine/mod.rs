@@ -167,7 +167,7 @@ impl Engine {
                 cache,
                 stale: Default::default(),
             };
-            tracker.spawn(lane.run(receiver));
+            tracker.spawn(lane.run(receiver, shutdown.child_token()));
             lanes.push(sender);
         }
         tracker.spawn(route(inbox, lanes, Arc::clone(settings), metrics.clone(), shutdown.child_token()));
@@ -352,7 +352,13 @@ impl Lane {
     /// Takes the events waiting for this lane, up to `lane_batch` at a time, decides them in order
     /// (each on the state the previous one left) and commits them together; the safe point is
     /// between batches.
-    async fn run(mut self, mut input: mpsc::Receiver<Routed>) {
+    ///
+    /// A batch whose commit fails (disk full, I/O error, store locked) is kept and decided and
+    /// committed again after a capped backoff, until it commits: its sources are not answered
+    /// meanwhile (deliveries stay unacknowledged, internal events are not lost), and the lane
+    /// takes nothing new, so its queue fills and the inputs stop taking events. Only `shutdown`
+    /// ends the retries; the events not committed are then answered `Failed`.
+    async fn run(mut self, mut input: mpsc::Receiver<Routed>, shutdown: CancellationToken) {
         while let Some(first) = input.recv().await {
             let mut batch = vec![first];
             while batch.len() < self.settings.lane_batch {
@@ -361,18 +367,52 @@ impl Lane {
                     Err(_) => break,
                 }
             }
-            let outcomes = self.handle(&batch).await;
-            for (routed, outcome) in batch.into_iter().zip(outcomes) {
-                if outcome == Outcome::Committed {
-                    self.metrics.decided(routed.arrived.elapsed());
+            let mut delay = self.settings.commit_backoff_initial;
+            loop {
+                let outcomes = self.handle(&batch).await;
+                let mut retry = Vec::new();
+                for (routed, outcome) in batch.into_iter().zip(outcomes) {
+                    match outcome {
+                        Outcome::Failed(_) if !shutdown.is_cancelled() => retry.push(routed),
+                        outcome => self.answer(routed, outcome),
+                    }
                 }
-                if let Outcome::Failed(reason) = &outcome {
-                    tracing::error!(broadcast = %routed.broadcast, event_id = %routed.event.id, %reason, "Decision not committed.");
+                if retry.is_empty() {
+                    break;
                 }
-                if let Some(reply) = routed.reply {
-                    let _ = reply.send(outcome);
+                batch = retry;
+                // While commits fail, another lane's successful commit ends the wait: the store
+                // takes writes again.
+                let commits_failing = self.metrics.commits().failing().is_some();
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = self.metrics.commits().until_ok(), if commits_failing => {}
                 }
+                if shutdown.is_cancelled() {
+                    tracing::warn!(
+                        events = batch.len(),
+                        "Stopping with events not committed; their sources deliver them again."
+                    );
+                    for routed in batch {
+                        self.answer(
+                            routed,
+                            Outcome::Failed("the engine stopped before the store took the commit".into()),
+                        );
+                    }
+                    return;
+                }
+                delay = (delay * 2).min(self.settings.commit_backoff_max);
             }
+        }
+    }
+
+    fn answer(&self, routed: Routed, outcome: Outcome) {
+        if outcome == Outcome::Committed {
+            self.metrics.decided(routed.arrived.elapsed());
+        }
+        if let Some(reply) = routed.reply {
+            let _ = reply.send(outcome);
         }
     }
 
@@ -459,11 +499,15 @@ impl Lane {
                     .collect()
             }
             Err(error) => {
-                // Nothing of the batch was recorded: forget what was decided and start again from
-                // the store for these broadcasts; the sources deliver the events again.
-                for broadcast in working.keys() {
-                    self.cache.remove(broadcast);
-                    self.stale.insert(broadcast.clone());
+                // Nothing of the batch was recorded. When the store says why (full, I/O error,
+                // locked), the failed transaction was rolled back, so the cached instances are
+                // still what the store holds; otherwise (an event found already processed, the
+                // writer gone) start again from the store for these broadcasts.
+                if error.fault().is_none() {
+                    for broadcast in working.keys() {
+                        self.cache.remove(broadcast);
+                        self.stale.insert(broadcast.clone());
+                    }
                 }
                 let reason = error.to_string();
                 outcomes.into_iter().map(|outcome| outcome.unwrap_or_else(|| Outcome::Failed(reason.clone()))).collect()
@@ -504,25 +548,38 @@ impl Lane {
         Ok(cached)
     }
 
-    /// Commits a batch, retrying a few times: a store error is usually passing (disk busy, full).
+    /// Commits a batch, once; reports the result to `metrics.commits()` and logs the start and
+    /// the end of an episode of failures (not every retry). The caller retries.
     async fn commit(&self, batch: Vec<Commit>) -> Result<Vec<Committed>, store::Error> {
-        let mut delay = Duration::from_millis(50);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let store = Arc::clone(&self.store);
-            let try_batch = batch.clone();
-            let result = tokio::task::spawn_blocking(move || store.commit(try_batch))
-                .await
-                .unwrap_or(Err(store::Error::Stopped));
-            match result {
-                Err(store::Error::Sql { .. }) if attempt < self.settings.commit_attempts => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+        let store = Arc::clone(&self.store);
+        let result =
+            tokio::task::spawn_blocking(move || store.commit(batch)).await.unwrap_or(Err(store::Error::Stopped));
+        let commits = self.metrics.commits();
+        match &result {
+            Ok(_) => {
+                if let Some(episode) = commits.succeeded() {
+                    tracing::info!(
+                        fault = %episode.label(),
+                        failed_commits = episode.failures,
+                        after = ?episode.since.elapsed(),
+                        "Store commits succeed again; events held meanwhile are committed and consumption resumes."
+                    );
                 }
-                other => return other,
+            }
+            Err(error) => {
+                if commits.failed(error) {
+                    tracing::error!(
+                        fault = %error.fault().map_or_else(|| "error".to_string(), |fault| fault.to_string()),
+                        %error,
+                        retry_max = ?self.settings.commit_backoff_max,
+                        "Store commits fail; events are held (not acknowledged, not requeued) and retried, and no new deliveries are taken until a commit succeeds."
+                    );
+                } else {
+                    tracing::debug!(%error, "Commit failed again; retrying.");
+                }
             }
         }
+        result
     }
 }
 

@@ -35,8 +35,10 @@ pub struct Settings {
     pub action_attempts: u32,
     /// Backoff before an action's second attempt; it doubles.
     pub action_backoff: Duration,
-    /// Attempts of one commit before the event is reported failed.
-    pub commit_attempts: u32,
+    /// Wait before a failed commit is tried again; it doubles up to `commit_backoff_max`. A
+    /// commit is retried until it succeeds (or the engine stops): the events stay in hand.
+    pub commit_backoff_initial: Duration,
+    pub commit_backoff_max: Duration,
     /// How long processed event ids are kept for deduplication.
     pub dedup_retention: Duration,
     /// The broadcasts, by id.
@@ -66,7 +68,8 @@ impl Settings {
             action_concurrency: engine.value("action_concurrency"),
             action_attempts: engine.value("action_attempts"),
             action_backoff: engine.duration("action_backoff"),
-            commit_attempts: engine.value("commit_attempts"),
+            commit_backoff_initial: engine.duration("commit_backoff_initial"),
+            commit_backoff_max: engine.duration("commit_backoff_max"),
             dedup_retention: engine.duration("dedup_retention"),
             broadcasts: parse_broadcasts(broadcasts, &content_key_policies),
             content_key_policies,
@@ -79,7 +82,17 @@ impl Settings {
         engine.check("lane_batch", (1..=4096).contains(&settings.lane_batch), "must be between 1 and 4096");
         engine.check("action_concurrency", settings.action_concurrency >= 1, "must be at least 1");
         engine.check("action_attempts", settings.action_attempts >= 1, "must be at least 1");
-        engine.check("commit_attempts", settings.commit_attempts >= 1, "must be at least 1");
+        engine.check(
+            "commit_backoff_initial",
+            (Duration::from_millis(1)..=Duration::from_secs(60)).contains(&settings.commit_backoff_initial),
+            "must be between 1ms and 1m",
+        );
+        engine.check(
+            "commit_backoff_max",
+            settings.commit_backoff_max >= settings.commit_backoff_initial
+                && settings.commit_backoff_max <= Duration::from_secs(300),
+            "must be at least commit_backoff_initial and at most 5m",
+        );
         engine.check("inbox_poll", !settings.inbox_poll.is_zero(), "must be greater than zero");
         engine.check("dedup_retention", settings.dedup_retention >= Duration::from_secs(60), "must be at least 1m");
         settings

@@ -70,9 +70,13 @@ pub enum Error {
     /// The database, or its directory, cannot be written (permissions, a read-only filesystem).
     #[error("cannot write the store {path} ({reason}): make {directory} writable by the user onair runs as")]
     Unwritable { path: String, directory: String, reason: String },
-    /// A statement failed (disk full, I/O error, …).
+    /// A statement failed for a reason not classified as a `Fault`.
     #[error("store {operation} failed: {reason}")]
     Sql { operation: &'static str, reason: String },
+    /// A write failed because of the store's own condition (disk full, I/O error, locked), not
+    /// because of what was written: nothing was recorded, and the same write can succeed later.
+    #[error("store {operation} failed ({fault}): {reason}")]
+    Unavailable { operation: &'static str, fault: Fault, reason: String },
     /// An event of the batch was already processed although the batch said otherwise.
     #[error("event {event_id} was already processed for {broadcast}; the batch was not recorded")]
     UnexpectedDuplicate { event_id: String, broadcast: String },
@@ -89,6 +93,36 @@ impl Error {
     /// an operator has to act, and `onair run` exits with the settings exit code.
     pub fn is_unusable(&self) -> bool {
         matches!(self, Error::Open { .. } | Error::TooNew { .. } | Error::Corrupt { .. } | Error::Unwritable { .. })
+    }
+
+    /// The store-side condition behind this error, when it is one.
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            Error::Unavailable { fault, .. } => Some(*fault),
+            _ => None,
+        }
+    }
+}
+
+/// A condition of the store itself that makes writes fail for a while (SQLite's `SQLITE_FULL`,
+/// `SQLITE_IOERR`, `SQLITE_BUSY` or `SQLITE_LOCKED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// The file system holding the store is full.
+    DiskFull,
+    /// Reading or writing the file failed.
+    Io,
+    /// Another connection holds the lock for longer than the busy timeout.
+    Locked,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fault::DiskFull => "disk full",
+            Fault::Io => "I/O error",
+            Fault::Locked => "locked",
+        })
     }
 }
 

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use serde_json::Value;
 
-use super::{AuditRow, Commit, Committed, Cursor, Error, InstanceRecord, OutboxRow, ScheduleRecord, Store};
+use super::{AuditRow, Commit, Committed, Cursor, Error, Fault, InstanceRecord, OutboxRow, ScheduleRecord, Store};
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -95,9 +95,9 @@ pub struct SqliteStore {
     reader: Mutex<Connection>,
 }
 
-/// How a request is answered once its transaction's fate is known (`Some(reason)` when the
+/// How a request is answered once its transaction's fate is known (`Some(error)` when the
 /// transaction itself failed to commit).
-type Answer = Box<dyn FnOnce(Option<&str>)>;
+type Answer = Box<dyn FnOnce(Option<&rusqlite::Error>)>;
 
 enum Request {
     Commit(Vec<Commit>, Sender<Result<Vec<Committed>, Error>>),
@@ -438,9 +438,8 @@ fn write_batch(connection: &mut Connection, batch: Vec<Request>) {
     let transaction = match connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(transaction) => transaction,
         Err(error) => {
-            let reason = error.to_string();
             for request in batch {
-                fail(request, "begin", &reason);
+                fail(request, write_error("begin", &error));
             }
             return;
         }
@@ -452,10 +451,7 @@ fn write_batch(connection: &mut Connection, batch: Vec<Request>) {
     }
     match transaction.commit() {
         Ok(()) => replies.into_iter().for_each(|reply| reply(None)),
-        Err(error) => {
-            let reason = error.to_string();
-            replies.into_iter().for_each(|reply| reply(Some(&reason)));
-        }
+        Err(error) => replies.into_iter().for_each(|reply| reply(Some(&error))),
     }
 }
 
@@ -504,23 +500,43 @@ fn apply(transaction: &mut Transaction<'_>, request: Request) -> Answer {
 }
 
 fn answer<T: 'static>(reply: Sender<Result<T, Error>>, result: rusqlite::Result<T>, operation: &'static str) -> Answer {
-    Box::new(move |commit_failure: Option<&str>| {
+    Box::new(move |commit_failure: Option<&rusqlite::Error>| {
         let outcome = match (result, commit_failure) {
             (Ok(value), None) => Ok(value),
-            (Err(error), _) => Err(Error::Sql { operation, reason: error.to_string() }),
-            (Ok(_), Some(reason)) => Err(Error::Sql { operation, reason: reason.to_string() }),
+            (Err(error), _) => Err(write_error(operation, &error)),
+            (Ok(_), Some(error)) => Err(write_error(operation, error)),
         };
         let _ = reply.send(outcome);
     })
 }
 
-fn fail(request: Request, operation: &'static str, reason: &str) {
-    let error = || Error::Sql { operation, reason: reason.to_string() };
+fn fail(request: Request, error: Error) {
     match request {
-        Request::Commit(_, reply) => drop(reply.send(Err(error()))),
-        Request::ActionStarted { reply, .. } => drop(reply.send(Err(error()))),
-        Request::Purge { reply, .. } => drop(reply.send(Err(error()))),
-        Request::Schedule(_, reply) => drop(reply.send(Err(error()))),
+        Request::Commit(_, reply) => drop(reply.send(Err(error))),
+        Request::ActionStarted { reply, .. } => drop(reply.send(Err(error))),
+        Request::Purge { reply, .. } => drop(reply.send(Err(error))),
+        Request::Schedule(_, reply) => drop(reply.send(Err(error))),
+    }
+}
+
+/// A failed write as a store error: `Unavailable` with its `Fault` when SQLite says the store
+/// itself is the problem (full, I/O error, busy or locked), `Sql` otherwise.
+fn write_error(operation: &'static str, error: &rusqlite::Error) -> Error {
+    let reason = error.to_string();
+    match fault(error) {
+        Some(fault) => Error::Unavailable { operation, fault, reason },
+        None => Error::Sql { operation, reason },
+    }
+}
+
+/// The store-side condition behind a SQLite error, from its primary result code.
+fn fault(error: &rusqlite::Error) -> Option<Fault> {
+    let rusqlite::Error::SqliteFailure(failure, _) = error else { return None };
+    match failure.code {
+        rusqlite::ErrorCode::DiskFull => Some(Fault::DiskFull),
+        rusqlite::ErrorCode::SystemIoFailure => Some(Fault::Io),
+        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => Some(Fault::Locked),
+        _ => None,
     }
 }
 

@@ -16,21 +16,21 @@ use crate::helpers::{TestEmulator, emulator_settings};
 use crate::rabbit;
 
 /// Messages from the daemon, each with when it came.
-struct Manager {
+pub(crate) struct Manager {
     socket: UnixDatagram,
     started: Instant,
     log: Vec<(Duration, String)>,
 }
 
 impl Manager {
-    fn bind(path: &std::path::Path) -> Self {
+    pub(crate) fn bind(path: &std::path::Path) -> Self {
         let socket = UnixDatagram::bind(path).unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         Self { socket, started: Instant::now(), log: Vec::new() }
     }
 
     /// Reads for `duration`; returns what came.
-    fn read_for(&mut self, duration: Duration) -> Vec<String> {
+    pub(crate) fn read_for(&mut self, duration: Duration) -> Vec<String> {
         let until = Instant::now() + duration;
         let mut received = Vec::new();
         let mut buffer = [0u8; 4096];
@@ -45,7 +45,7 @@ impl Manager {
     }
 
     /// Reads until a message contains `needle` (within `limit`).
-    fn read_until(&mut self, needle: &str, limit: Duration) -> String {
+    pub(crate) fn read_until(&mut self, needle: &str, limit: Duration) -> String {
         let until = Instant::now() + limit;
         let mut buffer = [0u8; 4096];
         while Instant::now() < until {
@@ -61,7 +61,7 @@ impl Manager {
     }
 }
 
-fn pings(messages: &[String]) -> usize {
+pub(crate) fn pings(messages: &[String]) -> usize {
     messages.iter().filter(|message| message.lines().any(|line| line == "WATCHDOG=1")).count()
 }
 
@@ -108,7 +108,7 @@ async fn ready_after_the_consumer_and_watchdog_only_while_events_commit() {
     let healthy_pings = pings(&healthy);
     assert!((4..=8).contains(&healthy_pings), "a ping every 0.5 s: {healthy:?}");
 
-    // The store refuses every write: deliveries come back to the queue, nothing commits.
+    // The store refuses every write: deliveries stay in hand, nothing commits.
     let lock = rusqlite::Connection::open(directory.path().join("onair.db")).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE;").unwrap();
     let publisher = Publisher::new(Arc::new(settings.clone()));
