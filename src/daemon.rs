@@ -129,9 +129,10 @@ impl Daemon {
             .iter()
             .filter_map(|(id, broadcast)| Some((id.clone(), library.get(&broadcast.machine)?.initial.clone())))
             .collect();
+        let library = Arc::new(library);
         let parts = Parts {
             settings: Arc::clone(&engine_settings),
-            library: Arc::new(library),
+            library: Arc::clone(&library),
             store: Arc::clone(&store),
             runner,
             clock: Arc::clone(&clock),
@@ -210,6 +211,7 @@ impl Daemon {
                 metrics: metrics.clone(),
                 health: health.clone(),
                 initial_states,
+                library,
                 clock: Arc::clone(&clock),
                 started: std::time::Instant::now(),
             });

@@ -228,11 +228,12 @@ fn authorize(state: &Parts, headers: &HeaderMap) -> Result<(), ApiError> {
             "no API token is configured (http.api_token_file): commands are disabled",
         ));
     };
+    // Exactly `Bearer <token>`: no padding around the token and nothing inside it is forgiven,
+    // so a token with spaces (inner, leading or trailing) is another token.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
         .unwrap_or_default();
     let expected = token.expose_secret().trim();
     if !given.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
@@ -301,6 +302,17 @@ pub async fn command(
         let Some(target) = target else { return Err(bad("force-state needs the state".into())) };
         if note.is_none() {
             return Err(bad("force-state needs a note saying why".into()));
+        }
+        // The machine would ignore it; say so now, with the states it has, rather than 202.
+        let machine = state.engine.broadcasts.get(&id).map(|broadcast| broadcast.machine.as_str()).unwrap_or_default();
+        let Some(definition) = state.library.get(machine) else {
+            return Err(bad(format!("broadcast {id:?} names machine {machine:?}, which is not loaded")));
+        };
+        if !definition.states.contains_key(target) {
+            let known = definition.states.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+            return Err(bad(format!(
+                "{target:?} is not a state of machine {machine:?} (broadcast {id:?}); its states: {known}"
+            )));
         }
         data["state"] = json!(target);
     } else if request.state.is_some() {

@@ -53,8 +53,13 @@ impl Settings {
             api_token: section.secret("api_token"),
         };
         if let Some(token) = &settings.api_token {
-            let length = secrecy::ExposeSecret::expose_secret(token).trim().len();
-            section.check("api_token", length >= 16, "must be at least 16 characters");
+            let token = secrecy::ExposeSecret::expose_secret(token).trim();
+            section.check("api_token", token.len() >= 16, "must be at least 16 characters");
+            section.check(
+                "api_token",
+                !token.chars().any(char::is_whitespace),
+                "must not contain spaces (a bearer token is one word)",
+            );
         }
         settings
     }
@@ -73,6 +78,8 @@ pub struct Parts {
     pub health: Health,
     /// Each broadcast's machine's initial state (the state of a broadcast never decided yet).
     pub initial_states: BTreeMap<String, String>,
+    /// The machines the broadcasts run (to refuse a force-state to a state a machine lacks).
+    pub library: Arc<crate::machine::Library>,
     pub clock: SharedClock,
     /// When the daemon started.
     pub started: std::time::Instant,
