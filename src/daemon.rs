@@ -215,7 +215,7 @@ impl Daemon {
                 clock: Arc::clone(&clock),
                 started: std::time::Instant::now(),
             });
-            let task = tokio::spawn(crate::http::serve(listener, router, intake.clone()));
+            let task = tokio::spawn(crate::http::serve(listener, router, settings.http.connections, intake.clone()));
             tracing::info!(%address, "Operations listener (health, metrics, API, dashboard) listening.");
             Some((address, task))
         } else {

@@ -8,6 +8,7 @@
 //! refused outright when no token is configured.
 
 mod api;
+pub mod listener;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use crate::clock::SharedClock;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::Store;
+pub use listener::Limits;
 
 /// The dashboard, one self-contained page (no external assets).
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -40,6 +42,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// The bearer token operator commands need; commands are refused without one.
     pub api_token: Option<SecretString>,
+    /// Slow and idle clients, connections at once.
+    pub connections: Limits,
 }
 
 impl Settings {
@@ -51,6 +55,7 @@ impl Settings {
                 SocketAddr::from(([127, 0, 0, 1], 8781))
             }),
             api_token: section.secret("api_token"),
+            connections: Limits::parse(section),
         };
         if let Some(token) = &settings.api_token {
             let token = secrecy::ExposeSecret::expose_secret(token).trim();
@@ -108,11 +113,9 @@ pub fn router(parts: Parts) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown`.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: CancellationToken) {
-    if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await {
-        tracing::error!(%error, "The operations listener failed.");
-    }
+/// Serves `router` on `listener` within `limits` until `shutdown`.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, limits: Limits, shutdown: CancellationToken) {
+    listener::serve(listener, router, limits, shutdown, "operations").await;
 }
 
 async fn dashboard() -> Response {

@@ -26,4 +26,5 @@ mod property;
 mod protection;
 mod rabbit;
 mod schedule;
+mod slow_clients;
 mod systemd;
