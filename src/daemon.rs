@@ -212,6 +212,7 @@ impl Daemon {
                 health: health.clone(),
                 initial_states,
                 library,
+                dead_letters: Default::default(),
                 clock: Arc::clone(&clock),
                 started: std::time::Instant::now(),
             });
@@ -491,6 +492,19 @@ pub async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<Exi
         DlqCommand::Replay { id, limit } => {
             let report = broker::dlq::replay(&settings.broker, id.as_deref(), limit).await?;
             println!("replayed {}, kept {}", report.replayed, report.kept);
+        }
+        DlqCommand::Migrate => {
+            let report = broker::dlq::migrate(&settings.broker).await?;
+            if report.migrated {
+                println!(
+                    "{} is now a classic queue; {} dead letter{} moved, in order",
+                    settings.broker.dead_queue,
+                    report.letters,
+                    if report.letters == 1 { "" } else { "s" }
+                );
+            } else {
+                println!("{} is already a classic queue: nothing to do", settings.broker.dead_queue);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

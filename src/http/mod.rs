@@ -27,6 +27,7 @@ use crate::clock::SharedClock;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::Store;
+pub use api::LISTING_CACHE;
 pub use listener::Limits;
 
 /// The dashboard, one self-contained page (no external assets).
@@ -85,6 +86,8 @@ pub struct Parts {
     pub initial_states: BTreeMap<String, String>,
     /// The machines the broadcasts run (to refuse a force-state to a state a machine lacks).
     pub library: Arc<crate::machine::Library>,
+    /// One dead-letter listing or replay at a time, and a short cache of the last listing.
+    pub dead_letters: api::DeadLetterGate,
     pub clock: SharedClock,
     /// When the daemon started.
     pub started: std::time::Instant,

@@ -10,6 +10,7 @@ mod conformance;
 mod crash;
 mod daemon;
 mod dashboard;
+mod dead_letters;
 mod docs;
 mod emulator;
 mod encoders;
