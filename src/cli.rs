@@ -106,6 +106,9 @@ pub enum DlqCommand {
         #[arg(long, default_value_t = 10_000)]
         limit: usize,
     },
+    /// Make a dead-letter queue declared by an earlier onair (quorum) a classic queue, keeping
+    /// its letters in order. Run it once, with onair stopped.
+    Migrate,
 }
 
 /// `onair status` options.

@@ -139,9 +139,10 @@ impl Daemon {
             .iter()
             .filter_map(|(id, broadcast)| Some((id.clone(), library.get(&broadcast.machine)?.initial.clone())))
             .collect();
+        let library = Arc::new(library);
         let parts = Parts {
             settings: Arc::clone(&engine_settings),
-            library: Arc::new(library),
+            library: Arc::clone(&library),
             store: Arc::clone(&store),
             runner,
             clock: Arc::clone(&clock),
@@ -226,10 +227,12 @@ impl Daemon {
                 metrics: metrics.clone(),
                 health: health.clone(),
                 initial_states,
+                library,
+                dead_letters: Default::default(),
                 clock: Arc::clone(&clock),
                 started: std::time::Instant::now(),
             });
-            let task = tokio::spawn(crate::http::serve(listener, router, intake.clone()));
+            let task = tokio::spawn(crate::http::serve(listener, router, settings.http.connections, intake.clone()));
             tracing::info!(%address, "Operations listener (health, metrics, API, dashboard) listening.");
             Some((address, task))
         } else {
@@ -517,6 +520,19 @@ pub async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<Exi
         DlqCommand::Replay { id, limit } => {
             let report = broker::dlq::replay(&settings.broker, id.as_deref(), limit).await?;
             println!("replayed {}, kept {}", report.replayed, report.kept);
+        }
+        DlqCommand::Migrate => {
+            let report = broker::dlq::migrate(&settings.broker).await?;
+            if report.migrated {
+                println!(
+                    "{} is now a classic queue; {} dead letter{} moved, in order",
+                    settings.broker.dead_queue,
+                    report.letters,
+                    if report.letters == 1 { "" } else { "s" }
+                );
+            } else {
+                println!("{} is already a classic queue: nothing to do", settings.broker.dead_queue);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,16 +1,23 @@
-//! Dead letters: list them, and replay them to the events exchange.
+//! Dead letters: list them, replay them to the events exchange, and migrate the queue an earlier
+//! onair declared.
 //!
 //! Listing takes messages from the dead-letter queue without acknowledging them, then closes its
-//! channel, so they all go back. Replaying republishes the chosen ones (confirmed) with their
+//! channel, so they all go back. The queue is a classic queue (`super::DeadQueue`): it has no
+//! delivery limit and puts a returned message back in its place, so listing as often as anyone
+//! likes neither drops nor reorders a letter. A quorum queue declared by an earlier onair would
+//! count each listing as a delivery (RabbitMQ 4 drops a message after 20 by default): listing and
+//! replaying it are refused until `migrate` has made it a classic queue. Replaying republishes the chosen ones (confirmed) with their
 //! original routing key and without onair's reason header, and acknowledges each only after its
 //! republish is confirmed; the others go back untouched. Only the letters present when it starts
 //! are looked at, so a replayed event that fails again is not replayed in a loop.
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 
-use super::{Error, REASON_HEADER, Settings, amqp, confirmed_publish, connect, declare};
+use super::{DeadQueue, Error, REASON_HEADER, Settings, amqp, confirmed_publish, connect, declare};
 
 /// One dead letter, as `onair dlq list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,7 +43,10 @@ pub struct Replayed {
 pub async fn list(settings: &Settings, limit: usize) -> Result<Vec<DeadLetter>, Error> {
     let connection = connect(settings, "onair-dlq").await?;
     let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
-    declare(&channel, settings).await?;
+    if declare(&connection, &channel, settings).await? == DeadQueue::Legacy {
+        let _ = connection.close(200, "bye".into()).await;
+        return Err(Error::LegacyDeadQueue { queue: settings.dead_queue.clone() });
+    }
     let mut letters = Vec::new();
     while letters.len() < limit {
         let Some(message) = channel
@@ -57,7 +67,10 @@ pub async fn list(settings: &Settings, limit: usize) -> Result<Vec<DeadLetter>, 
 pub async fn replay(settings: &Settings, id: Option<&str>, limit: usize) -> Result<Replayed, Error> {
     let connection = connect(settings, "onair-dlq").await?;
     let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
-    declare(&channel, settings).await?;
+    if declare(&connection, &channel, settings).await? == DeadQueue::Legacy {
+        let _ = connection.close(200, "bye".into()).await;
+        return Err(Error::LegacyDeadQueue { queue: settings.dead_queue.clone() });
+    }
     let publisher = connection.create_channel().await.map_err(amqp("channel.open"))?;
     publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;
     // Only the letters there now: a replayed event that fails again comes back behind them.
@@ -123,6 +136,126 @@ pub async fn replay(settings: &Settings, id: Option<&str>, limit: usize) -> Resu
     let _ = publisher.close(200, "replayed".into()).await;
     let _ = connection.close(200, "bye".into()).await;
     Ok(report)
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Migrated {
+    /// Whether the queue had to be migrated (false: it already was a classic queue).
+    pub migrated: bool,
+    /// Letters moved into the new queue, in their order.
+    pub letters: usize,
+}
+
+/// Makes the dead-letter queue a classic queue when an earlier onair declared it otherwise: its
+/// letters are moved, in order and each confirmed before it is acknowledged, to
+/// `<dead_queue>.migrating`; the old queue is deleted (only when empty) and declared again as
+/// onair declares it now, bound to the dead-letter exchange; the letters are moved back and the
+/// temporary queue deleted. Run it with onair stopped (nothing else dead-lettering): a letter
+/// arriving meanwhile could find no queue, or come before older ones. Interrupted, it can be run
+/// again: the temporary queue is emptied into the new one first.
+pub async fn migrate(settings: &Settings) -> Result<Migrated, Error> {
+    let connection = connect(settings, "onair-dlq-migrate").await?;
+    let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
+    let found = declare(&connection, &channel, settings).await?;
+    let temporary = format!("{}.migrating", settings.dead_queue);
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    let mut moved = 0;
+    if found == DeadQueue::Legacy {
+        channel
+            .queue_declare(temporary.as_str().into(), durable, super::dead_queue_arguments())
+            .await
+            .map_err(amqp("queue.declare"))?;
+        moved = transfer(&connection, settings, &settings.dead_queue, &temporary).await?;
+        // Quorum queues refuse `if_empty`: look, then delete.
+        let left = channel
+            .queue_declare(
+                settings.dead_queue.as_str().into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("queue.declare"))?
+            .message_count();
+        if left > 0 {
+            let _ = connection.close(200, "bye".into()).await;
+            return Err(Error::Amqp {
+                operation: "migrate",
+                reason: format!(
+                    "{left} letters arrived in {} while it was being emptied: stop onair and run it again",
+                    settings.dead_queue
+                ),
+            });
+        }
+        channel
+            .queue_delete(settings.dead_queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .map_err(amqp("queue.delete"))?;
+        channel
+            .queue_declare(settings.dead_queue.as_str().into(), durable, super::dead_queue_arguments())
+            .await
+            .map_err(amqp("queue.declare"))?;
+        channel
+            .queue_bind(
+                settings.dead_queue.as_str().into(),
+                settings.dead_exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("queue.bind"))?;
+    }
+    // Also after an interrupted run: whatever waits in the temporary queue goes back.
+    let pending = channel
+        .queue_declare(
+            temporary.as_str().into(),
+            QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await;
+    if pending.is_ok() {
+        transfer(&connection, settings, &temporary, &settings.dead_queue).await?;
+        let cleanup = connection.create_channel().await.map_err(amqp("channel.open"))?;
+        cleanup
+            .queue_delete(temporary.as_str().into(), QueueDeleteOptions { if_empty: true, ..Default::default() })
+            .await
+            .map_err(amqp("queue.delete"))?;
+    }
+    let _ = connection.close(200, "migrated".into()).await;
+    if found == DeadQueue::Legacy {
+        tracing::info!(queue = %settings.dead_queue, letters = moved, "Dead-letter queue migrated to a classic queue.");
+    }
+    Ok(Migrated { migrated: found == DeadQueue::Legacy, letters: moved })
+}
+
+/// Moves every message of queue `from` to queue `to` (through the default exchange), in order:
+/// each is acknowledged only after its copy is confirmed.
+async fn transfer(connection: &lapin::Connection, settings: &Settings, from: &str, to: &str) -> Result<usize, Error> {
+    let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
+    let publisher = connection.create_channel().await.map_err(amqp("channel.open"))?;
+    publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;
+    let mut moved = 0;
+    while let Some(message) =
+        channel.basic_get(from.into(), BasicGetOptions { no_ack: false }).await.map_err(amqp("basic.get"))?
+    {
+        let delivery = message.delivery;
+        confirmed_publish(
+            &publisher,
+            "",
+            to,
+            &delivery.data,
+            delivery.properties.clone(),
+            true,
+            settings.confirm_timeout,
+        )
+        .await?;
+        delivery.ack(BasicAckOptions::default()).await.map_err(amqp("basic.ack"))?;
+        moved += 1;
+    }
+    let _ = channel.close(200, "moved".into()).await;
+    let _ = publisher.close(200, "moved".into()).await;
+    Ok(moved)
 }
 
 fn describe(delivery: &lapin::message::Delivery) -> DeadLetter {

@@ -2,7 +2,8 @@
 //!
 //! Only this module imports lapin. On every connect it declares the topology: a durable topic
 //! exchange (`onair.events`), a quorum queue bound to it with a delivery limit and at-least-once
-//! dead-lettering to a durable fanout exchange and quorum queue (`onair.dead`).
+//! dead-lettering to a durable fanout exchange and a classic queue (`onair.dead`: no delivery
+//! limit, so listing it can never drop a letter; see `DeadQueue`).
 //!
 //! The consumer acknowledges a message only after the engine reports its consequences committed
 //! (or found it a duplicate). A message that is not a valid event, or that no broadcast is about,
@@ -182,6 +183,11 @@ pub enum Error {
     Unroutable { exchange: String, routing_key: String },
     #[error("the consumer stopped: {0}")]
     ConsumerEnded(String),
+    #[error(
+        "the dead-letter queue {queue:?} is a quorum queue declared by an earlier onair: listing or replaying it could \
+         make RabbitMQ drop letters (its delivery limit); stop onair and run `onair dlq migrate` first"
+    )]
+    LegacyDeadQueue { queue: String },
 }
 
 fn amqp(operation: &'static str) -> impl Fn(lapin::Error) -> Error {
@@ -356,8 +362,63 @@ pub async fn connect(settings: &Settings, name: &str) -> Result<Connection, Erro
     }
 }
 
-/// Declares the exchanges, queues and bindings; idempotent, run on every connect.
-pub async fn declare(channel: &Channel, settings: &Settings) -> Result<(), Error> {
+/// How the dead-letter queue was found by `declare`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadQueue {
+    /// A classic queue, as onair declares it: no delivery limit, and letters taken for a listing
+    /// go back to their place, so listing can neither drop nor reorder them.
+    Classic,
+    /// A queue declared with other arguments by an earlier onair (a quorum queue): used as it
+    /// is, but not listed or replayed (on RabbitMQ 4 a quorum queue drops a message returned 20
+    /// times) until `onair dlq migrate` makes it a classic queue.
+    Legacy,
+}
+
+/// The dead-letter queue's arguments: a classic queue (explicitly, whatever the broker's default
+/// queue type). Classic queues have no delivery limit on any RabbitMQ version, and a message
+/// returned unacknowledged goes back to its original position.
+fn dead_queue_arguments() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+    arguments
+}
+
+/// Whether `error` is the broker's 406 PRECONDITION_FAILED (a declaration with other arguments).
+fn precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(error) if error.get_id() == 406)
+}
+
+/// Declares the dead-letter queue on a channel of its own (a 406 closes the channel): classic, or
+/// `Legacy` when an earlier onair declared it as a quorum queue.
+async fn declare_dead_queue(connection: &Connection, settings: &Settings) -> Result<DeadQueue, Error> {
+    let probe = connection.create_channel().await.map_err(amqp("channel.open"))?;
+    let declared = probe
+        .queue_declare(
+            settings.dead_queue.as_str().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            dead_queue_arguments(),
+        )
+        .await;
+    match declared {
+        Ok(_) => {
+            let _ = probe.close(200, "declared".into()).await;
+            Ok(DeadQueue::Classic)
+        }
+        Err(error) if precondition_failed(&error) => {
+            tracing::warn!(
+                queue = %settings.dead_queue,
+                "The dead-letter queue was declared by an earlier onair (a quorum queue); it is used as it is, \
+                 but listing and replaying it are refused until `onair dlq migrate` makes it a classic queue."
+            );
+            Ok(DeadQueue::Legacy)
+        }
+        Err(error) => Err(amqp("queue.declare")(error)),
+    }
+}
+
+/// Declares the exchanges, queues and bindings; idempotent, run on every connect. The dead-letter
+/// queue is declared on a channel of its own from `connection`, the rest on `channel`.
+pub async fn declare(connection: &Connection, channel: &Channel, settings: &Settings) -> Result<DeadQueue, Error> {
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     channel
         .exchange_declare(settings.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
@@ -368,12 +429,7 @@ pub async fn declare(channel: &Channel, settings: &Settings) -> Result<(), Error
         .await
         .map_err(amqp("exchange.declare"))?;
     let queue_options = QueueDeclareOptions { durable: true, ..Default::default() };
-    let mut dead_arguments = FieldTable::default();
-    dead_arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    channel
-        .queue_declare(settings.dead_queue.as_str().into(), queue_options, dead_arguments)
-        .await
-        .map_err(amqp("queue.declare"))?;
+    let dead_queue = declare_dead_queue(connection, settings).await?;
     channel
         .queue_bind(
             settings.dead_queue.as_str().into(),
@@ -400,7 +456,7 @@ pub async fn declare(channel: &Channel, settings: &Settings) -> Result<(), Error
             .await
             .map_err(amqp("queue.bind"))?;
     }
-    Ok(())
+    Ok(dead_queue)
 }
 
 /// The main queue's arguments: quorum, delivery limit, at-least-once dead-lettering (which needs
@@ -506,7 +562,7 @@ impl Publisher {
             let connection = connect(&self.settings, "onair-publisher").await?;
             let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
             channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;
-            declare(&channel, &self.settings).await?;
+            declare(&connection, &channel, &self.settings).await?;
             *slot = Some((connection, channel));
         }
         match slot.as_ref() {
@@ -629,7 +685,7 @@ async fn session(
 ) -> Result<(), Error> {
     let connection = connect(settings, "onair-consumer").await?;
     let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
-    declare(&channel, settings).await?;
+    declare(&connection, &channel, settings).await?;
     channel.basic_qos(settings.prefetch, BasicQosOptions::default()).await.map_err(amqp("basic.qos"))?;
     let dead_channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
     dead_channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;

@@ -210,13 +210,53 @@ pub async fn plan(State(state): State<Arc<Parts>>, Query(query): Query<PlanQuery
     .into_response())
 }
 
+/// How long a dead-letter listing is answered again without asking RabbitMQ.
+pub const LISTING_CACHE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The longest one listing or replay may take before the caller gets 503.
+const DEAD_LETTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Dead-letter operations through the API: one at a time (listing, replay), and the last listing
+/// answered again for `LISTING_CACHE`, so that however many callers there are, RabbitMQ sees at
+/// most one listing connection at a time and one listing per `LISTING_CACHE` from this listener.
+#[derive(Debug, Default)]
+pub struct DeadLetterGate {
+    last: tokio::sync::Mutex<Option<Listing>>,
+}
+
+#[derive(Debug)]
+struct Listing {
+    at: tokio::time::Instant,
+    limit: usize,
+    letters: Vec<crate::broker::dlq::DeadLetter>,
+}
+
+impl Listing {
+    /// The first `limit` letters, when this listing is recent and has them all.
+    fn answer(&self, limit: usize) -> Option<&[crate::broker::dlq::DeadLetter]> {
+        let complete = self.limit >= limit || self.letters.len() < self.limit;
+        (self.at.elapsed() < LISTING_CACHE && complete).then(|| &self.letters[..limit.min(self.letters.len())])
+    }
+}
+
+fn broker_unavailable(error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", error.to_string())
+}
+
 /// `GET /api/v1/dead-letters?limit=`
 pub async fn dead_letters(State(state): State<Arc<Parts>>, Query(limit): Query<Limit>) -> Answer {
     let limit = limit.get(100, 10_000)?;
-    let letters = crate::broker::dlq::list(&state.broker, limit)
+    let mut last = state.dead_letters.last.lock().await;
+    if let Some(letters) = last.as_ref().and_then(|listing| listing.answer(limit)) {
+        return Ok(Json(json!({"dead_letters": letters})).into_response());
+    }
+    let letters = tokio::time::timeout(DEAD_LETTER_TIMEOUT, crate::broker::dlq::list(&state.broker, limit))
         .await
-        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", error.to_string()))?;
-    Ok(Json(json!({"dead_letters": letters})).into_response())
+        .map_err(|_| broker_unavailable(format!("no listing within {DEAD_LETTER_TIMEOUT:?}")))?
+        .map_err(broker_unavailable)?;
+    let answer = Json(json!({"dead_letters": letters})).into_response();
+    *last = Some(Listing { at: tokio::time::Instant::now(), limit, letters });
+    Ok(answer)
 }
 
 /// Commands need the configured bearer token.
@@ -228,11 +268,12 @@ fn authorize(state: &Parts, headers: &HeaderMap) -> Result<(), ApiError> {
             "no API token is configured (http.api_token_file): commands are disabled",
         ));
     };
+    // Exactly `Bearer <token>`: no padding around the token and nothing inside it is forgiven,
+    // so a token with spaces (inner, leading or trailing) is another token.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
         .unwrap_or_default();
     let expected = token.expose_secret().trim();
     if !given.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
@@ -258,9 +299,16 @@ pub async fn replay(State(state): State<Arc<Parts>>, headers: HeaderMap, body: a
             ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("not a replay request: {error}"))
         })?
     };
-    let report = crate::broker::dlq::replay(&state.broker, request.id.as_deref(), 10_000)
-        .await
-        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", error.to_string()))?;
+    let mut last = state.dead_letters.last.lock().await;
+    *last = None;
+    let report = tokio::time::timeout(
+        DEAD_LETTER_TIMEOUT,
+        crate::broker::dlq::replay(&state.broker, request.id.as_deref(), 10_000),
+    )
+    .await
+    .map_err(|_| broker_unavailable(format!("no replay within {DEAD_LETTER_TIMEOUT:?}")))?
+    .map_err(broker_unavailable)?;
+    drop(last);
     tracing::info!(id = ?request.id, replayed = report.replayed, kept = report.kept, "Dead letters replayed through the API.");
     Ok(Json(report).into_response())
 }
@@ -301,6 +349,17 @@ pub async fn command(
         let Some(target) = target else { return Err(bad("force-state needs the state".into())) };
         if note.is_none() {
             return Err(bad("force-state needs a note saying why".into()));
+        }
+        // The machine would ignore it; say so now, with the states it has, rather than 202.
+        let machine = state.engine.broadcasts.get(&id).map(|broadcast| broadcast.machine.as_str()).unwrap_or_default();
+        let Some(definition) = state.library.get(machine) else {
+            return Err(bad(format!("broadcast {id:?} names machine {machine:?}, which is not loaded")));
+        };
+        if !definition.states.contains_key(target) {
+            let known = definition.states.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+            return Err(bad(format!(
+                "{target:?} is not a state of machine {machine:?} (broadcast {id:?}); its states: {known}"
+            )));
         }
         data["state"] = json!(target);
     } else if request.state.is_some() {

@@ -8,6 +8,7 @@
 //! refused outright when no token is configured.
 
 mod api;
+pub mod listener;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +27,8 @@ use crate::clock::SharedClock;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::Store;
+pub use api::LISTING_CACHE;
+pub use listener::Limits;
 
 /// The dashboard, one self-contained page (no external assets).
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -40,6 +43,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// The bearer token operator commands need; commands are refused without one.
     pub api_token: Option<SecretString>,
+    /// Slow and idle clients, connections at once.
+    pub connections: Limits,
 }
 
 impl Settings {
@@ -51,10 +56,16 @@ impl Settings {
                 SocketAddr::from(([127, 0, 0, 1], 8781))
             }),
             api_token: section.secret("api_token"),
+            connections: Limits::parse(section),
         };
         if let Some(token) = &settings.api_token {
-            let length = secrecy::ExposeSecret::expose_secret(token).trim().len();
-            section.check("api_token", length >= 16, "must be at least 16 characters");
+            let token = secrecy::ExposeSecret::expose_secret(token).trim();
+            section.check("api_token", token.len() >= 16, "must be at least 16 characters");
+            section.check(
+                "api_token",
+                !token.chars().any(char::is_whitespace),
+                "must not contain spaces (a bearer token is one word)",
+            );
         }
         settings
     }
@@ -73,6 +84,10 @@ pub struct Parts {
     pub health: Health,
     /// Each broadcast's machine's initial state (the state of a broadcast never decided yet).
     pub initial_states: BTreeMap<String, String>,
+    /// The machines the broadcasts run (to refuse a force-state to a state a machine lacks).
+    pub library: Arc<crate::machine::Library>,
+    /// One dead-letter listing or replay at a time, and a short cache of the last listing.
+    pub dead_letters: api::DeadLetterGate,
     pub clock: SharedClock,
     /// When the daemon started.
     pub started: std::time::Instant,
@@ -101,11 +116,9 @@ pub fn router(parts: Parts) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown`.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: CancellationToken) {
-    if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await {
-        tracing::error!(%error, "The operations listener failed.");
-    }
+/// Serves `router` on `listener` within `limits` until `shutdown`.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, limits: Limits, shutdown: CancellationToken) {
+    listener::serve(listener, router, limits, shutdown, "operations").await;
 }
 
 async fn dashboard() -> Response {

@@ -56,6 +56,8 @@ pub struct Settings {
     pub topics: Vec<String>,
     /// Origins the CloudEvents handshake is answered for (`WebHook-Request-Origin`).
     pub allowed_origins: Vec<String>,
+    /// Slow and idle clients, connections at once.
+    pub connections: crate::http::Limits,
 }
 
 impl Settings {
@@ -82,6 +84,7 @@ impl Settings {
             secrets: Secrets { hmac: split(section.secret("hmac_secrets")), keys: split(section.secret("query_keys")) },
             topics: section.value("topics"),
             allowed_origins: section.value("allowed_origins"),
+            connections: crate::http::Limits::parse(section),
         };
         section.check("max_body_bytes", settings.max_body_bytes >= 1024, "must be at least 1024");
         section.check(
@@ -380,10 +383,9 @@ async fn handshake(
     response
 }
 
-/// Serves the ingress on `listener` until `shutdown`; requests in flight finish.
+/// Serves the ingress on `listener` within `[ingress]`'s connection limits until `shutdown`; requests in
+/// flight finish.
 pub async fn serve(listener: tokio::net::TcpListener, ingress: Ingress, shutdown: CancellationToken) {
-    let router = ingress.router();
-    if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await {
-        tracing::error!(%error, "The webhook listener failed.");
-    }
+    let limits = ingress.inner.settings.connections;
+    crate::http::listener::serve(listener, ingress.router(), limits, shutdown, "ingress").await;
 }

@@ -175,6 +175,17 @@ pub fn problems(broadcasts: &BTreeMap<String, Broadcast>, now: DateTime<Utc>) ->
     let mut gaps: HashMap<String, Option<Gap>> = HashMap::new();
     for (id, broadcast) in broadcasts {
         let Some(spec) = &broadcast.schedule else { continue };
+        if let When::Cron(cron) = &spec.when
+            && cron.next_after(spec.local(now)).is_none()
+        {
+            problems.push(format!(
+                "broadcasts.{id}.schedule.cron: {:?} matches no date on the calendar (such as February 30), so this \
+                 broadcast can never go on air; check the day of month against the month (February has 28 or 29 \
+                 days; April, June, September and November have 30)",
+                cron.source(),
+            ));
+            continue;
+        }
         let occurrences: Vec<Occurrence> = horizon(spec, now);
         if let When::Cron(cron) = &spec.when {
             let key =

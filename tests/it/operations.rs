@@ -332,3 +332,107 @@ pub(crate) fn artefact(name: &str) -> PathBuf {
     std::fs::create_dir_all(&directory).unwrap();
     directory.join(name)
 }
+
+/// A force-state to a state the broadcast's machine lacks is refused (400, with the machine's
+/// states) and publishes nothing; bearer tokens are taken exactly as given. Three broadcasts on
+/// two machines, in three different states, each checked before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_state_to_an_unknown_state_and_padded_tokens_are_refused() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let broker = rabbit::settings("forcestate");
+    let directory = tempfile::tempdir().unwrap();
+    let machines = directory.path().join("machines");
+    std::fs::create_dir_all(&machines).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/machines/examples/always-on.toml"),
+        machines.join("always-on.toml"),
+    )
+    .unwrap();
+    let broadcasts = "[broadcasts.news]\n[broadcasts.sport]\n[broadcasts.lobby]\nmachine = \"always-on\"\n";
+    let mut settings = daemon_settings(directory.path(), &emulator, &broker, broadcasts);
+    settings.engine.machines_dir = Some(machines);
+    settings.http.enabled = true;
+    settings.http.listen = "127.0.0.1:0".parse().unwrap();
+    settings.http.api_token = Some(SecretString::from(TOKEN));
+    let library = Library::load(settings.engine.machines_dir.as_deref());
+    assert!(library.problems.is_empty(), "{:?}", library.problems);
+    let daemon = Daemon::start(&settings, library).await.unwrap();
+    let base = format!("http://{}", daemon.http_address().unwrap());
+    until_async(Duration::from_secs(20), "consumer ready", || async { daemon.broker_status().is_ready() }).await;
+
+    // Three broadcasts, three states (two machines).
+    let force = |state: &str, note: &str| json!({"command": "force-state", "state": state, "note": note});
+    for (id, state) in [("news", "standby"), ("sport", "failed"), ("lobby", "lost")] {
+        let (status, body) = command(&base, id, Some(TOKEN), force(state, "set up the test")).await;
+        assert_eq!(status, 202, "{id}: {body}");
+        until_async(Duration::from_secs(10), id, || async { listed_state(&base, id).await.as_deref() == Some(state) })
+            .await;
+    }
+    let audit_len = |id: &'static str| {
+        let base = base.clone();
+        async move {
+            let (_, audit) = get(&base, &format!("/api/v1/broadcasts/{id}/audit?limit=1000")).await;
+            audit["entries"].as_array().map_or(0, Vec::len)
+        }
+    };
+    let before = [audit_len("news").await, audit_len("sport").await, audit_len("lobby").await];
+    assert!(before.iter().all(|rows| *rows >= 1), "{before:?}");
+
+    // States each machine lacks: refused with the machine's states in the message.
+    let live_states = "cooldown, degraded, ending, failed, idle, live, standby, waiting, warming";
+    for (id, target, machine, known) in [
+        ("news", "bogus", "live", live_states),
+        ("sport", "watching", "live", live_states),
+        ("lobby", "failed", "always-on", "lost, watching"),
+    ] {
+        let (status, body) = command(&base, id, Some(TOKEN), force(target, "mistake")).await;
+        println!("force-state {id} -> {target}: {status} {}", body["error"]["message"]);
+        assert_eq!(status, 400, "{id}: {body}");
+        assert_eq!(body["error"]["code"], "bad_command", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("{target:?} is not a state of machine {machine:?}")), "{message}");
+        assert!(message.ends_with(&format!("its states: {known}")), "{message}");
+    }
+
+    // Bearer tokens: exactly `Bearer <token>`. (Spaces at the very end of the header line are not
+    // part of the field value in HTTP (RFC 9110 5.5): the HTTP parser drops them before onair.)
+    let padded = [
+        format!("Bearer  {TOKEN}"),
+        format!("Bearer \t{TOKEN}"),
+        format!("Bearer {TOKEN} x"),
+        format!("Bearer {} {}", &TOKEN[..10], &TOKEN[10..]),
+        format!("Bearer {TOKEN}\u{a0}"),
+        format!("Bearer {}", TOKEN.replace('-', " ")),
+    ];
+    for value in &padded {
+        let response = reqwest::Client::new()
+            .post(format!("{base}/api/v1/broadcasts/news/commands"))
+            .header("authorization", value.as_bytes())
+            .json(&force("live", "padded token"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{value:?}");
+    }
+
+    // Nothing was published: a later command is decided, and nothing else changed.
+    let (status, _) = command(&base, "news", Some(TOKEN), force("cooldown", "back to normal")).await;
+    assert_eq!(status, 202);
+    until_async(Duration::from_secs(10), "news cooldown", || async {
+        listed_state(&base, "news").await.as_deref() == Some("cooldown")
+    })
+    .await;
+    assert_eq!(listed_state(&base, "sport").await.as_deref(), Some("failed"));
+    assert_eq!(listed_state(&base, "lobby").await.as_deref(), Some("lost"));
+    let after = [audit_len("news").await, audit_len("sport").await, audit_len("lobby").await];
+    assert_eq!(after, [before[0] + 1, before[1], before[2]], "one decision more for news, none for the others");
+    println!("audit rows before {before:?}, after {after:?}");
+    daemon.stop().await.unwrap();
+}
+
+/// A broadcast's state as the list shows it.
+async fn listed_state(base: &str, broadcast: &str) -> Option<String> {
+    let (_, list) = get(base, "/api/v1/broadcasts").await;
+    list["broadcasts"].as_array()?.iter().find(|entry| entry["id"] == broadcast)?["state"].as_str().map(str::to_string)
+}

@@ -482,3 +482,31 @@ fn check_reports_each_bad_schedule_with_the_broadcast_and_the_reason() {
         assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
     }
 }
+
+#[test]
+fn check_reports_a_schedule_that_can_never_fire() {
+    // Feb 30 and Apr 31 never come; Feb 29 comes every four years; "day 30 of February or a
+    // Monday" fires every Monday (Vixie cron's either-or). Only the first two are problems.
+    let config = "[broadcasts.gala.schedule]\ncron = \"0 19 30 2 *\"\ntimezone = \"Europe/Paris\"\nduration = \"30m\"\n\
+                  [broadcasts.spring.schedule]\ncron = \"0 6 31 4 *\"\nduration = \"1h\"\n\
+                  [broadcasts.leap.schedule]\ncron = \"0 19 29 2 *\"\nduration = \"30m\"\n\
+                  [broadcasts.weekly.schedule]\ncron = \"0 19 30 2 1\"\nduration = \"30m\"\n";
+    let output = onair_with(config).1.arg("check").output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("{text}");
+    assert_eq!(output.status.code(), Some(78), "{text}");
+    for expected in [
+        "broadcasts.gala.schedule.cron: \"0 19 30 2 *\" matches no date on the calendar",
+        "broadcasts.spring.schedule.cron: \"0 6 31 4 *\" matches no date on the calendar",
+    ] {
+        assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
+    }
+    assert!(text.contains("can never go on air"), "{text}");
+    assert!(!text.contains("broadcasts.leap.") && !text.contains("broadcasts.weekly."), "{text}");
+
+    let fine = "[broadcasts.leap.schedule]\ncron = \"0 19 29 2 *\"\nduration = \"30m\"\n\
+                [broadcasts.weekly.schedule]\ncron = \"0 19 30 2 1\"\nduration = \"30m\"\n";
+    let output = onair_with(fine).1.arg("check").output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!text.contains("matches no date"), "{text}");
+}
