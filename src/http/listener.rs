@@ -232,3 +232,49 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::{Error, Source, load};
+
+    fn load_with(env: &[(&str, &str)]) -> Result<crate::config::Settings, Error> {
+        let env: HashMap<String, String> =
+            env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+        load(&Source { file: None, env })
+    }
+
+    #[test]
+    fn both_listeners_have_the_limits_with_their_defaults() {
+        let settings = load_with(&[]).unwrap();
+        let defaults = Limits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
+        };
+        assert_eq!(settings.http.connections, defaults);
+        assert_eq!(settings.ingress.connections, defaults);
+        let settings =
+            load_with(&[("ONAIR__INGRESS__IDLE_TIMEOUT", "5s"), ("ONAIR__HTTP__MAX_CONNECTIONS", "16")]).unwrap();
+        assert_eq!(settings.ingress.connections.idle_timeout, Duration::from_secs(5));
+        assert_eq!(settings.http.connections.max_connections, 16);
+        assert_eq!(settings.http.connections.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn limits_that_would_let_a_client_hold_a_connection_forever_are_problems() {
+        let Err(Error::Invalid(problems)) = load_with(&[
+            ("ONAIR__HTTP__HEADER_READ_TIMEOUT", "0s"),
+            ("ONAIR__INGRESS__IDLE_TIMEOUT", "0s"),
+            ("ONAIR__INGRESS__MAX_CONNECTIONS", "0"),
+        ]) else {
+            panic!("zero limits must be refused");
+        };
+        let keys: Vec<&str> = problems.0.iter().map(|problem| problem.key.as_str()).collect();
+        for key in ["http.header_read_timeout", "ingress.idle_timeout", "ingress.max_connections"] {
+            assert!(keys.contains(&key), "{key} in {keys:?}");
+        }
+    }
+}

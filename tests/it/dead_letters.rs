@@ -256,3 +256,46 @@ async fn a_dead_letter_queue_from_an_earlier_onair_keeps_working_and_is_migrated
     assert_eq!(letters.last().map(String::as_str), Some("dl-new"));
     assert_eq!(letters.len(), LETTERS + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_on_an_old_dead_letter_queue_runs_and_answers_listings_with_the_way_out() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let broker = rabbit::settings("dlqdaemon");
+    let connection = declare_legacy(&broker).await;
+    let directory = tempfile::tempdir().unwrap();
+    let (daemon, base, _) = daemon_with_http(directory.path(), &emulator, &broker, "[broadcasts.news]\n").await;
+    until_async(Duration::from_secs(20), "consumer ready on the old queue", || async {
+        daemon.broker_status().is_ready()
+    })
+    .await;
+    // Malformed messages are still dead-lettered into the old queue.
+    let publisher = Publisher::new(Arc::new(broker.clone()));
+    let properties = lapin::BasicProperties::default().with_message_id("bad-1".into()).with_delivery_mode(2);
+    publisher.publish_to(&broker.exchange, "bad", b"{not json", properties, true).await.unwrap();
+    publisher.close().await;
+    let channel = connection.create_channel().await.unwrap();
+    until_async(Duration::from_secs(10), "dead-lettered into the old queue", || {
+        let channel = channel.clone();
+        let queue = broker.dead_queue.clone();
+        async move {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions { passive: true, ..Default::default() },
+                    FieldTable::default(),
+                )
+                .await
+                .map(|queue| queue.message_count())
+                .unwrap_or(0)
+                == 1
+        }
+    })
+    .await;
+    let (status, body) = get(&base, "/api/v1/dead-letters").await;
+    println!("GET /api/v1/dead-letters on the old queue: {status} {}", body["error"]["message"]);
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("onair dlq migrate"), "{body}");
+    assert_eq!(get(&base, "/readyz").await.0, 200, "the daemon itself is fine");
+    daemon.stop().await.unwrap();
+}

@@ -244,7 +244,8 @@ async fn idle_and_trickling_clients_are_closed_while_real_requests_are_answered(
     }
     let delivery_max = latencies("signed deliveries (200, confirmed)", delivered);
     let probe_max = latencies("/readyz (200)", probed);
-    assert!(delivery_max < Duration::from_secs(1) && probe_max < Duration::from_secs(1));
+    // Far below the timeouts the attackers are cut at (generous for a loaded CI machine).
+    assert!(delivery_max < Duration::from_secs(2) && probe_max < Duration::from_secs(2));
 
     // Every delivery was decided for its broadcast; the states are as they were.
     let store = directory.path().join("onair.db");
@@ -328,9 +329,8 @@ async fn connections_beyond_the_limit_wait_without_hurting_those_in_service() {
             answered += 1;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(waiting.len(), 20, "nobody beyond the limit was served");
+        assert!(waiting.try_join_next().is_none(), "a connection beyond the limit was served");
     }
-    assert!(waiting.try_join_next().is_none());
     println!(
         "limit 4: {answered} requests answered on the 4 connections in service in 3 s (slowest {:.1} ms) while 20 waited",
         slowest.as_secs_f64() * 1000.0
