@@ -89,10 +89,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the store cannot be used at all as configured (as opposed to a failing operation):
-    /// an operator has to act, and `onair run` exits with the settings exit code.
+    /// Whether the store cannot be used as configured, whatever the number of tries: an operator
+    /// has to act, and `onair run` exits with the settings exit code (78, which systemd does not
+    /// restart). Other failures (a lock held by another process, a full disk) may pass.
     pub fn is_unusable(&self) -> bool {
-        matches!(self, Error::Open { .. } | Error::TooNew { .. } | Error::Corrupt { .. } | Error::Unwritable { .. })
+        matches!(self, Error::TooNew { .. } | Error::Corrupt { .. } | Error::Unwritable { .. })
     }
 
     /// The store-side condition behind this error, when it is one.

@@ -459,8 +459,20 @@ fn a_store_that_cannot_be_opened_stops_run_and_check_with_78_and_says_what_to_do
                 }
             }
         };
+        // Another user needs a binary it can reach: the clone may sit under a private directory.
+        let binary = directory.path().join("onair");
+        if as_other_user {
+            std::fs::copy(env!("CARGO_BIN_EXE_onair"), &binary).unwrap();
+            std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let command = |arguments: &[&str]| {
-            let mut command = onair();
+            let mut command = if as_other_user {
+                let mut command = Command::new(&binary);
+                command.env_remove("RUST_LOG").env_remove("ONAIR_CONFIG");
+                command
+            } else {
+                onair()
+            };
             command.arg("--config").arg(file.path()).args(arguments).env("ONAIR__MEDIA__CLIENT_SECRET", "x");
             if as_other_user {
                 command.uid(65534).gid(65534);

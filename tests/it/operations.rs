@@ -228,12 +228,27 @@ async fn each_broadcast_reads_back_its_own_state_through_the_api_and_status() {
         assert_eq!(command(&base, broadcast, Some(TOKEN), force).await.0, 202);
     }
     let expected = [("alpha", None), ("news", Some("live")), ("sport", Some("failed")), ("weather", Some("standby"))];
-    until_async(Duration::from_secs(30), "three states", || async {
-        let mut all = true;
-        for (broadcast, state) in expected {
-            all &= state_of(&base, broadcast).await.as_deref() == state;
-        }
-        all
+    // Wait on the list (every record at once), then read each broadcast on its own.
+    let states = |list: Value| -> Vec<(String, Option<String>)> {
+        list["broadcasts"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|entry| {
+                        (
+                            entry["id"].as_str().unwrap_or_default().to_string(),
+                            entry["state"].as_str().map(str::to_string),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let wanted: Vec<(String, Option<String>)> =
+        expected.iter().map(|(id, state)| (id.to_string(), state.map(str::to_string))).collect();
+    until_async(Duration::from_secs(30), "three states in the list", || async {
+        states(get(&base, "/api/v1/broadcasts").await.1) == wanted
     })
     .await;
 
@@ -253,15 +268,8 @@ async fn each_broadcast_reads_back_its_own_state_through_the_api_and_status() {
         assert!(entries.iter().all(|entry| entry["broadcast"] == broadcast), "{audit}");
         assert_eq!(entries.is_empty(), state.is_none(), "{broadcast}: {audit}");
     }
-    // And in the list.
-    let (_, list) = get(&base, "/api/v1/broadcasts").await;
-    let listed: Vec<(Option<&str>, Option<&str>)> = list["broadcasts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|entry| (entry["id"].as_str(), entry["state"].as_str()))
-        .collect();
-    assert_eq!(listed, expected.iter().map(|(id, state)| (Some(*id), *state)).collect::<Vec<_>>());
+    let listed = states(get(&base, "/api/v1/broadcasts").await.1);
+    assert_eq!(listed, wanted);
     daemon.stop().await.unwrap();
 
     // What `onair status` prints, from the same store.
