@@ -310,16 +310,17 @@ async fn while_the_broker_is_stopped_deliveries_get_503_and_the_retry_is_the_onl
     let emulator = TestEmulator::start(emulator_settings()).await;
     let broker = rabbit::settings("ingress-503");
     let directory = tempfile::tempdir().unwrap();
-    let (daemon, base, settings) =
-        daemon_with_ingress(directory.path(), &emulator, &broker, "[broadcasts.news]\n", 1 << 20).await;
+    let broadcasts = "[broadcasts.news]\n[broadcasts.sport]\n[broadcasts.weather]\n";
+    let (daemon, base, settings) = daemon_with_ingress(directory.path(), &emulator, &broker, broadcasts, 1 << 20).await;
     let store = settings.engine.store.clone();
+    three_states(&broker, &store).await;
     let http = reqwest::Client::new();
     // By key (Event Grid's way) and signed (a sender of ours): both retried with the same bytes.
     let delivery = json!([{"id": "during-outage", "topic": TOPIC, "subject": "liveEvent/news",
         "eventType": "Microsoft.Media.LiveEventEncoderConnected", "eventTime": "2026-11-24T10:00:00Z", "data": {}, "dataVersion": "1.0"}]);
     let send = || http.post(format!("{base}/eventgrid?key={KEY}")).json(&delivery).send();
     let signed = serde_json::to_vec(&json!({"specversion": "1.0", "id": "signed-during-outage", "source": "encoder",
-        "type": "Microsoft.Media.LiveEventEncoderDisconnected", "subject": "liveEvent/news", "data": {}}))
+        "type": "Microsoft.Media.LiveEventEncoderConnected", "subject": "liveEvent/sport", "data": {}}))
     .unwrap();
     let signature = sign(SECRET, now(), &signed);
     let send_signed = || {
@@ -366,6 +367,17 @@ async fn while_the_broker_is_stopped_deliveries_get_503_and_the_retry_is_the_onl
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(decided(&store, &key_id), (1, 0));
     assert_eq!(decided(&store, &signed_id), (1, 0));
+    // news got the keyed delivery, sport the signed one, weather nothing; no state changed.
+    let states = snapshot(&store);
+    for (broadcast, state, connected, decisions) in
+        [("news", "live", true, 2), ("sport", "standby", true, 2), ("weather", "idle", false, 1)]
+    {
+        assert_eq!(states[broadcast].0, state, "{broadcast}");
+        assert_eq!(states[broadcast].1["encoder_connected"], connected, "{broadcast}");
+        let rows = audit(&store);
+        let decided = rows.iter().filter(|row| row.broadcast == broadcast && row.kind == "decision").count();
+        assert_eq!(decided, decisions, "{broadcast}: set-up and its own delivery, once");
+    }
     println!(
         "broker stopped: the ingress answered 503 (Retry-After 5) to a keyed and a signed delivery; {attempts} attempts until 200 {:.1} s later; \
          the signed retry (same signature) published, its replay answered without effect; each decided once",
@@ -495,6 +507,29 @@ fn snapshot(store: &Path) -> BTreeMap<String, (String, Value, usize)> {
             (instance.broadcast, (instance.state, Value::Object(instance.vars), audited))
         })
         .collect()
+}
+
+/// Puts news live, sport in standby and weather idle by force-state through the broker (the
+/// operator's path), and waits for it: three broadcasts in three states.
+async fn three_states(broker: &onair::broker::Settings, store: &Path) {
+    let at = onair::clock::Clock::now(&onair::clock::SystemClock);
+    let force = |broadcast: &str, state: &str| {
+        onair::event::Event::new(
+            format!("setup-{broadcast}"),
+            onair::event::FORCE_STATE,
+            broadcast,
+            json!({"state": state, "by": "test"}),
+            at,
+        )
+    };
+    trusted(broker, vec![force("news", "live"), force("sport", "standby"), force("weather", "idle")]).await;
+    until(Duration::from_secs(10), "the three broadcasts set up", || {
+        let states = snapshot(store);
+        [("news", "live"), ("sport", "standby"), ("weather", "idle")]
+            .iter()
+            .all(|(broadcast, state)| states.get(*broadcast).is_some_and(|(now, ..)| now == state))
+    })
+    .await;
 }
 
 /// Publishes events through the broker: the trusted path (onair's own components, `onair send`).
@@ -720,6 +755,7 @@ async fn replays_are_recognised_by_their_signed_content_and_wild_timestamps_are_
     let broadcasts = "[broadcasts.news]\n[broadcasts.sport]\n[broadcasts.weather]\n";
     let (daemon, base, settings) = daemon_with_ingress(directory.path(), &emulator, &broker, broadcasts, 1 << 20).await;
     let store = settings.engine.store.clone();
+    three_states(&broker, &store).await;
     let http = reqwest::Client::new();
     let post = |signature: String, body: Vec<u8>| {
         http.post(format!("{base}/events"))
@@ -789,9 +825,15 @@ async fn replays_are_recognised_by_their_signed_content_and_wild_timestamps_are_
         assert_eq!(decided(&store, &external_id("encoder", id)), (1, 0), "{id}: decided once, never republished");
     }
     let states = snapshot(&store);
-    for broadcast in ["news", "sport", "weather"] {
-        assert_eq!(states[broadcast].1["encoder_connected"], true, "{broadcast}");
+    for (broadcast, state) in [("news", "live"), ("sport", "standby"), ("weather", "idle")] {
+        assert_eq!(states[broadcast].0, state, "{broadcast}: the encoder events change no state");
+        assert_eq!(states[broadcast].1["encoder_connected"], true, "{broadcast}: its own event, once");
     }
+    let decisions = |broadcast: &str| {
+        audit(&store).iter().filter(|row| row.broadcast == broadcast && row.kind == "decision").count()
+    };
+    // setup + connected (+ concurrent and wild for news): nothing republished by a replay.
+    assert_eq!((decisions("news"), decisions("sport"), decisions("weather")), (4, 2, 2));
     let (_, stats) = daemon.ingress().unwrap();
     let stats = stats.snapshot();
     assert_eq!(stats["replays"], replays + 1);
