@@ -81,9 +81,8 @@ impl Secrets {
         }
         let Some(header) = signature else { return Err(Rejection::Missing) };
         let (timestamp, signatures) = parse_header(header).ok_or(Rejection::Malformed)?;
-        let age = now.timestamp() - timestamp;
-        let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
-        if age.abs() > window {
+        // `abs_diff` cannot overflow, whatever the sender puts in `t` (i64::MIN included).
+        if now.timestamp().abs_diff(timestamp) > window.as_secs() {
             return Err(Rejection::Stale);
         }
         for secret in &self.hmac {
@@ -107,6 +106,13 @@ impl Secrets {
 pub enum Authenticated {
     Key,
     Signature { timestamp: i64 },
+}
+
+/// The digest of what a signature covers: the timestamp (as a number, however the header spelled
+/// it) and the body. Replay detection keys on it, so that a second `v1=`, reordered parts or
+/// spaces in the header do not make a replay look new.
+pub fn signed_content_digest(timestamp: i64, body: &[u8]) -> [u8; 32] {
+    Sha256::new().chain_update(timestamp.to_string().as_bytes()).chain_update(b".").chain_update(body).finalize().into()
 }
 
 /// `t=<unix>,v1=<hex>[,v1=<hex>…]` → (t, decoded signatures).
@@ -212,6 +218,30 @@ mod tests {
         );
         assert_eq!(check(Some("query-key-012345678"), None, body), Err(Rejection::BadKey));
         assert_eq!(check(Some("query-key-0123456789"), None, body), Ok(Authenticated::Key));
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_a_panic() {
+        let body = br#"[{"id":"1"}]"#;
+        for t in ["-9223372036854775808", "9223372036854775807", "-1", "0"] {
+            let header = format!("t={t},v1={}", "ab".repeat(32));
+            assert_eq!(secrets().check(None, Some(&header), body, now(), WINDOW), Err(Rejection::Stale), "t={t}");
+        }
+        for t in ["9223372036854775808", "-9223372036854775809", "99999999999999999999999999999"] {
+            let header = format!("t={t},v1={}", "ab".repeat(32));
+            assert_eq!(secrets().check(None, Some(&header), body, now(), WINDOW), Err(Rejection::Malformed), "t={t}");
+        }
+        // A window as long as it gets does not overflow either.
+        let header = format!("t={},v1={}", i64::MIN, "ab".repeat(32));
+        assert_eq!(secrets().check(None, Some(&header), body, now(), Duration::MAX), Err(Rejection::BadSignature));
+    }
+
+    #[test]
+    fn the_replay_digest_covers_the_signed_content_not_the_header_text() {
+        let body = br#"[{"id":"1"}]"#;
+        assert_eq!(signed_content_digest(1_764_007_200, body), signed_content_digest(1_764_007_200, body));
+        assert_ne!(signed_content_digest(1_764_007_200, body), signed_content_digest(1_764_007_201, body));
+        assert_ne!(signed_content_digest(1_764_007_200, body), signed_content_digest(1_764_007_200, b"[]"));
     }
 
     #[test]

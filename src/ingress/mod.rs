@@ -8,14 +8,21 @@
 //!
 //! Every request goes through the same steps, and the first that fails answers: the body limit
 //! (413, before any parsing), authentication (401: an HMAC signature or a query key, `auth`),
-//! parsing (400 with the reason, `parse`), then publishing with confirms (503 while the broker is
-//! away, so the sender retries). A delivery is answered 2xx only after every event in it is
-//! confirmed by RabbitMQ; none of the refusals changes anything. Events about no configured
-//! broadcast are acknowledged and dropped (counted), so that a busy account's heartbeats do not
-//! fill the dead-letter queue.
+//! parsing (400 with the reason, `parse`), the trust boundary (400 for onair's own event types,
+//! 403 for operator commands not allowed here, `policy`), then publishing with confirms (503
+//! while the broker is away, so the sender retries). A delivery is answered 2xx only after every
+//! event in it is confirmed by RabbitMQ; none of the refusals changes anything. Events about no
+//! configured broadcast, or of a type not accepted here, are acknowledged and dropped (counted),
+//! so that a busy account's heartbeats do not fill the dead-letter queue.
+//!
+//! A signed delivery is recorded as seen (its replays answered `{"replay": true}` without
+//! publishing) only once its events are confirmed; an identical delivery arriving meanwhile waits
+//! for the first one's outcome, so that a failed first attempt never turns its retry into a
+//! "replay" and loses it.
 
 pub mod auth;
 pub mod parse;
+pub mod policy;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -31,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Publisher;
@@ -39,6 +47,7 @@ use crate::engine::Broadcast;
 use crate::event::Event;
 pub use auth::{KEY_PARAMETER, SIGNATURE_HEADER, Secrets, sign};
 use parse::Delivery;
+pub use policy::{Proof, external_id};
 
 /// `[ingress]` settings.
 #[derive(Debug, Clone)]
@@ -58,6 +67,11 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// Slow and idle clients, connections at once.
     pub connections: crate::http::Limits,
+    /// Event types accepted besides the mapped Media Services types (exact, or a prefix ending
+    /// in `*`); never `onair.*`.
+    pub allowed_types: Vec<String>,
+    /// Whether operator commands (`onair.command.*`) are accepted, in signed deliveries only.
+    pub accept_commands: bool,
 }
 
 impl Settings {
@@ -85,7 +99,19 @@ impl Settings {
             topics: section.value("topics"),
             allowed_origins: section.value("allowed_origins"),
             connections: crate::http::Limits::parse(section),
+            allowed_types: section.value("allowed_types"),
+            accept_commands: section.value("accept_commands"),
         };
+        section.check(
+            "allowed_types",
+            !settings.allowed_types.iter().any(|kind| policy::reserved(kind) || kind == "*" || kind.is_empty()),
+            "onair.* types are onair's own and never come from outside; list external types (exact, or a prefix ending in *)",
+        );
+        section.check(
+            "accept_commands",
+            !settings.enabled || !settings.accept_commands || !settings.secrets.hmac.is_empty(),
+            "operator commands need signed deliveries: set hmac_secrets, or turn accept_commands off",
+        );
         section.check("max_body_bytes", settings.max_body_bytes >= 1024, "must be at least 1024");
         section.check(
             "replay_window",
@@ -114,6 +140,7 @@ pub struct Stats {
     pub too_large: AtomicU64,
     pub unauthorized: AtomicU64,
     pub malformed: AtomicU64,
+    pub refused_types: AtomicU64,
     pub unavailable: AtomicU64,
     pub handshakes: AtomicU64,
     pub refused_handshakes: AtomicU64,
@@ -135,6 +162,7 @@ impl Stats {
             ("too_large", load(&self.too_large)),
             ("unauthorized", load(&self.unauthorized)),
             ("malformed", load(&self.malformed)),
+            ("refused_types", load(&self.refused_types)),
             ("unavailable", load(&self.unavailable)),
             ("handshakes", load(&self.handshakes)),
             ("refused_handshakes", load(&self.refused_handshakes)),
@@ -142,38 +170,157 @@ impl Stats {
     }
 }
 
-/// Signed deliveries seen within the replay window, so that a replay is answered without
-/// publishing again (the engine would absorb it anyway: same event ids).
+/// Signed deliveries seen within the replay window, by the digest of their signed content, so
+/// that a replay is answered without publishing again (the engine would absorb it anyway: same
+/// event ids). At most `SEEN_CAPACITY` entries: beyond, the oldest are forgotten first (a replay
+/// of one of those is published again and absorbed by the engine as a duplicate).
 #[derive(Debug, Default)]
 struct Seen {
     order: VecDeque<(i64, [u8; 32])>,
     set: HashSet<[u8; 32]>,
 }
 
+/// The most signed deliveries remembered for replay detection (about 100 bytes each).
+const SEEN_CAPACITY: usize = 100_000;
+
 impl Seen {
-    /// Records a delivery; `false` if it was already seen.
-    fn insert(&mut self, timestamp: i64, digest: [u8; 32], now: i64, window: i64) -> bool {
-        while self.order.front().is_some_and(|(at, _)| *at < now - window * 2) {
+    fn contains(&self, digest: &[u8; 32]) -> bool {
+        self.set.contains(digest)
+    }
+
+    /// Forgets what is older than the window (a replay of it is stale anyway), then records.
+    fn insert(&mut self, timestamp: i64, digest: [u8; 32], now: i64, window: i64) {
+        let horizon = now.saturating_sub(window);
+        while self.order.front().is_some_and(|(at, _)| *at < horizon) || self.order.len() >= SEEN_CAPACITY {
             if let Some((_, old)) = self.order.pop_front() {
                 self.set.remove(&old);
             }
         }
-        if !self.set.insert(digest) {
-            return false;
+        if self.set.insert(digest) {
+            self.order.push_back((timestamp, digest));
         }
-        self.order.push_back((timestamp, digest));
-        true
+    }
+}
+
+/// Replay detection: deliveries seen, and deliveries being published right now.
+#[derive(Debug, Default)]
+struct Replays {
+    seen: Seen,
+    /// Each in-flight delivery's digest, with a receiver that is closed when it is decided.
+    in_flight: HashMap<[u8; 32], watch::Receiver<()>>,
+}
+
+/// A signed delivery being processed: recorded as seen by `confirm` (once its events are
+/// confirmed); dropped without it (refused, 503, the client went away), the delivery is not
+/// recorded and its retry is processed as new. Either way the identical deliveries waiting for
+/// it go on.
+struct Claim {
+    inner: Arc<Inner>,
+    digest: [u8; 32],
+    timestamp: i64,
+    /// Dropped with the claim: closes the waiters' receivers.
+    _decided: watch::Sender<()>,
+}
+
+impl Claim {
+    fn confirm(self) {
+        let now = self.inner.clock.now().timestamp();
+        let window = i64::try_from(self.inner.settings.replay_window.as_secs()).unwrap_or(i64::MAX);
+        self.inner.replays().seen.insert(self.timestamp, self.digest, now, window);
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.inner.replays().in_flight.remove(&self.digest);
     }
 }
 
 struct Inner {
     settings: Settings,
+    boundary: policy::Boundary,
     publisher: Arc<Publisher>,
     clock: SharedClock,
     /// Subjects that reach a broadcast: broadcast ids and `liveEvent/<channel>`.
     subjects: HashSet<String>,
     stats: Arc<Stats>,
-    seen: Mutex<Seen>,
+    replays: Mutex<Replays>,
+    /// Bounds the deliveries parsed and published at once (see `MAX_CONCURRENT_BODIES`).
+    bodies: Arc<Semaphore>,
+    /// Where deliveries are parsed (see `Parsers`).
+    parsers: Parsers,
+}
+
+impl Inner {
+    fn replays(&self) -> std::sync::MutexGuard<'_, Replays> {
+        // A panic while holding the lock cannot leave the maps inconsistent (single inserts and
+        // removes), so a poisoned lock is used as it is.
+        self.replays.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// How many deliveries may be parsed and published at once; more wait, holding only their body
+/// (up to `max_body_bytes`). A 10,000-event batch parses into several times its body (JSON trees,
+/// then events): without a bound, a burst of them multiplies the peak, and the allocator keeps
+/// the peak's pages.
+pub const MAX_CONCURRENT_BODIES: usize = 4;
+
+/// How many threads parse deliveries.
+pub const PARSE_THREADS: usize = 2;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A few dedicated threads that parse deliveries. A 10,000-event batch parses into JSON trees and
+/// events several times its body; parsed on the runtime's threads, each of them (one per core)
+/// ends up with its own malloc arena holding that peak, and the daemon's resident memory grows
+/// with the number of cores. Parsed here, the peaks stay in `PARSE_THREADS` arenas (and the
+/// runtime's threads are not blocked by a large parse). The threads end when the ingress is
+/// dropped.
+struct Parsers {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Parsers {
+    fn start() -> Self {
+        let (sender, receiver) = std::sync::mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for index in 0..PARSE_THREADS {
+            let receiver = Arc::clone(&receiver);
+            let spawned = std::thread::Builder::new().name(format!("onair-ingress-parse-{index}")).spawn(move || {
+                loop {
+                    // The lock is held only while taking a job; a poisoned lock still hands jobs out.
+                    let job = receiver.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => break,
+                    }
+                }
+            });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "Cannot start an ingress parsing thread; parsing runs on the others.");
+            }
+        }
+        Self { jobs: sender }
+    }
+
+    /// Runs `job` on a parsing thread; `None` if no thread could run it (none started, or the job
+    /// panicked, which parsing never does by design).
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = reply.send(job());
+        });
+        self.jobs.send(job).ok()?;
+        result.await.ok()
+    }
+}
+
+/// An admitted request: its body, how it proved itself, and its replay claim when signed.
+struct Admitted {
+    body: Bytes,
+    proof: Proof,
+    claim: Option<Claim>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The ingress: its router and counters.
@@ -191,7 +338,21 @@ impl Ingress {
     ) -> Self {
         let mut subjects: HashSet<String> = broadcasts.keys().cloned().collect();
         subjects.extend(broadcasts.values().map(|broadcast| format!("liveEvent/{}", broadcast.channel)));
-        let inner = Inner { settings, publisher, clock, subjects, stats: Arc::default(), seen: Mutex::default() };
+        let boundary = policy::Boundary {
+            allowed_types: settings.allowed_types.clone(),
+            accept_commands: settings.accept_commands,
+        };
+        let inner = Inner {
+            settings,
+            boundary,
+            publisher,
+            clock,
+            subjects,
+            stats: Arc::default(),
+            replays: Mutex::default(),
+            bodies: Arc::new(Semaphore::new(MAX_CONCURRENT_BODIES)),
+            parsers: Parsers::start(),
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -225,63 +386,97 @@ impl Ingress {
         query: &HashMap<String, String>,
         headers: &HeaderMap,
         body: Body,
-    ) -> Result<Bytes, Box<Response>> {
+    ) -> Result<Admitted, Box<Response>> {
         let body = self.read(body).await?;
-        match self.admit(query, headers, &body) {
-            Some(response) => Err(Box::new(response)),
-            None => Ok(body),
-        }
+        // Taken once the body is in (a slow sender holds no permit): it bounds the parsing and
+        // publishing, where a delivery's memory multiplies. The semaphore is never closed.
+        let Ok(permit) = Arc::clone(&self.inner.bodies).acquire_owned().await else {
+            return Err(Box::new(refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down")));
+        };
+        let (proof, claim) = self.admit(query, headers, &body).await.map_err(Box::new)?;
+        Ok(Admitted { body, proof, claim, _permit: permit })
     }
 
     /// Checks the authentication of a request (and whether it is a replay); the response when it
     /// is not to be processed.
-    fn admit(&self, query: &HashMap<String, String>, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
+    async fn admit(
+        &self,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(Proof, Option<Claim>), Response> {
         let inner = &self.inner;
         Stats::bump(&inner.stats.deliveries);
         let signature = headers.get(SIGNATURE_HEADER).and_then(|value| value.to_str().ok());
         let now = inner.clock.now();
         let window = inner.settings.replay_window;
         match inner.settings.secrets.check(query.get(KEY_PARAMETER).map(String::as_str), signature, body, now, window) {
-            Ok(auth::Authenticated::Key) => None,
+            Ok(auth::Authenticated::Key) => Ok((Proof::Key, None)),
             Ok(auth::Authenticated::Signature { timestamp }) => {
-                use sha2::Digest;
-                let digest: [u8; 32] = sha2::Sha256::new()
-                    .chain_update(signature.unwrap_or_default().as_bytes())
-                    .chain_update(body)
-                    .finalize()
-                    .into();
-                let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
-                let fresh = inner.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(
-                    timestamp,
-                    digest,
-                    now.timestamp(),
-                    window,
-                );
-                if fresh {
-                    None
-                } else {
-                    Stats::bump(&inner.stats.replays);
-                    Some((StatusCode::OK, axum::Json(json!({"accepted": 0, "replay": true}))).into_response())
+                let digest = auth::signed_content_digest(timestamp, body);
+                match self.claim(digest, timestamp).await {
+                    Some(claim) => Ok((Proof::Signature, Some(claim))),
+                    None => {
+                        Stats::bump(&inner.stats.replays);
+                        Err((StatusCode::OK, axum::Json(json!({"accepted": 0, "replay": true}))).into_response())
+                    }
                 }
             }
             Err(rejection) => {
                 Stats::bump(&inner.stats.unauthorized);
                 tracing::warn!(reason = %rejection, "Webhook delivery refused.");
-                Some(refuse(StatusCode::UNAUTHORIZED, "unauthorized"))
+                Err(refuse(StatusCode::UNAUTHORIZED, "unauthorized"))
             }
         }
     }
 
-    /// Publishes the events about configured broadcasts, with confirms.
-    async fn publish(&self, events: Vec<Event>) -> Response {
+    /// The claim on a signed delivery, or `None` if it was seen already. An identical delivery in
+    /// flight is waited for: seen once it is confirmed, claimed anew if it failed.
+    async fn claim(&self, digest: [u8; 32], timestamp: i64) -> Option<Claim> {
+        loop {
+            let mut waiting = {
+                let mut replays = self.inner.replays();
+                if replays.seen.contains(&digest) {
+                    return None;
+                }
+                match replays.in_flight.get(&digest) {
+                    Some(receiver) => receiver.clone(),
+                    None => {
+                        let (sender, receiver) = watch::channel(());
+                        replays.in_flight.insert(digest, receiver);
+                        return Some(Claim { inner: Arc::clone(&self.inner), digest, timestamp, _decided: sender });
+                    }
+                }
+            };
+            // Returns (with an error) when the claim is dropped: confirmed or not, look again.
+            while waiting.changed().await.is_ok() {}
+        }
+    }
+
+    /// Publishes the accepted events about configured broadcasts, with confirms; records a
+    /// signed delivery as seen only once they are confirmed.
+    async fn publish(&self, events: Vec<Event>, admitted: Admitted) -> Response {
         let stats = &self.inner.stats;
-        let total = events.len();
+        let (events, unlisted) = match self.inner.boundary.sort(events, admitted.proof) {
+            Ok(sorted) => sorted,
+            Err(refusal) => {
+                Stats::bump(&stats.refused_types);
+                tracing::warn!(reason = %refusal, proof = ?admitted.proof, "Webhook delivery refused at the trust boundary.");
+                let status = if refusal.forbidden() { StatusCode::FORBIDDEN } else { StatusCode::BAD_REQUEST };
+                return refuse(status, &refusal.to_string());
+            }
+        };
+        let total = events.len() + unlisted;
         let events: Vec<Event> =
             events.into_iter().filter(|event| self.inner.subjects.contains(&event.subject)).collect();
         let ignored = total - events.len();
         stats.ignored_events.fetch_add(ignored as u64, Ordering::Relaxed);
         if ignored > 0 {
-            tracing::debug!(ignored, "Webhook events about no configured broadcast dropped.");
+            tracing::debug!(
+                ignored,
+                unlisted,
+                "Webhook events about no configured broadcast, or of types not accepted here, dropped."
+            );
         }
         if !events.is_empty() {
             if let Err(error) = self.inner.publisher.publish_many(&events).await {
@@ -292,6 +487,9 @@ impl Ingress {
                 return response;
             }
             stats.accepted_events.fetch_add(events.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(claim) = admitted.claim {
+            claim.confirm();
         }
         (StatusCode::OK, axum::Json(json!({"accepted": events.len(), "ignored": ignored}))).into_response()
     }
@@ -312,12 +510,16 @@ async fn events(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match ingress.receive(&query, &headers, body).await {
-        Ok(body) => body,
+    let admitted = match ingress.receive(&query, &headers, body).await {
+        Ok(admitted) => admitted,
         Err(response) => return *response,
     };
-    match parse::cloudevents(&headers, &body) {
-        Ok(events) => ingress.publish(events).await,
+    let (parse_headers, body) = (headers.clone(), admitted.body.clone());
+    let Some(parsed) = ingress.inner.parsers.run(move || parse::cloudevents(&parse_headers, &body)).await else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot parse deliveries right now; retry later");
+    };
+    match parsed {
+        Ok(events) => ingress.publish(events, admitted).await,
         Err(error) => malformed(&ingress, error),
     }
 }
@@ -328,17 +530,24 @@ async fn eventgrid(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match ingress.receive(&query, &headers, body).await {
-        Ok(body) => body,
+    let admitted = match ingress.receive(&query, &headers, body).await {
+        Ok(admitted) => admitted,
         Err(response) => return *response,
     };
-    match parse::eventgrid(&headers, &body) {
-        Ok(Delivery::Events(events)) => ingress.publish(events).await,
+    let (parse_headers, body) = (headers.clone(), admitted.body.clone());
+    let Some(parsed) = ingress.inner.parsers.run(move || parse::eventgrid(&parse_headers, &body)).await else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot parse deliveries right now; retry later");
+    };
+    match parsed {
+        Ok(Delivery::Events(events)) => ingress.publish(events, admitted).await,
         Ok(Delivery::Validation { topic, code }) => {
             let stats = &ingress.inner.stats;
             if ingress.inner.settings.topics.iter().any(|known| known.eq_ignore_ascii_case(&topic)) {
                 Stats::bump(&stats.handshakes);
                 tracing::info!(%topic, "Event Grid subscription validated.");
+                if let Some(claim) = admitted.claim {
+                    claim.confirm();
+                }
                 (StatusCode::OK, axum::Json(json!({"validationResponse": code}))).into_response()
             } else {
                 Stats::bump(&stats.refused_handshakes);
@@ -348,6 +557,9 @@ async fn eventgrid(
         }
         Ok(Delivery::SubscriptionDeleted) => {
             tracing::warn!("Event Grid says the subscription was deleted.");
+            if let Some(claim) = admitted.claim {
+                claim.confirm();
+            }
             (StatusCode::OK, axum::Json(json!({"accepted": 0}))).into_response()
         }
         Err(error) => malformed(&ingress, error),
@@ -362,9 +574,10 @@ async fn handshake(
     headers: HeaderMap,
 ) -> Response {
     debug_assert_eq!(method, Method::OPTIONS);
-    if let Some(response) = ingress.admit(&query, &headers, b"") {
-        return response;
-    }
+    let claim = match ingress.admit(&query, &headers, b"").await {
+        Ok((_, claim)) => claim,
+        Err(response) => return response,
+    };
     let stats = &ingress.inner.stats;
     let origin = headers.get("webhook-request-origin").and_then(|value| value.to_str().ok()).unwrap_or_default();
     let allowed = &ingress.inner.settings.allowed_origins;
@@ -373,6 +586,9 @@ async fn handshake(
         return refuse(StatusCode::FORBIDDEN, "this origin is not expected here");
     }
     Stats::bump(&stats.handshakes);
+    if let Some(claim) = claim {
+        claim.confirm();
+    }
     let mut response = StatusCode::OK.into_response();
     let headers_out = response.headers_mut();
     if let Ok(origin) = HeaderValue::from_str(origin) {
@@ -388,4 +604,42 @@ async fn handshake(
 pub async fn serve(listener: tokio::net::TcpListener, ingress: Ingress, shutdown: CancellationToken) {
     let limits = ingress.inner.settings.connections;
     crate::http::listener::serve(listener, ingress.router(), limits, shutdown, "ingress").await;
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Error, Source, load};
+
+    fn problems(file: &str, env: &[(&str, &str)]) -> Vec<String> {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("onair.toml");
+        std::fs::write(&path, file).unwrap();
+        let env = env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+        match load(&Source { file: Some(path), env }) {
+            Ok(_) => Vec::new(),
+            Err(Error::Invalid(problems)) => problems.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_boundary_settings_default_to_closed_and_cannot_open_onairs_own_types() {
+        let settings = load(&Source::default()).unwrap().ingress;
+        assert!(settings.allowed_types.is_empty());
+        assert!(!settings.accept_commands);
+        let secrets = [("ONAIR__INGRESS__HMAC_SECRETS", "hmac-secret-0123456789")];
+        assert_eq!(
+            problems(
+                "[ingress]\nallowed_types = [\"com.example.cue\", \"org.playout.*\"]\naccept_commands = true\n",
+                &secrets
+            ),
+            Vec::<String>::new()
+        );
+        for listed in ["onair.action.succeeded", "onair.*", "Onair.timer.fired", "*"] {
+            let found = problems(&format!("[ingress]\nallowed_types = [\"{listed}\"]\n"), &[]);
+            assert!(found.iter().any(|problem| problem.contains("ingress.allowed_types")), "{listed}: {found:?}");
+        }
+        let keys_only = [("ONAIR__INGRESS__QUERY_KEYS", "query-key-0123456789")];
+        let found = problems("[ingress]\nenabled = true\naccept_commands = true\n", &keys_only);
+        assert!(found.iter().any(|problem| problem.contains("ingress.accept_commands")), "{found:?}");
+    }
 }

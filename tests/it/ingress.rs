@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onair::daemon::Daemon;
-use onair::ingress::{SIGNATURE_HEADER, sign};
+use onair::ingress::{SIGNATURE_HEADER, external_id, sign};
 use onair::machine::Library;
 use onair::store::SqliteStore;
 use secrecy::SecretString;
@@ -32,6 +32,18 @@ pub(crate) async fn daemon_with_ingress(
     broadcasts: &str,
     max_body_bytes: usize,
 ) -> (Daemon, String, onair::config::Settings) {
+    daemon_with(directory, emulator, broker, broadcasts, max_body_bytes, |_| {}).await
+}
+
+/// `daemon_with_ingress`, with more settings changed by `configure`.
+pub(crate) async fn daemon_with(
+    directory: &Path,
+    emulator: &TestEmulator,
+    broker: &onair::broker::Settings,
+    broadcasts: &str,
+    max_body_bytes: usize,
+    configure: impl FnOnce(&mut onair::config::Settings),
+) -> (Daemon, String, onair::config::Settings) {
     let mut settings = daemon_settings(directory, emulator, broker, broadcasts);
     let ingress = &mut settings.ingress;
     ingress.enabled = true;
@@ -40,6 +52,7 @@ pub(crate) async fn daemon_with_ingress(
     ingress.secrets.hmac = vec![SecretString::from("retired-hmac-secret-000000"), SecretString::from(SECRET)];
     ingress.secrets.keys = vec![SecretString::from(KEY)];
     ingress.topics = vec![TOPIC.to_string()];
+    configure(&mut settings);
     let daemon = Daemon::start(&settings, Library::load(None)).await.unwrap();
     let (address, _) = daemon.ingress().unwrap();
     (daemon, format!("http://{address}"), settings)
@@ -94,7 +107,8 @@ async fn the_published_samples_in_both_schemas_reach_the_broadcast_on_their_chan
         .await
         .unwrap();
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
-    let event_id = "7f450938-491f-41e1-b06f-c6cd3965d786";
+    // The ingress puts the id in its own namespace (source and id as sent).
+    let event_id = &external_id(TOPIC, "7f450938-491f-41e1-b06f-c6cd3965d786");
     until(Duration::from_secs(10), "the Event Grid sample decided", || {
         decided(&settings.engine.store, event_id).0 == 1
     })
@@ -103,7 +117,8 @@ async fn the_published_samples_in_both_schemas_reach_the_broadcast_on_their_chan
     assert_eq!(row.broadcast, "studio", "liveEvent/mle1 reaches the broadcast on channel mle1");
     assert_eq!(row.event_type.as_deref(), Some("onair.encoder.heartbeat"));
 
-    // CloudEvents schema, signed. The sample has the same id: routed, and absorbed as a duplicate.
+    // CloudEvents schema, signed. The sample has the same source and id: routed, and absorbed as a
+    // duplicate.
     let body = std::fs::read(fixtures.join("cloud-events-schema/MediaLiveEventIngestHeartbeatEvent.json")).unwrap();
     let response = http
         .post(format!("{base}/events"))
@@ -121,6 +136,7 @@ async fn the_published_samples_in_both_schemas_reach_the_broadcast_on_their_chan
 
     // The original type and data are kept.
     let event = &row.detail["event"];
+    assert_eq!(event["source"], TOPIC);
     assert_eq!(event["data"]["original_type"], "Microsoft.Media.LiveEventIngestHeartbeat");
     assert_eq!(event["data"]["incomingBitrate"], 2462597);
     assert_eq!(event["data"]["healthy"], true);
@@ -153,11 +169,15 @@ async fn ten_thousand_bad_deliveries_are_refused_and_change_nothing() {
     let directory = tempfile::tempdir().unwrap();
     let max_body = 16 * 1024;
     let (daemon, base, settings) =
-        daemon_with_ingress(directory.path(), &emulator, &broker, "[broadcasts.news]\n", max_body).await;
+        daemon_with(directory.path(), &emulator, &broker, "[broadcasts.news]\n", max_body, |settings| {
+            settings.ingress.accept_commands = true;
+        })
+        .await;
     let store = settings.engine.store.clone();
     let http = reqwest::Client::new();
+    let valid_id = &external_id("playout", "valid-1");
 
-    // One valid delivery: a command that changes a variable (one decision).
+    // One valid delivery: a signed command that changes a variable (one decision).
     let valid = serde_json::to_vec(&json!({"specversion": "1.0", "id": "valid-1", "source": "playout", "type": "onair.command.pause", "subject": "news", "data": {}})).unwrap();
     let valid_signature = sign(SECRET, now(), &valid);
     let response = http
@@ -169,7 +189,7 @@ async fn ten_thousand_bad_deliveries_are_refused_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    until(Duration::from_secs(10), "the valid delivery decided", || decided(&store, "valid-1").0 == 1).await;
+    until(Duration::from_secs(10), "the valid delivery decided", || decided(&store, valid_id).0 == 1).await;
     let decisions_before = audit(&store).iter().filter(|row| row.kind == "decision").count();
 
     let attacks =
@@ -265,10 +285,10 @@ async fn ten_thousand_bad_deliveries_are_refused_and_change_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rows = audit(&store);
     let decisions_after = rows.iter().filter(|row| row.kind == "decision").count();
-    let forged = rows.iter().filter(|row| row.event_id.as_deref().is_some_and(|id| id.starts_with("forged-"))).count();
+    let forged = rows.iter().filter(|row| row.event_id.as_deref().is_some_and(|id| id.contains("forged-"))).count();
     assert_eq!(decisions_after, decisions_before, "no state change");
     assert_eq!(forged, 0);
-    assert_eq!(decided(&store, "valid-1"), (1, 0), "replays had no second effect (not even published again)");
+    assert_eq!(decided(&store, valid_id), (1, 0), "replays had no second effect (not even published again)");
     let (_, stats) = daemon.ingress().unwrap();
     let stats = stats.snapshot();
     println!(
@@ -290,21 +310,37 @@ async fn while_the_broker_is_stopped_deliveries_get_503_and_the_retry_is_the_onl
     let emulator = TestEmulator::start(emulator_settings()).await;
     let broker = rabbit::settings("ingress-503");
     let directory = tempfile::tempdir().unwrap();
-    let (daemon, base, settings) =
-        daemon_with_ingress(directory.path(), &emulator, &broker, "[broadcasts.news]\n", 1 << 20).await;
+    let broadcasts = "[broadcasts.news]\n[broadcasts.sport]\n[broadcasts.weather]\n";
+    let (daemon, base, settings) = daemon_with_ingress(directory.path(), &emulator, &broker, broadcasts, 1 << 20).await;
+    let store = settings.engine.store.clone();
+    three_states(&broker, &store).await;
     let http = reqwest::Client::new();
-    let delivery = json!([{"id": "during-outage", "topic": TOPIC, "subject": "news", "eventType": "onair.command.pause",
-        "eventTime": "2026-11-24T10:00:00Z", "data": {}, "dataVersion": "1.0"}]);
+    // By key (Event Grid's way) and signed (a sender of ours): both retried with the same bytes.
+    let delivery = json!([{"id": "during-outage", "topic": TOPIC, "subject": "liveEvent/news",
+        "eventType": "Microsoft.Media.LiveEventEncoderConnected", "eventTime": "2026-11-24T10:00:00Z", "data": {}, "dataVersion": "1.0"}]);
     let send = || http.post(format!("{base}/eventgrid?key={KEY}")).json(&delivery).send();
+    let signed = serde_json::to_vec(&json!({"specversion": "1.0", "id": "signed-during-outage", "source": "encoder",
+        "type": "Microsoft.Media.LiveEventEncoderConnected", "subject": "liveEvent/sport", "data": {}}))
+    .unwrap();
+    let signature = sign(SECRET, now(), &signed);
+    let send_signed = || {
+        http.post(format!("{base}/events"))
+            .header("content-type", "application/cloudevents+json")
+            .header(SIGNATURE_HEADER, &signature)
+            .body(signed.clone())
+            .send()
+    };
 
     node().stop_app().unwrap();
     let stopped = Instant::now();
     let response = send().await.unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "5");
+    let response = send_signed().await.unwrap();
+    assert_eq!(response.status(), 503, "the signed delivery is refused too, and not recorded as seen");
     node().start_app(Duration::from_secs(60)).unwrap();
 
-    // The sender retries (as Event Grid does) until it gets a 2xx.
+    // The senders retry (as Event Grid does) until they get a 2xx.
     let mut attempts = 1;
     loop {
         attempts += 1;
@@ -314,14 +350,37 @@ async fn while_the_broker_is_stopped_deliveries_get_503_and_the_retry_is_the_onl
         assert!(stopped.elapsed() < Duration::from_secs(90), "still refused after {attempts} attempts");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    until(Duration::from_secs(20), "the retried delivery decided", || {
-        decided(&settings.engine.store, "during-outage").0 == 1
+    let retried = send_signed().await.unwrap();
+    assert_eq!(retried.status(), 200);
+    assert_eq!(
+        retried.json::<Value>().await.unwrap(),
+        json!({"accepted": 1, "ignored": 0}),
+        "the signed retry is published, not answered as a replay"
+    );
+    let replay = send_signed().await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(replay["replay"], true, "once published, the same signed delivery is a replay");
+    let (key_id, signed_id) = (external_id(TOPIC, "during-outage"), external_id("encoder", "signed-during-outage"));
+    until(Duration::from_secs(20), "the retried deliveries decided", || {
+        decided(&store, &key_id).0 == 1 && decided(&store, &signed_id).0 == 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(decided(&settings.engine.store, "during-outage"), (1, 0));
+    assert_eq!(decided(&store, &key_id), (1, 0));
+    assert_eq!(decided(&store, &signed_id), (1, 0));
+    // news got the keyed delivery, sport the signed one, weather nothing; no state changed.
+    let states = snapshot(&store);
+    for (broadcast, state, connected, decisions) in
+        [("news", "live", true, 2), ("sport", "standby", true, 2), ("weather", "idle", false, 1)]
+    {
+        assert_eq!(states[broadcast].0, state, "{broadcast}");
+        assert_eq!(states[broadcast].1["encoder_connected"], connected, "{broadcast}");
+        let rows = audit(&store);
+        let decided = rows.iter().filter(|row| row.broadcast == broadcast && row.kind == "decision").count();
+        assert_eq!(decided, decisions, "{broadcast}: set-up and its own delivery, once");
+    }
     println!(
-        "broker stopped: the ingress answered 503 (Retry-After 5); {attempts} attempts until 200 {:.1} s later; decided once",
+        "broker stopped: the ingress answered 503 (Retry-After 5) to a keyed and a signed delivery; {attempts} attempts until 200 {:.1} s later; \
+         the signed retry (same signature) published, its replay answered without effect; each decided once",
         stopped.elapsed().as_secs_f64()
     );
     daemon.stop().await.unwrap();
@@ -435,4 +494,352 @@ async fn a_scheduled_broadcast_waits_for_its_encoder_degrades_recovers_and_reset
     assert!(!notices.is_empty(), "the reset action is audited");
     let heartbeats = rows.iter().filter(|row| row.event_type.as_deref() == Some("onair.encoder.heartbeat")).count();
     println!("encoder end to end: {}; {heartbeats} heartbeats decided", timeline.join(", "));
+}
+
+/// Each broadcast's state, vars and number of audit rows.
+fn snapshot(store: &Path) -> BTreeMap<String, (String, Value, usize)> {
+    let rows = audit(store);
+    let instances = SqliteStore::open_read_only(store).and_then(|store| store.load_instances()).unwrap();
+    instances
+        .into_iter()
+        .map(|instance| {
+            let audited = rows.iter().filter(|row| row.broadcast == instance.broadcast).count();
+            (instance.broadcast, (instance.state, Value::Object(instance.vars), audited))
+        })
+        .collect()
+}
+
+/// Puts news live, sport in standby and weather idle by force-state through the broker (the
+/// operator's path), and waits for it: three broadcasts in three states.
+async fn three_states(broker: &onair::broker::Settings, store: &Path) {
+    let at = onair::clock::Clock::now(&onair::clock::SystemClock);
+    let force = |broadcast: &str, state: &str| {
+        onair::event::Event::new(
+            format!("setup-{broadcast}"),
+            onair::event::FORCE_STATE,
+            broadcast,
+            json!({"state": state, "by": "test"}),
+            at,
+        )
+    };
+    trusted(broker, vec![force("news", "live"), force("sport", "standby"), force("weather", "idle")]).await;
+    until(Duration::from_secs(10), "the three broadcasts set up", || {
+        let states = snapshot(store);
+        [("news", "live"), ("sport", "standby"), ("weather", "idle")]
+            .iter()
+            .all(|(broadcast, state)| states.get(*broadcast).is_some_and(|(now, ..)| now == state))
+    })
+    .await;
+}
+
+/// Publishes events through the broker: the trusted path (onair's own components, `onair send`).
+async fn trusted(broker: &onair::broker::Settings, events: Vec<onair::event::Event>) {
+    rabbit::publish_all(broker, events, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_internal_events_and_commands_by_key_are_refused_and_squatted_ids_have_no_effect() {
+    use onair::event::Event;
+    let _exclusive = EXCLUSIVE.lock().await;
+    let mut emulator_settings = emulator_settings();
+    emulator_settings.transition = Duration::from_millis(100);
+    let emulator = TestEmulator::start(emulator_settings).await;
+    let broker = rabbit::settings("ingress-forgeries");
+    let directory = tempfile::tempdir().unwrap();
+    let broadcasts = "[broadcasts.news]\n[broadcasts.sport]\n[broadcasts.weather]\n";
+    // Commands are on here, so that the refusal of a command by key is for the key alone.
+    let (daemon, base, settings) = daemon_with(directory.path(), &emulator, &broker, broadcasts, 1 << 20, |settings| {
+        settings.ingress.accept_commands = true;
+    })
+    .await;
+    let store = settings.engine.store.clone();
+    let http = reqwest::Client::new();
+    let at = onair::clock::Clock::now(&onair::clock::SystemClock);
+
+    // Three broadcasts in three states, set by the operator (force-state through the broker):
+    // news live, sport standby, weather idle (untouched until now, then given a first decision).
+    let force = |id: &str, broadcast: &str, state: &str| {
+        Event::new(id, onair::event::FORCE_STATE, broadcast, json!({"state": state, "by": "test"}), at)
+    };
+    trusted(
+        &broker,
+        vec![
+            force("setup-news", "news", "live"),
+            force("setup-sport", "sport", "standby"),
+            force("setup-weather", "weather", "idle"),
+        ],
+    )
+    .await;
+    until(Duration::from_secs(10), "the three broadcasts set up", || {
+        let states = snapshot(&store);
+        states.get("news").is_some_and(|(state, ..)| state == "live")
+            && states.get("sport").is_some_and(|(state, ..)| state == "standby")
+            && states.get("weather").is_some_and(|(state, ..)| state == "idle")
+    })
+    .await;
+    let before = snapshot(&store);
+
+    // The forgeries, each by key (Event Grid and CloudEvents schemas) and signed.
+    let forgeries = [
+        (
+            "forged action result",
+            "onair.action.succeeded",
+            "sport",
+            json!({"action": "locator.publish", "outbox_id": 1, "params": {}, "result": {"hls": "https://evil.example/stream.m3u8"}}),
+            400,
+        ),
+        (
+            "forged failure",
+            "onair.action.failed",
+            "news",
+            json!({"action": "channel.start", "outbox_id": 2, "params": {}, "error": {"message": "forged"}}),
+            400,
+        ),
+        (
+            "forged timer",
+            "onair.timer.fired",
+            "news",
+            json!({"timer": "heartbeat-lost", "state": "live", "due": "2026-12-02T00:00:00Z"}),
+            400,
+        ),
+        (
+            "forged schedule step",
+            "onair.schedule.fired",
+            "weather",
+            json!({"broadcast": "weather", "occurrence": "forged", "step": "warmup", "planned": "2026-12-02T00:00:00Z"}),
+            400,
+        ),
+        ("forged notification", "onair.notification", "weather", json!({"message": "forged"}), 400),
+        (
+            "command by query key",
+            "onair.command.force-state",
+            "news",
+            json!({"state": "failed", "by": "attacker"}),
+            403,
+        ),
+    ];
+    let mut refused = Vec::new();
+    for (index, (what, kind, subject, data, status)) in forgeries.iter().enumerate() {
+        let cloudevent = json!({"specversion": "1.0", "id": format!("forgery-{index}"), "source": "attacker", "type": kind, "subject": subject, "data": data});
+        let grid = json!([{"id": format!("forgery-grid-{index}"), "topic": TOPIC, "eventType": kind, "subject": subject,
+            "eventTime": "2026-12-02T00:00:00Z", "data": data, "dataVersion": "1.0"}]);
+        let body = serde_json::to_vec(&cloudevent).unwrap();
+        let requests = [
+            ("CloudEvents by key", http.post(format!("{base}/events?key={KEY}")).json(&cloudevent)),
+            ("Event Grid by key", http.post(format!("{base}/eventgrid?key={KEY}")).json(&grid)),
+            (
+                "CloudEvents signed",
+                http.post(format!("{base}/events")).header(SIGNATURE_HEADER, sign(SECRET, now(), &body)).body(body),
+            ),
+        ];
+        for (how, request) in requests {
+            let response = request.send().await.unwrap();
+            let got = response.status().as_u16();
+            let reason = response.json::<Value>().await.unwrap()["error"].as_str().unwrap_or_default().to_string();
+            // A signed command is the operator's own way in (accept_commands is on here).
+            let expected = if *kind == onair::event::FORCE_STATE && how.ends_with("signed") { 200 } else { *status };
+            if expected == 200 {
+                assert_eq!(got, 200, "{what} {how}");
+                continue;
+            }
+            assert_eq!(got, expected, "{what} {how}: {reason}");
+            assert!(reason.contains(kind), "{what} {how}: the reason names the type: {reason}");
+            refused.push(format!("{what} ({how}): {got}"));
+        }
+    }
+    // The signed force-state above was accepted: wait for it, then undo it, so that the rest
+    // compares with the set-up (it is the operator's path, not a forgery).
+    until(Duration::from_secs(10), "the signed command decided", || {
+        snapshot(&store).get("news").is_some_and(|(state, ..)| state == "failed")
+    })
+    .await;
+    trusted(&broker, vec![force("restore-news", "news", "live")]).await;
+    until(Duration::from_secs(10), "news restored", || {
+        snapshot(&store).get("news").is_some_and(|(state, ..)| state == "live")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = snapshot(&store);
+    for broadcast in ["news", "sport", "weather"] {
+        let (state, vars, _) = &after[broadcast];
+        assert_eq!(
+            (state, vars),
+            (&before[broadcast].0, &before[broadcast].1),
+            "{broadcast}: state and vars unchanged"
+        );
+    }
+    assert_eq!(after["sport"].2, before["sport"].2, "sport: no audit row from the forgeries");
+    assert_eq!(after["weather"].2, before["weather"].2, "weather: no audit row from the forgeries");
+    assert_eq!(after["news"].2, before["news"].2 + 2, "news: only the signed command and its undoing");
+    assert_eq!(after["sport"].1["hls"], "", "the forged hls URL is nowhere");
+    let rows = audit(&store);
+    assert!(
+        !rows
+            .iter()
+            .any(|row| row.event_id.as_deref().is_some_and(|id| id.contains("forgery-") && !id.ends_with("forgery-5")))
+    );
+
+    // Id squatting: the predictable ids of weather's next schedule step and of the actions it
+    // starts, sent first as accepted external events (about weather, news and sport)...
+    let occurrence = "2026-12-02";
+    let step_id = format!("weather/{occurrence}/warmup");
+    let mut squatters: Vec<String> = vec![step_id.clone()];
+    squatters.extend((1..=40).map(|n| format!("action/{n}")));
+    for broadcast in ["weather", "news", "sport"] {
+        let batch: Vec<Value> = squatters
+            .iter()
+            .map(|id| json!({"specversion": "1.0", "id": id, "source": "onair", "type": "Microsoft.Media.LiveEventEncoderConnected", "subject": broadcast, "data": {}}))
+            .collect();
+        let response = http.post(format!("{base}/events?key={KEY}")).json(&batch).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.json::<Value>().await.unwrap()["accepted"], squatters.len());
+    }
+    until(Duration::from_secs(20), "the squatting events decided", || {
+        squatters.iter().all(|id| decided(&store, &external_id("onair", id)).0 == 3)
+    })
+    .await;
+    let squatted = snapshot(&store);
+    // ...then the real ones come: weather's warm-up step, and the results of the actions it runs.
+    trusted(
+        &broker,
+        vec![Event::new(
+            step_id.clone(),
+            onair::event::SCHEDULE_FIRED,
+            "weather",
+            json!({"broadcast": "weather", "occurrence": occurrence, "step": "warmup", "planned": at.to_rfc3339(), "air": at.to_rfc3339()}),
+            at,
+        )],
+    )
+    .await;
+    until(Duration::from_secs(30), "weather warmed up to standby", || {
+        snapshot(&store).get("weather").is_some_and(|(state, ..)| state == "standby")
+    })
+    .await;
+    assert_eq!(decided(&store, &step_id), (1, 0), "the real schedule step is decided, not a duplicate");
+    let rows = audit(&store);
+    let actions: Vec<&onair::store::AuditRow> = rows
+        .iter()
+        .filter(|row| row.broadcast == "weather" && row.event_id.as_deref().is_some_and(|id| id.starts_with("action/")))
+        .collect();
+    let decisions = actions.iter().filter(|row| row.kind == "decision").count();
+    assert!(decisions >= 2, "endpoint.start and channel.start results decided: {actions:?}");
+    assert!(
+        !actions.iter().any(|row| row.kind == "duplicate"),
+        "no real action result taken for a duplicate: {actions:?}"
+    );
+    let last = snapshot(&store);
+    for broadcast in ["news", "sport"] {
+        assert_eq!(last[broadcast].0, before[broadcast].0, "{broadcast}: state unchanged by the squatters");
+        assert_eq!(last[broadcast].2, squatted[broadcast].2, "{broadcast}: nothing more after the squatting events");
+    }
+    assert_eq!(last["weather"].1["occurrence"], occurrence);
+    println!(
+        "trust boundary: {} forgeries refused ({} with 400, {} with 403); 0 changes to news (live), sport (standby), weather (idle); \
+         {} squatted ids (schedule step, action/1..40) × 3 broadcasts absorbed in the ingress namespace; weather then warmed up \
+         to standby on the real step and {} real action results, none taken for a duplicate",
+        refused.len(),
+        refused.iter().filter(|line| line.ends_with("400")).count(),
+        refused.iter().filter(|line| line.ends_with("403")).count(),
+        squatters.len(),
+        decisions
+    );
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_are_recognised_by_their_signed_content_and_wild_timestamps_are_401() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let broker = rabbit::settings("ingress-replays");
+    let directory = tempfile::tempdir().unwrap();
+    let broadcasts = "[broadcasts.news]\n[broadcasts.sport]\n[broadcasts.weather]\n";
+    let (daemon, base, settings) = daemon_with_ingress(directory.path(), &emulator, &broker, broadcasts, 1 << 20).await;
+    let store = settings.engine.store.clone();
+    three_states(&broker, &store).await;
+    let http = reqwest::Client::new();
+    let post = |signature: String, body: Vec<u8>| {
+        http.post(format!("{base}/events"))
+            .header("content-type", "application/cloudevents+json")
+            .header(SIGNATURE_HEADER, signature)
+            .body(body)
+            .send()
+    };
+    let body = |broadcast: &str, id: &str| {
+        serde_json::to_vec(&json!({"specversion": "1.0", "id": id, "source": "encoder",
+            "type": "Microsoft.Media.LiveEventEncoderConnected", "subject": broadcast, "data": {}}))
+        .unwrap()
+    };
+
+    // One delivery per broadcast; then each replayed with the header written differently.
+    let t = now();
+    let mut replays = 0;
+    for broadcast in ["news", "sport", "weather"] {
+        let body = body(broadcast, &format!("connected-{broadcast}"));
+        let header = sign(SECRET, t, &body);
+        let hex = header.split_once(",v1=").unwrap().1.to_string();
+        let other = sign("retired-hmac-secret-000000", t, &body).split_once(",v1=").unwrap().1.to_string();
+        let first = post(header.clone(), body.clone()).await.unwrap().json::<Value>().await.unwrap();
+        assert_eq!(first, json!({"accepted": 1, "ignored": 0}), "{broadcast}");
+        for variant in [
+            header.clone(),
+            format!("t={t},v1={hex},v1={}", "0".repeat(64)),
+            format!("t={t},v1={other},v1={hex}"),
+            format!("v1={hex},t={t}"),
+            format!(" t={t} , v1={hex} "),
+            format!("t=+{t},v1={hex}"),
+            format!("t={t},v0=ignored,v1={hex}"),
+        ] {
+            let response = post(variant.clone(), body.clone()).await.unwrap();
+            assert_eq!(response.status(), 200, "{variant}");
+            assert_eq!(response.json::<Value>().await.unwrap()["replay"], true, "{broadcast}: {variant} is a replay");
+            replays += 1;
+        }
+    }
+
+    // Two identical deliveries at once: one is published, the other is a replay (never both,
+    // never neither).
+    let concurrent = body("news", "concurrent");
+    let header = sign(SECRET, t, &concurrent);
+    let (a, b) = tokio::join!(post(header.clone(), concurrent.clone()), post(header.clone(), concurrent.clone()));
+    let mut answers = [a.unwrap().json::<Value>().await.unwrap(), b.unwrap().json::<Value>().await.unwrap()];
+    answers.sort_by_key(|answer| answer["replay"].as_bool().unwrap_or(false));
+    assert_eq!(answers, [json!({"accepted": 1, "ignored": 0}), json!({"accepted": 0, "replay": true})]);
+
+    // Timestamps far out, or beyond i64: 401, and the daemon (a debug build) still answers.
+    let wild = body("news", "wild");
+    for t in ["-9223372036854775808", "9223372036854775807", "-1", "9223372036854775808", "99999999999999999999999999"]
+    {
+        let response = post(format!("t={t},v1={}", "ab".repeat(32)), wild.clone()).await.unwrap();
+        assert_eq!(response.status(), 401, "t={t}");
+    }
+    let response = post(sign(SECRET, now(), &wild), wild.clone()).await.unwrap();
+    assert_eq!(response.status(), 200, "still answering");
+
+    let ids = ["connected-news", "connected-sport", "connected-weather", "concurrent", "wild"];
+    until(Duration::from_secs(10), "each delivery decided", || {
+        ids.iter().all(|id| decided(&store, &external_id("encoder", id)).0 == 1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in ids {
+        assert_eq!(decided(&store, &external_id("encoder", id)), (1, 0), "{id}: decided once, never republished");
+    }
+    let states = snapshot(&store);
+    for (broadcast, state) in [("news", "live"), ("sport", "standby"), ("weather", "idle")] {
+        assert_eq!(states[broadcast].0, state, "{broadcast}: the encoder events change no state");
+        assert_eq!(states[broadcast].1["encoder_connected"], true, "{broadcast}: its own event, once");
+    }
+    let decisions = |broadcast: &str| {
+        audit(&store).iter().filter(|row| row.broadcast == broadcast && row.kind == "decision").count()
+    };
+    // setup + connected (+ concurrent and wild for news): nothing republished by a replay.
+    assert_eq!((decisions("news"), decisions("sport"), decisions("weather")), (4, 2, 2));
+    let (_, stats) = daemon.ingress().unwrap();
+    let stats = stats.snapshot();
+    assert_eq!(stats["replays"], replays + 1);
+    println!(
+        "replays: {replays} header variants (the same, an extra v1, reordered, spaced, t=+, an unknown part) of 3 deliveries \
+         answered as replays; 2 identical concurrent deliveries: 1 published, 1 replay; 5 wild timestamps: 401; each event decided once"
+    );
+    daemon.stop().await.unwrap();
 }
