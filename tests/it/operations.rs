@@ -128,12 +128,15 @@ async fn probes_api_commands_and_metrics_tell_the_truth() {
     let (status, accepted) = command(&base, "news", Some(TOKEN), start).await;
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(accepted["type"], "onair.command.start-now");
-    until_async(Duration::from_secs(30), "news live", || async {
-        state_of(&base, "news").await.as_deref() == Some("live")
+    // Live, then published: the locator is an action of the live state, so its URL follows.
+    until_async(Duration::from_secs(30), "news live and published", || async {
+        let (_, news) = get(&base, "/api/v1/broadcasts/news").await;
+        news["state"] == "live" && news["vars"]["hls"].as_str().is_some_and(|hls| hls.contains("m3u8"))
     })
     .await;
     let (_, news) = get(&base, "/api/v1/broadcasts/news").await;
-    assert!(news["vars"]["hls"].as_str().unwrap_or_default().contains("m3u8"), "{news}");
+    assert_eq!(news["state"], "live", "{news}");
+    assert!(news["vars"]["hls"].as_str().unwrap_or_default().contains("/news-"), "news's own URL: {news}");
     let (_, audit) = get(&base, "/api/v1/broadcasts/news/audit?limit=100").await;
     let entries = audit["entries"].as_array().unwrap();
     assert!(
