@@ -446,8 +446,27 @@ fn write_batch(connection: &mut Connection, batch: Vec<Request>) {
     };
     let mut replies: Vec<Answer> = Vec::with_capacity(batch.len());
     let mut transaction = transaction;
-    for request in batch {
-        replies.push(apply(&mut transaction, request));
+    let mut requests = batch.into_iter();
+    for request in requests.by_ref() {
+        let (reply, failure) = apply(&mut transaction, request);
+        replies.push(reply);
+        // Some failures (disk full, I/O errors) make SQLite roll back the whole transaction, not
+        // only the savepoint. A later savepoint would then open a transaction of its own and
+        // commit by itself while the batch is reported failed: stop, and fail the whole batch
+        // with the fault that rolled it back.
+        if let Some(code) = failure
+            && transaction.is_autocommit()
+        {
+            let error = rusqlite::Error::SqliteFailure(
+                code,
+                Some("rolled back with the rest of its batch by an earlier write's failure".into()),
+            );
+            replies.into_iter().for_each(|reply| reply(Some(&error)));
+            for request in requests {
+                fail(request, write_error("commit", &error));
+            }
+            return;
+        }
     }
     match transaction.commit() {
         Ok(()) => replies.into_iter().for_each(|reply| reply(None)),
@@ -455,9 +474,18 @@ fn write_batch(connection: &mut Connection, batch: Vec<Request>) {
     }
 }
 
+/// The SQLite result code of a failed write, to tell the rest of its batch why it was rolled back.
+fn failure_code<T>(result: &rusqlite::Result<T>) -> Option<rusqlite::ffi::Error> {
+    match result {
+        Err(rusqlite::Error::SqliteFailure(code, _)) => Some(*code),
+        Err(_) => Some(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR)),
+        Ok(_) => None,
+    }
+}
+
 /// Applies one request inside a savepoint; returns how to answer it once the transaction's fate
-/// is known (`Some(reason)` when the commit failed).
-fn apply(transaction: &mut Transaction<'_>, request: Request) -> Answer {
+/// is known (`Some(reason)` when the commit failed), and its failure's result code, if it failed.
+fn apply(transaction: &mut Transaction<'_>, request: Request) -> (Answer, Option<rusqlite::ffi::Error>) {
     match request {
         Request::Commit(batch, reply) => {
             let mut duplicate = None;
@@ -475,26 +503,31 @@ fn apply(transaction: &mut Transaction<'_>, request: Request) -> Answer {
                 }
                 Ok(committed)
             });
+            let failure = failure_code(&result);
             match duplicate {
-                Some((event_id, broadcast)) => {
-                    Box::new(move |_| drop(reply.send(Err(Error::UnexpectedDuplicate { event_id, broadcast }))))
-                }
-                None => answer(reply, result, "commit"),
+                Some((event_id, broadcast)) => (
+                    Box::new(move |_| drop(reply.send(Err(Error::UnexpectedDuplicate { event_id, broadcast })))),
+                    failure,
+                ),
+                None => (answer(reply, result, "commit"), failure),
             }
         }
         Request::ActionStarted { outbox_id, attempt, at, reply } => {
             let result = in_savepoint(transaction, |savepoint| write_action_started(savepoint, outbox_id, attempt, at));
-            answer(reply, result, "action start")
+            let failure = failure_code(&result);
+            (answer(reply, result, "action start"), failure)
         }
         Request::Purge { before, reply } => {
             let result = in_savepoint(transaction, |savepoint| {
                 savepoint.execute("DELETE FROM processed WHERE at_ms < ?1", params![before.timestamp_millis()])
             });
-            answer(reply, result, "purge")
+            let failure = failure_code(&result);
+            (answer(reply, result, "purge"), failure)
         }
         Request::Schedule(records, reply) => {
             let result = in_savepoint(transaction, |savepoint| write_schedule(savepoint, &records));
-            answer(reply, result, "schedule progress")
+            let failure = failure_code(&result);
+            (answer(reply, result, "schedule progress"), failure)
         }
     }
 }
@@ -930,6 +963,48 @@ mod tests {
 
     fn fixed_now() -> DateTime<Utc> {
         DateTime::from_timestamp_millis(1_795_000_000_000).unwrap()
+    }
+
+    /// A batch whose write fills the store: every request is answered as it was written. A
+    /// request answered "failed" left nothing behind, and one answered "committed" is there,
+    /// even when SQLite rolled back the whole transaction after the failing write.
+    #[test]
+    fn a_full_store_answers_each_request_of_a_batch_as_written() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("onair.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let mut connection = Connection::open(&path).unwrap();
+        configure(&connection).unwrap();
+        let pages: i64 = connection.query_row("PRAGMA page_count", [], |row| row.get(0)).unwrap();
+        connection.pragma_update(None, "max_page_count", pages + 8).unwrap();
+        let mut huge = commit("huge", 1, &[], None);
+        huge.broadcast = "sport".into();
+        huge.instance.as_mut().unwrap().broadcast = "sport".into();
+        huge.event = json!({"padding": "x".repeat(1 << 20)});
+        let mut replies = Vec::new();
+        let mut batch = Vec::new();
+        for (index, commit) in
+            [commit("before", 1, &["notify"], None), huge, commit("after", 2, &[], None)].into_iter().enumerate()
+        {
+            let (reply, answer) = std::sync::mpsc::channel();
+            replies.push((index, commit.event_id.clone(), commit.broadcast.clone(), answer));
+            batch.push(Request::Commit(vec![commit], reply));
+        }
+        write_batch(&mut connection, batch);
+        connection.pragma_update(None, "max_page_count", 1_000_000).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        let mut answered = Vec::new();
+        for (index, event_id, broadcast, answer) in replies {
+            let result = answer.recv().unwrap();
+            let stored = store.processed(&[(event_id.clone(), broadcast)]).unwrap()[0];
+            assert_eq!(result.is_ok(), stored, "request {index} ({event_id}): answered {result:?}, stored {stored}");
+            if let Err(error) = &result {
+                assert_eq!(error.fault(), Some(Fault::DiskFull), "{event_id}: {error}");
+            }
+            answered.push(result.is_ok());
+        }
+        assert!(!answered[1], "the write that does not fit fails");
+        assert_eq!(answered[0], answered[2], "the rest of the batch shares one fate: {answered:?}");
     }
 
     #[test]
