@@ -434,6 +434,7 @@ impl Lane {
         let definitions = Arc::clone(&self.definitions);
         let mut working: HashMap<String, Cached> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
+        let mut undecided = std::collections::HashSet::new();
         let mut commits = Vec::with_capacity(batch.len());
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
         let mut timer_changes: Vec<(String, Vec<TimerChange>)> = Vec::new();
@@ -444,6 +445,15 @@ impl Lane {
                 outcomes.push(Some(Outcome::Unroutable(format!("broadcast {:?} is not configured", routed.broadcast))));
                 continue;
             };
+            // A broadcast whose earlier event of this batch could not be decided takes none of
+            // its later ones: they wait with it, so its events are still decided in order.
+            if undecided.contains(&routed.broadcast) {
+                outcomes.push(Some(Outcome::Failed(format!(
+                    "an earlier event of broadcast {:?} is not decided yet",
+                    routed.broadcast
+                ))));
+                continue;
+            }
             let event = &routed.event;
             if known || !seen.insert(key.clone()) {
                 commits.push(duplicate_commit(&routed.broadcast, &definition.name, event, now));
@@ -456,6 +466,7 @@ impl Lane {
                 None => match self.current(&routed.broadcast, definition, now).await {
                     Ok(current) => current,
                     Err(error) => {
+                        undecided.insert(routed.broadcast.clone());
                         outcomes.push(Some(Outcome::Failed(error.to_string())));
                         continue;
                     }

@@ -204,6 +204,8 @@ struct Faulty {
     store: onair::store::SqliteStore,
     refuse_commits: std::sync::atomic::AtomicUsize,
     fail_reads: std::sync::atomic::AtomicUsize,
+    /// Commits that take 400 ms (after the refusal check), to hold a lane busy.
+    slow_commits: std::sync::atomic::AtomicUsize,
 }
 
 impl Faulty {
@@ -233,6 +235,9 @@ impl onair::store::Store for Faulty {
                 event_id: first.event_id.clone(),
                 broadcast: first.broadcast.clone(),
             });
+        }
+        if Self::take(&self.slow_commits) {
+            std::thread::sleep(Duration::from_millis(400));
         }
         self.store.commit(batch)
     }
@@ -283,6 +288,7 @@ async fn a_lane_starts_over_from_its_own_broadcasts_record_after_a_refused_commi
         store: onair::store::SqliteStore::open(&settings.engine.store).unwrap(),
         refuse_commits: 0.into(),
         fail_reads: 0.into(),
+        slow_commits: 0.into(),
     });
     let engine = TestEngine::start_with_store(&settings, faulty.clone()).await;
     let force = |state: &str, note: &str| json!({"state": state, "note": note, "by": "test"});
@@ -337,5 +343,80 @@ async fn a_lane_starts_over_from_its_own_broadcasts_record_after_a_refused_commi
         sport.seq,
         by_id(&after, "weather").state,
         by_id(&after, "weather").seq
+    );
+}
+
+/// Two events of one broadcast in one batch, and the first cannot be decided (its broadcast's
+/// record cannot be read after a refused commit): the second waits with it, so they are decided
+/// in their order, never the second first. Three broadcasts in three states share the lane.
+#[tokio::test]
+async fn a_broadcasts_later_event_waits_for_an_earlier_one_that_could_not_be_decided() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let directory = tempfile::tempdir().unwrap();
+    let mut settings = settings(
+        &emulator,
+        directory.path(),
+        "[broadcasts.news]\n[broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.weather]\nchannel = \"weather\"\n",
+    );
+    settings.engine.lanes = 1;
+    let faulty = Arc::new(Faulty {
+        store: onair::store::SqliteStore::open(&settings.engine.store).unwrap(),
+        refuse_commits: 0.into(),
+        fail_reads: 0.into(),
+        slow_commits: 0.into(),
+    });
+    let engine = Arc::new(TestEngine::start_with_store(&settings, faulty.clone()).await);
+    let force = |state: &str| json!({"state": state, "note": "test", "by": "test"});
+    for (broadcast, state) in [("news", "live"), ("sport", "failed"), ("weather", "standby")] {
+        let outcome = engine.send(&format!("force-{broadcast}"), event::FORCE_STATE, broadcast, force(state)).await;
+        assert_eq!(outcome, Outcome::Committed, "{broadcast}");
+    }
+    // weather's commit holds the lane while n1 and n2 queue behind it; then n1 and n2's commit
+    // is refused and the read of news that follows fails once.
+    faulty.slow_commits.store(1, SeqCst);
+    let busy = {
+        let engine = Arc::clone(&engine);
+        tokio::spawn(async move { engine.send("w1", "something.else", "weather", json!({})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    faulty.refuse_commits.store(1, SeqCst);
+    faulty.fail_reads.store(1, SeqCst);
+    let (n1, n2) = tokio::join!(
+        engine.send("n1", "something.else", "news", json!({})),
+        engine.send("n2", "something.else", "news", json!({}))
+    );
+    assert_eq!(busy.await.unwrap(), Outcome::Committed);
+    assert_eq!((n1, n2), (Outcome::Committed, Outcome::Committed));
+    assert_eq!(faulty.refuse_commits.load(SeqCst), 0, "the refusal happened");
+    assert_eq!(faulty.fail_reads.load(SeqCst), 0, "the failed read happened");
+    assert_eq!(engine.send("s1", "something.else", "sport", json!({})).await, Outcome::Committed);
+    Arc::into_inner(engine).expect("one owner").stop().await;
+
+    let decided = |broadcast: &str| -> Vec<String> {
+        view(&settings)
+            .audit(broadcast, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|row| row.kind == "decision")
+            .filter_map(|row| row.event_id)
+            .collect()
+    };
+    assert_eq!(decided("news"), ["force-news", "n1", "n2"], "news's events in their order");
+    assert_eq!(decided("sport"), ["force-sport", "s1"]);
+    assert_eq!(decided("weather"), ["force-weather", "w1"]);
+    let states: Vec<(String, String, i64)> = view(&settings)
+        .load_instances()
+        .unwrap()
+        .into_iter()
+        .map(|record| (record.broadcast, record.state, record.seq))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("news".to_string(), "live".to_string(), 3),
+            ("sport".to_string(), "failed".to_string(), 2),
+            ("weather".to_string(), "standby".to_string(), 2)
+        ]
     );
 }
