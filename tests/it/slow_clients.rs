@@ -252,7 +252,12 @@ async fn idle_and_trickling_clients_are_closed_while_real_requests_are_answered(
     until_async(Duration::from_secs(10), "every delivery decided", || async {
         let rows = SqliteStore::open_read_only(&store).and_then(|store| store.all_audit()).unwrap_or_default();
         ids.iter().all(|(id, broadcast)| {
-            rows.iter().any(|row| row.event_id.as_deref() == Some(id.as_str()) && row.broadcast == *broadcast)
+            // The ingress files each event under `ingress:<source digest>:<id as sent>`.
+            let stored = format!(":{id}");
+            rows.iter().any(|row| {
+                row.event_id.as_deref().is_some_and(|event| event.starts_with("ingress:") && event.ends_with(&stored))
+                    && row.broadcast == *broadcast
+            })
         })
     })
     .await;
