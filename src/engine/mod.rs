@@ -260,8 +260,10 @@ async fn route(
         if event.kind == crate::event::ENCODER_HEARTBEAT
             && let Some((_, channel)) = event.subject.split_once('/')
         {
-            metrics
-                .heartbeat(channel, event.time.unwrap_or_else(|| crate::clock::Clock::now(&crate::clock::SystemClock)));
+            // Never later than now: a heartbeat dated in the future (a wrong clock, or a forged
+            // delivery) would otherwise hide the encoder's silence from the age gauge for good.
+            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+            metrics.heartbeat(channel, event.time.map_or(now, |time| time.min(now)));
         }
         let broadcasts = targets(&settings, &event.subject);
         let event = Arc::new(event);
