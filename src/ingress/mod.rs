@@ -104,7 +104,7 @@ impl Settings {
         };
         section.check(
             "allowed_types",
-            !settings.allowed_types.iter().any(|kind| policy::reserved(kind) || kind == "*" || kind.is_empty()),
+            !settings.allowed_types.iter().any(|kind| policy::covers_reserved(kind) || kind.is_empty()),
             "onair.* types are onair's own and never come from outside; list external types (exact, or a prefix ending in *)",
         );
         section.check(
@@ -634,7 +634,7 @@ mod tests {
             ),
             Vec::<String>::new()
         );
-        for listed in ["onair.action.succeeded", "onair.*", "Onair.timer.fired", "*"] {
+        for listed in ["onair.action.succeeded", "onair.*", "Onair.timer.fired", "*", "o*", "ONAIR*", "onair.t*"] {
             let found = problems(&format!("[ingress]\nallowed_types = [\"{listed}\"]\n"), &[]);
             assert!(found.iter().any(|problem| problem.contains("ingress.allowed_types")), "{listed}: {found:?}");
         }

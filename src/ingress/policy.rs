@@ -98,7 +98,7 @@ impl Boundary {
                     if event.id.len() > MAX_EXTERNAL_ID {
                         return Err(Refusal::IdTooLong { index });
                     }
-                    event.id = external_id(&event.source, &event.id);
+                    event.id = external_id(proof, &event.source, &event.id);
                     accepted.push(event);
                 }
             }
@@ -133,6 +133,17 @@ pub fn reserved(kind: &str) -> bool {
     kind.get(..6).is_some_and(|head| head.eq_ignore_ascii_case("onair."))
 }
 
+/// Whether an allowlist entry could admit one of onair's own types: `onair.…` itself, or a
+/// prefix of it such as `o*` or `ONAIR*` (or `*`).
+pub fn covers_reserved(entry: &str) -> bool {
+    if reserved(entry) {
+        return true;
+    }
+    entry
+        .strip_suffix('*')
+        .is_some_and(|prefix| "onair.".get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix)))
+}
+
 /// An allowlist entry: an exact type, or a prefix ending in `*`.
 fn matches(allowed: &str, kind: &str) -> bool {
     match allowed.strip_suffix('*') {
@@ -141,9 +152,15 @@ fn matches(allowed: &str, kind: &str) -> bool {
     }
 }
 
-/// The id an external event gets: `ingress:<16 hex digits of SHA-256(source)>:<id>`.
-pub fn external_id(source: &str, id: &str) -> String {
-    let digest = Sha256::digest(source.as_bytes());
+/// The id an external event gets: `ingress:<16 hex digits of SHA-256(proof, source)>:<id>`. The
+/// kind of proof is part of the namespace, so that the holder of a query key (which travels in
+/// URLs and proxy logs) cannot take the ids of a sender that signs, whatever source they claim.
+pub fn external_id(proof: Proof, source: &str, id: &str) -> String {
+    let tag: &[u8] = match proof {
+        Proof::Signature => b"signed\n",
+        Proof::Key => b"key\n",
+    };
+    let digest = Sha256::new().chain_update(tag).chain_update(source.as_bytes()).finalize();
     let hex: String = digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect();
     format!("{ID_PREFIX}{hex}:{id}")
 }
@@ -205,7 +222,7 @@ mod tests {
         ];
         let (accepted, ignored) = boundary(false).sort(events, Proof::Key).unwrap();
         let ids: Vec<&str> = accepted.iter().map(|event| event.id.as_str()).collect();
-        let prefix = external_id("playout", "");
+        let prefix = external_id(Proof::Key, "playout", "");
         assert_eq!(ids, [format!("{prefix}a"), format!("{prefix}b"), format!("{prefix}c")]);
         assert_eq!(ignored, 2);
     }
@@ -221,10 +238,15 @@ mod tests {
 
     #[test]
     fn external_ids_live_in_their_own_namespace_and_stay_stable() {
-        let id = external_id("/subscriptions/s/x", "action/1");
+        let id = external_id(Proof::Key, "/subscriptions/s/x", "action/1");
         assert!(id.starts_with("ingress:") && id.ends_with(":action/1") && id.len() == "ingress:".len() + 17 + 8);
-        assert_eq!(id, external_id("/subscriptions/s/x", "action/1"), "a retry deduplicates");
-        assert_ne!(id, external_id("/subscriptions/s/y", "action/1"), "another source is another event");
+        assert_eq!(id, external_id(Proof::Key, "/subscriptions/s/x", "action/1"), "a retry deduplicates");
+        assert_ne!(id, external_id(Proof::Key, "/subscriptions/s/y", "action/1"), "another source is another event");
+        assert_ne!(
+            id,
+            external_id(Proof::Signature, "/subscriptions/s/x", "action/1"),
+            "a key holder cannot take a signed sender's ids"
+        );
         let long = "x".repeat(MAX_EXTERNAL_ID);
         let (accepted, _) = boundary(false).sort(vec![event(&long, "onair.encoder.connected")], Proof::Key).unwrap();
         assert_eq!(accepted[0].id.len(), 512);

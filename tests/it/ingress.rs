@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use onair::daemon::Daemon;
-use onair::ingress::{SIGNATURE_HEADER, external_id, sign};
+use onair::ingress::{Proof, SIGNATURE_HEADER, external_id, sign};
 use onair::machine::Library;
 use onair::store::SqliteStore;
 use secrecy::SecretString;
@@ -108,7 +108,7 @@ async fn the_published_samples_in_both_schemas_reach_the_broadcast_on_their_chan
         .unwrap();
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
     // The ingress puts the id in its own namespace (source and id as sent).
-    let event_id = &external_id(TOPIC, "7f450938-491f-41e1-b06f-c6cd3965d786");
+    let event_id = &external_id(Proof::Key, TOPIC, "7f450938-491f-41e1-b06f-c6cd3965d786");
     until(Duration::from_secs(10), "the Event Grid sample decided", || {
         decided(&settings.engine.store, event_id).0 == 1
     })
@@ -117,22 +117,28 @@ async fn the_published_samples_in_both_schemas_reach_the_broadcast_on_their_chan
     assert_eq!(row.broadcast, "studio", "liveEvent/mle1 reaches the broadcast on channel mle1");
     assert_eq!(row.event_type.as_deref(), Some("onair.encoder.heartbeat"));
 
-    // CloudEvents schema, signed. The sample has the same source and id: routed, and absorbed as a
-    // duplicate.
+    // CloudEvents schema, signed. The sample has the same source and id, but a signed delivery's
+    // ids live apart from a query key's (a key holder cannot take a signer's ids): it is its own
+    // event, decided once; sent again with a new signature (not a replay), it is a duplicate.
     let body = std::fs::read(fixtures.join("cloud-events-schema/MediaLiveEventIngestHeartbeatEvent.json")).unwrap();
-    let response = http
-        .post(format!("{base}/events"))
-        .header("content-type", "application/cloudevents+json; charset=utf-8")
-        .header(SIGNATURE_HEADER, sign(SECRET, now(), &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    until(Duration::from_secs(10), "the CloudEvents sample routed", || {
-        decided(&settings.engine.store, event_id) == (1, 1)
-    })
-    .await;
+    let signed_id = &external_id(Proof::Signature, TOPIC, "7f450938-491f-41e1-b06f-c6cd3965d786");
+    for (attempt, timestamp) in [now() - 1, now()].into_iter().enumerate() {
+        let response = http
+            .post(format!("{base}/events"))
+            .header("content-type", "application/cloudevents+json; charset=utf-8")
+            .header(SIGNATURE_HEADER, sign(SECRET, timestamp, &body))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let expected = (1, attempt);
+        until(Duration::from_secs(10), "the CloudEvents sample routed", || {
+            decided(&settings.engine.store, signed_id) == expected
+        })
+        .await;
+    }
+    assert_eq!(decided(&settings.engine.store, event_id), (1, 0), "the keyed delivery is another event");
 
     // The original type and data are kept.
     let event = &row.detail["event"];
@@ -175,7 +181,7 @@ async fn ten_thousand_bad_deliveries_are_refused_and_change_nothing() {
         .await;
     let store = settings.engine.store.clone();
     let http = reqwest::Client::new();
-    let valid_id = &external_id("playout", "valid-1");
+    let valid_id = &external_id(Proof::Signature, "playout", "valid-1");
 
     // One valid delivery: a signed command that changes a variable (one decision).
     let valid = serde_json::to_vec(&json!({"specversion": "1.0", "id": "valid-1", "source": "playout", "type": "onair.command.pause", "subject": "news", "data": {}})).unwrap();
@@ -359,7 +365,10 @@ async fn while_the_broker_is_stopped_deliveries_get_503_and_the_retry_is_the_onl
     );
     let replay = send_signed().await.unwrap().json::<Value>().await.unwrap();
     assert_eq!(replay["replay"], true, "once published, the same signed delivery is a replay");
-    let (key_id, signed_id) = (external_id(TOPIC, "during-outage"), external_id("encoder", "signed-during-outage"));
+    let (key_id, signed_id) = (
+        external_id(Proof::Key, TOPIC, "during-outage"),
+        external_id(Proof::Signature, "encoder", "signed-during-outage"),
+    );
     until(Duration::from_secs(20), "the retried deliveries decided", || {
         decided(&store, &key_id).0 == 1 && decided(&store, &signed_id).0 == 1
     })
@@ -695,7 +704,7 @@ async fn forged_internal_events_and_commands_by_key_are_refused_and_squatted_ids
         assert_eq!(response.json::<Value>().await.unwrap()["accepted"], squatters.len());
     }
     until(Duration::from_secs(20), "the squatting events decided", || {
-        squatters.iter().all(|id| decided(&store, &external_id("onair", id)).0 == 3)
+        squatters.iter().all(|id| decided(&store, &external_id(Proof::Key, "onair", id)).0 == 3)
     })
     .await;
     let squatted = snapshot(&store);
@@ -817,12 +826,16 @@ async fn replays_are_recognised_by_their_signed_content_and_wild_timestamps_are_
 
     let ids = ["connected-news", "connected-sport", "connected-weather", "concurrent", "wild"];
     until(Duration::from_secs(10), "each delivery decided", || {
-        ids.iter().all(|id| decided(&store, &external_id("encoder", id)).0 == 1)
+        ids.iter().all(|id| decided(&store, &external_id(Proof::Signature, "encoder", id)).0 == 1)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for id in ids {
-        assert_eq!(decided(&store, &external_id("encoder", id)), (1, 0), "{id}: decided once, never republished");
+        assert_eq!(
+            decided(&store, &external_id(Proof::Signature, "encoder", id)),
+            (1, 0),
+            "{id}: decided once, never republished"
+        );
     }
     let states = snapshot(&store);
     for (broadcast, state) in [("news", "live"), ("sport", "standby"), ("weather", "idle")] {
