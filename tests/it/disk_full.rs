@@ -281,8 +281,13 @@ impl Drop for Tmpfs {
     }
 }
 
+/// An HTTP client that gives up (loudly) rather than hang.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
 async fn ready(base: &str) -> (u16, Value) {
-    match reqwest::get(format!("{base}/readyz")).await {
+    match http().get(format!("{base}/readyz")).send().await {
         Ok(response) => {
             let status = response.status().as_u16();
             (status, response.json().await.unwrap_or(Value::Null))
@@ -292,7 +297,7 @@ async fn ready(base: &str) -> (u16, Value) {
 }
 
 async fn metric(base: &str, name: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let text = http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|value| value.trim().parse::<f64>().ok())
@@ -445,6 +450,17 @@ async fn a_full_disk_pauses_the_daemon_and_loses_nothing() {
     let all_decided_after = freed.elapsed();
     until(Duration::from_secs(30), "ready again", async || ready(&base).await.0 == 200).await;
     tokio::task::block_in_place(|| manager.read_until("WATCHDOG=1", Duration::from_secs(20)));
+    // Keep reading the notify socket, as systemd does: a full datagram queue would block the
+    // daemon's next notification.
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let drain = {
+        let draining = Arc::clone(&draining);
+        std::thread::spawn(move || {
+            while draining.load(std::sync::atomic::Ordering::Relaxed) {
+                manager.read_for(Duration::from_millis(200));
+            }
+        })
+    };
     until(Duration::from_secs(30), "queue drained", async || queue_depth(&settings.queue) == (0, 0)).await;
 
     let counts = decisions(&store);
@@ -466,6 +482,8 @@ async fn a_full_disk_pauses_the_daemon_and_loses_nothing() {
         assert_eq!(instance.seq as usize, EVENTS / BROADCASTS + usize::from(*expected != "idle"), "{broadcast}");
     }
     let (code, stop_took) = terminate(&mut child, Duration::from_secs(20));
+    draining.store(false, std::sync::atomic::Ordering::Relaxed);
+    drain.join().unwrap();
     publisher.close().await;
     println!(
         "disk full ({filler} bytes of filler on a 32 MiB tmpfs): readyz {:?}; watchdog {:?}, 0 pings in 3 s; held {held_for:.1?} with {consumed_while_full} deliveries received ({unacked_while_full} unacknowledged, prefetch {}), {failures_while_full} failed commits",
