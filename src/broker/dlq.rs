@@ -11,13 +11,13 @@
 //! republish is confirmed; the others go back untouched. Only the letters present when it starts
 //! are looked at, so a replayed event that fails again is not replayed in a loop.
 
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 
-use super::{DeadQueue, Error, REASON_HEADER, Settings, amqp, confirmed_publish, connect, declare};
+use super::{
+    DeadQueue, Error, REASON_HEADER, Settings, amqp, bind_dead_queue, confirmed_publish, connect, declare, queue_depth,
+};
 
 /// One dead letter, as `onair dlq list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -74,15 +74,7 @@ pub async fn replay(settings: &Settings, id: Option<&str>, limit: usize) -> Resu
     let publisher = connection.create_channel().await.map_err(amqp("channel.open"))?;
     publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;
     // Only the letters there now: a replayed event that fails again comes back behind them.
-    let waiting = channel
-        .queue_declare(
-            settings.dead_queue.as_str().into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp("queue.declare"))?
-        .message_count() as usize;
+    let waiting = queue_depth(&channel, &settings.dead_queue).await? as usize;
     let mut report = Replayed { replayed: 0, kept: 0 };
     while report.replayed + report.kept < limit.min(waiting) {
         let Some(message) = channel
@@ -168,15 +160,7 @@ pub async fn migrate(settings: &Settings) -> Result<Migrated, Error> {
             .map_err(amqp("queue.declare"))?;
         moved = transfer(&connection, settings, &settings.dead_queue, &temporary).await?;
         // Quorum queues refuse `if_empty`: look, then delete.
-        let left = channel
-            .queue_declare(
-                settings.dead_queue.as_str().into(),
-                QueueDeclareOptions { passive: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(amqp("queue.declare"))?
-            .message_count();
+        let left = queue_depth(&channel, &settings.dead_queue).await?;
         if left > 0 {
             let _ = connection.close(200, "bye".into()).await;
             return Err(Error::Amqp {
@@ -195,25 +179,10 @@ pub async fn migrate(settings: &Settings) -> Result<Migrated, Error> {
             .queue_declare(settings.dead_queue.as_str().into(), durable, super::dead_queue_arguments())
             .await
             .map_err(amqp("queue.declare"))?;
-        channel
-            .queue_bind(
-                settings.dead_queue.as_str().into(),
-                settings.dead_exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(amqp("queue.bind"))?;
+        bind_dead_queue(&channel, settings).await?;
     }
     // Also after an interrupted run: whatever waits in the temporary queue goes back.
-    let pending = channel
-        .queue_declare(
-            temporary.as_str().into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await;
+    let pending = queue_depth(&channel, &temporary).await;
     if pending.is_ok() {
         transfer(&connection, settings, &temporary, &settings.dead_queue).await?;
         let cleanup = connection.create_channel().await.map_err(amqp("channel.open"))?;

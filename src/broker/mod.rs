@@ -416,6 +416,30 @@ async fn declare_dead_queue(connection: &Connection, settings: &Settings) -> Res
     }
 }
 
+/// Binds the dead-letter queue to the dead-letter exchange.
+async fn bind_dead_queue(channel: &Channel, settings: &Settings) -> Result<(), Error> {
+    channel
+        .queue_bind(
+            settings.dead_queue.as_str().into(),
+            settings.dead_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp("queue.bind"))
+}
+
+/// Looks at an existing queue (a passive declare): its messages ready now. Fails if it does not
+/// exist, which closes `channel`.
+async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, Error> {
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .map(|queue| queue.message_count())
+        .map_err(amqp("queue.declare"))
+}
+
 /// Declares the exchanges, queues and bindings; idempotent, run on every connect. The dead-letter
 /// queue is declared on a channel of its own from `connection`, the rest on `channel`.
 pub async fn declare(connection: &Connection, channel: &Channel, settings: &Settings) -> Result<DeadQueue, Error> {
@@ -430,16 +454,7 @@ pub async fn declare(connection: &Connection, channel: &Channel, settings: &Sett
         .map_err(amqp("exchange.declare"))?;
     let queue_options = QueueDeclareOptions { durable: true, ..Default::default() };
     let dead_queue = declare_dead_queue(connection, settings).await?;
-    channel
-        .queue_bind(
-            settings.dead_queue.as_str().into(),
-            settings.dead_exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp("queue.bind"))?;
+    bind_dead_queue(channel, settings).await?;
     channel
         .queue_declare(settings.queue.as_str().into(), queue_options, queue_arguments(settings))
         .await

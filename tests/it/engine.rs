@@ -269,12 +269,9 @@ impl onair::store::Store for Faulty {
     }
 }
 
-/// After a refused commit a lane reads its broadcast again from the store; it must get that
-/// broadcast's record (not the one sorting last), and a failed read must not restart the
-/// broadcast from its initial state. Three broadcasts in three states; each is checked.
-#[tokio::test]
-async fn a_lane_starts_over_from_its_own_broadcasts_record_after_a_refused_commit() {
-    use std::sync::atomic::Ordering::SeqCst;
+/// news live, sport failed and weather standby, sharing one lane (as many broadcasts share a lane
+/// in production), on the real store behind `Faulty`.
+async fn three_on_one_lane() -> (TestEmulator, tempfile::TempDir, onair::config::Settings, Arc<Faulty>, TestEngine) {
     let emulator = TestEmulator::start(emulator_settings()).await;
     let directory = tempfile::tempdir().unwrap();
     let mut settings = settings(
@@ -282,7 +279,6 @@ async fn a_lane_starts_over_from_its_own_broadcasts_record_after_a_refused_commi
         directory.path(),
         "[broadcasts.news]\n[broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.weather]\nchannel = \"weather\"\n",
     );
-    // One lane: the three broadcasts share it, as many broadcasts share a lane in production.
     settings.engine.lanes = 1;
     let faulty = Arc::new(Faulty {
         store: onair::store::SqliteStore::open(&settings.engine.store).unwrap(),
@@ -291,12 +287,21 @@ async fn a_lane_starts_over_from_its_own_broadcasts_record_after_a_refused_commi
         slow_commits: 0.into(),
     });
     let engine = TestEngine::start_with_store(&settings, faulty.clone()).await;
-    let force = |state: &str, note: &str| json!({"state": state, "note": note, "by": "test"});
+    let force = |state: &str| json!({"state": state, "note": "test", "by": "test"});
     for (broadcast, state) in [("news", "live"), ("sport", "failed"), ("weather", "standby")] {
-        let outcome =
-            engine.send(&format!("force-{broadcast}"), event::FORCE_STATE, broadcast, force(state, broadcast)).await;
+        let outcome = engine.send(&format!("force-{broadcast}"), event::FORCE_STATE, broadcast, force(state)).await;
         assert_eq!(outcome, Outcome::Committed, "{broadcast}");
     }
+    (emulator, directory, settings, faulty, engine)
+}
+
+/// After a refused commit a lane reads its broadcast again from the store; it must get that
+/// broadcast's record (not the one sorting last), and a failed read must not restart the
+/// broadcast from its initial state. Three broadcasts in three states; each is checked.
+#[tokio::test]
+async fn a_lane_starts_over_from_its_own_broadcasts_record_after_a_refused_commit() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (_emulator, _directory, settings, faulty, engine) = three_on_one_lane().await;
     let before: Vec<_> = view(&settings).load_instances().unwrap();
     assert_eq!(
         before.iter().map(|record| (record.broadcast.as_str(), record.state.as_str())).collect::<Vec<_>>(),
@@ -352,26 +357,8 @@ async fn a_lane_starts_over_from_its_own_broadcasts_record_after_a_refused_commi
 #[tokio::test]
 async fn a_broadcasts_later_event_waits_for_an_earlier_one_that_could_not_be_decided() {
     use std::sync::atomic::Ordering::SeqCst;
-    let emulator = TestEmulator::start(emulator_settings()).await;
-    let directory = tempfile::tempdir().unwrap();
-    let mut settings = settings(
-        &emulator,
-        directory.path(),
-        "[broadcasts.news]\n[broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.weather]\nchannel = \"weather\"\n",
-    );
-    settings.engine.lanes = 1;
-    let faulty = Arc::new(Faulty {
-        store: onair::store::SqliteStore::open(&settings.engine.store).unwrap(),
-        refuse_commits: 0.into(),
-        fail_reads: 0.into(),
-        slow_commits: 0.into(),
-    });
-    let engine = Arc::new(TestEngine::start_with_store(&settings, faulty.clone()).await);
-    let force = |state: &str| json!({"state": state, "note": "test", "by": "test"});
-    for (broadcast, state) in [("news", "live"), ("sport", "failed"), ("weather", "standby")] {
-        let outcome = engine.send(&format!("force-{broadcast}"), event::FORCE_STATE, broadcast, force(state)).await;
-        assert_eq!(outcome, Outcome::Committed, "{broadcast}");
-    }
+    let (_emulator, _directory, settings, faulty, engine) = three_on_one_lane().await;
+    let engine = Arc::new(engine);
     // weather's commit holds the lane while n1 and n2 queue behind it; then n1 and n2's commit
     // is refused and the read of news that follows fails once.
     faulty.slow_commits.store(1, SeqCst);
