@@ -23,11 +23,18 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// `Retry-After`, in seconds, when the caller should come back.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+
+    fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after.as_secs_f64().ceil().max(1.0) as u64);
+        self
     }
 
     fn store(error: impl std::fmt::Display) -> Self {
@@ -41,6 +48,9 @@ impl IntoResponse for ApiError {
             (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -213,8 +223,38 @@ pub async fn plan(State(state): State<Arc<Parts>>, Query(query): Query<PlanQuery
 /// How long a dead-letter listing is answered again without asking RabbitMQ.
 pub const LISTING_CACHE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The longest one listing or replay may take before the caller gets 503.
-const DEAD_LETTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest a dead-letter listing or replay waits for the one in progress (with the default
+/// limits), before the caller gets 503 with `Retry-After`.
+const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The longest one listing or replay may take (with the default limits) before the caller gets
+/// 503.
+const DEAD_LETTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long a dead-letter operation may wait for the gate, and then work, so that its answer
+/// comes well before the listener drops the request: no byte moves while it waits and works, so
+/// both `request_timeout` and `idle_timeout` bound it. Of the smaller of the two, at most a sixth
+/// waiting (and `GATE_WAIT`) and a half working (and `DEAD_LETTER_TIMEOUT`): together at most
+/// two thirds, leaving a third for reading the request and writing the answer. With the defaults
+/// (30 s and 60 s): 5 s and 15 s.
+pub fn dead_letter_budget(limits: &super::Limits) -> (std::time::Duration, std::time::Duration) {
+    let bound = limits.request_timeout.min(limits.idle_timeout);
+    ((bound / 6).min(GATE_WAIT), (bound / 2).min(DEAD_LETTER_TIMEOUT))
+}
+
+/// Takes the dead-letter gate, or answers 503 with `Retry-After` when another listing or replay
+/// holds it for longer than the budget allows.
+async fn gate(state: &Parts) -> Result<tokio::sync::MutexGuard<'_, Option<Listing>>, ApiError> {
+    let (wait, work) = dead_letter_budget(&state.settings.connections);
+    tokio::time::timeout(wait, state.dead_letters.last.lock()).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "dead_letters_busy",
+            format!("another dead-letter listing or replay is in progress (waited {wait:?}); retry later"),
+        )
+        .retry_after(work)
+    })
+}
 
 /// Dead-letter operations through the API: one at a time (listing, replay), and the last listing
 /// answered again for `LISTING_CACHE`, so that however many callers there are, RabbitMQ sees at
@@ -246,13 +286,14 @@ fn broker_unavailable(error: impl std::fmt::Display) -> ApiError {
 /// `GET /api/v1/dead-letters?limit=`
 pub async fn dead_letters(State(state): State<Arc<Parts>>, Query(limit): Query<Limit>) -> Answer {
     let limit = limit.get(100, 10_000)?;
-    let mut last = state.dead_letters.last.lock().await;
+    let mut last = gate(&state).await?;
     if let Some(letters) = last.as_ref().and_then(|listing| listing.answer(limit)) {
         return Ok(Json(json!({"dead_letters": letters})).into_response());
     }
-    let letters = tokio::time::timeout(DEAD_LETTER_TIMEOUT, crate::broker::dlq::list(&state.broker, limit))
+    let (_, work) = dead_letter_budget(&state.settings.connections);
+    let letters = tokio::time::timeout(work, crate::broker::dlq::list(&state.broker, limit))
         .await
-        .map_err(|_| broker_unavailable(format!("no listing within {DEAD_LETTER_TIMEOUT:?}")))?
+        .map_err(|_| broker_unavailable(format!("no listing within {work:?}")).retry_after(work))?
         .map_err(broker_unavailable)?;
     let answer = Json(json!({"dead_letters": letters})).into_response();
     *last = Some(Listing { at: tokio::time::Instant::now(), limit, letters });
@@ -299,15 +340,13 @@ pub async fn replay(State(state): State<Arc<Parts>>, headers: HeaderMap, body: a
             ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("not a replay request: {error}"))
         })?
     };
-    let mut last = state.dead_letters.last.lock().await;
+    let mut last = gate(&state).await?;
     *last = None;
-    let report = tokio::time::timeout(
-        DEAD_LETTER_TIMEOUT,
-        crate::broker::dlq::replay(&state.broker, request.id.as_deref(), 10_000),
-    )
-    .await
-    .map_err(|_| broker_unavailable(format!("no replay within {DEAD_LETTER_TIMEOUT:?}")))?
-    .map_err(broker_unavailable)?;
+    let (_, work) = dead_letter_budget(&state.settings.connections);
+    let report = tokio::time::timeout(work, crate::broker::dlq::replay(&state.broker, request.id.as_deref(), 10_000))
+        .await
+        .map_err(|_| broker_unavailable(format!("no replay within {work:?}")).retry_after(work))?
+        .map_err(broker_unavailable)?;
     drop(last);
     tracing::info!(id = ?request.id, replayed = report.replayed, kept = report.kept, "Dead letters replayed through the API.");
     Ok(Json(report).into_response())

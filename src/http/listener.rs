@@ -7,6 +7,12 @@
 //!   that sends its headers a byte at a time, or says nothing at all, is cut off there.
 //! - `idle_timeout`: a connection on which no byte moves either way for this long is closed, even
 //!   mid-request (a body that stops arriving, a client that stops reading its response).
+//! - `request_timeout`: a request must be answered within it, counted from its head having
+//!   arrived; past it the handler is dropped, the client gets 408 and the connection is closed
+//!   (hyper closes it without reading the rest of a body still arriving). This is what bounds a
+//!   body trickled a byte just under `idle_timeout` apart, which the idle timer never catches.
+//!   Handlers that wait on something slow (the dead-letter listing) keep their own limits well
+//!   under it (`api::dead_letter_budget`).
 //! - `max_connections`: connections served at once. Beyond it, new connections are not accepted
 //!   and wait in the kernel's backlog until one closes; the connections in service go on as usual.
 //!
@@ -34,14 +40,16 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// How often "the connection limit is reached" may be logged.
 const SATURATION_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
-/// A listener's connection limits (`header_read_timeout`, `idle_timeout`, `max_connections` in
-/// `[http]` and in `[ingress]`).
+/// A listener's connection limits (`header_read_timeout`, `idle_timeout`, `request_timeout`,
+/// `max_connections` in `[http]` and in `[ingress]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// The longest a request's head may take to arrive.
     pub header_read_timeout: Duration,
     /// The longest a connection may move no byte.
     pub idle_timeout: Duration,
+    /// The longest from a request's head to its answer (408 and the connection closed beyond).
+    pub request_timeout: Duration,
     /// Connections served at once; more wait in the backlog.
     pub max_connections: usize,
 }
@@ -51,6 +59,7 @@ impl Limits {
         let limits = Self {
             header_read_timeout: section.duration("header_read_timeout"),
             idle_timeout: section.duration("idle_timeout"),
+            request_timeout: section.duration("request_timeout"),
             max_connections: section.value("max_connections"),
         };
         section.check(
@@ -62,6 +71,11 @@ impl Limits {
             "idle_timeout",
             !limits.idle_timeout.is_zero(),
             "must be greater than zero (a client could hold a connection forever)",
+        );
+        section.check(
+            "request_timeout",
+            !limits.request_timeout.is_zero(),
+            "must be greater than zero (a client trickling a body could hold a connection forever)",
         );
         section.check(
             "max_connections",
@@ -127,8 +141,15 @@ async fn connection(
 ) {
     let activity = Arc::new(Activity::new());
     let io = hyper_util::rt::TokioIo::new(Watched { inner: stream, activity: Arc::clone(&activity) });
+    let request_timeout = limits.request_timeout;
     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        tower::ServiceExt::oneshot(router.clone(), request.map(Body::new))
+        let handled = tower::ServiceExt::oneshot(router.clone(), request.map(Body::new));
+        async move {
+            match tokio::time::timeout(request_timeout, handled).await {
+                Ok(answered) => answered,
+                Err(_) => Ok(timed_out(request_timeout)),
+            }
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
@@ -158,6 +179,20 @@ async fn connection(
             }
         }
     }
+}
+
+/// The answer to a request not answered within `request_timeout`: 408, and the connection closed
+/// after it (a body still arriving is not read further).
+fn timed_out(request_timeout: Duration) -> axum::response::Response {
+    tracing::debug!(?request_timeout, "Request not answered within its deadline; 408 and closing.");
+    let mut response = axum::response::IntoResponse::into_response((
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        axum::Json(serde_json::json!({
+            "error": format!("the request was not complete and answered within {request_timeout:?}")
+        })),
+    ));
+    response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    response
 }
 
 /// When a byte last moved on a connection.
@@ -252,6 +287,7 @@ mod tests {
         let defaults = Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
             max_connections: 512,
         };
         assert_eq!(settings.http.connections, defaults);
@@ -261,6 +297,9 @@ mod tests {
         assert_eq!(settings.ingress.connections.idle_timeout, Duration::from_secs(5));
         assert_eq!(settings.http.connections.max_connections, 16);
         assert_eq!(settings.http.connections.idle_timeout, Duration::from_secs(60));
+        let settings = load_with(&[("ONAIR__INGRESS__REQUEST_TIMEOUT", "7s")]).unwrap();
+        assert_eq!(settings.ingress.connections.request_timeout, Duration::from_secs(7));
+        assert_eq!(settings.http.connections.request_timeout, Duration::from_secs(30));
     }
 
     #[test]
@@ -269,11 +308,14 @@ mod tests {
             ("ONAIR__HTTP__HEADER_READ_TIMEOUT", "0s"),
             ("ONAIR__INGRESS__IDLE_TIMEOUT", "0s"),
             ("ONAIR__INGRESS__MAX_CONNECTIONS", "0"),
+            ("ONAIR__HTTP__REQUEST_TIMEOUT", "0s"),
         ]) else {
             panic!("zero limits must be refused");
         };
         let keys: Vec<&str> = problems.0.iter().map(|problem| problem.key.as_str()).collect();
-        for key in ["http.header_read_timeout", "ingress.idle_timeout", "ingress.max_connections"] {
+        for key in
+            ["http.header_read_timeout", "ingress.idle_timeout", "ingress.max_connections", "http.request_timeout"]
+        {
             assert!(keys.contains(&key), "{key} in {keys:?}");
         }
     }

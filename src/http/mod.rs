@@ -27,7 +27,7 @@ use crate::clock::SharedClock;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::Store;
-pub use api::LISTING_CACHE;
+pub use api::{LISTING_CACHE, dead_letter_budget};
 pub use listener::Limits;
 
 /// The dashboard, one self-contained page (no external assets).

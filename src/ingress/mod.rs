@@ -7,8 +7,9 @@
 //!   handshake (`{"validationResponse": code}` for configured topics only).
 //!
 //! Every request goes through the same steps, and the first that fails answers: the body limit
-//! (413, before any parsing), authentication (401: an HMAC signature or a query key, `auth`),
-//! parsing (400 with the reason, `parse`), the trust boundary (400 for onair's own event types,
+//! (413, before any parsing) and authentication (401: an HMAC signature or a query key, `auth`;
+//! a query key is checked before the body is read, a signature after, since it covers the body),
+//! then, holding one of `MAX_CONCURRENT_BODIES` permits taken only once authenticated, parsing (400 with the reason, `parse`), the trust boundary (400 for onair's own event types,
 //! 403 for operator commands not allowed here, `policy`), then publishing with confirms (503
 //! while the broker is away, so the sender retries). A delivery is answered 2xx only after every
 //! event in it is confirmed by RabbitMQ; none of the refusals changes anything. Events about no
@@ -259,8 +260,8 @@ impl Inner {
     }
 }
 
-/// How many deliveries may be parsed and published at once; more wait, holding only their body
-/// (up to `max_body_bytes`). A 10,000-event batch parses into several times its body (JSON trees,
+/// How many authenticated deliveries may be parsed and published at once; more wait, holding
+/// only their body (up to `max_body_bytes`; unauthenticated requests never wait here). A 10,000-event batch parses into several times its body (JSON trees,
 /// then events): without a bound, a burst of them multiplies the peak, and the allocator keeps
 /// the peak's pages.
 pub const MAX_CONCURRENT_BODIES: usize = 4;
@@ -305,10 +306,21 @@ impl Parsers {
 
     /// Runs `job` on a parsing thread; `None` if no thread could run it (none started, or the job
     /// panicked, which parsing never does by design).
-    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    ///
+    /// The job holds the delivery's `permit` until it has run: a handler cancelled while its job
+    /// waits (the client went away, the request deadline passed) does not free a permit whose
+    /// body is still queued here, so the queue never holds more than `MAX_CONCURRENT_BODIES`
+    /// jobs and their bodies.
+    async fn run<T: Send + 'static>(
+        &self,
+        permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
         let (reply, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ = reply.send(job());
+            let answer = job();
+            drop(permit);
+            let _ = reply.send(answer);
         });
         self.jobs.send(job).ok()?;
         result.await.ok()
@@ -320,7 +332,8 @@ struct Admitted {
     body: Bytes,
     proof: Proof,
     claim: Option<Claim>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Held until the delivery is answered, and by its parsing job until that has run.
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The ingress: its router and counters.
@@ -368,11 +381,14 @@ impl Ingress {
     }
 
     /// Reads the body, up to the limit (413 beyond it, without looking at what was read).
-    async fn read(&self, body: Body) -> Result<Bytes, Box<Response>> {
+    /// `counted`: whether the delivery was counted already (authenticated by key first).
+    async fn read(&self, body: Body, counted: bool) -> Result<Bytes, Box<Response>> {
         match axum::body::to_bytes(body, self.inner.settings.max_body_bytes).await {
             Ok(bytes) => Ok(bytes),
             Err(_) => {
-                Stats::bump(&self.inner.stats.deliveries);
+                if !counted {
+                    Stats::bump(&self.inner.stats.deliveries);
+                }
                 Stats::bump(&self.inner.stats.too_large);
                 let limit = self.inner.settings.max_body_bytes;
                 Err(Box::new(refuse(StatusCode::PAYLOAD_TOO_LARGE, &format!("the body is larger than {limit} bytes"))))
@@ -380,21 +396,34 @@ impl Ingress {
         }
     }
 
-    /// The body of an admitted request: read within the limit, authenticated, not a replay.
+    /// The body of an admitted request: authenticated, read within the limit, not a replay.
+    ///
+    /// A delivery with a query key (`?key=`, Event Grid) is authenticated before its body is
+    /// read: the key is in the URL, so a wrong one is answered 401 without taking a byte of body.
+    /// A signed delivery's signature covers its body, which must be read first (within the
+    /// request deadline). Either way the parsing permit is taken only once the delivery is
+    /// authenticated: unauthenticated requests never queue for it, never hold it.
     async fn receive(
         &self,
         query: &HashMap<String, String>,
         headers: &HeaderMap,
         body: Body,
     ) -> Result<Admitted, Box<Response>> {
-        let body = self.read(body).await?;
-        // Taken once the body is in (a slow sender holds no permit): it bounds the parsing and
-        // publishing, where a delivery's memory multiplies. The semaphore is never closed.
+        let (body, (proof, claim)) = if query.contains_key(KEY_PARAMETER) {
+            // With a key, `Secrets::check` looks at the key alone, never at the body.
+            let admitted = self.admit(query, headers, b"").await.map_err(Box::new)?;
+            (self.read(body, true).await?, admitted)
+        } else {
+            let body = self.read(body, false).await?;
+            let admitted = self.admit(query, headers, &body).await.map_err(Box::new)?;
+            (body, admitted)
+        };
+        // It bounds the parsing and publishing, where a delivery's memory multiplies. The
+        // semaphore is never closed.
         let Ok(permit) = Arc::clone(&self.inner.bodies).acquire_owned().await else {
             return Err(Box::new(refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down")));
         };
-        let (proof, claim) = self.admit(query, headers, &body).await.map_err(Box::new)?;
-        Ok(Admitted { body, proof, claim, _permit: permit })
+        Ok(Admitted { body, proof, claim, permit: Arc::new(permit) })
     }
 
     /// Checks the authentication of a request (and whether it is a replay); the response when it
@@ -515,7 +544,9 @@ async fn events(
         Err(response) => return *response,
     };
     let (parse_headers, body) = (headers.clone(), admitted.body.clone());
-    let Some(parsed) = ingress.inner.parsers.run(move || parse::cloudevents(&parse_headers, &body)).await else {
+    let permit = Arc::clone(&admitted.permit);
+    let Some(parsed) = ingress.inner.parsers.run(permit, move || parse::cloudevents(&parse_headers, &body)).await
+    else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot parse deliveries right now; retry later");
     };
     match parsed {
@@ -535,7 +566,8 @@ async fn eventgrid(
         Err(response) => return *response,
     };
     let (parse_headers, body) = (headers.clone(), admitted.body.clone());
-    let Some(parsed) = ingress.inner.parsers.run(move || parse::eventgrid(&parse_headers, &body)).await else {
+    let permit = Arc::clone(&admitted.permit);
+    let Some(parsed) = ingress.inner.parsers.run(permit, move || parse::eventgrid(&parse_headers, &body)).await else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot parse deliveries right now; retry later");
     };
     match parsed {
@@ -608,7 +640,45 @@ pub async fn serve(listener: tokio::net::TcpListener, ingress: Ingress, shutdown
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::Semaphore;
+
+    use super::{PARSE_THREADS, Parsers};
     use crate::config::{Error, Source, load};
+
+    #[tokio::test]
+    async fn a_cancelled_delivery_keeps_its_permit_until_its_queued_parse_has_run() {
+        let parsers = Parsers::start();
+        // Both parsing threads busy until their senders are dropped.
+        let mut blockers = Vec::new();
+        for _ in 0..PARSE_THREADS {
+            let (blocker, blocked) = std::sync::mpsc::channel::<()>();
+            parsers.jobs.send(Box::new(move || while blocked.recv().is_ok() {})).unwrap();
+            blockers.push(blocker);
+        }
+        // Three deliveries whose handlers are cancelled while their parse is queued (the client
+        // left, or the request deadline passed).
+        let permits = Arc::new(Semaphore::new(3));
+        for _ in 0..3 {
+            let permit = Arc::new(Arc::clone(&permits).acquire_owned().await.unwrap());
+            let body = axum::body::Bytes::from(vec![b'x'; 1 << 20]);
+            let parse = parsers.run(permit, move || body.len());
+            assert!(tokio::time::timeout(Duration::from_millis(20), parse).await.is_err(), "parsing is blocked");
+        }
+        // Their jobs (and bodies) are still queued: their permits are not free for new deliveries.
+        assert_eq!(permits.available_permits(), 0, "a queued job holds its delivery's permit");
+        drop(blockers);
+        let started = std::time::Instant::now();
+        while permits.available_permits() < 3 {
+            assert!(started.elapsed() < Duration::from_secs(5), "the queued jobs ran and released their permits");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let permit = Arc::new(Arc::clone(&permits).acquire_owned().await.unwrap());
+        assert_eq!(parsers.run(permit, || 42).await, Some(42));
+        assert_eq!(permits.available_permits(), 3);
+    }
 
     fn problems(file: &str, env: &[(&str, &str)]) -> Vec<String> {
         let directory = tempfile::tempdir().unwrap();

@@ -8,11 +8,15 @@ use std::time::{Duration, Instant};
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use onair::broker::{self, DeadQueue, Publisher, dlq};
+use onair::daemon::Daemon;
+use onair::machine::Library;
+use secrecy::SecretString;
 
 use crate::broker::EXCLUSIVE;
 use crate::helpers::{TestEmulator, emulator_settings};
-use crate::operations::{daemon_with_http, get, until_async};
+use crate::operations::{TOKEN, daemon_with_http, get, until_async};
 use crate::rabbit::{self, node};
+use crate::schedule::daemon_settings;
 
 const LETTERS: usize = 30;
 
@@ -297,5 +301,76 @@ async fn a_daemon_on_an_old_dead_letter_queue_runs_and_answers_listings_with_the
     assert_eq!(status, 503, "{body}");
     assert!(body["error"]["message"].as_str().unwrap_or_default().contains("onair dlq migrate"), "{body}");
     assert_eq!(get(&base, "/readyz").await.0, 200, "the daemon itself is fine");
+    daemon.stop().await.unwrap();
+}
+
+/// `GET` or `POST` on the API; the status, `Retry-After`, the body and how long the answer took.
+async fn timed(request: reqwest::RequestBuilder) -> (u16, Option<String>, serde_json::Value, Duration) {
+    let sent = Instant::now();
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").and_then(|value| value.to_str().ok()).map(str::to_string);
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, retry_after, body, sent.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_stuck_on_the_broker_and_those_behind_it_are_answered_503_well_within_the_request_deadline() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    // The relation with the default limits: 5 s waiting for the gate and 15 s of work, within
+    // the 30 s request deadline and the 60 s idle timeout.
+    let defaults = onair::config::load(&onair::config::Source::default()).unwrap();
+    let budget = onair::http::dead_letter_budget(&defaults.http.connections);
+    assert_eq!(budget, (Duration::from_secs(5), Duration::from_secs(15)));
+    assert!(
+        budget.0 + budget.1 < defaults.http.connections.request_timeout.min(defaults.http.connections.idle_timeout)
+    );
+
+    // A broker that takes connections and never says a word (listening, never accepting): a
+    // listing on it hangs for as long as it is let, holding the API's dead-letter gate.
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut broker = rabbit::settings("dlqstuck");
+    broker.url = url::Url::parse(&format!("amqp://{}/%2f", silent.local_addr().unwrap())).unwrap();
+    broker.connection_timeout = Duration::from_secs(60);
+    let directory = tempfile::tempdir().unwrap();
+    let mut settings = daemon_settings(directory.path(), &emulator, &broker, "[broadcasts.news]\n");
+    settings.http.enabled = true;
+    settings.http.listen = "127.0.0.1:0".parse().unwrap();
+    settings.http.api_token = Some(SecretString::from(TOKEN));
+    settings.http.connections.request_timeout = Duration::from_secs(6);
+    let (wait, work) = onair::http::dead_letter_budget(&settings.http.connections);
+    assert_eq!((wait, work), (Duration::from_secs(1), Duration::from_secs(3)));
+    let daemon = Daemon::start(&settings, Library::load(None)).await.unwrap();
+    let base = format!("http://{}", daemon.http_address().unwrap());
+
+    let http = reqwest::Client::new();
+    let first = tokio::spawn(timed(http.get(format!("{base}/api/v1/dead-letters"))));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = tokio::spawn(timed(http.get(format!("{base}/api/v1/dead-letters?limit=5"))));
+    let replay = tokio::spawn(timed(http.post(format!("{base}/api/v1/dead-letters/replay")).bearer_auth(TOKEN)));
+    let slack = Duration::from_millis(1500);
+    for (name, call) in [("listing behind it", second.await.unwrap()), ("replay behind it", replay.await.unwrap())] {
+        let (status, retry_after, body, took) = call;
+        println!("{name}: {status} after {:.2} s, Retry-After {retry_after:?}: {body}", took.as_secs_f64());
+        assert_eq!(status, 503, "{name}: {body}");
+        assert_eq!(body["error"]["code"], "dead_letters_busy", "{name}: {body}");
+        assert_eq!(retry_after.as_deref(), Some("3"), "{name}");
+        assert!(
+            took >= wait - Duration::from_millis(100) && took <= wait + slack,
+            "{name}: {took:?}, gate wait {wait:?}"
+        );
+    }
+    let (status, retry_after, body, took) = first.await.unwrap();
+    println!(
+        "stuck listing: {status} after {:.2} s (its budget {work:?}, request deadline 6 s): {body}",
+        took.as_secs_f64()
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "broker_unavailable", "{body}");
+    assert_eq!(retry_after.as_deref(), Some("3"));
+    assert!(took >= work - Duration::from_millis(100) && took <= work + slack, "{took:?}, budget {work:?}");
+    assert!(took < settings.http.connections.request_timeout, "answered before the deadline");
+    drop(silent);
     daemon.stop().await.unwrap();
 }

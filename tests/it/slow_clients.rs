@@ -1,7 +1,9 @@
 //! Slow and idle clients against both listeners of a real daemon (RabbitMQ, engine, SQLite,
-//! emulator): silent connections, headers sent a byte a second, bodies that stop arriving, and
-//! more connections than the limit. The daemon closes them within its timeouts while it stays
-//! ready and answers real signed deliveries and probes.
+//! emulator): silent connections, headers sent a byte a second, bodies that stop arriving,
+//! bodies trickled a byte just under the idle timeout apart, deliveries with a wrong query key
+//! whose body never comes, and more connections than the limit. The daemon closes them within
+//! its timeouts (the trickled bodies at the request deadline, with 408; the wrong keys at once,
+//! with 401) while it stays ready and answers real signed deliveries and probes.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use onair::daemon::Daemon;
 use onair::http::Limits;
-use onair::ingress::{SIGNATURE_HEADER, sign};
+use onair::ingress::{Proof, SIGNATURE_HEADER, external_id, sign};
 use onair::machine::Library;
 use onair::store::SqliteStore;
 use secrecy::SecretString;
@@ -20,13 +22,16 @@ use tokio::net::TcpStream;
 
 use crate::broker::EXCLUSIVE;
 use crate::helpers::{TestEmulator, emulator_settings};
-use crate::ingress::{SECRET, TOPIC};
+use crate::ingress::{KEY, SECRET, TOPIC};
 use crate::operations::{TOKEN, command, get, until_async};
 use crate::rabbit;
 use crate::schedule::daemon_settings;
 
 const HEADERS: Duration = Duration::from_secs(1);
 const IDLE: Duration = Duration::from_secs(2);
+const REQUEST: Duration = Duration::from_secs(4);
+/// How often a trickling body sends a byte: just under the idle timeout, so that it never fires.
+const BODY_TRICKLE: Duration = Duration::from_millis(1500);
 /// Scheduling and timer slack on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_millis(1500);
 
@@ -43,12 +48,13 @@ async fn daemon(directory: &Path, emulator: &TestEmulator, broker: &onair::broke
     settings.ingress.enabled = true;
     settings.ingress.listen = "127.0.0.1:0".parse().unwrap();
     settings.ingress.secrets.hmac = vec![SecretString::from(SECRET)];
+    settings.ingress.secrets.keys = vec![SecretString::from(KEY)];
     settings.ingress.connections = limits;
     Daemon::start(&settings, Library::load(None)).await.unwrap()
 }
 
 /// What an attacking connection does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Attack {
     /// Connects and says nothing.
     Silent,
@@ -56,14 +62,29 @@ enum Attack {
     Trickle,
     /// Sends a whole head announcing a body, ten bytes of it, then nothing.
     StalledBody,
+    /// Sends a whole head announcing a body, then the body a byte every `BODY_TRICKLE` (just
+    /// under the idle timeout: only the request deadline stops it).
+    TrickleBody,
+    /// Sends a whole head with a wrong query key announcing a body, and no body.
+    WrongKey,
 }
 
-/// Runs one attacking connection; returns how long the server kept it open.
-async fn attack(address: std::net::SocketAddr, kind: Attack, path: &'static str) -> Duration {
+/// What the server did with an attacking connection.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    /// How long it kept the connection open.
+    open: Duration,
+    /// The status it answered, and when, if it answered.
+    answer: Option<(u16, Duration)>,
+}
+
+/// Runs one attacking connection.
+async fn attack(address: std::net::SocketAddr, kind: Attack, path: &'static str) -> Outcome {
     let mut stream = TcpStream::connect(address).await.unwrap();
     let started = Instant::now();
+    let target = if kind == Attack::WrongKey { format!("{path}?key=not-the-key-0123456789") } else { path.to_string() };
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: onair\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        "POST {target} HTTP/1.1\r\nHost: onair\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
     );
     let (mut reader, mut writer) = stream.split();
     let writing = async {
@@ -83,14 +104,39 @@ async fn attack(address: std::net::SocketAddr, kind: Attack, path: &'static str)
                 let _ = writer.write_all(b"{\"id\": \"x\"").await;
                 std::future::pending::<()>().await;
             }
+            Attack::TrickleBody => {
+                let _ = writer.write_all(head.as_bytes()).await;
+                loop {
+                    if writer.write_all(b" ").await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(BODY_TRICKLE).await;
+                }
+                std::future::pending::<()>().await;
+            }
+            Attack::WrongKey => {
+                let _ = writer.write_all(head.as_bytes()).await;
+                std::future::pending::<()>().await;
+            }
         }
     };
+    let mut answer = None;
     let closed = async {
         let mut buffer = [0_u8; 1024];
-        // Whatever the server answers (408, nothing), the end is EOF or a reset.
+        let mut received = Vec::new();
+        // Whatever the server answers (408, 401, nothing), the end is EOF or a reset.
         while let Ok(read) = reader.read(&mut buffer).await {
             if read == 0 {
                 break;
+            }
+            received.extend_from_slice(&buffer[..read]);
+            if answer.is_none() && received.windows(2).any(|window| window == b"\r\n") {
+                let status = String::from_utf8_lossy(&received)
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|status| status.parse().ok())
+                    .unwrap_or(0);
+                answer = Some((status, started.elapsed()));
             }
         }
     };
@@ -99,7 +145,7 @@ async fn attack(address: std::net::SocketAddr, kind: Attack, path: &'static str)
         () = closed => {}
         () = tokio::time::sleep(Duration::from_secs(30)) => panic!("{kind:?} connection on {path} still open after 30s"),
     }
-    started.elapsed()
+    Outcome { open: started.elapsed(), answer }
 }
 
 fn delivery(id: &str, channel: &str) -> Vec<u8> {
@@ -149,7 +195,8 @@ async fn idle_and_trickling_clients_are_closed_while_real_requests_are_answered(
     let emulator = TestEmulator::start(emulator_settings()).await;
     let broker = rabbit::settings("slowclients");
     let directory = tempfile::tempdir().unwrap();
-    let limits = Limits { header_read_timeout: HEADERS, idle_timeout: IDLE, max_connections: 512 };
+    let limits =
+        Limits { header_read_timeout: HEADERS, idle_timeout: IDLE, request_timeout: REQUEST, max_connections: 512 };
     let daemon = daemon(directory.path(), &emulator, &broker, limits).await;
     let operations = daemon.http_address().unwrap();
     let ingress = daemon.ingress().unwrap().0;
@@ -165,19 +212,28 @@ async fn idle_and_trickling_clients_are_closed_while_real_requests_are_answered(
     }
     assert_eq!(listed_state(&base, "weather").await, None, "never decided: idle");
 
-    // The attack: on each listener, 50 silent, 50 trickling and 10 stalled-body connections.
+    // The attack: on each listener, 50 silent, 50 trickling, 10 stalled-body and 20
+    // trickling-body connections; on the ingress, 20 deliveries with a wrong key and no body.
     let started = Instant::now();
     let mut attackers = tokio::task::JoinSet::new();
     let finished = Arc::new(AtomicUsize::new(0));
-    for (address, path) in [(ingress, "/events"), (operations, "/api/v1/broadcasts/news/commands")] {
-        for (kind, count) in [(Attack::Silent, 50), (Attack::Trickle, 50), (Attack::StalledBody, 10)] {
+    let mut total = 0;
+    for (address, path) in [(ingress, "/eventgrid"), (operations, "/api/v1/broadcasts/news/commands")] {
+        for (kind, count) in [
+            (Attack::Silent, 50),
+            (Attack::Trickle, 50),
+            (Attack::StalledBody, 10),
+            (Attack::TrickleBody, 20),
+            (Attack::WrongKey, if address == ingress { 20 } else { 0 }),
+        ] {
+            total += count;
             for _ in 0..count {
                 let finished = Arc::clone(&finished);
                 attackers.spawn(async move {
-                    let open = attack(address, kind, path).await;
+                    let outcome = attack(address, kind, path).await;
                     let at = started.elapsed();
                     finished.fetch_add(1, Ordering::Relaxed);
-                    (address, kind, open, at)
+                    (address, kind, outcome, at)
                 });
             }
         }
@@ -187,7 +243,7 @@ async fn idle_and_trickling_clients_are_closed_while_real_requests_are_answered(
     let http = reqwest::Client::new();
     let channels = [("news", "mle1"), ("sport", "mle2"), ("weather", "mle3")];
     let (mut delivered, mut probed, mut ids) = (Vec::new(), Vec::new(), Vec::new());
-    while finished.load(Ordering::Relaxed) < 220 && started.elapsed() < Duration::from_secs(10) {
+    while finished.load(Ordering::Relaxed) < total && started.elapsed() < Duration::from_secs(10) {
         let (broadcast, channel) = channels[ids.len() % 3];
         let id = format!("slow-{}", ids.len());
         let body = delivery(&id, channel);
@@ -207,7 +263,8 @@ async fn idle_and_trickling_clients_are_closed_while_real_requests_are_answered(
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         delivered.push(sent.elapsed());
         assert_eq!(status, 200, "delivery {id} during the attack: {answer}");
-        ids.push((id, broadcast));
+        // The engine knows an outside event by its namespaced id.
+        ids.push((external_id(Proof::Signature, TOPIC, &id), broadcast));
         let sent = Instant::now();
         let (status, ready) = get(&base, "/readyz").await;
         probed.push(sent.elapsed());
@@ -215,32 +272,60 @@ async fn idle_and_trickling_clients_are_closed_while_real_requests_are_answered(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let mut closed: std::collections::BTreeMap<(bool, &str), Vec<Duration>> = Default::default();
+    let mut closed: std::collections::BTreeMap<(bool, Attack), Vec<Outcome>> = Default::default();
     let mut all_closed = Duration::ZERO;
     while let Some(result) = attackers.join_next().await {
-        let (address, kind, open, at) = result.unwrap();
+        let (address, kind, outcome, at) = result.unwrap();
         all_closed = all_closed.max(at);
-        let kind = match kind {
+        closed.entry((address == ingress, kind)).or_default().push(outcome);
+    }
+    println!(
+        "attack: {total} connections, all closed {:.2} s after the attack began (header timeout {HEADERS:?}, idle timeout {IDLE:?}, request deadline {REQUEST:?})",
+        all_closed.as_secs_f64()
+    );
+    for ((on_ingress, kind), outcomes) in closed {
+        let listener = if on_ingress { "ingress" } else { "operations" };
+        let name = match kind {
             Attack::Silent => "silent",
             Attack::Trickle => "trickling",
             Attack::StalledBody => "stalled body",
+            Attack::TrickleBody => "body trickled a byte every 1.5 s",
+            Attack::WrongKey => "wrong query key, no body",
         };
-        closed.entry((address == ingress, kind)).or_default().push(open);
-    }
-    println!(
-        "attack: 220 connections (110 per listener), all closed {:.2} s after the attack began (header timeout {HEADERS:?}, idle timeout {IDLE:?})",
-        all_closed.as_secs_f64()
-    );
-    for ((on_ingress, kind), durations) in closed {
-        let listener = if on_ingress { "ingress" } else { "operations" };
-        assert_eq!(durations.len(), if kind == "stalled body" { 10 } else { 50 }, "{listener} {kind}");
-        let (min, max) = summary(&format!("{listener}, {kind}"), durations);
+        let expected = match kind {
+            Attack::Silent | Attack::Trickle => 50,
+            Attack::StalledBody => 10,
+            Attack::TrickleBody | Attack::WrongKey => 20,
+        };
+        assert_eq!(outcomes.len(), expected, "{listener} {name}");
+        if kind == Attack::WrongKey {
+            // Refused on the key alone, without waiting for a body that never comes.
+            let answered: Vec<Duration> = outcomes
+                .iter()
+                .map(|outcome| match outcome.answer {
+                    Some((401, at)) => at,
+                    other => panic!("{listener} {name}: answered {other:?}, not 401"),
+                })
+                .collect();
+            let (_, max) = summary(&format!("{listener}, {name}: answered 401"), answered);
+            let (_, open) =
+                summary(&format!("{listener}, {name}: then"), outcomes.iter().map(|outcome| outcome.open).collect());
+            assert!(max < HEADERS && open < HEADERS, "{listener} {name}: 401 after {max:?}, closed after {open:?}");
+            continue;
+        }
+        let (min, max) = summary(&format!("{listener}, {name}"), outcomes.iter().map(|outcome| outcome.open).collect());
         let (earliest, limit) = match kind {
-            "stalled body" => (IDLE - Duration::from_millis(100), IDLE),
+            Attack::StalledBody => (IDLE - Duration::from_millis(100), IDLE),
+            Attack::TrickleBody => (REQUEST - Duration::from_millis(100), REQUEST),
             _ => (HEADERS - Duration::from_millis(100), HEADERS),
         };
-        assert!(min >= earliest, "{listener} {kind}: closed after {min:?}, before its timeout {limit:?}");
-        assert!(max <= limit + SLACK, "{listener} {kind}: open {max:?}, timeout {limit:?}");
+        assert!(min >= earliest, "{listener} {name}: closed after {min:?}, before its timeout {limit:?}");
+        assert!(max <= limit + SLACK, "{listener} {name}: open {max:?}, timeout {limit:?}");
+        if kind == Attack::TrickleBody {
+            let timed_out = outcomes.iter().filter(|outcome| matches!(outcome.answer, Some((408, _)))).count();
+            println!("{listener}, {name}: {timed_out} of {expected} answered 408 before the close");
+            assert_eq!(timed_out, expected, "{listener} {name}: 408 at the deadline");
+        }
     }
     let delivery_max = latencies("signed deliveries (200, confirmed)", delivered);
     let probe_max = latencies("/readyz (200)", probed);
@@ -252,12 +337,7 @@ async fn idle_and_trickling_clients_are_closed_while_real_requests_are_answered(
     until_async(Duration::from_secs(10), "every delivery decided", || async {
         let rows = SqliteStore::open_read_only(&store).and_then(|store| store.all_audit()).unwrap_or_default();
         ids.iter().all(|(id, broadcast)| {
-            // The ingress files each event under `ingress:<source digest>:<id as sent>`.
-            let stored = format!(":{id}");
-            rows.iter().any(|row| {
-                row.event_id.as_deref().is_some_and(|event| event.starts_with("ingress:") && event.ends_with(&stored))
-                    && row.broadcast == *broadcast
-            })
+            rows.iter().any(|row| row.event_id.as_deref() == Some(id.as_str()) && row.broadcast == *broadcast)
         })
     })
     .await;
@@ -297,7 +377,8 @@ async fn connections_beyond_the_limit_wait_without_hurting_those_in_service() {
     let emulator = TestEmulator::start(emulator_settings()).await;
     let broker = rabbit::settings("maxconn");
     let directory = tempfile::tempdir().unwrap();
-    let limits = Limits { header_read_timeout: HEADERS, idle_timeout: IDLE, max_connections: 4 };
+    let limits =
+        Limits { header_read_timeout: HEADERS, idle_timeout: IDLE, request_timeout: REQUEST, max_connections: 4 };
     let daemon = daemon(directory.path(), &emulator, &broker, limits).await;
     let address = daemon.http_address().unwrap();
 
