@@ -53,6 +53,8 @@ action_backoff = "50ms"
 pub struct TestEngine {
     pub engine: Engine,
     pub shutdown: CancellationToken,
+    /// What the engine records (heartbeats, decision latencies, commit failures).
+    pub metrics: onair::metrics::Metrics,
 }
 
 impl TestEngine {
@@ -71,16 +73,17 @@ impl TestEngine {
         let clock = onair::clock::system();
         let runner = Arc::new(Runner::new(Some(media), outbound, Arc::clone(&clock)));
         let shutdown = CancellationToken::new();
+        let metrics = onair::metrics::Metrics::default();
         let parts = Parts {
             settings: Arc::new(settings.engine.clone()),
             library: Arc::new(library),
             store,
             runner,
             clock,
-            metrics: Default::default(),
+            metrics: metrics.clone(),
         };
         let engine = Engine::start(parts, shutdown.clone()).await.expect("engine");
-        Self { engine, shutdown }
+        Self { engine, shutdown, metrics }
     }
 
     /// Delivers one event and returns its outcome.

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use onair::engine;
 use onair::engine::Outcome;
-use onair::event;
+use onair::event::{self, Event};
 use onair::store;
 use serde_json::json;
 
@@ -406,4 +407,36 @@ async fn a_broadcasts_later_event_waits_for_an_earlier_one_that_could_not_be_dec
             ("weather".to_string(), "standby".to_string(), 2)
         ]
     );
+}
+
+/// A heartbeat's time feeds the silent-encoder gauge, but never beyond now: one dated years ahead
+/// (a wrong clock, or a forged delivery) would hide the encoder's silence for good. Three channels:
+/// a future-dated heartbeat, a past-dated one, one without a time.
+#[tokio::test]
+async fn a_heartbeat_dated_in_the_future_counts_as_now() {
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let directory = tempfile::tempdir().unwrap();
+    let settings = settings(
+        &emulator,
+        directory.path(),
+        "[broadcasts.news]\n[broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.weather]\nchannel = \"weather\"\n",
+    );
+    let engine = TestEngine::start(&settings).await;
+    let now = onair::clock::Clock::now(&onair::clock::SystemClock);
+    let future = now + chrono::Duration::days(3650);
+    let past = now - chrono::Duration::seconds(90);
+    for (id, channel, time) in
+        [("h-news", "news", Some(future)), ("h-sport", "sport", Some(past)), ("h-weather", "weather", None)]
+    {
+        let mut heartbeat = Event::new(id, event::ENCODER_HEARTBEAT, format!("liveEvent/{channel}"), json!({}), now);
+        heartbeat.time = time;
+        assert_eq!(engine::deliver(&engine.engine.input(), heartbeat).await, Outcome::Committed, "{channel}");
+    }
+    let after = onair::clock::Clock::now(&onair::clock::SystemClock);
+    let news = engine.metrics.last_heartbeat("news").unwrap();
+    assert!(news >= now && news <= after, "a heartbeat from the future counts as now: {news}");
+    assert_eq!(engine.metrics.last_heartbeat("sport"), Some(past), "a past heartbeat keeps its time");
+    let weather = engine.metrics.last_heartbeat("weather").unwrap();
+    assert!(weather >= now && weather <= after, "no time: now ({weather})");
+    engine.stop().await;
 }
