@@ -46,6 +46,12 @@ impl Settings {
     }
 }
 
+/// How a store failure is named to the operator: `disk full`, `I/O error`, `locked`, or `error`
+/// when the store gave no known condition.
+pub fn fault_label(fault: Option<crate::store::Fault>) -> String {
+    fault.map_or_else(|| "error".to_string(), |fault| fault.to_string())
+}
+
 /// Whether the engine's commits succeed. The lanes report every commit's result; readiness, the
 /// progress check, the broker consumer (which does not start consuming while commits fail) and
 /// `/metrics` read it. An episode starts with the first failed commit after a success and ends
@@ -78,7 +84,7 @@ pub struct Failing {
 impl Failing {
     /// `disk full`, `I/O error`, `locked`, or `error` when the store gave no known condition.
     pub fn label(&self) -> String {
-        self.fault.map_or_else(|| "error".to_string(), |fault| fault.to_string())
+        fault_label(self.fault)
     }
 }
 

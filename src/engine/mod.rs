@@ -170,7 +170,14 @@ impl Engine {
             tracker.spawn(lane.run(receiver, shutdown.child_token()));
             lanes.push(sender);
         }
-        tracker.spawn(route(inbox, lanes, Arc::clone(settings), metrics.clone(), shutdown.child_token()));
+        tracker.spawn(route(
+            inbox,
+            lanes,
+            Arc::clone(settings),
+            metrics.clone(),
+            Arc::clone(clock),
+            shutdown.child_token(),
+        ));
         tracker.spawn(purge_processed(
             Arc::clone(store),
             Arc::clone(settings),
@@ -244,6 +251,7 @@ async fn route(
     lanes: Vec<mpsc::Sender<Routed>>,
     settings: Arc<Settings>,
     metrics: crate::metrics::Metrics,
+    clock: SharedClock,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -262,7 +270,7 @@ async fn route(
         {
             // Never later than now: a heartbeat dated in the future (a wrong clock, or a forged
             // delivery) would otherwise hide the encoder's silence from the age gauge for good.
-            let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+            let now = clock.now();
             metrics.heartbeat(channel, event.time.map_or(now, |time| time.min(now)));
         }
         let broadcasts = targets(&settings, &event.subject);
@@ -582,7 +590,7 @@ impl Lane {
             Err(error) => {
                 if commits.failed(error) {
                     tracing::error!(
-                        fault = %error.fault().map_or_else(|| "error".to_string(), |fault| fault.to_string()),
+                        fault = %crate::health::fault_label(error.fault()),
                         %error,
                         retry_max = ?self.settings.commit_backoff_max,
                         "Store commits fail; events are held (not acknowledged, not requeued) and retried, and no new deliveries are taken until a commit succeeds."
