@@ -407,11 +407,7 @@ pub async fn command(
     let kind = format!("{}{}", event::COMMAND_PREFIX, request.command);
     let mut event = Event::new(uuid::Uuid::new_v4().to_string(), kind.clone(), id.clone(), data, state.clock.now());
     event.source = "onair-api".into();
-    state
-        .publisher
-        .publish(&event)
-        .await
-        .map_err(|error| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "broker_unavailable", error.to_string()))?;
+    state.publisher.publish(&event).await.map_err(broker_unavailable)?;
     tracing::info!(broadcast = %id, command = %request.command, event_id = %event.id, "Operator command published.");
     Ok((StatusCode::ACCEPTED, Json(json!({"event_id": event.id, "type": kind, "broadcast": id}))).into_response())
 }

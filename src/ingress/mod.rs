@@ -482,6 +482,20 @@ impl Ingress {
         }
     }
 
+    /// Parses an admitted delivery with `parser` on the parsing threads (holding its permit);
+    /// 503 when no parsing thread can run it.
+    async fn parse<T: Send + 'static>(
+        &self,
+        headers: &HeaderMap,
+        admitted: &Admitted,
+        parser: fn(&HeaderMap, &[u8]) -> T,
+    ) -> Result<T, Box<Response>> {
+        let (headers, body) = (headers.clone(), admitted.body.clone());
+        self.inner.parsers.run(Arc::clone(&admitted.permit), move || parser(&headers, &body)).await.ok_or_else(|| {
+            Box::new(refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot parse deliveries right now; retry later"))
+        })
+    }
+
     /// Publishes the accepted events about configured broadcasts, with confirms; records a
     /// signed delivery as seen only once they are confirmed.
     async fn publish(&self, events: Vec<Event>, admitted: Admitted) -> Response {
@@ -543,11 +557,9 @@ async fn events(
         Ok(admitted) => admitted,
         Err(response) => return *response,
     };
-    let (parse_headers, body) = (headers.clone(), admitted.body.clone());
-    let permit = Arc::clone(&admitted.permit);
-    let Some(parsed) = ingress.inner.parsers.run(permit, move || parse::cloudevents(&parse_headers, &body)).await
-    else {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot parse deliveries right now; retry later");
+    let parsed = match ingress.parse(&headers, &admitted, parse::cloudevents).await {
+        Ok(parsed) => parsed,
+        Err(response) => return *response,
     };
     match parsed {
         Ok(events) => ingress.publish(events, admitted).await,
@@ -565,10 +577,9 @@ async fn eventgrid(
         Ok(admitted) => admitted,
         Err(response) => return *response,
     };
-    let (parse_headers, body) = (headers.clone(), admitted.body.clone());
-    let permit = Arc::clone(&admitted.permit);
-    let Some(parsed) = ingress.inner.parsers.run(permit, move || parse::eventgrid(&parse_headers, &body)).await else {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "cannot parse deliveries right now; retry later");
+    let parsed = match ingress.parse(&headers, &admitted, parse::eventgrid).await {
+        Ok(parsed) => parsed,
+        Err(response) => return *response,
     };
     match parsed {
         Ok(Delivery::Events(events)) => ingress.publish(events, admitted).await,

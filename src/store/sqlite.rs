@@ -313,7 +313,7 @@ pub fn schema_version(path: &Path) -> Result<Option<i64>, Error> {
 /// existing store must be a sound database of a schema this onair knows.
 pub fn check(state_dir: &Path, store: &Path) -> Vec<String> {
     let mut problems = Vec::new();
-    let store_dir = store.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let store_dir = directory_of(store);
     let mut directories = vec![("engine.state_dir", state_dir)];
     if store_dir != state_dir {
         directories.push(("engine.store", store_dir));
@@ -369,6 +369,11 @@ fn read_schema(connection: &Connection, path: &Path, writing: bool) -> Result<i6
     Ok(version)
 }
 
+/// The directory a store file lives in (`.` for a bare file name).
+fn directory_of(path: &Path) -> &Path {
+    path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 /// Names why a store cannot be opened: damaged, not writable (`writing`), or another reason.
 fn open_error(path: &Path, error: rusqlite::Error, writing: bool) -> Error {
     use rusqlite::ErrorCode;
@@ -377,7 +382,7 @@ fn open_error(path: &Path, error: rusqlite::Error, writing: bool) -> Error {
     match error.sqlite_error_code() {
         Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => Error::Corrupt { path: path_text, reason },
         Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied) if writing => {
-            let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let directory = directory_of(path);
             Error::Unwritable { path: path_text, directory: directory.display().to_string(), reason }
         }
         _ => Error::Open { path: path_text, reason },
