@@ -356,12 +356,7 @@ fn status_shows_each_broadcast_its_own_state_and_refuses_a_newer_schema() {
     let status = onair().arg("--config").arg(file.path()).args(["status", "--json"]).output().unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let shown: Vec<(&str, &str)> = report
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|entry| (entry["broadcast"].as_str().unwrap(), entry["state"].as_str().unwrap()))
-        .collect();
+    let shown = status_states(&report);
     assert_eq!(
         shown,
         [("news", "live"), ("sport", "failed"), ("travel", "idle (no event yet)"), ("weather", "standby")]
@@ -391,6 +386,16 @@ fn status_shows_each_broadcast_its_own_state_and_refuses_a_newer_schema() {
     assert!(refused.stdout.is_empty(), "nothing printed: {}", String::from_utf8_lossy(&refused.stdout));
     assert!(errors.contains(&format!("the store {} has schema version 99", store.display())), "{errors}");
     println!("status: {shown:?}; newer schema refused: {}", errors.trim());
+}
+
+/// Each broadcast and its state in the report of `onair status --json`, in order.
+pub(crate) fn status_states(report: &serde_json::Value) -> Vec<(&str, &str)> {
+    report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| (entry["broadcast"].as_str().unwrap(), entry["state"].as_str().unwrap()))
+        .collect()
 }
 
 /// The user id this test runs as (of a file it creates).

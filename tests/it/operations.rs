@@ -280,12 +280,7 @@ async fn each_broadcast_reads_back_its_own_state_through_the_api_and_status() {
     let output = crate::broker::onair(&config).args(["status", "--json"]).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let shown: Vec<(&str, &str)> = report
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|entry| (entry["broadcast"].as_str().unwrap(), entry["state"].as_str().unwrap()))
-        .collect();
+    let shown = crate::cli::status_states(&report);
     assert_eq!(
         shown,
         [("alpha", "idle (no event yet)"), ("news", "live"), ("sport", "failed"), ("weather", "standby")]
