@@ -512,6 +512,45 @@ pub struct ContentKeyPolicyProperties {
     pub extra: Map<String, Value>,
 }
 
+impl ContentKeyPolicyProperties {
+    /// Whether an existing content key policy (read with its secrets) says what `desired` says:
+    /// the same options by name, configuration and restriction; server-set fields aside.
+    pub fn says_the_same_as(&self, desired: &ContentKeyPolicyProperties) -> bool {
+        let options = |properties: &ContentKeyPolicyProperties| -> Vec<(Option<String>, Value, Value)> {
+            let mut options: Vec<_> = properties
+                .options
+                .iter()
+                .flatten()
+                .map(|option| {
+                    (
+                        option.name.clone(),
+                        normalized(option.configuration.clone().unwrap_or(Value::Null)),
+                        normalized(option.restriction.clone().unwrap_or(Value::Null)),
+                    )
+                })
+                .collect();
+            options.sort_by(|a, b| a.0.cmp(&b.0));
+            options
+        };
+        options(self) == options(desired)
+    }
+}
+
+/// Nulls and empty arrays removed, recursively, so that a service's defaults do not count as a
+/// difference.
+fn normalized(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(_, value)| !value.is_null() && value.as_array().is_none_or(|array| !array.is_empty()))
+                .map(|(key, value)| (key, normalized(value)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(normalized).collect()),
+        other => other,
+    }
+}
+
 /// `ContentKeyPolicyOption`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

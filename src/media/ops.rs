@@ -670,9 +670,7 @@ impl Client {
         loop {
             let step: Result<Step<()>, Error> = async {
                 match self.content_key_policy_with_secrets(name).await? {
-                    Some(existing) if crate::protection::same_content_key_policy(&existing, desired) => {
-                        Ok(Step::Done(()))
-                    }
+                    Some(existing) if existing.says_the_same_as(desired) => Ok(Step::Done(())),
                     _ => {
                         let body = ContentKeyPolicy { properties: desired.clone(), ..Default::default() };
                         self.put_content_key_policy(name, &body).await?;

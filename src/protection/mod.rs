@@ -406,43 +406,6 @@ pub fn streaming_policy(mode: Mode, policy: &str) -> Result<StreamingPolicyPrope
     serde_json::from_value(body)
 }
 
-/// Whether an existing content key policy (read with its secrets) says what `desired` says:
-/// the same options by name, configuration and restriction; server-set fields aside.
-pub fn same_content_key_policy(existing: &ContentKeyPolicyProperties, desired: &ContentKeyPolicyProperties) -> bool {
-    let options = |properties: &ContentKeyPolicyProperties| -> Vec<(Option<String>, Value, Value)> {
-        let mut options: Vec<_> = properties
-            .options
-            .iter()
-            .flatten()
-            .map(|option| {
-                (
-                    option.name.clone(),
-                    normalized(option.configuration.clone().unwrap_or(Value::Null)),
-                    normalized(option.restriction.clone().unwrap_or(Value::Null)),
-                )
-            })
-            .collect();
-        options.sort_by(|a, b| a.0.cmp(&b.0));
-        options
-    };
-    options(existing) == options(desired)
-}
-
-/// Nulls and empty arrays removed, recursively, so that a service's defaults do not count as a
-/// difference.
-fn normalized(value: Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .filter(|(_, value)| !value.is_null() && value.as_array().is_none_or(|array| !array.is_empty()))
-                .map(|(key, value)| (key, normalized(value)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(normalized).collect()),
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,9 +473,9 @@ mod tests {
         if let Some(option) = existing.options.as_mut().and_then(|options| options.first_mut()) {
             option.policy_option_id = Some("c2a4b6d8-0000-4000-8000-000000000002".into());
         }
-        assert!(same_content_key_policy(&existing, &desired));
+        assert!(existing.says_the_same_as(&desired));
         let other = policy(TokenType::Swt, vec![]).content_key_policy(Mode::Envelope);
-        assert!(!same_content_key_policy(&other, &desired));
+        assert!(!other.says_the_same_as(&desired));
         assert_eq!(premium.content_key_policy(Mode::MultiDrm).options.unwrap().len(), 2);
     }
 
