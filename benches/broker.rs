@@ -56,7 +56,7 @@ fn main() {
 
 fn settings(node: &onair::broker::local::LocalNode, prefetch: u16) -> broker::Settings {
     let unique = format!("bench.{}", uuid::Uuid::new_v4().simple());
-    let mut settings = onair::config::load(&onair::config::Source::default()).expect("defaults").broker;
+    let mut settings = onair::daemon::load(&onair::config::Source::default()).expect("defaults").broker;
     settings.url = url::Url::parse(&node.url()).expect("URL");
     settings.exchange = format!("{unique}.events");
     settings.queue = format!("{unique}.events");
@@ -161,7 +161,7 @@ async fn onair_run(
     let file = state.join("onair.toml");
     std::fs::write(&file, toml).expect("settings");
     let config =
-        onair::config::load(&onair::config::Source { file: Some(file), env: Default::default() }).expect("settings");
+        onair::daemon::load(&onair::config::Source { file: Some(file), env: Default::default() }).expect("settings");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.engine.store).expect("store"));
     let (outbound, _published) = tokio::sync::mpsc::unbounded_channel();
     let clock = onair::clock::system();

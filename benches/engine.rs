@@ -56,7 +56,7 @@ async fn run(broadcasts: usize) -> (f64, u64) {
     let file = directory.path().join("onair.toml");
     std::fs::write(&file, toml).expect("settings");
     let settings =
-        onair::config::load(&onair::config::Source { file: Some(file), env: Default::default() }).expect("settings");
+        onair::daemon::load(&onair::config::Source { file: Some(file), env: Default::default() }).expect("settings");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.engine.store).expect("store"));
     let (outbound, _published) = tokio::sync::mpsc::unbounded_channel();
     let clock = onair::clock::system();

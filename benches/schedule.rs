@@ -90,7 +90,7 @@ async fn scenario(armed: usize, firing: usize, spread: Duration) -> Figures {
         schedules.push((format!("b{index}"), Arc::new(spec)));
     }
     let (sink, mut published) = tokio::sync::mpsc::unbounded_channel();
-    let mut settings = onair::config::load(&onair::config::Source::default()).expect("defaults").scheduler;
+    let mut settings = onair::daemon::load(&onair::config::Source::default()).expect("defaults").scheduler;
     settings.max_sleep = Duration::from_secs(1);
     let scheduler =
         Scheduler::new(settings, schedules, store, Arc::new(sink), onair::clock::system(), Default::default())
@@ -129,7 +129,7 @@ async fn memory(count: usize, shared: Option<usize>) -> (u64, u64) {
     let directory = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&directory.path().join("onair.db")).expect("store"));
     let (sink, _published) = tokio::sync::mpsc::unbounded_channel();
-    let settings = onair::config::load(&onair::config::Source::default()).expect("defaults").scheduler;
+    let settings = onair::daemon::load(&onair::config::Source::default()).expect("defaults").scheduler;
     let now = SystemClock.now();
     let before = rss_kib();
     let expressions: Vec<Spec> = (0..shared.unwrap_or(0)).map(|index| idle_cron(index, now)).collect();

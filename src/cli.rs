@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::daemon::Settings;
 use crate::protection::Mode;
 use crate::telemetry::LogFormat;
 
@@ -255,11 +255,25 @@ pub struct DemoArgs {
     pub faults: FaultArgs,
 }
 
+/// Loads the daemon's settings and the emulator's from the same layers, in one pass, so that
+/// every problem of either is reported at once.
+pub fn load(source: &crate::config::Source) -> Result<(Settings, crate::emulator::Settings), crate::config::Error> {
+    crate::config::load(source, |root| {
+        let emulator = crate::emulator::Settings::parse(&mut root.section("emulator"));
+        (Settings::parse(root), emulator)
+    })
+}
+
 /// Runs one subcommand to completion or until `shutdown`.
-pub async fn execute(command: Command, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+pub async fn execute(
+    command: Command,
+    settings: Settings,
+    emulator: crate::emulator::Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ExitCode> {
     match command {
         Command::Emulator(args) => {
-            let mut emulator = settings.emulator;
+            let mut emulator = emulator;
             apply_emulator_args(&mut emulator, &args);
             let problems = emulator.faults.problems();
             if !problems.is_empty() {
@@ -269,8 +283,7 @@ pub async fn execute(command: Command, settings: Settings, shutdown: Cancellatio
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
-            let mut settings = settings;
-            let mut emulator = settings.emulator.clone();
+            let mut emulator = emulator;
             emulator.listen = args.listen;
             emulator.transition = Duration::from_millis(args.transition_ms);
             args.faults.apply(&mut emulator.faults);
@@ -283,8 +296,7 @@ pub async fn execute(command: Command, settings: Settings, shutdown: Cancellatio
             if args.client_only {
                 crate::demo::run_client(emulator, settings.media, options, shutdown).await?;
             } else {
-                settings.emulator = emulator;
-                crate::demo::run_end_to_end(settings, options, shutdown).await?;
+                crate::demo::run_end_to_end(settings, emulator, options, shutdown).await?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -336,7 +348,12 @@ fn plan(settings: &Settings, args: &PlanArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let now = crate::clock::system().now();
-    let rows = crate::schedule::plan::plan(broadcasts, args.broadcast.as_deref(), now, args.hours);
+    let rows = crate::schedule::plan::plan(
+        &crate::broadcast::scheduled(broadcasts),
+        args.broadcast.as_deref(),
+        now,
+        args.hours,
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {

@@ -5,6 +5,10 @@
 //! problem), opens the store, starts the engine (which resumes timers and pending actions from the
 //! store before taking events), then the inputs, and waits for the shutdown signal.
 
+mod settings;
+
+pub use settings::{Settings, load};
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, Publisher};
 use crate::cli::{DlqCommand, SendArgs};
 use crate::clock::SharedClock;
-use crate::config::Settings;
 use crate::engine::{Engine, Parts, Runner, inbox};
 use crate::event::Event;
 use crate::machine::Library;
@@ -36,7 +39,7 @@ pub fn problems(settings: &Settings, library: &Library, now: DateTime<Utc>) -> V
                 .push(format!("broadcasts.{id}.machine: no machine named {:?} (loaded: {known})", broadcast.machine));
         }
     }
-    problems.extend(crate::schedule::plan::problems(&settings.engine.broadcasts, now));
+    problems.extend(crate::schedule::plan::problems(&crate::broadcast::scheduled(&settings.engine.broadcasts), now));
     problems.extend(settings.media.missing().into_iter().map(|key| format!("{key}: required to run (no default)")));
     problems
 }

@@ -34,6 +34,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod broadcast;
 pub mod broker;
 pub mod cli;
 pub mod clock;

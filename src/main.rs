@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         eprintln!("error: cannot set up logging: {error}");
         return ExitCode::FAILURE;
     }
-    let settings = match config::load(&config::Source::from_process(cli.config.clone())) {
+    let settings = match onair::cli::load(&config::Source::from_process(cli.config.clone())) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: {error}");
@@ -41,12 +41,12 @@ fn main() -> ExitCode {
 }
 
 /// Runs the command under the shutdown root: on SIGTERM/SIGINT it gets the grace period to stop.
-async fn run(cli: Cli, settings: config::Settings) -> ExitCode {
+async fn run(cli: Cli, (settings, emulator): (onair::daemon::Settings, onair::emulator::Settings)) -> ExitCode {
     let root = CancellationToken::new();
     shutdown::cancel_on_signal(root.clone());
     let tracker = TaskTracker::new();
     let grace = settings.shutdown.grace;
-    let mut command = tracker.spawn(onair::cli::execute(cli.command, settings, root.child_token()));
+    let mut command = tracker.spawn(onair::cli::execute(cli.command, settings, emulator, root.child_token()));
     let joined = tokio::select! {
         joined = &mut command => joined,
         _ = root.cancelled() => match shutdown::drain(&root, &tracker, grace).await {

@@ -39,7 +39,7 @@ struct Inner {
     /// The last heartbeat per channel (lowercase), as the event says it was sent.
     heartbeats: Mutex<HashMap<String, DateTime<Utc>>>,
     /// Whether the engine's commits succeed, and how many failed.
-    commits: crate::health::Commits,
+    commits: crate::store::Commits,
 }
 
 impl Default for Metrics {
@@ -50,7 +50,7 @@ impl Default for Metrics {
             action_retries: Family::default(),
             action_failures: Family::default(),
             heartbeats: Mutex::new(HashMap::new()),
-            commits: crate::health::Commits::default(),
+            commits: crate::store::Commits::default(),
         }))
     }
 }
@@ -87,7 +87,7 @@ impl Metrics {
     }
 
     /// The engine's commit results (failures counted as `onair_store_commit_failures_total`).
-    pub fn commits(&self) -> &crate::health::Commits {
+    pub fn commits(&self) -> &crate::store::Commits {
         &self.0.commits
     }
 

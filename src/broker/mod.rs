@@ -211,7 +211,7 @@ struct StatusInner {
     last_error: std::sync::Mutex<Option<String>>,
     work: std::sync::Mutex<Work>,
     /// The engine's commit results, when the consumer should hold back while commits fail.
-    commits: std::sync::OnceLock<crate::health::Commits>,
+    commits: std::sync::OnceLock<crate::store::Commits>,
 }
 
 /// Deliveries in hand and since when none has been settled for good (acknowledged or
@@ -258,7 +258,7 @@ impl Status {
     /// Makes the consumer hold back while the engine's commits fail: it does not start consuming
     /// (after a lost connection) until a commit succeeds, and does not wait at shutdown for
     /// deliveries that cannot be committed. Set once, before `consume`.
-    pub fn watch_commits(&self, commits: crate::health::Commits) {
+    pub fn watch_commits(&self, commits: crate::store::Commits) {
         let _ = self.inner.commits.set(commits);
     }
 
@@ -487,6 +487,17 @@ fn queue_arguments(settings: &Settings) -> FieldTable {
 }
 
 // === Publishing ===
+
+/// The scheduler publishes its steps through the broker.
+impl crate::schedule::Sink for Publisher {
+    async fn publish(&self, events: &[Event]) -> Result<(), String> {
+        self.publish_many(events).await.map_err(|error| error.to_string())
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.publish_many(&[]).await.map_err(|error| error.to_string())
+    }
+}
 
 /// Publishes with confirms on its own connection, opened on first use and again after a failure.
 #[derive(Debug)]

@@ -10,19 +10,24 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Error, Options};
+use crate::broadcast::Broadcast;
 use crate::broker::local::LocalNode;
 use crate::clock::{Clock, SystemClock};
-use crate::config::Settings;
 use crate::daemon::Daemon;
+use crate::daemon::Settings;
 use crate::emulator::{self, Emulator, LoggedRequest};
-use crate::engine::Broadcast;
 use crate::event;
 use crate::machine::Library;
 use crate::schedule::{Spec, When};
 use crate::store::{AuditRow, SqliteStore};
 
 /// Runs the demo with `settings` (the built-in defaults, the file and the environment) as a base.
-pub async fn run(mut settings: Settings, options: Options, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(
+    mut settings: Settings,
+    mut emulator_settings: emulator::Settings,
+    options: Options,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let started = Instant::now();
     println!("onair demo: RabbitMQ, the Media Services emulator and the onair daemon, all on this machine");
     ensure_rabbitmq()?;
@@ -35,7 +40,6 @@ pub async fn run(mut settings: Settings, options: Options, shutdown: Cancellatio
         .map_err(|error| Error::Daemon(error.to_string()))??;
     println!("  rabbitmq   {} on 127.0.0.1:{}", node.name, node.port);
 
-    let mut emulator_settings = settings.emulator.clone();
     emulator_settings.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let listener = tokio::net::TcpListener::bind(emulator_settings.listen)
         .await
@@ -49,7 +53,7 @@ pub async fn run(mut settings: Settings, options: Options, shutdown: Cancellatio
     let server = tokio::spawn(emulator::serve(listener, emulator.clone(), serving.clone()));
     println!("  emulator   {base} (transient states last {:?})", emulator_settings.transition);
 
-    configure(&mut settings, &base, &node, &directory, &options);
+    configure(&mut settings, &emulator_settings, &base, &node, &directory, &options);
     let daemon =
         Daemon::start(&settings, Library::load(None)).await.map_err(|error| Error::Daemon(format!("{error:#}")))?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -121,15 +125,22 @@ fn ensure_rabbitmq() -> Result<(), Error> {
 }
 
 /// Points the settings at the local node and emulator, with one broadcast and a private store.
-fn configure(settings: &mut Settings, base: &str, node: &LocalNode, directory: &Path, options: &Options) {
+fn configure(
+    settings: &mut Settings,
+    emulator: &emulator::Settings,
+    base: &str,
+    node: &LocalNode,
+    directory: &Path,
+    options: &Options,
+) {
     let media = &mut settings.media;
     media.arm_url = url::Url::parse(base).unwrap_or_else(|_| media.arm_url.clone());
     media.token_url = url::Url::parse(&format!("{base}/onair-demo/oauth2/v2.0/token")).ok();
     media.subscription_id = Some("00000000-0000-0000-0000-00000000d3e0".into());
     media.resource_group = Some("onair-demo".into());
     media.account = Some("demo".into());
-    media.client_id = Some(settings.emulator.client_id.clone());
-    media.client_secret = Some(settings.emulator.client_secret.clone());
+    media.client_id = Some(emulator.client_id.clone());
+    media.client_secret = Some(emulator.client_secret.clone());
     media.poll_interval = Duration::from_millis(250);
     if let Ok(url) = url::Url::parse(&node.url()) {
         settings.broker.url = url;
@@ -179,7 +190,12 @@ fn demo_schedule(options: &Options) -> Spec {
 /// RabbitMQ and the engine drives the emulator, until it is idle again.
 async fn lifecycle(settings: &Settings, emulator: &Emulator, options: &Options) -> Result<(), Error> {
     let broadcast = options.channel.as_str();
-    let rows = crate::schedule::plan::plan(&settings.engine.broadcasts, Some(broadcast), SystemClock.now(), 1);
+    let rows = crate::schedule::plan::plan(
+        &crate::broadcast::scheduled(&settings.engine.broadcasts),
+        Some(broadcast),
+        SystemClock.now(),
+        1,
+    );
     println!("The plan (onair plan):");
     for line in crate::schedule::plan::render(&rows).lines() {
         println!("  {line}");

@@ -899,14 +899,14 @@ mod tests {
         assert!(!error.contains("s3cret"), "{error}");
     }
 
-    fn load(env: &[(&str, &str)]) -> Result<crate::config::Settings, crate::config::Error> {
+    fn load(env: &[(&str, &str)]) -> Result<super::super::Settings, crate::config::Error> {
         let env = env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
-        crate::config::load(&crate::config::Source { file: None, env })
+        super::super::Settings::load(&crate::config::Source { file: None, env })
     }
 
     #[test]
     fn settings_parse_from_the_defaults_and_the_environment() {
-        assert_eq!(load(&[]).unwrap().emulator.events, EventSettings::default());
+        assert_eq!(load(&[]).unwrap().events, EventSettings::default());
         let settings = load(&[
             ("ONAIR__EMULATOR__EVENTS__ENDPOINT", "http://127.0.0.1:8780/eventgrid?key=s3cret"),
             ("ONAIR__EMULATOR__EVENTS__SCHEMA", "cloudevents"),
@@ -915,7 +915,6 @@ mod tests {
             ("ONAIR__EMULATOR__EVENTS__MAX_ATTEMPTS", "3"),
         ])
         .unwrap()
-        .emulator
         .events;
         assert_eq!(
             settings.endpoint.as_ref().map(Endpoint::redacted).as_deref(),

@@ -125,6 +125,17 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The `[emulator]` section of the layered settings (the other sections are the daemon's).
+    pub fn load(source: &crate::config::Source) -> Result<Self, crate::config::Error> {
+        crate::config::load(source, |root| {
+            let settings = Self::parse(&mut root.section("emulator"));
+            root.ignore_rest();
+            settings
+        })
+    }
+}
+
+impl Settings {
     pub(crate) fn parse(section: &mut crate::config::Section<'_>) -> Self {
         let listen_text: String = section.value("listen");
         let listen = match listen_text.parse() {

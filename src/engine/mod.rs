@@ -7,7 +7,6 @@
 //!                          └─> executor (outbox rows)   └─> timers (set, cancel)
 //! ```
 //!
-//! - `broadcast`: the `[broadcasts.<id>]` settings and what expressions see of them.
 //! - `executor`: runs outbox actions through the media client, one at a time per broadcast,
 //!   and turns each result into an `onair.action.succeeded|failed` event.
 //! - `timers`: durable timers, one ordered map for all broadcasts.
@@ -19,7 +18,6 @@
 //! executor only after the commit that decided them; on start, pending actions and armed timers
 //! are resumed from the store before any event is taken.
 
-mod broadcast;
 mod executor;
 pub mod inbox;
 mod settings;
@@ -36,10 +34,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use broadcast::Broadcast;
 pub use executor::{ActionError, Runner};
 pub use settings::Settings;
 
+use crate::broadcast::Broadcast;
 use crate::clock::SharedClock;
 use crate::event::{self, Event};
 use crate::machine::{self, Definition, Instance, Library, Outcome as StepOutcome, TimerChange};
@@ -590,7 +588,7 @@ impl Lane {
             Err(error) => {
                 if commits.failed(error) {
                     tracing::error!(
-                        fault = %crate::health::fault_label(error.fault()),
+                        fault = %crate::store::fault_label(error.fault()),
                         %error,
                         retry_max = ?self.settings.commit_backoff_max,
                         "Store commits fail; events are held (not acknowledged, not requeued) and retried, and no new deliveries are taken until a commit succeeds."

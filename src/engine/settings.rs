@@ -4,10 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
-
-use super::Broadcast;
-use super::broadcast::valid_id;
+use crate::broadcast::Broadcast;
 
 /// The engine's settings and the broadcasts it runs.
 #[derive(Debug, Clone)]
@@ -71,7 +68,7 @@ impl Settings {
             commit_backoff_initial: engine.duration("commit_backoff_initial"),
             commit_backoff_max: engine.duration("commit_backoff_max"),
             dedup_retention: engine.duration("dedup_retention"),
-            broadcasts: parse_broadcasts(broadcasts, &content_key_policies),
+            broadcasts: crate::broadcast::parse(broadcasts, &content_key_policies),
             content_key_policies,
             state_dir,
         };
@@ -97,58 +94,4 @@ impl Settings {
         engine.check("dedup_retention", settings.dedup_retention >= Duration::from_secs(60), "must be at least 1m");
         settings
     }
-}
-
-fn parse_broadcasts(
-    section: &mut crate::config::Section<'_>,
-    policies: &crate::protection::Policies,
-) -> BTreeMap<String, Broadcast> {
-    let mut broadcasts = BTreeMap::new();
-    let mut interned = crate::schedule::Interned::new();
-    for id in section.keys() {
-        let mut table = section.section(&id);
-        if !valid_id(&id) {
-            table.problem("", "a broadcast id is 1 to 40 lowercase letters, digits and inner hyphens");
-        }
-        let channel = table.optional::<String>("channel").unwrap_or_else(|| id.clone());
-        if crate::media::model::valid_live_event_name(&channel).is_err() {
-            table.problem("channel", "a channel (live event) name is 1 to 32 letters, digits and inner hyphens");
-        }
-        let protocol = table.optional::<String>("protocol").unwrap_or_else(|| "RTMP".into());
-        if !matches!(protocol.as_str(), "RTMP" | "FragmentedMP4") {
-            table.problem("protocol", "must be RTMP or FragmentedMP4");
-        }
-        let mut units = table.section("units");
-        let on_air_units = units.optional::<i32>("on_air").unwrap_or(1);
-        let off_air_units = units.optional::<i32>("off_air").unwrap_or(0);
-        for (key, value) in [("on_air", on_air_units), ("off_air", off_air_units)] {
-            units.check(key, (0..=10).contains(&value), "must be between 0 and 10");
-        }
-        drop(units);
-        let settings = table.optional::<Map<String, Value>>("settings").unwrap_or_default();
-        let protection = crate::protection::parse_protection(&mut table, policies);
-        let schedule = if table.keys().iter().any(|key| key == "schedule") {
-            crate::schedule::parse_spec(&mut table.section("schedule"), &mut interned).map(std::sync::Arc::new)
-        } else {
-            None
-        };
-        let broadcast = Broadcast {
-            machine: table.optional("machine").unwrap_or_else(|| "live".into()),
-            endpoint: table.optional("endpoint").unwrap_or_else(|| "default".into()),
-            streaming_policy: table
-                .optional("streaming_policy")
-                .unwrap_or_else(|| "Predefined_ClearStreamingOnly".into()),
-            archive_window: table.optional("archive_window").unwrap_or_else(|| "PT1H".into()),
-            id: id.clone(),
-            channel,
-            protocol,
-            on_air_units,
-            off_air_units,
-            settings,
-            schedule,
-            protection,
-        };
-        broadcasts.insert(id, broadcast);
-    }
-    broadcasts
 }

@@ -211,7 +211,12 @@ pub async fn plan(State(state): State<Arc<Parts>>, Query(query): Query<PlanQuery
         known(&state, id)?;
     }
     let now = state.clock.now();
-    let rows = crate::schedule::plan::plan(&state.engine.broadcasts, query.broadcast.as_deref(), now, hours);
+    let rows = crate::schedule::plan::plan(
+        &crate::broadcast::scheduled(&state.engine.broadcasts),
+        query.broadcast.as_deref(),
+        now,
+        hours,
+    );
     Ok(Json(json!({
         "from": stamp(now),
         "to": stamp(now + chrono::TimeDelta::hours(i64::from(hours))),

@@ -273,9 +273,10 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::config::{Error, Source, load};
+    use crate::config::{Error, Source};
+    use crate::daemon::load;
 
-    fn load_with(env: &[(&str, &str)]) -> Result<crate::config::Settings, Error> {
+    fn load_with(env: &[(&str, &str)]) -> Result<crate::daemon::Settings, Error> {
         let env: HashMap<String, String> =
             env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
         load(&Source { file: None, env })

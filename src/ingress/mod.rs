@@ -42,9 +42,9 @@ use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::broadcast::Broadcast;
 use crate::broker::Publisher;
 use crate::clock::SharedClock;
-use crate::engine::Broadcast;
 use crate::event::Event;
 pub use auth::{KEY_PARAMETER, SIGNATURE_HEADER, Secrets, sign};
 use parse::Delivery;
@@ -657,7 +657,8 @@ mod tests {
     use tokio::sync::Semaphore;
 
     use super::{PARSE_THREADS, Parsers};
-    use crate::config::{Error, Source, load};
+    use crate::config::{Error, Source};
+    use crate::daemon::load;
 
     #[tokio::test]
     async fn a_cancelled_delivery_keeps_its_permit_until_its_queued_parse_has_run() {

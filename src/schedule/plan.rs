@@ -10,7 +10,17 @@ use serde::Serialize;
 use super::{
     Anchor, Dst, Occurrence, Skip, Spec, StepKind, When, anchor_before, format_local, occurrence_id, runner::stamp,
 };
-use crate::engine::Broadcast;
+
+/// What the plan and the checks need of one scheduled broadcast.
+#[derive(Debug, Clone, Copy)]
+pub struct Scheduled<'a> {
+    /// The broadcast's id.
+    pub id: &'a str,
+    /// Its channel: two broadcasts on one channel must not be on air at once.
+    pub channel: &'a str,
+    /// Its schedule.
+    pub spec: &'a Arc<Spec>,
+}
 
 /// One line of the plan: a step, or an occurrence that does not go on air.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -34,14 +44,13 @@ fn serialize_stamp<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> R
 }
 
 /// The steps of every scheduled broadcast (or only `only`) planned in `[from, from + hours)`.
-pub fn plan(broadcasts: &BTreeMap<String, Broadcast>, only: Option<&str>, from: DateTime<Utc>, hours: u32) -> Vec<Row> {
+pub fn plan(scheduled: &[Scheduled<'_>], only: Option<&str>, from: DateTime<Utc>, hours: u32) -> Vec<Row> {
     let to = from + TimeDelta::hours(i64::from(hours));
     let mut rows = Vec::new();
-    for (id, broadcast) in broadcasts {
+    for &Scheduled { id, spec, .. } in scheduled {
         if only.is_some_and(|only| only != id) {
             continue;
         }
-        let Some(spec) = &broadcast.schedule else { continue };
         // Occurrences that started earlier may still have steps in the window.
         for occurrence in spec.occurrences(from - spec.duration - spec.post_roll) {
             if occurrence.first_step(spec) >= to {
@@ -167,14 +176,13 @@ const CHECK_OCCURRENCES: usize = 1000;
 
 /// Schedule problems that only show over time: a lead time longer than the gap between two
 /// occurrences, and two broadcasts on one channel at the same time. Each names the broadcast(s).
-pub fn problems(broadcasts: &BTreeMap<String, Broadcast>, now: DateTime<Utc>) -> Vec<String> {
+pub fn problems(scheduled: &[Scheduled<'_>], now: DateTime<Utc>) -> Vec<String> {
     let mut problems = Vec::new();
     // Windows (warm-up to cooldown) per broadcast, for the channel check.
     let mut windows: BTreeMap<&str, Vec<Window>> = BTreeMap::new();
     // Broadcasts with the same schedule share the answer.
     let mut gaps: HashMap<String, Option<Gap>> = HashMap::new();
-    for (id, broadcast) in broadcasts {
-        let Some(spec) = &broadcast.schedule else { continue };
+    for &Scheduled { id, spec, .. } in scheduled {
         if let When::Cron(cron) = &spec.when
             && cron.next_after(spec.local(now)).is_none()
         {
@@ -228,9 +236,9 @@ pub fn problems(broadcasts: &BTreeMap<String, Broadcast>, now: DateTime<Utc>) ->
         );
     }
     let mut by_channel: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for id in windows.keys() {
-        if let Some(broadcast) = broadcasts.get(*id) {
-            by_channel.entry(broadcast.channel.as_str()).or_default().push(id);
+    for &Scheduled { id, channel, .. } in scheduled {
+        if windows.contains_key(id) {
+            by_channel.entry(channel).or_default().push(id);
         }
     }
     for (channel, ids) in by_channel {

@@ -39,16 +39,6 @@ pub trait Sink: Send + Sync + 'static {
     }
 }
 
-impl Sink for crate::broker::Publisher {
-    async fn publish(&self, events: &[Event]) -> Result<(), String> {
-        self.publish_many(events).await.map_err(|error| error.to_string())
-    }
-
-    async fn ready(&self) -> Result<(), String> {
-        self.publish_many(&[]).await.map_err(|error| error.to_string())
-    }
-}
-
 impl Sink for mpsc::UnboundedSender<Event> {
     async fn publish(&self, events: &[Event]) -> Result<(), String> {
         for event in events {

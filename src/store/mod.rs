@@ -9,6 +9,7 @@
 //! the event id as processed, and the completion of the action it reports on). Nothing is
 //! acknowledged to an event's source before its commit returns.
 
+mod commits;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use commits::{Commits, Failing, fault_label};
 pub use sqlite::{ReadOnly, SqliteStore, check, probe_writable, schema_version};
 
 /// The store's operations. Implementations are blocking; the engine calls them from

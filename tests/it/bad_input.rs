@@ -245,7 +245,7 @@ async fn expired_tokens_are_refused_and_the_client_recovers() {
 
 #[tokio::test]
 async fn the_client_names_what_is_missing_in_its_settings() {
-    let mut settings = onair::config::load(&onair::config::Source::default()).unwrap().media;
+    let mut settings = onair::daemon::load(&onair::config::Source::default()).unwrap().media;
     settings.account = Some("a".into());
     match onair::media::Client::new(&settings) {
         Err(Error::Incomplete { missing }) => {

@@ -39,7 +39,7 @@ impl Running {
         let file = directory.join("onair.toml");
         std::fs::write(&file, toml).unwrap();
         let settings =
-            onair::config::load(&onair::config::Source { file: Some(file), env: Default::default() }).unwrap();
+            onair::daemon::load(&onair::config::Source { file: Some(file), env: Default::default() }).unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.engine.store).unwrap());
         let (outbound, mut published) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move { while published.recv().await.is_some() {} });

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use onair::config::{self, Settings, Source};
+use onair::config::Source;
+use onair::daemon::Settings;
 use onair::engine::{self, Engine, Outcome, Parts, Runner};
 use onair::event::Event;
 use onair::machine::Library;
@@ -46,7 +47,7 @@ action_backoff = "50ms"
     std::fs::create_dir_all(state_dir).unwrap();
     std::fs::write(&file, text).unwrap();
     let env = [("ONAIR__MEDIA__CLIENT_SECRET".to_string(), "onair-emulator-secret".to_string())].into_iter().collect();
-    config::load(&Source { file: Some(file), env }).expect("settings")
+    onair::daemon::load(&Source { file: Some(file), env }).expect("settings")
 }
 
 /// A running engine.

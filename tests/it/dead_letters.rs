@@ -319,7 +319,7 @@ async fn a_listing_stuck_on_the_broker_and_those_behind_it_are_answered_503_well
     let _exclusive = EXCLUSIVE.lock().await;
     // The relation with the default limits: 5 s waiting for the gate and 15 s of work, within
     // the 30 s request deadline and the 60 s idle timeout.
-    let defaults = onair::config::load(&onair::config::Source::default()).unwrap();
+    let defaults = onair::daemon::load(&onair::config::Source::default()).unwrap();
     let budget = onair::http::dead_letter_budget(&defaults.http.connections);
     assert_eq!(budget, (Duration::from_secs(5), Duration::from_secs(15)));
     assert!(

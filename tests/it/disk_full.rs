@@ -173,7 +173,7 @@ async fn internal_and_external_events_whose_commit_fails_are_retried_and_committ
     assert!(failures_while_full >= 5, "the timer fire is retried: {failures_while_full} failed commits");
     let failing = metrics.commits().failing().expect("commits fail");
     assert_eq!(failing.label(), "disk full");
-    let timer_decisions = |settings: &onair::config::Settings| {
+    let timer_decisions = |settings: &onair::daemon::Settings| {
         view(settings)
             .audit("news", 200)
             .unwrap()

@@ -272,7 +272,7 @@ impl onair::store::Store for Faulty {
 
 /// news live, sport failed and weather standby, sharing one lane (as many broadcasts share a lane
 /// in production), on the real store behind `Faulty`.
-async fn three_on_one_lane() -> (TestEmulator, tempfile::TempDir, onair::config::Settings, Arc<Faulty>, TestEngine) {
+async fn three_on_one_lane() -> (TestEmulator, tempfile::TempDir, onair::daemon::Settings, Arc<Faulty>, TestEngine) {
     let emulator = TestEmulator::start(emulator_settings()).await;
     let directory = tempfile::tempdir().unwrap();
     let mut settings = settings(

@@ -40,7 +40,7 @@ impl TestEmulator {
 
     /// Media settings for `account`, with fast polling and short backoffs.
     pub fn media_settings_for(&self, subscription: &str, group: &str, account: &str) -> media::Settings {
-        let mut settings = onair::config::load(&onair::config::Source::default()).expect("defaults").media;
+        let mut settings = onair::daemon::load(&onair::config::Source::default()).expect("defaults").media;
         settings.arm_url = url::Url::parse(&self.base).expect("base URL");
         settings.token_url =
             Some(url::Url::parse(&format!("{}/test-tenant/oauth2/v2.0/token", self.base)).expect("token URL"));

@@ -31,7 +31,7 @@ pub(crate) async fn daemon_with_ingress(
     broker: &onair::broker::Settings,
     broadcasts: &str,
     max_body_bytes: usize,
-) -> (Daemon, String, onair::config::Settings) {
+) -> (Daemon, String, onair::daemon::Settings) {
     daemon_with(directory, emulator, broker, broadcasts, max_body_bytes, |_| {}).await
 }
 
@@ -42,8 +42,8 @@ pub(crate) async fn daemon_with(
     broker: &onair::broker::Settings,
     broadcasts: &str,
     max_body_bytes: usize,
-    configure: impl FnOnce(&mut onair::config::Settings),
-) -> (Daemon, String, onair::config::Settings) {
+    configure: impl FnOnce(&mut onair::daemon::Settings),
+) -> (Daemon, String, onair::daemon::Settings) {
     let mut settings = daemon_settings(directory, emulator, broker, broadcasts);
     let ingress = &mut settings.ingress;
     ingress.enabled = true;

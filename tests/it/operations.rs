@@ -35,7 +35,7 @@ pub(crate) async fn daemon_with_http(
     emulator: &TestEmulator,
     broker: &onair::broker::Settings,
     broadcasts: &str,
-) -> (Daemon, String, onair::config::Settings) {
+) -> (Daemon, String, onair::daemon::Settings) {
     let mut settings = daemon_settings(directory, emulator, broker, broadcasts);
     settings.http.enabled = true;
     settings.http.listen = "127.0.0.1:0".parse().unwrap();

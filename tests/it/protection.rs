@@ -226,7 +226,7 @@ fn settings_with_audience(
     directory: &std::path::Path,
     key_file: &std::path::Path,
     audience: &str,
-) -> onair::config::Settings {
+) -> onair::daemon::Settings {
     let other = directory.join("changed");
     settings(emulator, &other, &broadcasts(key_file, audience))
 }

@@ -27,7 +27,7 @@ pub fn node() -> &'static LocalNode {
 pub fn settings(prefix: &str) -> broker::Settings {
     let node = node();
     let unique = format!("{prefix}.{}", uuid::Uuid::new_v4().simple());
-    let mut settings = onair::config::load(&onair::config::Source::default()).expect("defaults").broker;
+    let mut settings = onair::daemon::load(&onair::config::Source::default()).expect("defaults").broker;
     settings.url = url::Url::parse(&node.url()).expect("node URL");
     settings.exchange = format!("{unique}.events");
     settings.queue = format!("{unique}.events");

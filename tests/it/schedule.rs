@@ -28,13 +28,13 @@ fn at(text: &str) -> DateTime<Utc> {
 }
 
 /// Settings from `toml` (with `state_dir` in `directory`).
-fn load(directory: &Path, toml: &str) -> onair::config::Settings {
+fn load(directory: &Path, toml: &str) -> onair::daemon::Settings {
     let file = directory.join("onair.toml");
     std::fs::write(&file, format!("[engine]\nstate_dir = \"{}\"\n{toml}", directory.display())).unwrap();
-    onair::config::load(&onair::config::Source { file: Some(file), env: HashMap::new() }).unwrap()
+    onair::daemon::load(&onair::config::Source { file: Some(file), env: HashMap::new() }).unwrap()
 }
 
-fn schedules(settings: &onair::config::Settings) -> Vec<(String, Arc<Spec>)> {
+fn schedules(settings: &onair::daemon::Settings) -> Vec<(String, Arc<Spec>)> {
     settings
         .engine
         .broadcasts
@@ -46,7 +46,7 @@ fn schedules(settings: &onair::config::Settings) -> Vec<(String, Arc<Spec>)> {
 type Sink = UnboundedSender<Event>;
 
 async fn scheduler(
-    settings: &onair::config::Settings,
+    settings: &onair::daemon::Settings,
     store: &Arc<dyn Store>,
     clock: &Arc<ManualClock>,
 ) -> (Scheduler<Sink>, UnboundedReceiver<Event>) {
@@ -250,10 +250,10 @@ pub(crate) fn daemon_settings(
     emulator: &TestEmulator,
     broker: &onair::broker::Settings,
     broadcasts: &str,
-) -> onair::config::Settings {
+) -> onair::daemon::Settings {
     let file: PathBuf = daemon_config(directory, emulator, broker, broadcasts);
     let env = HashMap::from([("ONAIR__MEDIA__CLIENT_SECRET".to_string(), "onair-emulator-secret".to_string())]);
-    let mut settings = onair::config::load(&onair::config::Source { file: Some(file), env }).unwrap();
+    let mut settings = onair::daemon::load(&onair::config::Source { file: Some(file), env }).unwrap();
     settings.scheduler.max_sleep = Duration::from_millis(20);
     settings.engine.action_backoff = Duration::from_millis(200);
     settings

@@ -1,0 +1,154 @@
+//! Broadcasts as configured (`[broadcasts.<id>]`): what the engine runs, the scheduler plans,
+//! the ingress routes webhooks to and the API shows. Every module that needs a broadcast's
+//! definition depends on this one; this one depends on none of them but the pieces a broadcast
+//! is made of (its media specs, its schedule, its protection).
+
+use serde_json::{Map, Value, json};
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::media::{ChannelSpec, EndpointSpec};
+use crate::schedule::Spec;
+use crate::schedule::plan::Scheduled;
+
+/// One broadcast: which channel, endpoint and machine, how it is published, how many units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Broadcast {
+    /// Its id: lowercase letters, digits and inner hyphens; resource names start with it.
+    pub id: String,
+    /// The machine definition that runs it.
+    pub machine: String,
+    /// The live event (channel) name.
+    pub channel: String,
+    /// `RTMP` or `FragmentedMP4`.
+    pub protocol: String,
+    /// The streaming endpoint.
+    pub endpoint: String,
+    /// The streaming (delivery) policy of its locators.
+    pub streaming_policy: String,
+    /// The archive (DVR) window of its programs, ISO 8601.
+    pub archive_window: String,
+    /// Streaming units while on air.
+    pub on_air_units: i32,
+    /// Streaming units off air.
+    pub off_air_units: i32,
+    /// Free-form settings for rules (`broadcast.settings.*`).
+    pub settings: Map<String, Value>,
+    /// When it goes on air (`[broadcasts.<id>.schedule]`), if onair schedules it.
+    pub schedule: Option<Arc<Spec>>,
+    /// How it is published: clear, envelope or multi-DRM, and its content key policy.
+    pub protection: crate::protection::Protection,
+}
+
+impl Broadcast {
+    /// What expressions see as `broadcast`.
+    pub fn expression_view(&self) -> Value {
+        json!({
+            "id": self.id,
+            "machine": self.machine,
+            "channel": self.channel,
+            "protocol": self.protocol,
+            "endpoint": self.endpoint,
+            "streaming_policy": self.streaming_policy,
+            "archive_window": self.archive_window,
+            "units": {"on_air": self.on_air_units, "off_air": self.off_air_units},
+            "protection": self.protection.mode.name(),
+            "settings": self.settings,
+        })
+    }
+
+    /// How its channel is created when it does not exist.
+    pub fn channel_spec(&self, name: &str) -> ChannelSpec {
+        let mut spec = ChannelSpec::new(name);
+        spec.protocol.clone_from(&self.protocol);
+        spec.description = Some(format!("onair broadcast {}", self.id));
+        spec.tags.insert("onair-broadcast".into(), self.id.clone());
+        spec
+    }
+
+    /// How its streaming endpoint is created when it does not exist.
+    pub fn endpoint_spec(&self, name: &str) -> EndpointSpec {
+        EndpointSpec {
+            name: name.to_string(),
+            scale_units: self.off_air_units.max(0),
+            description: Some(format!("onair broadcast {}", self.id)),
+        }
+    }
+}
+
+/// Whether `id` can name a broadcast: 1 to 40 lowercase letters, digits and inner hyphens, so that
+/// `<id>-<occurrence>` is a valid live output and asset name.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 40
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !id.starts_with('-')
+        && !id.ends_with('-')
+}
+
+/// The scheduled broadcasts, in id order, as the plan and the schedule checks see them.
+pub fn scheduled(broadcasts: &BTreeMap<String, Broadcast>) -> Vec<Scheduled<'_>> {
+    broadcasts
+        .values()
+        .filter_map(|broadcast| {
+            let spec = broadcast.schedule.as_ref()?;
+            Some(Scheduled { id: &broadcast.id, channel: &broadcast.channel, spec })
+        })
+        .collect()
+}
+
+/// The broadcasts of `[broadcasts]`, each checked; problems are recorded in `section`.
+pub(crate) fn parse(
+    section: &mut crate::config::Section<'_>,
+    policies: &crate::protection::Policies,
+) -> BTreeMap<String, Broadcast> {
+    let mut broadcasts = BTreeMap::new();
+    let mut interned = crate::schedule::Interned::new();
+    for id in section.keys() {
+        let mut table = section.section(&id);
+        if !valid_id(&id) {
+            table.problem("", "a broadcast id is 1 to 40 lowercase letters, digits and inner hyphens");
+        }
+        let channel = table.optional::<String>("channel").unwrap_or_else(|| id.clone());
+        if crate::media::model::valid_live_event_name(&channel).is_err() {
+            table.problem("channel", "a channel (live event) name is 1 to 32 letters, digits and inner hyphens");
+        }
+        let protocol = table.optional::<String>("protocol").unwrap_or_else(|| "RTMP".into());
+        if !matches!(protocol.as_str(), "RTMP" | "FragmentedMP4") {
+            table.problem("protocol", "must be RTMP or FragmentedMP4");
+        }
+        let mut units = table.section("units");
+        let on_air_units = units.optional::<i32>("on_air").unwrap_or(1);
+        let off_air_units = units.optional::<i32>("off_air").unwrap_or(0);
+        for (key, value) in [("on_air", on_air_units), ("off_air", off_air_units)] {
+            units.check(key, (0..=10).contains(&value), "must be between 0 and 10");
+        }
+        drop(units);
+        let settings = table.optional::<Map<String, Value>>("settings").unwrap_or_default();
+        let protection = crate::protection::parse_protection(&mut table, policies);
+        let schedule = if table.keys().iter().any(|key| key == "schedule") {
+            crate::schedule::parse_spec(&mut table.section("schedule"), &mut interned).map(std::sync::Arc::new)
+        } else {
+            None
+        };
+        let broadcast = Broadcast {
+            machine: table.optional("machine").unwrap_or_else(|| "live".into()),
+            endpoint: table.optional("endpoint").unwrap_or_else(|| "default".into()),
+            streaming_policy: table
+                .optional("streaming_policy")
+                .unwrap_or_else(|| "Predefined_ClearStreamingOnly".into()),
+            archive_window: table.optional("archive_window").unwrap_or_else(|| "PT1H".into()),
+            id: id.clone(),
+            channel,
+            protocol,
+            on_air_units,
+            off_air_units,
+            settings,
+            schedule,
+            protection,
+        };
+        broadcasts.insert(id, broadcast);
+    }
+    broadcasts
+}

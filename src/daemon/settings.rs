@@ -1,0 +1,187 @@
+//! The composition of the daemon's settings: which section each module parses. The loader
+//! (`config`) knows no module; this is the one place that names them all.
+//!
+//! `[emulator]` belongs to the emulator, which the daemon does not run: it is left to
+//! `emulator::Settings::load` (the `emulator` and `demo` commands, and `onair check`).
+
+use crate::config::{self, Error, Section, Source};
+
+/// Every setting the daemon has, typed per module.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[shutdown]`
+    pub shutdown: crate::shutdown::Settings,
+    /// `[media]`
+    pub media: crate::media::Settings,
+    /// `[engine]`, `[broadcasts.<id>]` and `[content_key_policies.<name>]`
+    pub engine: crate::engine::Settings,
+    /// `[broker]`
+    pub broker: crate::broker::Settings,
+    /// `[scheduler]` (the schedules themselves are `[broadcasts.<id>.schedule]`)
+    pub scheduler: crate::schedule::Settings,
+    /// `[ingress]`: the webhook listener
+    pub ingress: crate::ingress::Settings,
+    /// `[http]`: the operations listener (probes, metrics, API, dashboard)
+    pub http: crate::http::Settings,
+    /// `[health]`: readiness and progress checks
+    pub health: crate::health::Settings,
+}
+
+/// Loads, merges and validates every layer; returns all problems at once.
+pub fn load(source: &Source) -> Result<Settings, Error> {
+    config::load(source, |root| {
+        root.ignore("emulator");
+        Settings::parse(root)
+    })
+}
+
+impl Settings {
+    /// Each module parses its own section of `root`; sections nobody reads are problems.
+    pub fn parse(root: &mut Section<'_>) -> Self {
+        let shutdown = crate::shutdown::Settings::parse(&mut root.section("shutdown"));
+        let media = crate::media::Settings::parse(&mut root.section("media"));
+        let policies = crate::protection::parse_policies(&mut root.section("content_key_policies"));
+        let engine =
+            crate::engine::Settings::parse(&mut root.section("engine"), &mut root.section("broadcasts"), policies);
+        let broker = crate::broker::Settings::parse(&mut root.section("broker"));
+        let scheduler = crate::schedule::Settings::parse(&mut root.section("scheduler"));
+        let ingress = crate::ingress::Settings::parse(&mut root.section("ingress"));
+        let http = crate::http::Settings::parse(&mut root.section("http"));
+        let health = crate::health::Settings::parse(&mut root.section("health"));
+        Settings { shutdown, media, engine, broker, scheduler, ingress, http, health }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Problem, Source};
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::time::Duration;
+
+    fn source(file: Option<&str>, env: &[(&str, &str)]) -> (Source, Option<tempfile::NamedTempFile>) {
+        let temp = file.map(|text| {
+            let mut temp = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+            temp.write_all(text.as_bytes()).unwrap();
+            temp
+        });
+        let source = Source {
+            file: temp.as_ref().map(|temp| temp.path().to_path_buf()),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        (source, temp)
+    }
+
+    #[test]
+    fn the_emulator_section_is_left_to_the_emulator() {
+        let (source, _file) = source(None, &[("ONAIR__EMULATOR__LISTEN", "nowhere")]);
+        assert!(load(&source).is_ok(), "the daemon does not read [emulator]");
+        let (source, _file) = source_with_env(&[("ONAIR__EMULATOR__LISTEN", "nowhere"), ("ONAIR__EMULATR__X", "1")]);
+        let found = problems(load(&source));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "emulatr");
+    }
+
+    fn problems(result: Result<Settings, Error>) -> Vec<Problem> {
+        match result {
+            Ok(_) => panic!("expected problems"),
+            Err(Error::Invalid(problems)) => problems.0,
+        }
+    }
+
+    #[test]
+    fn built_in_defaults_are_valid() {
+        let settings = load(&Source::default()).expect("defaults load");
+        assert_eq!(settings.shutdown.grace, Duration::from_secs(10));
+        assert_eq!(settings.media.arm_url.as_str(), "https://management.azure.com/");
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let (source, _file) = source(
+            Some("[shutdown]\ngrace = \"3s\"\n[media]\naccount = \"from-file\"\nmax_attempts = 4\n"),
+            &[("ONAIR__MEDIA__ACCOUNT", "from-env"), ("ONAIR__MEDIA__MAX_ATTEMPTS", "7"), ("UNRELATED", "x")],
+        );
+        let settings = load(&source).unwrap();
+        assert_eq!(settings.shutdown.grace, Duration::from_secs(3));
+        assert_eq!(settings.media.account.as_deref(), Some("from-env"));
+        assert_eq!(settings.media.retry.max_attempts, 7);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_origin_key_and_reason() {
+        let (source, file) = source(
+            Some("[shutdown]\ngrace = \"soon\"\n[media]\narm_url = \"not a url\"\narm_ulr = \"typo\"\n"),
+            &[("ONAIR__HTTP__LISTEN", "nowhere")],
+        );
+        let path = file.as_ref().unwrap().path().display().to_string();
+        let found = problems(load(&source));
+        let rendered: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(found.len(), 4, "{rendered:#?}");
+        assert!(
+            rendered.iter().any(|p| p.starts_with(&format!("{path}: shutdown.grace: invalid duration"))),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered.iter().any(|p| p.starts_with(&format!("{path}: media.arm_url: invalid URL"))),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered.iter().any(|p| p.starts_with(&format!("{path}: media.arm_ulr: unknown setting"))),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered.iter().any(|p| p.starts_with("environment variable ONAIR__HTTP__LISTEN: http.listen:")),
+            "{rendered:#?}"
+        );
+    }
+
+    #[test]
+    fn secrets_in_the_config_file_are_refused_and_not_echoed() {
+        let (source, _file) = source(Some("[media]\nclient_secret = \"hunter2\"\n"), &[]);
+        let found = problems(load(&source));
+        assert_eq!(found.len(), 1);
+        assert!(found[0].reason.contains("secrets are not read from config files"));
+        assert!(!found.iter().any(|p| p.to_string().contains("hunter2")));
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_a_credentials_file() {
+        let (source, _file) = source(None, &[("ONAIR__MEDIA__CLIENT_SECRET", "s3cret")]);
+        let settings = load(&source).unwrap();
+        assert_eq!(settings.media.client_secret.as_ref().unwrap().expose_secret(), "s3cret");
+        assert!(!format!("{settings:?}").contains("s3cret"));
+
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::write(directory.path().join("media-secret"), "from-credential\n").unwrap();
+        let credentials = directory.path().display().to_string();
+        let (source, _file) = source_with_env(&[
+            ("CREDENTIALS_DIRECTORY", credentials.as_str()),
+            ("ONAIR__MEDIA__CLIENT_SECRET_FILE", "media-secret"),
+        ]);
+        let settings = load(&source).unwrap();
+        assert_eq!(settings.media.client_secret.as_ref().unwrap().expose_secret(), "from-credential");
+    }
+
+    fn source_with_env(env: &[(&str, &str)]) -> (Source, Option<tempfile::NamedTempFile>) {
+        source(None, env)
+    }
+
+    #[test]
+    fn an_unreadable_secret_file_is_a_problem() {
+        let (source, _file) = source(None, &[("ONAIR__MEDIA__CLIENT_SECRET_FILE", "/nonexistent/secret")]);
+        let found = problems(load(&source));
+        assert_eq!(found[0].key, "media.client_secret_file");
+        assert!(found[0].reason.starts_with("cannot read /nonexistent/secret"));
+    }
+
+    #[test]
+    fn a_missing_or_malformed_file_is_a_problem_not_a_panic() {
+        let missing = Source { file: Some("/nonexistent/onair.toml".into()), env: HashMap::new() };
+        assert_eq!(problems(load(&missing)).len(), 1);
+        let (malformed, _file) = source(Some("[media\narm_url = 1"), &[]);
+        assert_eq!(problems(load(&malformed)).len(), 1);
+    }
+}
