@@ -408,7 +408,8 @@ impl<S: Sink> Scheduler<S> {
                     }
                 }
             }
-            if pass.events.len() >= PUBLISH_CHUNK && !pass.flush(&*self.sink, &self.stats, &self.clock, shutdown).await
+            if pass.events.len() >= PUBLISH_CHUNK
+                && !pass.flush(&*self.sink, &self.stats, &self.clock, self.settings.max_sleep, shutdown).await
             {
                 return None;
             }
@@ -424,7 +425,7 @@ impl<S: Sink> Scheduler<S> {
                 });
             }
         }
-        if !pass.flush(&*self.sink, &self.stats, &self.clock, shutdown).await {
+        if !pass.flush(&*self.sink, &self.stats, &self.clock, self.settings.max_sleep, shutdown).await {
             return None;
         }
         for (step, count) in [
@@ -479,18 +480,20 @@ struct Pass {
 
 impl Pass {
     /// Publishes the pending steps (retrying until confirmed; `false` when shut down first) and
-    /// stamps the confirmation time on their records.
+    /// stamps the confirmation time on their records. Retries back off up to `max_sleep`, like
+    /// every other wait of the scheduler.
     async fn flush<S: Sink>(
         &mut self,
         sink: &S,
         stats: &Stats,
         clock: &SharedClock,
+        max_sleep: Duration,
         shutdown: &CancellationToken,
     ) -> bool {
         if self.events.is_empty() {
             return true;
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Duration::from_millis(100).min(max_sleep);
         while let Err(error) = sink.publish(&self.events).await {
             stats.0.publish_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%error, steps = self.events.len(), retry_in = ?backoff, "Cannot publish schedule steps; retrying.");
@@ -498,7 +501,7 @@ impl Pass {
                 () = shutdown.cancelled() => return false,
                 () = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(max_sleep);
         }
         let now = clock.now();
         let confirmed = stamp(now);
@@ -580,4 +583,45 @@ pub(crate) fn stamp(at: DateTime<Utc>) -> String {
 fn humanize(delta: TimeDelta) -> String {
     let millis = delta.num_milliseconds().max(0) as u64;
     humantime::format_duration(Duration::from_millis(millis - millis % 1000)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A sink that refuses the first `failures` publishes and records when each call came.
+    struct Refusing {
+        failures: usize,
+        calls: Mutex<Vec<tokio::time::Instant>>,
+    }
+
+    impl Sink for Refusing {
+        async fn publish(&self, _events: &[Event]) -> Result<(), String> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(tokio::time::Instant::now());
+            if calls.len() <= self.failures { Err("the broker is away".into()) } else { Ok(()) }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_publish_is_retried_no_later_than_max_sleep() {
+        let sink = Refusing { failures: 8, calls: Mutex::new(Vec::new()) };
+        let now = crate::clock::system().now();
+        let mut pass = Pass {
+            events: vec![Event::new("step", "onair.test", "broadcast/news", json!({}), now)],
+            ..Default::default()
+        };
+        let max_sleep = Duration::from_millis(700);
+        let done =
+            pass.flush(&sink, &Stats::default(), &crate::clock::system(), max_sleep, &CancellationToken::new()).await;
+        assert!(done);
+        let calls = sink.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 9, "eight refusals, then the publish that went through");
+        let gaps: Vec<Duration> = calls.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        assert!(gaps.iter().all(|gap| *gap <= max_sleep), "{gaps:?}");
+        assert_eq!(gaps[0], Duration::from_millis(100), "{gaps:?}");
+        assert_eq!(gaps[7], max_sleep, "the backoff grows to max_sleep and stays there: {gaps:?}");
+    }
 }
