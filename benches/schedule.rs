@@ -22,6 +22,8 @@ fn spec(when: When) -> Spec {
     let mut spec = Spec::new(when, chrono_tz::Europe::Paris, TimeDelta::minutes(30));
     spec.lead_channel = LEAD;
     spec.lead_scale = TimeDelta::minutes(5);
+    spec.post_roll = TimeDelta::minutes(5);
+    spec.catch_up_window = TimeDelta::hours(1);
     spec
 }
 

@@ -98,15 +98,61 @@ pub fn scheduled(broadcasts: &BTreeMap<String, Broadcast>) -> Vec<Scheduled<'_>>
         .collect()
 }
 
+/// `[defaults.broadcast]` and `[defaults.schedule]`: what each `[broadcasts.<id>]` and its
+/// schedule table fall back on.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Defaults {
+    broadcast: crate::config::Fallback,
+    schedule: crate::config::Fallback,
+}
+
+impl Defaults {
+    /// Takes the two tables from `[defaults]`.
+    pub(crate) fn parse(defaults: &mut crate::config::Section<'_>) -> Self {
+        let broadcast = defaults.fallback(
+            "broadcast",
+            &[
+                "machine",
+                "protocol",
+                "endpoint",
+                "streaming_policy",
+                "protection",
+                "content_key_policy",
+                "archive_window",
+                "units.on_air",
+                "units.off_air",
+                "settings",
+            ],
+        );
+        let schedule = defaults.fallback(
+            "schedule",
+            &[
+                "timezone",
+                "lead.channel",
+                "lead.scale",
+                "post_roll",
+                "dst_gap",
+                "dst_fold",
+                "catch_up",
+                "catch_up_window",
+                "overlap",
+                "duration",
+            ],
+        );
+        Self { broadcast, schedule }
+    }
+}
+
 /// The broadcasts of `[broadcasts]`, each checked; problems are recorded in `section`.
 pub(crate) fn parse(
     section: &mut crate::config::Section<'_>,
     policies: &crate::protection::Policies,
+    defaults: &Defaults,
 ) -> BTreeMap<String, Broadcast> {
     let mut broadcasts = BTreeMap::new();
     let mut interned = crate::schedule::Interned::new();
     for id in section.keys() {
-        let mut table = section.section(&id);
+        let mut table = section.section_over(&id, &defaults.broadcast);
         if !valid_id(&id) {
             table.problem("", "a broadcast id is 1 to 40 lowercase letters, digits and inner hyphens");
         }
@@ -114,13 +160,13 @@ pub(crate) fn parse(
         if crate::media::model::valid_live_event_name(&channel).is_err() {
             table.problem("channel", "a channel (live event) name is 1 to 32 letters, digits and inner hyphens");
         }
-        let protocol = table.optional::<String>("protocol").unwrap_or_else(|| "RTMP".into());
+        let protocol: String = table.value("protocol");
         if !matches!(protocol.as_str(), "RTMP" | "FragmentedMP4") {
             table.problem("protocol", "must be RTMP or FragmentedMP4");
         }
         let mut units = table.section("units");
-        let on_air_units = units.optional::<i32>("on_air").unwrap_or(1);
-        let off_air_units = units.optional::<i32>("off_air").unwrap_or(0);
+        let on_air_units: i32 = units.value("on_air");
+        let off_air_units: i32 = units.value("off_air");
         for (key, value) in [("on_air", on_air_units), ("off_air", off_air_units)] {
             units.check(key, (0..=10).contains(&value), "must be between 0 and 10");
         }
@@ -128,17 +174,16 @@ pub(crate) fn parse(
         let settings = table.optional::<Map<String, Value>>("settings").unwrap_or_default();
         let protection = crate::protection::parse_protection(&mut table, policies);
         let schedule = if table.keys().iter().any(|key| key == "schedule") {
-            crate::schedule::parse_spec(&mut table.section("schedule"), &mut interned).map(std::sync::Arc::new)
+            crate::schedule::parse_spec(&mut table.section_over("schedule", &defaults.schedule), &mut interned)
+                .map(std::sync::Arc::new)
         } else {
             None
         };
         let broadcast = Broadcast {
-            machine: table.optional("machine").unwrap_or_else(|| "live".into()),
-            endpoint: table.optional("endpoint").unwrap_or_else(|| "default".into()),
-            streaming_policy: table
-                .optional("streaming_policy")
-                .unwrap_or_else(|| "Predefined_ClearStreamingOnly".into()),
-            archive_window: table.optional("archive_window").unwrap_or_else(|| "PT1H".into()),
+            machine: table.value("machine"),
+            endpoint: table.value("endpoint"),
+            streaming_policy: table.value("streaming_policy"),
+            archive_window: table.value("archive_window"),
             id: id.clone(),
             channel,
             protocol,

@@ -260,7 +260,7 @@ pub struct DemoArgs {
 pub fn load(source: &crate::config::Source) -> Result<(Settings, crate::emulator::Settings), crate::config::Error> {
     crate::config::load(source, |root| {
         let emulator = crate::emulator::Settings::parse(&mut root.section("emulator"));
-        (Settings::parse(root), emulator)
+        (Settings::parse(root, source), emulator)
     })
 }
 

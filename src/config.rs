@@ -14,7 +14,7 @@
 //! This is the only module that reads the process environment (STYLE G2).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,9 +43,17 @@ pub struct Source {
 }
 
 impl Source {
-    /// The config file `file` and the environment of this process.
+    /// The config file `file` (else `$ONAIR_CONFIG`, when set) and the environment of this
+    /// process: the one place onair reads its environment.
     pub fn from_process(file: Option<PathBuf>) -> Self {
-        Self { file, env: std::env::vars().collect() }
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let file = file.or_else(|| env.get("ONAIR_CONFIG").filter(|path| !path.is_empty()).map(PathBuf::from));
+        Self { file, env }
+    }
+
+    /// The environment variable `name`, when set (the process's, for `from_process`).
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.env.get(name).map(String::as_str)
     }
 }
 
@@ -211,8 +219,17 @@ struct Context {
 impl Context {
     fn root(&self) -> Section<'_> {
         let map = self.layers.merged.as_object().cloned().unwrap_or_default();
-        Section { context: self, path: String::new(), map }
+        Section { context: self, path: String::new(), map, inherited: BTreeMap::new() }
     }
+}
+
+/// A table other tables fall back on, such as `[defaults.broadcast]` for every
+/// `[broadcasts.<id>]`: the built-in defaults of repeated tables live in `config/default.toml`
+/// like every other default, and an operator can change them for all tables at once.
+#[derive(Debug, Clone, Default)]
+pub struct Fallback {
+    path: String,
+    map: Map<String, Value>,
 }
 
 /// One table of the merged settings, handed to the module that owns it.
@@ -225,6 +242,9 @@ pub struct Section<'a> {
     context: &'a Context,
     path: String,
     map: Map<String, Value>,
+    /// Keys (dotted, relative to this table) whose values came from a `Fallback`, with the
+    /// fallback's own key path: a problem with such a value names where it was written.
+    inherited: BTreeMap<String, String>,
 }
 
 impl<'a> Section<'a> {
@@ -239,7 +259,44 @@ impl<'a> Section<'a> {
             }
             None => Map::new(),
         };
-        Section { context: self.context, path, map }
+        let prefix = format!("{key}.");
+        let inherited = self
+            .inherited
+            .iter()
+            .filter_map(|(relative, from)| Some((relative.strip_prefix(&prefix)?.to_string(), from.clone())))
+            .collect();
+        Section { context: self.context, path, map, inherited }
+    }
+
+    /// The nested table `key` taken whole, for other tables to fall back on (`section_over`).
+    /// `known` lists the keys it may hold (dotted for nested tables); others are problems.
+    pub fn fallback(&mut self, key: &str, known: &[&str]) -> Fallback {
+        let path = self.key_path(key);
+        let map = match self.map.remove(key) {
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                self.problem_at(&path, format!("expected a table, found {}", kind(&other)));
+                Map::new()
+            }
+            None => Map::new(),
+        };
+        let mut keys = BTreeMap::new();
+        inherit(&Value::Object(map.clone()), "", &path, &mut keys);
+        for (relative, from) in keys {
+            let leaf = !relative.is_empty() && !known.iter().any(|known| known.starts_with(&format!("{relative}.")));
+            if leaf && !known.contains(&relative.as_str()) {
+                self.problem_at(&from, "unknown setting (see docs/configuration.md for the list)");
+            }
+        }
+        Fallback { path, map }
+    }
+
+    /// The nested table `key`, with every key it does not set taken from `fallback` (nested
+    /// tables merged key by key).
+    pub fn section_over(&mut self, key: &str, fallback: &Fallback) -> Section<'a> {
+        let mut section = self.section(key);
+        fill(&mut section.map, &fallback.map, &fallback.path, "", &mut section.inherited);
+        section
     }
 
     /// Leaves the key `key` to another reader: it is taken out without a problem.
@@ -389,7 +446,7 @@ impl<'a> Section<'a> {
 
     /// Records a problem with `key` of this section.
     pub fn problem(&self, key: &str, reason: impl Into<String>) {
-        let path = self.key_path(key);
+        let path = self.path_of(key);
         self.problem_at(&path, reason);
     }
 
@@ -399,12 +456,22 @@ impl<'a> Section<'a> {
     }
 
     fn problem_from(&self, origin: String, path: &str, reason: impl Into<String>) {
-        self.context.problems.borrow_mut().push(Problem { origin, key: path.to_string(), reason: reason.into() });
+        let problem = Problem { origin, key: path.to_string(), reason: reason.into() };
+        let mut problems = self.context.problems.borrow_mut();
+        // A fallback value read by many tables is one problem, not one per table.
+        if !problems.contains(&problem) {
+            problems.push(problem);
+        }
     }
 
     fn has_problem(&self, key: &str) -> bool {
-        let path = self.key_path(key);
+        let path = self.path_of(key);
         self.context.problems.borrow().iter().any(|problem| problem.key == path)
+    }
+
+    /// Where the value at `key` was written: here, or in the fallback it came from.
+    fn path_of(&self, key: &str) -> String {
+        self.inherited.get(key).cloned().unwrap_or_else(|| self.key_path(key))
     }
 
     fn key_path(&self, key: &str) -> String {
@@ -418,11 +485,48 @@ impl<'a> Section<'a> {
 
 impl Drop for Section<'_> {
     fn drop(&mut self) {
-        let unknown: Vec<String> = self.map.keys().cloned().collect();
+        // A fallback key this table did not need is not a typo in it (`fallback` checks those).
+        let unknown: Vec<String> = self.map.keys().filter(|key| !self.inherited.contains_key(*key)).cloned().collect();
         for key in unknown {
             self.problem(&key, "unknown setting (see docs/configuration.md for the list)");
         }
     }
+}
+
+/// Fills `own` with the keys of `fallback` it lacks, recording each filled key (relative to the
+/// table, dotted) with the fallback key it came from.
+fn fill(
+    own: &mut Map<String, Value>,
+    fallback: &Map<String, Value>,
+    fallback_path: &str,
+    relative: &str,
+    inherited: &mut BTreeMap<String, String>,
+) {
+    for (key, value) in fallback {
+        let (relative, from) = (join(relative, key), join(fallback_path, key));
+        match (own.get_mut(key), value) {
+            (None, _) => {
+                own.insert(key.clone(), value.clone());
+                inherit(value, &relative, &from, inherited);
+            }
+            (Some(Value::Object(own)), Value::Object(fallback)) => fill(own, fallback, &from, &relative, inherited),
+            (Some(_), _) => {}
+        }
+    }
+}
+
+fn inherit(value: &Value, relative: &str, from: &str, inherited: &mut BTreeMap<String, String>) {
+    inherited.insert(relative.to_string(), from.to_string());
+    if let Value::Object(map) = value {
+        for (key, value) in map {
+            inherit(value, &join(relative, key), &join(from, key), inherited);
+        }
+    }
+}
+
+/// `base.key`, or `key` at the top.
+fn join(base: &str, key: &str) -> String {
+    if base.is_empty() { key.to_string() } else { format!("{base}.{key}") }
 }
 
 /// Decodes a settings value, accepting the strings that environment variables produce

@@ -71,6 +71,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let status = daemon.broker_status().clone();
     let health = daemon.health().clone();
     let notifier = shutdown.child_token();
+    let watchdog = settings.watchdog;
     let notify = {
         let notifier = notifier.clone();
         tokio::spawn(async move {
@@ -82,7 +83,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             }
             tracing::info!("Ready: store open, topology declared, consumer registered.");
             crate::systemd::ready("running");
-            if let Some(interval) = crate::systemd::watchdog_interval() {
+            if let Some(interval) = watchdog {
                 tracing::info!(interval = ?interval, "systemd watchdog enabled; pinging while events are committed.");
                 crate::systemd::watchdog(health, interval, notifier).await;
             }

@@ -25,16 +25,14 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
-/// The watchdog interval systemd asks for (`$WATCHDOG_USEC`), when it is meant for this process
-/// (`$WATCHDOG_PID` unset or this process's id), as `sd_watchdog_enabled(3)` reads it.
-pub fn watchdog_interval() -> Option<Duration> {
-    // The service manager's environment is read here, once, like the settings' layer.
-    #[allow(clippy::disallowed_methods)]
-    let (usec, pid) = (std::env::var("WATCHDOG_USEC").ok(), std::env::var("WATCHDOG_PID").ok());
+/// The watchdog interval systemd asks for (`$WATCHDOG_USEC`, given as `usec`), when it is meant
+/// for this process (`$WATCHDOG_PID`, given as `pid`, unset or `process`), as
+/// `sd_watchdog_enabled(3)` reads them. The settings read the variables (`daemon::Settings`).
+pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, process: u32) -> Option<Duration> {
     let usec: u64 = usec?.trim().parse().ok().filter(|usec| *usec > 0)?;
     match pid.map(|pid| pid.trim().parse::<u32>()) {
         None => {}
-        Some(Ok(pid)) if pid == std::process::id() => {}
+        Some(Ok(pid)) if pid == process => {}
         Some(_) => return None,
     }
     Some(Duration::from_micros(usec))

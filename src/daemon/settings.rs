@@ -25,30 +25,46 @@ pub struct Settings {
     pub http: crate::http::Settings,
     /// `[health]`: readiness and progress checks
     pub health: crate::health::Settings,
+    /// The systemd watchdog interval, when the service manager asks for one (`$WATCHDOG_USEC`).
+    pub watchdog: Option<std::time::Duration>,
 }
 
 /// Loads, merges and validates every layer; returns all problems at once.
 pub fn load(source: &Source) -> Result<Settings, Error> {
     config::load(source, |root| {
         root.ignore("emulator");
-        Settings::parse(root)
+        Settings::parse(root, source)
     })
 }
 
 impl Settings {
-    /// Each module parses its own section of `root`; sections nobody reads are problems.
-    pub fn parse(root: &mut Section<'_>) -> Self {
+    /// Each module parses its own section of `root`; sections nobody reads are problems. The
+    /// service manager's variables come from `source`'s environment.
+    pub fn parse(root: &mut Section<'_>, source: &Source) -> Self {
         let shutdown = crate::shutdown::Settings::parse(&mut root.section("shutdown"));
         let media = crate::media::Settings::parse(&mut root.section("media"));
-        let policies = crate::protection::parse_policies(&mut root.section("content_key_policies"));
-        let engine =
-            crate::engine::Settings::parse(&mut root.section("engine"), &mut root.section("broadcasts"), policies);
+        let mut defaults = root.section("defaults");
+        let broadcast_defaults = crate::broadcast::Defaults::parse(&mut defaults);
+        let policy_defaults = crate::protection::parse_policy_defaults(&mut defaults);
+        drop(defaults);
+        let policies = crate::protection::parse_policies(&mut root.section("content_key_policies"), &policy_defaults);
+        let engine = crate::engine::Settings::parse(
+            &mut root.section("engine"),
+            &mut root.section("broadcasts"),
+            &broadcast_defaults,
+            policies,
+        );
         let broker = crate::broker::Settings::parse(&mut root.section("broker"));
         let scheduler = crate::schedule::Settings::parse(&mut root.section("scheduler"));
         let ingress = crate::ingress::Settings::parse(&mut root.section("ingress"));
         let http = crate::http::Settings::parse(&mut root.section("http"));
         let health = crate::health::Settings::parse(&mut root.section("health"));
-        Settings { shutdown, media, engine, broker, scheduler, ingress, http, health }
+        let watchdog = crate::systemd::watchdog_interval(
+            source.var("WATCHDOG_USEC"),
+            source.var("WATCHDOG_PID"),
+            std::process::id(),
+        );
+        Settings { shutdown, media, engine, broker, scheduler, ingress, http, health, watchdog }
     }
 }
 
@@ -82,6 +98,49 @@ mod tests {
         let found = problems(load(&source));
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].key, "emulatr");
+    }
+
+    #[test]
+    fn defaults_tables_apply_to_every_broadcast_and_their_problems_name_them_once() {
+        let (first, _file) = source(
+            Some(
+                "[defaults.broadcast]\nprotocol = \"FragmentedMP4\"\nunits = { on_air = 3 }\n\
+                 [defaults.schedule]\ntimezone = \"Europe/Paris\"\n\
+                 [broadcasts.news]\n[broadcasts.sport]\nprotocol = \"RTMP\"\n\
+                 [broadcasts.sport.schedule]\ncron = \"0 19 * * *\"\nduration = \"30m\"\n\
+                 [broadcasts.weather.units]\noff_air = 1\n",
+            ),
+            &[],
+        );
+        let broadcasts = load(&first).unwrap().engine.broadcasts;
+        let news = &broadcasts["news"];
+        assert_eq!((news.protocol.as_str(), news.on_air_units, news.off_air_units), ("FragmentedMP4", 3, 0));
+        assert_eq!((news.machine.as_str(), news.archive_window.as_str()), ("live", "PT1H"));
+        let sport = &broadcasts["sport"];
+        assert_eq!((sport.protocol.as_str(), sport.on_air_units), ("RTMP", 3));
+        let schedule = sport.schedule.as_ref().unwrap();
+        assert_eq!(schedule.timezone, chrono_tz::Europe::Paris);
+        assert_eq!(schedule.lead_channel, chrono::TimeDelta::minutes(10));
+        assert_eq!(schedule.post_roll, chrono::TimeDelta::minutes(5));
+        let weather = &broadcasts["weather"];
+        assert_eq!((weather.on_air_units, weather.off_air_units), (3, 1));
+
+        let (source, file) = source(
+            Some(
+                "[defaults.broadcast]\nprotocol = \"SRT\"\nprotocl = \"RTMP\"\n\
+                 [broadcasts.news]\n[broadcasts.sport]\n[broadcasts.weather]\nprotocol = \"RTMP\"\n",
+            ),
+            &[],
+        );
+        let path = file.as_ref().unwrap().path().display().to_string();
+        let rendered: Vec<String> = problems(load(&source)).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rendered,
+            [
+                format!("{path}: defaults.broadcast.protocl: unknown setting (see docs/configuration.md for the list)"),
+                format!("{path}: defaults.broadcast.protocol: must be RTMP or FragmentedMP4"),
+            ]
+        );
     }
 
     fn problems(result: Result<Settings, Error>) -> Vec<Problem> {

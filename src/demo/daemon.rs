@@ -183,6 +183,7 @@ fn demo_schedule(options: &Options) -> Spec {
     spec.lead_channel = seconds(9);
     spec.lead_scale = seconds(3);
     spec.post_roll = seconds(3);
+    spec.catch_up_window = seconds(60);
     spec
 }
 

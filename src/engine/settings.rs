@@ -48,6 +48,7 @@ impl Settings {
     pub(crate) fn parse(
         engine: &mut crate::config::Section<'_>,
         broadcasts: &mut crate::config::Section<'_>,
+        defaults: &crate::broadcast::Defaults,
         content_key_policies: crate::protection::Policies,
     ) -> Self {
         let state_dir: PathBuf = engine.value::<String>("state_dir").into();
@@ -68,7 +69,7 @@ impl Settings {
             commit_backoff_initial: engine.duration("commit_backoff_initial"),
             commit_backoff_max: engine.duration("commit_backoff_max"),
             dedup_retention: engine.duration("dedup_retention"),
-            broadcasts: crate::broadcast::parse(broadcasts, &content_key_policies),
+            broadcasts: crate::broadcast::parse(broadcasts, &content_key_policies, defaults),
             content_key_policies,
             state_dir,
         };

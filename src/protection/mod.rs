@@ -108,17 +108,25 @@ pub struct Policy {
 /// The policies by name.
 pub type Policies = BTreeMap<String, Arc<Policy>>;
 
+/// `[defaults.content_key_policy]`: what each `[content_key_policies.<name>]` falls back on.
+pub(crate) fn parse_policy_defaults(defaults: &mut crate::config::Section<'_>) -> crate::config::Fallback {
+    defaults.fallback(
+        "content_key_policy",
+        &["restriction", "token_type", "required_claims", "description", "issuer", "audience"],
+    )
+}
+
 /// Parses `[content_key_policies]`; problems go to the sections.
-pub(crate) fn parse_policies(section: &mut crate::config::Section<'_>) -> Policies {
+pub(crate) fn parse_policies(section: &mut crate::config::Section<'_>, defaults: &crate::config::Fallback) -> Policies {
     let mut policies = Policies::new();
     for name in section.keys() {
-        let mut table = section.section(&name);
+        let mut table = section.section_over(&name, defaults);
         // Also the tail of the streaming policy's name, `onair-<mode>-<policy>`.
         if !crate::media::model::valid_name(&name, 200) {
             table.problem("", "a content key policy name is 1 to 200 letters, digits and inner hyphens");
         }
         let description: Option<String> = table.optional("description");
-        let kind: String = table.optional("restriction").unwrap_or_else(|| "token".into());
+        let kind: String = table.value("restriction");
         let restriction = match kind.as_str() {
             "open" => Some(Restriction::Open),
             "token" => parse_token(&mut table),
@@ -137,15 +145,15 @@ pub(crate) fn parse_policies(section: &mut crate::config::Section<'_>) -> Polici
 fn parse_token(table: &mut crate::config::Section<'_>) -> Option<Restriction> {
     let issuer: Option<String> = table.optional("issuer");
     let audience: Option<String> = table.optional("audience");
-    let token_type = match table.optional::<String>("token_type").as_deref() {
-        None | Some("jwt") => Some(TokenType::Jwt),
-        Some("swt") => Some(TokenType::Swt),
-        Some(other) => {
+    let token_type = match table.value::<String>("token_type").as_str() {
+        "jwt" => Some(TokenType::Jwt),
+        "swt" => Some(TokenType::Swt),
+        other => {
             table.problem("token_type", format!("{other:?} is not \"jwt\" or \"swt\""));
             None
         }
     };
-    let claims: Vec<String> = table.optional("required_claims").unwrap_or_default();
+    let claims: Vec<String> = table.value("required_claims");
     let required_claims = claims
         .into_iter()
         .map(|claim| match claim.split_once('=') {
@@ -192,11 +200,11 @@ fn parse_token(table: &mut crate::config::Section<'_>) -> Option<Restriction> {
 
 /// Parses a broadcast's `protection` and `content_key_policy` keys against `policies`.
 pub(crate) fn parse_protection(table: &mut crate::config::Section<'_>, policies: &Policies) -> Protection {
-    let mode = match table.optional::<String>("protection").as_deref() {
-        None | Some("clear") => Mode::Clear,
-        Some("envelope") => Mode::Envelope,
-        Some("multi-drm") => Mode::MultiDrm,
-        Some(other) => {
+    let mode = match table.value::<String>("protection").as_str() {
+        "clear" => Mode::Clear,
+        "envelope" => Mode::Envelope,
+        "multi-drm" => Mode::MultiDrm,
+        other => {
             table.problem("protection", format!("{other:?} is not \"clear\", \"envelope\" or \"multi-drm\""));
             Mode::Clear
         }

@@ -110,14 +110,10 @@ pub struct Spec {
     pub post_roll: TimeDelta,
 }
 
-/// Defaults of `[broadcasts.<id>.schedule]`.
-pub const DEFAULT_LEAD_CHANNEL: TimeDelta = TimeDelta::minutes(10);
-pub const DEFAULT_LEAD_SCALE: TimeDelta = TimeDelta::minutes(2);
-pub const DEFAULT_POST_ROLL: TimeDelta = TimeDelta::minutes(5);
-pub const DEFAULT_CATCH_UP_WINDOW: TimeDelta = TimeDelta::hours(1);
-
 impl Spec {
-    /// A schedule with every other setting at its default, as `[broadcasts.<id>.schedule]` gives.
+    /// The barest schedule: no lead, no post-roll, no catch-up window, the first of each choice.
+    /// (What `[broadcasts.<id>.schedule]` gives when it sets nothing else is in
+    /// `config/default.toml`, `[defaults.schedule]`.)
     pub fn new(when: When, timezone: Tz, duration: TimeDelta) -> Self {
         Self {
             when,
@@ -129,11 +125,11 @@ impl Spec {
             dst_gap: GapPolicy::Shift,
             dst_fold: FoldPolicy::First,
             catch_up: CatchUp::Latest,
-            catch_up_window: DEFAULT_CATCH_UP_WINDOW,
+            catch_up_window: TimeDelta::zero(),
             overlap: Overlap::Skip,
-            lead_channel: DEFAULT_LEAD_CHANNEL,
-            lead_scale: DEFAULT_LEAD_SCALE,
-            post_roll: DEFAULT_POST_ROLL,
+            lead_channel: TimeDelta::zero(),
+            lead_scale: TimeDelta::zero(),
+            post_roll: TimeDelta::zero(),
         }
     }
 }
@@ -647,7 +643,7 @@ pub(crate) type Interned = std::collections::HashMap<String, Arc<CronExpr>>;
 
 /// Parses `[broadcasts.<id>.schedule]`; problems go to the section.
 pub(crate) fn parse_spec(section: &mut crate::config::Section<'_>, interned: &mut Interned) -> Option<Spec> {
-    let timezone_name: String = section.optional("timezone").unwrap_or_else(|| "UTC".into());
+    let timezone_name: String = section.value("timezone");
     let timezone = match Tz::from_str(&timezone_name) {
         Ok(timezone) => Some(timezone),
         Err(_) => {
@@ -696,12 +692,12 @@ pub(crate) fn parse_spec(section: &mut crate::config::Section<'_>, interned: &mu
             }
         },
     };
-    let duration = delta(section, "duration", None);
-    let post_roll = delta(section, "post_roll", Some(DEFAULT_POST_ROLL));
+    let duration = optional_delta(section, "duration");
+    let post_roll = delta(section, "post_roll");
     let (lead_channel, lead_scale) = {
         let mut lead = section.section("lead");
-        let channel = delta(&mut lead, "channel", Some(DEFAULT_LEAD_CHANNEL));
-        let scale = delta(&mut lead, "scale", Some(DEFAULT_LEAD_SCALE));
+        let channel = delta(&mut lead, "channel");
+        let scale = delta(&mut lead, "scale");
         if let (Some(channel), Some(scale)) = (channel, scale)
             && scale > channel
         {
@@ -709,7 +705,7 @@ pub(crate) fn parse_spec(section: &mut crate::config::Section<'_>, interned: &mu
         }
         (channel, scale)
     };
-    let catch_up_window = delta(section, "catch_up_window", Some(DEFAULT_CATCH_UP_WINDOW));
+    let catch_up_window = delta(section, "catch_up_window");
     let dst_gap = choice(section, "dst_gap", &[("shift", GapPolicy::Shift), ("skip", GapPolicy::Skip)]);
     let dst_fold = choice(
         section,
@@ -777,9 +773,16 @@ fn truncate_ms(at: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
 }
 
-/// A duration setting, to the millisecond; `default` when absent (`None`: no default).
-fn delta(section: &mut crate::config::Section<'_>, key: &str, default: Option<TimeDelta>) -> Option<TimeDelta> {
-    let Some(text) = section.optional::<String>(key) else { return default };
+/// A duration setting, to the millisecond, which `[defaults.schedule]` always provides.
+fn delta(section: &mut crate::config::Section<'_>, key: &str) -> Option<TimeDelta> {
+    let delta = optional_delta(section, key);
+    section.check(key, delta.is_some(), "missing");
+    delta
+}
+
+/// A duration setting, to the millisecond, or `None` when absent (or unusable: a problem then).
+fn optional_delta(section: &mut crate::config::Section<'_>, key: &str) -> Option<TimeDelta> {
+    let text = section.optional::<String>(key)?;
     match humantime::parse_duration(&text) {
         Ok(duration) => TimeDelta::from_std(duration)
             .ok()
@@ -794,7 +797,7 @@ fn delta(section: &mut crate::config::Section<'_>, key: &str, default: Option<Ti
 }
 
 fn choice<T: Copy>(section: &mut crate::config::Section<'_>, key: &str, options: &[(&str, T)]) -> Option<T> {
-    let Some(text) = section.optional::<String>(key) else { return Some(options[0].1) };
+    let text: String = section.value(key);
     options.iter().find(|(name, _)| *name == text).map(|(_, value)| *value).or_else(|| {
         let names: Vec<String> = options.iter().map(|(name, _)| format!("{name:?}")).collect();
         section.problem(key, format!("{text:?} is not one of {}", names.join(", ")));
