@@ -146,7 +146,7 @@ impl Commits {
     }
 
     fn failing_lock(&self) -> std::sync::MutexGuard<'_, Option<Failing>> {
-        self.0.failing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.0.failing)
     }
 }
 
@@ -247,7 +247,7 @@ impl Health {
     }
 
     fn media(&self) -> std::sync::MutexGuard<'_, Option<(Check, tokio::time::Instant)>> {
-        self.0.media.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.0.media)
     }
 
     /// Probes the media API every `media_check_interval` until `shutdown`.

@@ -154,7 +154,7 @@ impl SqliteStore {
     }
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.reader)
     }
 
     fn ask<T>(&self, make: impl FnOnce(Sender<Result<T, Error>>) -> Request) -> Result<T, Error> {
