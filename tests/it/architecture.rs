@@ -576,7 +576,8 @@ fn use_tree(tokens: &[Token], at: &mut usize, prefix: &[String], leaves: &mut Ve
                 return;
             }
             _ if token.is_ident() => {
-                if !(token.is("self") && !path.is_empty()) {
+                // `a::{self, b}`: `self` names `a` itself.
+                if !token.is("self") || path.is_empty() {
                     path.push(token.text.clone());
                 }
                 *at += 1;
