@@ -144,7 +144,7 @@ impl Health {
     }
 
     fn media(&self) -> std::sync::MutexGuard<'_, Option<(Check, tokio::time::Instant)>> {
-        self.0.media.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.0.media)
     }
 
     /// Probes the media API every `media_check_interval` until `shutdown`.

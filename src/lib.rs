@@ -26,6 +26,7 @@
 //! - `metrics`: the daemon's measurements, rendered for Prometheus.
 //! - `systemd`: `READY=1`, the progress-gated watchdog, `STOPPING=1`.
 //! - `store`: durable state behind a narrow trait; SQLite (WAL, `synchronous=FULL`) by default.
+//! - `sync`: the one way a `std::sync::Mutex` is locked (recovering from poison).
 //! - `emulator`: an HTTP server that behaves like the Media Services v3 API, for tests, demos and rehearsals.
 //! - `demo`: one broadcast lifecycle driven through the client against an emulator, step by step.
 //!
@@ -54,5 +55,6 @@ pub mod protection;
 pub mod schedule;
 pub mod shutdown;
 pub mod store;
+pub mod sync;
 pub mod systemd;
 pub mod telemetry;

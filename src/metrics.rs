@@ -93,14 +93,14 @@ impl Metrics {
 
     /// An encoder heartbeat for `channel`.
     pub fn heartbeat(&self, channel: &str, at: DateTime<Utc>) {
-        let mut heartbeats = self.0.heartbeats.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut heartbeats = crate::sync::lock(&self.0.heartbeats);
         let last = heartbeats.entry(channel.to_lowercase()).or_insert(at);
         *last = (*last).max(at);
     }
 
     /// The last heartbeat of `channel`.
     pub fn last_heartbeat(&self, channel: &str) -> Option<DateTime<Utc>> {
-        let heartbeats = self.0.heartbeats.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let heartbeats = crate::sync::lock(&self.0.heartbeats);
         heartbeats.get(&channel.to_lowercase()).copied()
     }
 

@@ -299,7 +299,7 @@ impl Status {
     }
 
     fn work(&self) -> std::sync::MutexGuard<'_, Work> {
-        self.inner.work.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.inner.work)
     }
 
     fn received(&self) {
@@ -331,17 +331,17 @@ impl Status {
 
     /// Why it is not ready, if it is not.
     pub fn last_error(&self) -> Option<String> {
-        self.inner.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        crate::sync::lock(&self.inner.last_error).clone()
     }
 
     fn set_ready(&self) {
         self.inner.ready.store(true, Ordering::SeqCst);
-        *self.inner.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        *crate::sync::lock(&self.inner.last_error) = None;
     }
 
     fn set_down(&self, error: &str) {
         self.inner.ready.store(false, Ordering::SeqCst);
-        *self.inner.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
+        *crate::sync::lock(&self.inner.last_error) = Some(error.to_string());
     }
 }
 

@@ -30,7 +30,7 @@ mod state;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -55,6 +55,8 @@ pub use events::{DeliveryRecord, Endpoint, EventSchema, EventSettings, VALIDATIO
 pub use faults::Faults;
 
 use crate::clock::{SharedClock, arm_timestamp};
+// The emulator's state stays usable after a panicking handler: each leaves it consistent first.
+use crate::sync::lock;
 use arm::{ArmError, ArmRequest, Reply};
 use encoders::Tick;
 use events::{Outbox, Stamp};
@@ -898,10 +900,4 @@ async fn validate_subscription(
     emulator.inner.wake_deliveries.notify_one();
     let body = json!({"message": "Webhook successfully validated as a part of the subscription creation."});
     axum::Json(body).into_response()
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it: the emulator's
-/// state stays usable, and each handler leaves it consistent before it could panic.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

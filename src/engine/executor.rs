@@ -358,7 +358,7 @@ impl Executor {
     }
 
     fn queues(&self) -> std::sync::MutexGuard<'_, Queues> {
-        self.inner.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.inner.queues)
     }
 
     /// Runs one broadcast's queue until it is empty.

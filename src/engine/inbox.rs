@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Delivery, Outcome};
 use crate::event::Event;
+use crate::sync::lock;
 
 /// Why the inbox cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +114,4 @@ fn reject(path: &Path, rejected: &Path, reason: &str) {
     if std::fs::rename(path, &target).is_ok() {
         let _ = std::fs::write(target.with_extension("reason"), format!("{reason}\n"));
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

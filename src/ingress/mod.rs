@@ -256,7 +256,7 @@ impl Inner {
     fn replays(&self) -> std::sync::MutexGuard<'_, Replays> {
         // A panic while holding the lock cannot leave the maps inconsistent (single inserts and
         // removes), so a poisoned lock is used as it is.
-        self.replays.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.replays)
     }
 }
 
@@ -290,7 +290,7 @@ impl Parsers {
             let spawned = std::thread::Builder::new().name(format!("onair-ingress-parse-{index}")).spawn(move || {
                 loop {
                     // The lock is held only while taking a job; a poisoned lock still hands jobs out.
-                    let job = receiver.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
+                    let job = crate::sync::lock(&receiver).recv();
                     match job {
                         Ok(job) => job(),
                         Err(_) => break,

@@ -320,6 +320,31 @@ impl<S: Sink> Scheduler<S> {
         now: DateTime<Utc>,
         shutdown: &CancellationToken,
     ) -> Option<(Progress, Vec<ScheduleRecord>)> {
+        let due = self.pop_due(now);
+        let mut pass = Pass::default();
+        let mut progress = Progress::default();
+        for &index in &due {
+            let track = &mut self.tracks[index];
+            let missed_unaudited = pass.take_track(track, now, &self.settings, &mut progress);
+            if pass.events.len() >= PUBLISH_CHUNK
+                && !pass.flush(&*self.sink, &self.stats, &self.clock, self.settings.max_sleep, shutdown).await
+            {
+                return None;
+            }
+            if missed_unaudited > 0 {
+                pass.records.push(missed_summary(track, now, missed_unaudited));
+            }
+        }
+        if !pass.flush(&*self.sink, &self.stats, &self.clock, self.settings.max_sleep, shutdown).await {
+            return None;
+        }
+        self.count(&progress);
+        self.rearm(due);
+        Some((progress, pass.records))
+    }
+
+    /// Removes the timers due at `now`; returns their tracks' indexes, earliest first.
+    fn pop_due(&mut self, now: DateTime<Utc>) -> Vec<usize> {
         let mut due = Vec::new();
         while let Some(&(at, index)) = self.timers.first() {
             if at > now {
@@ -328,106 +353,11 @@ impl<S: Sink> Scheduler<S> {
             self.timers.pop_first();
             due.push(index);
         }
-        let mut pass = Pass::default();
-        let mut progress = Progress::default();
-        for &index in &due {
-            let track = &mut self.tracks[index];
-            let taken = take_due(track, now);
-            let decisions = decide(&track.spec, &taken, now, self.settings.misfire_grace);
-            let mut missed_audited = 0;
-            let mut missed_unaudited = 0;
-            for (armed, publish) in taken.iter().zip(decisions) {
-                track.cursor = armed.key;
-                let occurrence = occurrence_id(armed.key.air);
-                let record = |outcome: &str, event_id: Option<String>, reason: String, detail: Value| ScheduleRecord {
-                    broadcast: track.broadcast.clone(),
-                    cursor: armed.key,
-                    at: now,
-                    event_id,
-                    outcome: Some(outcome.to_string()),
-                    reason,
-                    detail,
-                };
-                match armed.step {
-                    Err(skip) => {
-                        progress.skipped += 1;
-                        let reason = format!("occurrence {occurrence} skipped: {}", skip_reason(skip, &track.spec));
-                        pass.records.push(record("skipped", None, reason, json!({"occurrence": occurrence})));
-                    }
-                    Ok(step) if publish => {
-                        progress.published += 1;
-                        let id = format!("{}/{occurrence}/{}", track.broadcast, step.name());
-                        let planned = armed.key.at;
-                        let data = json!({
-                            "broadcast": track.broadcast,
-                            "occurrence": occurrence,
-                            "step": step.name(),
-                            "planned": stamp(planned),
-                            "air": stamp(armed.key.air),
-                        });
-                        pass.events.push(Event::new(
-                            id.clone(),
-                            event::SCHEDULE_FIRED,
-                            track.broadcast.clone(),
-                            data,
-                            now,
-                        ));
-                        let reason = format!("published {} of {occurrence} (planned {})", step.name(), stamp(planned));
-                        let detail = json!({
-                            "step": step.name(),
-                            "occurrence": occurrence,
-                            "planned": stamp(planned),
-                            "fired": stamp(now),
-                            "late_ms": (now - planned).num_milliseconds(),
-                        });
-                        pass.published.push((pass.records.len(), planned));
-                        pass.records.push(record("published", Some(id), reason, detail));
-                    }
-                    Ok(step) => {
-                        progress.missed += 1;
-                        let id = format!("{}/{occurrence}/{}", track.broadcast, step.name());
-                        let late = now - armed.key.at;
-                        if missed_audited < self.settings.audit_missed_limit {
-                            missed_audited += 1;
-                            let reason = format!(
-                                "missed {} of {occurrence}: found {} late (catch_up = {})",
-                                step.name(),
-                                humanize(late),
-                                catch_up_name(track.spec.catch_up)
-                            );
-                            let detail = json!({
-                                "step": step.name(),
-                                "occurrence": occurrence,
-                                "planned": stamp(armed.key.at),
-                                "late_ms": late.num_milliseconds(),
-                            });
-                            pass.records.push(record("missed", Some(id), reason, detail));
-                        } else {
-                            missed_unaudited += 1;
-                        }
-                    }
-                }
-            }
-            if pass.events.len() >= PUBLISH_CHUNK
-                && !pass.flush(&*self.sink, &self.stats, &self.clock, self.settings.max_sleep, shutdown).await
-            {
-                return None;
-            }
-            if missed_unaudited > 0 {
-                pass.records.push(ScheduleRecord {
-                    broadcast: track.broadcast.clone(),
-                    cursor: track.cursor,
-                    at: now,
-                    event_id: None,
-                    outcome: Some("missed".into()),
-                    reason: format!("missed {missed_unaudited} more steps (not listed one by one)"),
-                    detail: json!({"count": missed_unaudited}),
-                });
-            }
-        }
-        if !pass.flush(&*self.sink, &self.stats, &self.clock, self.settings.max_sleep, shutdown).await {
-            return None;
-        }
+        due
+    }
+
+    /// Adds a pass's progress to the counters.
+    fn count(&self, progress: &Progress) {
         for (step, count) in [
             (&self.stats.0.published, progress.published),
             (&self.stats.0.missed, progress.missed),
@@ -438,12 +368,110 @@ impl<S: Sink> Scheduler<S> {
         if progress.missed > 0 {
             tracing::warn!(missed = progress.missed, "Schedule steps missed (found too late); see the audit trail.");
         }
+    }
+
+    /// Sets the timers of the `due` tracks again, at their next armed steps.
+    fn rearm(&mut self, due: Vec<usize>) {
         for index in due {
             if let Some(key) = self.tracks[index].front() {
                 self.timers.insert((key.at, index));
             }
         }
-        Some((progress, pass.records))
+    }
+}
+
+/// The record of the missed steps of `track` that were not audited one by one.
+fn missed_summary(track: &Track, now: DateTime<Utc>, missed_unaudited: usize) -> ScheduleRecord {
+    ScheduleRecord {
+        broadcast: track.broadcast.clone(),
+        cursor: track.cursor,
+        at: now,
+        event_id: None,
+        outcome: Some("missed".into()),
+        reason: format!("missed {missed_unaudited} more steps (not listed one by one)"),
+        detail: json!({"count": missed_unaudited}),
+    }
+}
+
+/// One step taken from a track in a pass at `now`: what its event and records say.
+struct Taken<'a> {
+    broadcast: &'a str,
+    spec: &'a Spec,
+    armed: &'a Armed,
+    now: DateTime<Utc>,
+    occurrence: String,
+}
+
+impl<'a> Taken<'a> {
+    fn new(track: &'a Track, armed: &'a Armed, now: DateTime<Utc>) -> Self {
+        Self { broadcast: &track.broadcast, spec: &track.spec, armed, now, occurrence: occurrence_id(armed.key.air) }
+    }
+
+    fn record(&self, outcome: &str, event_id: Option<String>, reason: String, detail: Value) -> ScheduleRecord {
+        ScheduleRecord {
+            broadcast: self.broadcast.to_string(),
+            cursor: self.armed.key,
+            at: self.now,
+            event_id,
+            outcome: Some(outcome.to_string()),
+            reason,
+            detail,
+        }
+    }
+
+    /// The step's event id (deterministic, so that a step published twice is a duplicate).
+    fn event_id(&self, step: StepKind) -> String {
+        format!("{}/{}/{}", self.broadcast, self.occurrence, step.name())
+    }
+
+    /// The record of an occurrence that does not go on air.
+    fn skipped(&self, skip: Skip) -> ScheduleRecord {
+        let occurrence = &self.occurrence;
+        let reason = format!("occurrence {occurrence} skipped: {}", skip_reason(skip, self.spec));
+        self.record("skipped", None, reason, json!({"occurrence": occurrence}))
+    }
+
+    /// The event of a step to publish, and its record (stamped with the confirmation later).
+    fn published(&self, step: StepKind) -> (Event, ScheduleRecord) {
+        let (occurrence, now) = (&self.occurrence, self.now);
+        let id = self.event_id(step);
+        let planned = self.armed.key.at;
+        let data = json!({
+            "broadcast": self.broadcast,
+            "occurrence": occurrence,
+            "step": step.name(),
+            "planned": stamp(planned),
+            "air": stamp(self.armed.key.air),
+        });
+        let event = Event::new(id.clone(), event::SCHEDULE_FIRED, self.broadcast.to_string(), data, now);
+        let reason = format!("published {} of {occurrence} (planned {})", step.name(), stamp(planned));
+        let detail = json!({
+            "step": step.name(),
+            "occurrence": occurrence,
+            "planned": stamp(planned),
+            "fired": stamp(now),
+            "late_ms": (now - planned).num_milliseconds(),
+        });
+        (event, self.record("published", Some(id), reason, detail))
+    }
+
+    /// The record of a step found too late for its catch-up policy.
+    fn missed(&self, step: StepKind) -> ScheduleRecord {
+        let occurrence = &self.occurrence;
+        let late = self.now - self.armed.key.at;
+        let reason = format!(
+            "missed {} of {occurrence}: found {} late (catch_up = {})",
+            step.name(),
+            humanize(late),
+            catch_up_name(self.spec.catch_up)
+        );
+        let detail = json!({
+            "step": step.name(),
+            "occurrence": occurrence,
+            "planned": stamp(self.armed.key.at),
+            "late_ms": late.num_milliseconds(),
+        });
+        self.record("missed", Some(self.event_id(step)), reason, detail)
     }
 }
 
@@ -479,6 +507,49 @@ struct Pass {
 }
 
 impl Pass {
+    /// Takes `track`'s steps due at `now`: each is published, missed or skipped as its schedule
+    /// says, and recorded (missed steps one by one up to `audit_missed_limit`). Returns how many
+    /// missed steps were not recorded one by one.
+    fn take_track(
+        &mut self,
+        track: &mut Track,
+        now: DateTime<Utc>,
+        settings: &Settings,
+        progress: &mut Progress,
+    ) -> usize {
+        let taken = take_due(track, now);
+        let decisions = decide(&track.spec, &taken, now, settings.misfire_grace);
+        let mut missed_audited = 0;
+        let mut missed_unaudited = 0;
+        for (armed, publish) in taken.iter().zip(decisions) {
+            track.cursor = armed.key;
+            let step = Taken::new(track, armed, now);
+            match armed.step {
+                Err(skip) => {
+                    progress.skipped += 1;
+                    self.records.push(step.skipped(skip));
+                }
+                Ok(kind) if publish => {
+                    progress.published += 1;
+                    let (event, record) = step.published(kind);
+                    self.events.push(event);
+                    self.published.push((self.records.len(), armed.key.at));
+                    self.records.push(record);
+                }
+                Ok(kind) => {
+                    progress.missed += 1;
+                    if missed_audited < settings.audit_missed_limit {
+                        missed_audited += 1;
+                        self.records.push(step.missed(kind));
+                    } else {
+                        missed_unaudited += 1;
+                    }
+                }
+            }
+        }
+        missed_unaudited
+    }
+
     /// Publishes the pending steps (retrying until confirmed; `false` when shut down first) and
     /// stamps the confirmation time on their records. Retries back off up to `max_sleep`, like
     /// every other wait of the scheduler.

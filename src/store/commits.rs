@@ -104,6 +104,6 @@ impl Commits {
     }
 
     fn failing_lock(&self) -> std::sync::MutexGuard<'_, Option<Failing>> {
-        self.0.failing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.0.failing)
     }
 }

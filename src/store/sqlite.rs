@@ -15,7 +15,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use serde_json::Value;
 
-use super::{AuditRow, Commit, Committed, Cursor, Error, Fault, InstanceRecord, OutboxRow, ScheduleRecord, Store};
+use super::{
+    AuditRow, Commit, Committed, Completion, Cursor, Error, Fault, InstanceRecord, OutboxRow, ScheduleRecord, Store,
+};
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -154,7 +156,7 @@ impl SqliteStore {
     }
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.reader)
     }
 
     fn ask<T>(&self, make: impl FnOnce(Sender<Result<T, Error>>) -> Request) -> Result<T, Error> {
@@ -614,27 +616,44 @@ fn write_commit(db: &rusqlite::Savepoint<'_>, commit: &Commit) -> rusqlite::Resu
     let mut decision_seq = 0;
     if let Some(instance) = &commit.instance {
         decision_seq = instance.seq;
-        db.execute(
-            "INSERT INTO instances (broadcast, machine, state, vars, since_ms, seq, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (broadcast) DO UPDATE SET machine = ?2, state = ?3, vars = ?4, since_ms = ?5, seq = ?6, updated_ms = ?7",
-            params![
-                instance.broadcast,
-                instance.machine,
-                instance.state,
-                Value::Object(instance.vars.clone()).to_string(),
-                instance.since.timestamp_millis(),
-                instance.seq,
-                at
-            ],
-        )?;
-        db.execute("DELETE FROM timers WHERE broadcast = ?1", params![instance.broadcast])?;
-        for (name, due) in &instance.timers {
-            db.execute(
-                "INSERT INTO timers (broadcast, name, due_ms) VALUES (?1, ?2, ?3)",
-                params![instance.broadcast, name, due.timestamp_millis()],
-            )?;
-        }
+        write_instance(db, instance, at)?;
     }
+    write_decision_audit(db, commit, at)?;
+    let skipped = match &commit.completes {
+        Some(completion) => write_completion(db, commit, completion, at)?,
+        None => Vec::new(),
+    };
+    let outbox = queue_actions(db, commit, decision_seq)?;
+    Ok(Some(Committed::Applied { outbox, skipped }))
+}
+
+/// Replaces the broadcast's instance row and its armed timers.
+fn write_instance(db: &rusqlite::Savepoint<'_>, instance: &InstanceRecord, at: i64) -> rusqlite::Result<()> {
+    db.execute(
+        "INSERT INTO instances (broadcast, machine, state, vars, since_ms, seq, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (broadcast) DO UPDATE SET machine = ?2, state = ?3, vars = ?4, since_ms = ?5, seq = ?6, updated_ms = ?7",
+        params![
+            instance.broadcast,
+            instance.machine,
+            instance.state,
+            Value::Object(instance.vars.clone()).to_string(),
+            instance.since.timestamp_millis(),
+            instance.seq,
+            at
+        ],
+    )?;
+    db.execute("DELETE FROM timers WHERE broadcast = ?1", params![instance.broadcast])?;
+    for (name, due) in &instance.timers {
+        db.execute(
+            "INSERT INTO timers (broadcast, name, due_ms) VALUES (?1, ?2, ?3)",
+            params![instance.broadcast, name, due.timestamp_millis()],
+        )?;
+    }
+    Ok(())
+}
+
+/// The audit row of the decision itself.
+fn write_decision_audit(db: &rusqlite::Savepoint<'_>, commit: &Commit, at: i64) -> rusqlite::Result<()> {
     let decision = &commit.decision;
     db.execute(
         "INSERT INTO audit (broadcast, at_ms, kind, event_id, event_type, from_state, to_state, transition, reason, detail)
@@ -651,45 +670,57 @@ fn write_commit(db: &rusqlite::Savepoint<'_>, commit: &Commit) -> rusqlite::Resu
             serde_json::json!({"event": commit.event, "decision": decision.detail, "outcome": decision.outcome}).to_string()
         ],
     )?;
-    let mut skipped = Vec::new();
-    if let Some(completion) = &commit.completes {
-        let status = if completion.succeeded { "succeeded" } else { "failed" };
-        // Only an action of this decision's broadcast: a result naming another broadcast's
-        // outbox row must not close it (nor skip the rest of that broadcast's decision).
-        let row: Option<(String, i64, i64, String)> = db
-            .query_row(
-                "SELECT broadcast, decision, position, kind FROM outbox WHERE id = ?1 AND broadcast = ?2",
-                params![completion.outbox_id, commit.broadcast],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-            )
-            .optional()?;
-        db.execute(
-            "UPDATE outbox SET status = ?2, finished_ms = ?3, result = ?4
-             WHERE id = ?1 AND broadcast = ?5 AND status = 'pending'",
-            params![completion.outbox_id, status, at, completion.result.to_string(), commit.broadcast],
-        )?;
-        if let Some((broadcast, decision, position, kind)) = row {
-            db.execute(
-                "INSERT INTO audit (broadcast, at_ms, kind, event_id, reason, detail) VALUES (?1, ?2, 'action', ?3, ?4, ?5)",
-                params![
-                    broadcast,
-                    at,
-                    commit.event_id,
-                    format!("action {kind} (#{}) {status}", completion.outbox_id),
-                    serde_json::json!({"outbox_id": completion.outbox_id, "result": completion.result}).to_string()
-                ],
-            )?;
-            if !completion.succeeded {
-                let mut statement = db.prepare(
-                    "UPDATE outbox SET status = 'skipped', finished_ms = ?4
-                     WHERE broadcast = ?1 AND decision = ?2 AND position > ?3 AND status = 'pending' RETURNING id",
-                )?;
-                let ids =
-                    statement.query_map(params![broadcast, decision, position, at], |row| row.get::<_, i64>(0))?;
-                skipped = ids.collect::<rusqlite::Result<Vec<_>>>()?;
-            }
-        }
+    Ok(())
+}
+
+/// Closes the outbox row the event reports on, audits it, and after a failure skips the rest of
+/// its decision's pending actions; returns the ids skipped.
+fn write_completion(
+    db: &rusqlite::Savepoint<'_>,
+    commit: &Commit,
+    completion: &Completion,
+    at: i64,
+) -> rusqlite::Result<Vec<i64>> {
+    let status = if completion.succeeded { "succeeded" } else { "failed" };
+    // Only an action of this decision's broadcast: a result naming another broadcast's
+    // outbox row must not close it (nor skip the rest of that broadcast's decision).
+    let row: Option<(String, i64, i64, String)> = db
+        .query_row(
+            "SELECT broadcast, decision, position, kind FROM outbox WHERE id = ?1 AND broadcast = ?2",
+            params![completion.outbox_id, commit.broadcast],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .optional()?;
+    db.execute(
+        "UPDATE outbox SET status = ?2, finished_ms = ?3, result = ?4
+         WHERE id = ?1 AND broadcast = ?5 AND status = 'pending'",
+        params![completion.outbox_id, status, at, completion.result.to_string(), commit.broadcast],
+    )?;
+    let Some((broadcast, decision, position, kind)) = row else { return Ok(Vec::new()) };
+    db.execute(
+        "INSERT INTO audit (broadcast, at_ms, kind, event_id, reason, detail) VALUES (?1, ?2, 'action', ?3, ?4, ?5)",
+        params![
+            broadcast,
+            at,
+            commit.event_id,
+            format!("action {kind} (#{}) {status}", completion.outbox_id),
+            serde_json::json!({"outbox_id": completion.outbox_id, "result": completion.result}).to_string()
+        ],
+    )?;
+    if completion.succeeded {
+        return Ok(Vec::new());
     }
+    let mut statement = db.prepare(
+        "UPDATE outbox SET status = 'skipped', finished_ms = ?4
+         WHERE broadcast = ?1 AND decision = ?2 AND position > ?3 AND status = 'pending' RETURNING id",
+    )?;
+    let ids = statement.query_map(params![broadcast, decision, position, at], |row| row.get::<_, i64>(0))?;
+    ids.collect()
+}
+
+/// Puts the decision's actions in the outbox, in order; returns the new rows.
+fn queue_actions(db: &rusqlite::Savepoint<'_>, commit: &Commit, decision_seq: i64) -> rusqlite::Result<Vec<OutboxRow>> {
+    let at = commit.at.timestamp_millis();
     let mut outbox = Vec::with_capacity(commit.actions.len());
     for (position, action) in commit.actions.iter().enumerate() {
         db.execute(
@@ -708,7 +739,7 @@ fn write_commit(db: &rusqlite::Savepoint<'_>, commit: &Commit) -> rusqlite::Resu
             created: commit.at,
         });
     }
-    Ok(Some(Committed::Applied { outbox, skipped }))
+    Ok(outbox)
 }
 
 fn write_action_started(

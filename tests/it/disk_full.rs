@@ -242,6 +242,8 @@ struct Tmpfs {
 
 impl Tmpfs {
     fn mount(size: &str) -> Self {
+        // A test helper: the mount point lives under the test machine's temporary directory.
+        #[allow(clippy::disallowed_methods)]
         let path = std::env::temp_dir().join(format!("onair-disk-full-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&path).unwrap();
         let output = Command::new("mount")

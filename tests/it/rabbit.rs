@@ -13,6 +13,8 @@ static NODE: OnceLock<Result<LocalNode, String>> = OnceLock::new();
 /// The node, started once.
 pub fn node() -> &'static LocalNode {
     let started = NODE.get_or_init(|| {
+        // A test helper: the node lives under the test machine's temporary directory.
+        #[allow(clippy::disallowed_methods)]
         let directory = std::env::temp_dir().join(format!("onair-rabbitmq-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&directory);
         LocalNode::start(&directory, Duration::from_secs(120)).map_err(|error| error.to_string())
