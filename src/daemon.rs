@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::broker::{self, Publisher};
 use crate::cli::{DlqCommand, SendArgs};
@@ -74,7 +75,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let watchdog = settings.watchdog;
     let notify = {
         let notifier = notifier.clone();
-        tokio::spawn(async move {
+        let notifying = async move {
             while !status.is_ready() {
                 tokio::select! {
                     () = notifier.cancelled() => return,
@@ -87,7 +88,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 tracing::info!(interval = ?interval, "systemd watchdog enabled; pinging while events are committed.");
                 crate::systemd::watchdog(health, interval, notifier).await;
             }
-        })
+        };
+        tokio::spawn(notifying.instrument(tracing::info_span!("systemd_notify")))
     };
     shutdown.cancelled().await;
     crate::systemd::stopping();
@@ -130,8 +132,9 @@ impl Daemon {
     pub async fn start_with_clock(settings: &Settings, library: Library, clock: SharedClock) -> anyhow::Result<Self> {
         let media = crate::media::Client::new(&settings.media)?;
         let store_path = settings.engine.store.clone();
+        let span = tracing::info_span!("store.open");
         let store: Arc<dyn Store> =
-            Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&store_path)).await??);
+            Arc::new(tokio::task::spawn_blocking(move || span.in_scope(|| SqliteStore::open(&store_path))).await??);
         let broker_settings = Arc::new(settings.broker.clone());
         let publisher = Arc::new(Publisher::new(Arc::clone(&broker_settings)));
         let (outbound, published) = mpsc::unbounded_channel::<Event>();
@@ -157,15 +160,17 @@ impl Daemon {
         let engine = Engine::start(parts, core.clone()).await?;
         let status = broker::Status::default();
         status.watch_commits(metrics.commits().clone());
-        let consumer =
-            tokio::spawn(broker::consume(Arc::clone(&broker_settings), engine.input(), status.clone(), intake.clone()));
-        let inbox = tokio::spawn(inbox::run(
-            engine_settings.inbox.clone(),
-            engine_settings.inbox_poll,
-            engine.input(),
-            intake.clone(),
-        ));
-        let relay = tokio::spawn(relay(published, Arc::clone(&publisher), core.clone()));
+        let consumer = tokio::spawn(
+            broker::consume(Arc::clone(&broker_settings), engine.input(), status.clone(), intake.clone())
+                .instrument(tracing::info_span!("broker_consumer")),
+        );
+        let inbox = tokio::spawn(
+            inbox::run(engine_settings.inbox.clone(), engine_settings.inbox_poll, engine.input(), intake.clone())
+                .instrument(tracing::info_span!("inbox")),
+        );
+        let relay = tokio::spawn(
+            relay(published, Arc::clone(&publisher), core.clone()).instrument(tracing::info_span!("relay")),
+        );
         let schedule_stats = crate::schedule::Stats::default();
         let schedules: Vec<_> = engine_settings
             .broadcasts
@@ -184,10 +189,11 @@ impl Daemon {
             )
             .await?;
             let stop = intake.clone();
-            Some(tokio::spawn(async move {
+            let scheduling = async move {
                 scheduler.run(stop).await;
                 sink.close().await;
-            }))
+            };
+            Some(tokio::spawn(scheduling.instrument(tracing::info_span!("scheduler"))))
         } else {
             None
         };
@@ -202,7 +208,10 @@ impl Daemon {
                 Arc::new(Publisher::new(Arc::clone(&broker_settings))),
                 Arc::clone(&clock),
             );
-            let task = tokio::spawn(crate::ingress::serve(listener, ingress.clone(), intake.clone()));
+            let task = tokio::spawn(
+                crate::ingress::serve(listener, ingress.clone(), intake.clone())
+                    .instrument(tracing::info_span!("ingress")),
+            );
             tracing::info!(%address, "Webhook ingress listening.");
             Some((address, ingress, task))
         } else {
@@ -214,7 +223,9 @@ impl Daemon {
             status.clone(),
             metrics.commits().clone(),
         );
-        let probe = tokio::spawn(health.clone().probe_media(media, intake.clone()));
+        let probe = tokio::spawn(
+            health.clone().probe_media(media, intake.clone()).instrument(tracing::info_span!("media_probe")),
+        );
         let http = if settings.http.enabled {
             let listener = tokio::net::TcpListener::bind(settings.http.listen)
                 .await
@@ -236,7 +247,8 @@ impl Daemon {
                 clock: Arc::clone(&clock),
                 started: std::time::Instant::now(),
             });
-            let task = tokio::spawn(crate::http::serve(listener, router, settings.http.connections, intake.clone()));
+            let serving = crate::http::serve(listener, router, settings.http.connections, intake.clone());
+            let task = tokio::spawn(serving.instrument(tracing::info_span!("http")));
             tracing::info!(%address, "Operations listener (health, metrics, API, dashboard) listening.");
             Some((address, task))
         } else {

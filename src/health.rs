@@ -96,7 +96,8 @@ impl Health {
             },
             None => {
                 let path = self.0.store.clone();
-                match tokio::task::spawn_blocking(move || crate::store::probe_writable(&path)).await {
+                let span = tracing::info_span!("store.probe_writable");
+                match tokio::task::spawn_blocking(move || span.in_scope(|| crate::store::probe_writable(&path))).await {
                     Ok(Ok(())) => Check { ok: true, detail: "writable".into() },
                     Ok(Err(error)) => Check { ok: false, detail: error.to_string() },
                     Err(error) => Check { ok: false, detail: format!("the probe did not finish: {error}") },

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use onair::cli::Cli;
 use onair::{config, shutdown, telemetry};
@@ -46,7 +47,8 @@ async fn run(cli: Cli, (settings, emulator): (onair::daemon::Settings, onair::em
     shutdown::cancel_on_signal(root.clone());
     let tracker = TaskTracker::new();
     let grace = settings.shutdown.grace;
-    let mut command = tracker.spawn(onair::cli::execute(cli.command, settings, emulator, root.child_token()));
+    let execute = onair::cli::execute(cli.command, settings, emulator, root.child_token());
+    let mut command = tracker.spawn(execute.instrument(tracing::info_span!("command")));
     let joined = tokio::select! {
         joined = &mut command => joined,
         _ = root.cancelled() => match shutdown::drain(&root, &tracker, grace).await {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Shutdown settings (`[shutdown]`).
 #[derive(Debug, Clone)]
@@ -63,12 +64,13 @@ pub async fn signal() {
 
 /// Cancels `root` when a signal arrives or when `root` is cancelled by someone else.
 pub fn cancel_on_signal(root: CancellationToken) {
-    tokio::spawn(async move {
+    let watch = async move {
         tokio::select! {
             _ = signal() => root.cancel(),
             _ = root.cancelled() => {}
         }
-    });
+    };
+    tokio::spawn(watch.instrument(tracing::info_span!("signals")));
 }
 
 /// Waits for every tracked task to finish, at most `grace` after `root` is cancelled.

@@ -46,6 +46,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use url::Url;
 
 use crate::engine::{Delivery, Outcome};
@@ -796,21 +797,24 @@ async fn handle(
     status: &Status,
     shutdown: &CancellationToken,
 ) {
+    let span = tracing::info_span!("delivery", delivery_tag = delivery.delivery_tag, event_id = tracing::field::Empty);
     let is_output =
         delivery.properties.headers().as_ref().is_some_and(|headers| headers.inner().contains_key(OUTPUT_HEADER));
     if is_output {
         let status = status.clone();
-        in_flight.spawn(async move { status.settled(ack(&delivery).await) });
+        in_flight.spawn(async move { status.settled(ack(&delivery).await) }.instrument(span));
         return;
     }
     let event = match Event::parse(&delivery.data) {
         Ok(event) => event,
         Err(error) => {
             let dead = Arc::clone(dead);
-            in_flight.spawn(async move { dead.dead_letter(delivery, &error.to_string()).await });
+            in_flight.spawn(async move { dead.dead_letter(delivery, &error.to_string()).await }.instrument(span));
             return;
         }
     };
+    span.record("event_id", event.id.as_str());
+    span.in_scope(|| tracing::debug!(kind = %event.kind, subject = %event.subject, "Delivery received."));
     let (reply, outcome) = oneshot::channel();
     // While the engine takes nothing (its commits fail and its queues are full) this waits, and
     // the consumer takes no new delivery: consumption is paused.
@@ -831,6 +835,7 @@ async fn handle(
             outcome @ (Outcome::Committed | Outcome::Duplicate) => {
                 let acked = ack(&delivery).await;
                 if acked {
+                    tracing::debug!(outcome = ?outcome, "Delivery acknowledged.");
                     status.inner.acked.fetch_add(1, Ordering::Relaxed);
                     if outcome == Outcome::Duplicate {
                         status.inner.deduplicated.fetch_add(1, Ordering::Relaxed);
@@ -848,7 +853,7 @@ async fn handle(
                 status.settled(false);
             }
         }
-    });
+    }.instrument(span));
 }
 
 /// Acknowledges; false when the ack could not be sent (the broker will redeliver).

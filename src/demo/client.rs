@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::clock::{Clock, SystemClock};
 use crate::emulator::{self, Emulator, LoggedRequest};
@@ -34,7 +35,9 @@ pub async fn run(
                 .local_addr()
                 .map_err(|source| emulator::Error::Bind { address: emulator_settings.listen, source })?;
             let emulator = Emulator::new(emulator_settings.clone(), crate::clock::system());
-            let task = tokio::spawn(emulator::serve(listener, emulator, serving.clone()));
+            let task = tokio::spawn(
+                emulator::serve(listener, emulator, serving.clone()).instrument(tracing::info_span!("emulator")),
+            );
             (format!("http://{address}"), Some(task))
         }
     };

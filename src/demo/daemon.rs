@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{Error, Options};
 use crate::broadcast::Broadcast;
@@ -37,9 +38,12 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(&directory);
     let node_directory = directory.join("rabbitmq");
     println!("  starting a private RabbitMQ node (it stops with the demo)…");
-    let node = tokio::task::spawn_blocking(move || LocalNode::start(&node_directory, Duration::from_secs(120)))
-        .await
-        .map_err(|error| Error::Daemon(error.to_string()))??;
+    let span = tracing::info_span!("rabbitmq_start");
+    let node = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| LocalNode::start(&node_directory, Duration::from_secs(120)))
+    })
+    .await
+    .map_err(|error| Error::Daemon(error.to_string()))??;
     println!("  rabbitmq   {} on 127.0.0.1:{}", node.name, node.port);
 
     emulator_settings.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
@@ -52,7 +56,9 @@ pub async fn run(
     );
     let emulator = Emulator::new(emulator_settings.clone(), crate::clock::system());
     let serving = CancellationToken::new();
-    let server = tokio::spawn(emulator::serve(listener, emulator.clone(), serving.clone()));
+    let server = tokio::spawn(
+        emulator::serve(listener, emulator.clone(), serving.clone()).instrument(tracing::info_span!("emulator")),
+    );
     println!("  emulator   {base} (transient states last {:?})", emulator_settings.transition);
 
     configure(&mut settings, &emulator_settings, &base, &node, &directory, &options);

@@ -47,6 +47,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use encoders::{
     AUDIO_BITRATE, EncoderAction, EncoderState, EncoderStatus, NOT_RUNNING_CODE, TrackStatus, VIDEO_BITRATE,
@@ -490,8 +491,11 @@ pub async fn serve(listener: TcpListener, emulator: Emulator, shutdown: Cancella
     }
     let router = emulator.router();
     let background = TaskTracker::new();
-    background.spawn(encoders::heartbeats(emulator.clone(), shutdown.clone()));
-    background.spawn(events::deliver(emulator.clone(), shutdown.clone()));
+    background.spawn(
+        encoders::heartbeats(emulator.clone(), shutdown.clone()).instrument(tracing::info_span!("emulator_heartbeats")),
+    );
+    background
+        .spawn(events::deliver(emulator.clone(), shutdown.clone()).instrument(tracing::info_span!("emulator_events")));
     background.close();
     let connections = TaskTracker::new();
     loop {
@@ -517,7 +521,7 @@ pub async fn serve(listener: TcpListener, emulator: Emulator, shutdown: Cancella
             })
         };
         let shutdown = shutdown.clone();
-        connections.spawn(async move {
+        let serving = async move {
             let io = hyper_util::rt::TokioIo::new(stream);
             let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
             tokio::pin!(connection);
@@ -530,7 +534,8 @@ pub async fn serve(listener: TcpListener, emulator: Emulator, shutdown: Cancella
                     let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
                 }
             }
-        });
+        };
+        connections.spawn(serving.instrument(tracing::info_span!("emulator_connection")));
     }
     connections.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::{Broadcast, Delivery, Settings};
 use crate::clock::SharedClock;
@@ -287,9 +288,16 @@ impl Runner {
 /// Queues per broadcast, shared by the dispatcher and the workers.
 #[derive(Default)]
 struct Queues {
-    waiting: HashMap<String, VecDeque<OutboxRow>>,
+    waiting: HashMap<String, VecDeque<Queued>>,
     busy: HashSet<String>,
     skipped: HashSet<i64>,
+}
+
+/// An outbox row waiting its turn, with the id of the event whose decision queued it (for the
+/// logs; unknown for rows resumed after a restart).
+struct Queued {
+    row: OutboxRow,
+    cause: Option<String>,
 }
 
 /// A handle to the executor.
@@ -336,17 +344,21 @@ impl Executor {
         }
     }
 
-    /// Queues an outbox row behind the broadcast's earlier ones.
-    pub fn run(&self, row: OutboxRow) {
+    /// Queues an outbox row behind the broadcast's earlier ones; `cause` is the id of the event
+    /// whose decision queued it, when known.
+    pub fn run(&self, row: OutboxRow, cause: Option<&str>) {
         let broadcast = row.broadcast.clone();
         let start_worker = {
             let mut queues = self.queues();
-            queues.waiting.entry(broadcast.clone()).or_default().push_back(row);
+            let queued = Queued { row, cause: cause.map(str::to_string) };
+            queues.waiting.entry(broadcast.clone()).or_default().push_back(queued);
             queues.busy.insert(broadcast.clone())
         };
         if start_worker {
             let executor = self.clone();
-            self.inner.tracker.spawn(async move { executor.work(broadcast).await });
+            // No parent: the worker outlives the event that started it and runs later events' actions.
+            let span = tracing::info_span!(parent: None, "executor", broadcast = %broadcast);
+            self.inner.tracker.spawn(async move { executor.work(broadcast).await }.instrument(span));
         }
     }
 
@@ -369,9 +381,9 @@ impl Executor {
                 let Queues { waiting, busy, skipped } = &mut *queues;
                 let queue = waiting.entry(broadcast.clone()).or_default();
                 let mut next = None;
-                while let Some(row) = queue.pop_front() {
-                    if !skipped.remove(&row.id) {
-                        next = Some(row);
+                while let Some(queued) = queue.pop_front() {
+                    if !skipped.remove(&queued.row.id) {
+                        next = Some(queued);
                         break;
                     }
                 }
@@ -381,18 +393,25 @@ impl Executor {
                 }
                 next
             };
-            let Some(row) = next else { return };
+            let Some(Queued { row, cause }) = next else { return };
             let Some(config) = self.inner.settings.broadcasts.get(&broadcast) else { continue };
+            let span = tracing::info_span!(
+                "action",
+                broadcast = %row.broadcast,
+                action = %row.kind,
+                action_id = row.id,
+                event_id = cause.as_deref()
+            );
             let result = tokio::select! {
                 // Stopping mid-action is safe: the row stays pending and runs again after a restart.
                 _ = self.inner.shutdown.cancelled() => return,
-                result = self.attempts(&row, config) => result,
+                result = self.attempts(&row, config).instrument(span) => result,
             };
             if result.is_err() {
                 // The rest of this decision's actions would act on a failed premise.
                 let mut queues = self.queues();
                 if let Some(queue) = queues.waiting.get_mut(&broadcast) {
-                    queue.retain(|queued| queued.decision != row.decision);
+                    queue.retain(|queued| queued.row.decision != row.decision);
                 }
             }
             let event = self.result_event(&row, result);
@@ -443,7 +462,9 @@ impl Executor {
     async fn record_start(&self, outbox_id: i64, attempt: u32) {
         let store = Arc::clone(&self.inner.store);
         let at: DateTime<Utc> = self.inner.clock.now();
-        let recorded = tokio::task::spawn_blocking(move || store.action_started(outbox_id, attempt, at)).await;
+        let span = tracing::info_span!("store.action_started");
+        let recorded =
+            tokio::task::spawn_blocking(move || span.in_scope(|| store.action_started(outbox_id, attempt, at))).await;
         if let Ok(Err(error)) = recorded {
             tracing::warn!(outbox_id, %error, "Could not record the start of an action.");
         }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{Delivery, Outcome};
 use crate::event::Event;
@@ -56,6 +57,7 @@ pub async fn run(
                     continue;
                 }
             };
+            let span = tracing::info_span!("inbox_file", event_id = %event.id);
             let (reply, outcome) = tokio::sync::oneshot::channel();
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -63,7 +65,7 @@ pub async fn run(
             }
             let in_flight = Arc::clone(&in_flight);
             let rejected = rejected.clone();
-            tokio::spawn(async move {
+            let settle = async move {
                 match outcome.await {
                     Ok(Outcome::Committed | Outcome::Duplicate) => {
                         if let Err(error) = std::fs::remove_file(&path) {
@@ -75,7 +77,8 @@ pub async fn run(
                     Ok(Outcome::Failed(_)) | Err(_) => {}
                 }
                 lock(&in_flight).remove(&path);
-            });
+            };
+            tokio::spawn(settle.instrument(span));
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

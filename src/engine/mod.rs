@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use executor::{ActionError, Runner};
 pub use settings::Settings;
@@ -112,11 +113,17 @@ impl Engine {
         }
         let loaded = {
             let store = Arc::clone(store);
-            tokio::task::spawn_blocking(move || store.load_instances()).await.unwrap_or(Err(store::Error::Stopped))?
+            let span = tracing::info_span!("store.load_instances");
+            tokio::task::spawn_blocking(move || span.in_scope(|| store.load_instances()))
+                .await
+                .unwrap_or(Err(store::Error::Stopped))?
         };
         let pending = {
             let store = Arc::clone(store);
-            tokio::task::spawn_blocking(move || store.pending_actions()).await.unwrap_or(Err(store::Error::Stopped))?
+            let span = tracing::info_span!("store.pending_actions");
+            tokio::task::spawn_blocking(move || span.in_scope(|| store.pending_actions()))
+                .await
+                .unwrap_or(Err(store::Error::Stopped))?
         };
 
         let tracker = TaskTracker::new();
@@ -142,7 +149,8 @@ impl Engine {
         }
         let resumed_actions = pending.iter().filter(|row| settings.broadcasts.contains_key(&row.broadcast)).count();
         for row in pending.into_iter().filter(|row| settings.broadcasts.contains_key(&row.broadcast)) {
-            executor.run(row);
+            // The event that queued a resumed row is not known any more.
+            executor.run(row, None);
         }
         tracing::info!(
             broadcasts = settings.broadcasts.len(),
@@ -152,7 +160,7 @@ impl Engine {
         );
 
         let definitions = Arc::new(definitions);
-        for cache in caches {
+        for (index, cache) in caches.into_iter().enumerate() {
             let (sender, receiver) = mpsc::channel::<Routed>(settings.lane_queue);
             let lane = Lane {
                 settings: Arc::clone(settings),
@@ -165,23 +173,19 @@ impl Engine {
                 cache,
                 stale: Default::default(),
             };
-            tracker.spawn(lane.run(receiver, shutdown.child_token()));
+            tracker.spawn(
+                lane.run(receiver, shutdown.child_token()).instrument(tracing::info_span!("lane", lane = index)),
+            );
             lanes.push(sender);
         }
-        tracker.spawn(route(
-            inbox,
-            lanes,
-            Arc::clone(settings),
-            metrics.clone(),
-            Arc::clone(clock),
-            shutdown.child_token(),
-        ));
-        tracker.spawn(purge_processed(
-            Arc::clone(store),
-            Arc::clone(settings),
-            Arc::clone(clock),
-            shutdown.child_token(),
-        ));
+        tracker.spawn(
+            route(inbox, lanes, Arc::clone(settings), metrics.clone(), Arc::clone(clock), shutdown.child_token())
+                .instrument(tracing::info_span!("router")),
+        );
+        tracker.spawn(
+            purge_processed(Arc::clone(store), Arc::clone(settings), Arc::clone(clock), shutdown.child_token())
+                .instrument(tracing::info_span!("purge_processed")),
+        );
         tracker.close();
         Ok(Self { input, tracker })
     }
@@ -303,7 +307,8 @@ async fn route(
                     outcomes.push(outcome);
                 }
                 if let Some(reply) = reply {
-                    tokio::spawn(async move {
+                    let span = tracing::info_span!("combine_outcomes", event_id = %event.id);
+                    let combine = async move {
                         let mut combined = Outcome::Duplicate;
                         for outcome in outcomes {
                             match outcome.await.unwrap_or_else(|_| Outcome::Failed("engine stopped".into())) {
@@ -315,7 +320,8 @@ async fn route(
                             }
                         }
                         let _ = reply.send(combined);
-                    });
+                    };
+                    tokio::spawn(combine.instrument(span));
                 }
             }
         }
@@ -430,8 +436,9 @@ impl Lane {
         let processed = {
             let store = Arc::clone(&self.store);
             let keys = keys.clone();
+            let span = tracing::info_span!("store.processed");
             // If the check fails, the commit's own check still catches a duplicate.
-            tokio::task::spawn_blocking(move || store.processed(&keys))
+            tokio::task::spawn_blocking(move || span.in_scope(|| store.processed(&keys)))
                 .await
                 .ok()
                 .and_then(Result::ok)
@@ -446,7 +453,19 @@ impl Lane {
         let mut commits = Vec::with_capacity(batch.len());
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
         let mut timer_changes: Vec<(String, Vec<TimerChange>)> = Vec::new();
-        for ((routed, key), known) in batch.iter().zip(&keys).zip(processed) {
+        // One span per event: what is decided for it, and the actions it queues, are logged in it.
+        let spans: Vec<tracing::Span> = batch
+            .iter()
+            .map(|routed| {
+                tracing::info_span!(
+                    "event",
+                    event_id = %routed.event.id,
+                    broadcast = %routed.broadcast,
+                    transition = tracing::field::Empty
+                )
+            })
+            .collect();
+        for (((routed, key), known), span) in batch.iter().zip(&keys).zip(processed).zip(&spans) {
             let (Some(broadcast), Some(definition)) =
                 (settings.broadcasts.get(&routed.broadcast), definitions.get(&routed.broadcast))
             else {
@@ -464,6 +483,7 @@ impl Lane {
             }
             let event = &routed.event;
             if known || !seen.insert(key.clone()) {
+                span.record("transition", "duplicate");
                 commits.push(duplicate_commit(&routed.broadcast, &definition.name, event, now));
                 timer_changes.push((routed.broadcast.clone(), Vec::new()));
                 outcomes.push(None);
@@ -480,7 +500,8 @@ impl Lane {
                     }
                 },
             };
-            let (commit, next, timers) = decide(&routed.broadcast, broadcast, definition, &current, event, now);
+            let (commit, next, timers) =
+                span.in_scope(|| decide(&routed.broadcast, broadcast, definition, &current, event, now));
             working.insert(routed.broadcast.clone(), next);
             commits.push(commit);
             timer_changes.push((routed.broadcast.clone(), timers));
@@ -495,14 +516,16 @@ impl Lane {
                 let mut results = results.into_iter().zip(timer_changes);
                 outcomes
                     .into_iter()
-                    .map(|outcome| {
+                    .zip(batch.iter().zip(&spans))
+                    .map(|(outcome, (routed, span))| {
                         if let Some(outcome) = outcome {
                             return outcome;
                         }
+                        let _entered = span.enter();
                         match results.next() {
                             Some((Committed::Applied { outbox, skipped }, (broadcast, timers))) => {
                                 self.executor.skip(skipped);
-                                outbox.into_iter().for_each(|row| self.executor.run(row));
+                                outbox.into_iter().for_each(|row| self.executor.run(row, Some(&routed.event.id)));
                                 for change in timers {
                                     match change {
                                         TimerChange::Set { name, due } => self.timers.set(&broadcast, &name, due),
@@ -554,7 +577,8 @@ impl Lane {
         let store = Arc::clone(&self.store);
         let id = broadcast.to_string();
         // Stale until the read succeeds: a failed read must not turn the broadcast into a new one.
-        let loaded = tokio::task::spawn_blocking(move || store.load_instance(&id))
+        let span = tracing::info_span!("store.load_instance");
+        let loaded = tokio::task::spawn_blocking(move || span.in_scope(|| store.load_instance(&id)))
             .await
             .unwrap_or(Err(store::Error::Stopped))?;
         self.stale.remove(broadcast);
@@ -571,8 +595,10 @@ impl Lane {
     /// the end of an episode of failures (not every retry). The caller retries.
     async fn commit(&self, batch: Vec<Commit>) -> Result<Vec<Committed>, store::Error> {
         let store = Arc::clone(&self.store);
-        let result =
-            tokio::task::spawn_blocking(move || store.commit(batch)).await.unwrap_or(Err(store::Error::Stopped));
+        let span = tracing::info_span!("store.commit");
+        let result = tokio::task::spawn_blocking(move || span.in_scope(|| store.commit(batch)))
+            .await
+            .unwrap_or(Err(store::Error::Stopped));
         let commits = self.metrics.commits();
         match &result {
             Ok(_) => {
@@ -622,7 +648,6 @@ fn decide(
         },
         None => machine::step(definition, &current.instance, event, &broadcast.expression_view(), now),
     };
-    tracing::debug!(broadcast = %broadcast_id, event_id = %event.id, reason = %decision.reason, "Decided.");
     let instance = decision.apply(&current.instance);
     let changed_state = instance.state != current.instance.state;
     let next = Cached {
@@ -643,6 +668,14 @@ fn decide(
         StepOutcome::Transitioned { transition, from, to } => ("transition", from.clone(), to.clone(), *transition),
         StepOutcome::Ignored => ("ignored", current.instance.state.clone(), current.instance.state.clone(), None),
     };
+    let transition_name = match (&decision.outcome, transition) {
+        (StepOutcome::Ignored, _) => "ignored".to_string(),
+        (_, Some(index)) => format!("#{index} {from} -> {to}"),
+        (_, None) => format!("forced {from} -> {to}"),
+    };
+    // The caller runs this in the event's span.
+    tracing::Span::current().record("transition", transition_name.as_str());
+    tracing::debug!(broadcast = %broadcast_id, event_id = %event.id, reason = %decision.reason, "Decided.");
     let commit = Commit {
         duplicate: false,
         broadcast: broadcast_id.to_string(),
@@ -741,7 +774,8 @@ async fn purge_processed(
         let Ok(retention) = chrono::Duration::from_std(settings.dedup_retention) else { continue };
         let before = clock.now() - retention;
         let store = Arc::clone(&store);
-        match tokio::task::spawn_blocking(move || store.purge_processed(before)).await {
+        let span = tracing::info_span!("store.purge_processed");
+        match tokio::task::spawn_blocking(move || span.in_scope(|| store.purge_processed(before))).await {
             Ok(Ok(count)) if count > 0 => tracing::info!(count, "Processed event ids past their retention purged."),
             Ok(Err(error)) => tracing::warn!(%error, "Purging processed event ids failed."),
             _ => {}

@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::Delivery;
 use crate::clock::SharedClock;
@@ -42,7 +43,7 @@ impl Timers {
         shutdown: CancellationToken,
     ) -> Self {
         let (commands, receiver) = mpsc::unbounded_channel();
-        tracker.spawn(run(receiver, input, clock, shutdown));
+        tracker.spawn(run(receiver, input, clock, shutdown).instrument(tracing::info_span!("timers")));
         Self { commands }
     }
 

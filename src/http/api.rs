@@ -68,7 +68,11 @@ async fn read<T: Send + 'static>(
     work: impl FnOnce(&dyn crate::store::Store) -> Result<T, crate::store::Error> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = Arc::clone(&state.store);
-    tokio::task::spawn_blocking(move || work(store.as_ref())).await.map_err(ApiError::store)?.map_err(ApiError::store)
+    let span = tracing::info_span!("store.read");
+    tokio::task::spawn_blocking(move || span.in_scope(|| work(store.as_ref())))
+        .await
+        .map_err(ApiError::store)?
+        .map_err(ApiError::store)
 }
 
 fn broadcast_json(

@@ -33,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// How long shutdown waits for the requests in service.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -123,7 +124,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, shutdo
             },
             () = shutdown.cancelled() => break,
         };
-        connections.spawn(connection(stream, router.clone(), limits, shutdown.clone(), permit));
+        let span = tracing::info_span!("connection", listener = name);
+        connections.spawn(connection(stream, router.clone(), limits, shutdown.clone(), permit).instrument(span));
     }
     connections.close();
     if tokio::time::timeout(SHUTDOWN_WAIT, connections.wait()).await.is_err() {

@@ -287,7 +287,9 @@ impl Parsers {
         let receiver = Arc::new(Mutex::new(receiver));
         for index in 0..PARSE_THREADS {
             let receiver = Arc::clone(&receiver);
+            let span = tracing::info_span!(parent: None, "ingress_parser", parser = index);
             let spawned = std::thread::Builder::new().name(format!("onair-ingress-parse-{index}")).spawn(move || {
+                let _entered = span.enter();
                 loop {
                     // The lock is held only while taking a job; a poisoned lock still hands jobs out.
                     let job = crate::sync::lock(&receiver).recv();

@@ -10,6 +10,9 @@
 //!   could not even be opened was not sent, so it is repeated like a read.
 //! - Other 4xx: a typed `Error::Api` with the provider's code and message, not retried.
 //! - Attempts and total time are bounded by the `RetryPolicy`.
+//!
+//! Each attempt carries a fresh `x-ms-client-request-id` and is logged (debug) when sent and when
+//! answered, with ARM's `x-ms-correlation-request-id` and `x-ms-request-id` from the answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -351,11 +354,21 @@ impl Client {
         loop {
             attempt += 1;
             let (token, generation) = self.token().await?;
-            let mut request = self.inner.http.request(method.clone(), url.clone()).bearer_auth(token.expose_secret());
+            let client_request_id = uuid::Uuid::new_v4();
+            let mut request = self
+                .inner
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(token.expose_secret())
+                .header(CLIENT_REQUEST_ID, client_request_id.to_string());
             if let Some(body) = &body {
                 request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
             }
-            let (wait, last) = match attempt_once(request).await {
+            tracing::debug!(%operation, attempt, %client_request_id, "Request sent.");
+            let sent = Instant::now();
+            let answer = attempt_once(request).await;
+            log_answer(operation, attempt, &client_request_id, &answer, sent.elapsed());
+            let (wait, last) = match answer {
                 Ok(reply) if reply.status.is_success() => return Ok(reply),
                 Ok(reply) if reply.status == StatusCode::UNAUTHORIZED && !refreshed => {
                     // The token may have been revoked or expired early: get a new one, once.
@@ -507,6 +520,38 @@ impl Client {
     fn operation(&self, method: &Method, path: &str) -> String {
         let tail = path.strip_prefix(&self.inner.base_path).unwrap_or(path).trim_start_matches('/');
         format!("{method} {tail}")
+    }
+}
+
+/// The header naming one attempt, so that the service's logs can find it (a UUID per attempt).
+const CLIENT_REQUEST_ID: &str = "x-ms-client-request-id";
+
+/// Logs how one attempt ended, with the ids that ARM's support and logs know it by: the
+/// correlation id (`x-ms-correlation-request-id`) and the request id (`x-ms-request-id`).
+fn log_answer(
+    operation: &str,
+    attempt: u32,
+    client_request_id: &uuid::Uuid,
+    answer: &Result<Reply, Failure>,
+    elapsed: Duration,
+) {
+    match answer {
+        Ok(reply) => {
+            let header = |name: &str| reply.headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default();
+            tracing::debug!(
+                %operation,
+                attempt,
+                %client_request_id,
+                status = reply.status.as_u16(),
+                correlation_id = header("x-ms-correlation-request-id"),
+                request_id = header("x-ms-request-id"),
+                elapsed = ?elapsed,
+                "Request answered."
+            );
+        }
+        Err(Failure::NotSent(reason) | Failure::NoAnswer(reason)) => {
+            tracing::debug!(%operation, attempt, %client_request_id, %reason, elapsed = ?elapsed, "Request got no answer.");
+        }
     }
 }
 

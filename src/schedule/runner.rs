@@ -22,6 +22,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{CatchUp, Occurrence, Occurrences, Settings, Skip, Spec, StepKind, occurrence_id};
 use crate::clock::SharedClock;
@@ -210,7 +211,8 @@ impl<S: Sink> Scheduler<S> {
         stats: Stats,
     ) -> Result<Self, Error> {
         let reader = Arc::clone(&store);
-        let cursors = tokio::task::spawn_blocking(move || reader.schedule_cursors()).await??;
+        let span = tracing::info_span!("store.schedule_cursors");
+        let cursors = tokio::task::spawn_blocking(move || span.in_scope(|| reader.schedule_cursors())).await??;
         let now = clock.now();
         let mut fresh = Vec::new();
         let mut tracks = Vec::with_capacity(schedules.len());
@@ -240,7 +242,8 @@ impl<S: Sink> Scheduler<S> {
         }
         if !fresh.is_empty() {
             let writer = Arc::clone(&store);
-            tokio::task::spawn_blocking(move || writer.schedule_progress(fresh)).await??;
+            let span = tracing::info_span!("store.schedule_progress");
+            tokio::task::spawn_blocking(move || span.in_scope(|| writer.schedule_progress(fresh))).await??;
         }
         let mut timers = BTreeSet::new();
         for (index, track) in tracks.iter_mut().enumerate() {
@@ -271,11 +274,12 @@ impl<S: Sink> Scheduler<S> {
         // next start (a duplicate the engine absorbs).
         let (recorder, mut pending) = mpsc::unbounded_channel::<Vec<ScheduleRecord>>();
         let store = Arc::clone(&self.store);
-        let writer = tokio::spawn(async move {
+        let recording = async move {
             while let Some(records) = pending.recv().await {
                 record(&store, records).await;
             }
-        });
+        };
+        let writer = tokio::spawn(recording.instrument(tracing::info_span!("schedule_recorder")));
         self.tick_loop(&shutdown, &recorder).await;
         drop(recorder);
         let _ = writer.await;
@@ -482,7 +486,8 @@ async fn record(store: &Arc<dyn Store>, records: Vec<ScheduleRecord>) {
         return;
     }
     let store = Arc::clone(store);
-    match tokio::task::spawn_blocking(move || store.schedule_progress(records)).await {
+    let span = tracing::info_span!("store.schedule_progress");
+    match tokio::task::spawn_blocking(move || span.in_scope(|| store.schedule_progress(records))).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
             tracing::error!(%error, "Cannot record schedule progress; these steps are published again at the next start.")

@@ -129,9 +129,10 @@ impl SqliteStore {
                 .map_err(classify)?;
         reader.busy_timeout(std::time::Duration::from_secs(5)).map_err(|error| fail(error.to_string()))?;
         let (sender, receiver) = sync_channel(4096);
+        let span = tracing::info_span!(parent: None, "store_writer");
         std::thread::Builder::new()
             .name("onair-store".into())
-            .spawn(move || write_loop(writer, receiver))
+            .spawn(move || span.in_scope(|| write_loop(writer, receiver)))
             .map_err(|error| fail(format!("cannot start the writer thread: {error}")))?;
         Ok(Self { path: path.to_path_buf(), writer: sender, reader: Mutex::new(reader) })
     }

@@ -32,3 +32,4 @@ mod schedule;
 mod slow_clients;
 mod store_model;
 mod systemd;
+mod trace;
