@@ -643,68 +643,11 @@ pub(crate) type Interned = std::collections::HashMap<String, Arc<CronExpr>>;
 
 /// Parses `[broadcasts.<id>.schedule]`; problems go to the section.
 pub(crate) fn parse_spec(section: &mut crate::config::Section<'_>, interned: &mut Interned) -> Option<Spec> {
-    let timezone_name: String = section.value("timezone");
-    let timezone = match Tz::from_str(&timezone_name) {
-        Ok(timezone) => Some(timezone),
-        Err(_) => {
-            section.problem(
-                "timezone",
-                format!(
-                    "unknown time zone {timezone_name:?}; use an IANA name such as Europe/Paris or America/New_York"
-                ),
-            );
-            None
-        }
-    };
-    let cron: Option<String> = section.optional("cron");
-    let at: Option<String> = section.optional("at");
-    let when = match (cron, at) {
-        (Some(_), Some(_)) => {
-            section.problem("at", "give either cron (recurring) or at (one-shot), not both");
-            None
-        }
-        (None, None) => {
-            section.problem("cron", "missing: a schedule needs cron (recurring) or at (one-shot)");
-            None
-        }
-        (Some(text), None) => match interned.get(&text) {
-            Some(cron) => Some(When::Cron(Arc::clone(cron))),
-            None => match CronExpr::parse(&text) {
-                Ok(cron) => {
-                    let cron = Arc::new(cron);
-                    interned.insert(text, Arc::clone(&cron));
-                    Some(When::Cron(cron))
-                }
-                Err(reason) => {
-                    section.problem("cron", format!("invalid cron expression {text:?}: {reason}"));
-                    None
-                }
-            },
-        },
-        (None, Some(text)) => match parse_at(&text) {
-            Some(when) => Some(when),
-            None => {
-                section.problem(
-                    "at",
-                    format!("invalid air time {text:?}; write 2026-12-24T19:00:00 (local) or 2026-12-24T18:00:00Z"),
-                );
-                None
-            }
-        },
-    };
+    let timezone = parse_timezone(section);
+    let when = parse_when(section, interned);
     let duration = optional_delta(section, "duration");
     let post_roll = delta(section, "post_roll");
-    let (lead_channel, lead_scale) = {
-        let mut lead = section.section("lead");
-        let channel = delta(&mut lead, "channel");
-        let scale = delta(&mut lead, "scale");
-        if let (Some(channel), Some(scale)) = (channel, scale)
-            && scale > channel
-        {
-            lead.problem("scale", "must not be longer than lead.channel (the channel starts first)");
-        }
-        (channel, scale)
-    };
+    let (lead_channel, lead_scale) = parse_lead(&mut section.section("lead"));
     let catch_up_window = delta(section, "catch_up_window");
     let dst_gap = choice(section, "dst_gap", &[("shift", GapPolicy::Shift), ("skip", GapPolicy::Skip)]);
     let dst_fold = choice(
@@ -715,25 +658,7 @@ pub(crate) fn parse_spec(section: &mut crate::config::Section<'_>, interned: &mu
     let catch_up =
         choice(section, "catch_up", &[("latest", CatchUp::Latest), ("none", CatchUp::None), ("all", CatchUp::All)]);
     let overlap = choice(section, "overlap", &[("skip", Overlap::Skip), ("end-previous", Overlap::EndPrevious)]);
-    let start = date(section, "start");
-    let end = date(section, "end");
-    if let (Some(start), Some(end)) = (start, end)
-        && end < start
-    {
-        section.problem("end", format!("{end} is before start ({start})"));
-    }
-    let mut exclude = Vec::new();
-    for text in section.optional::<Vec<String>>("exclude").unwrap_or_default() {
-        match NaiveDate::parse_from_str(&text, "%Y-%m-%d") {
-            Ok(date) => exclude.push(date),
-            Err(_) => section.problem("exclude", format!("{text:?} is not a date like 2026-12-25")),
-        }
-    }
-    exclude.sort_unstable();
-    exclude.dedup();
-    if !matches!(when, Some(When::Cron(_)) | None) && (start.is_some() || end.is_some() || !exclude.is_empty()) {
-        section.problem("at", "start, end and exclude apply to recurring (cron) schedules only");
-    }
+    let (start, end, exclude) = parse_dates(section, when.as_ref());
     let Some(duration) = duration else {
         section.problem("duration", "missing: how long each occurrence is on air, like \"30m\"");
         return None;
@@ -757,6 +682,99 @@ pub(crate) fn parse_spec(section: &mut crate::config::Section<'_>, interned: &mu
         lead_scale: lead_scale?,
         post_roll: post_roll?,
     })
+}
+
+/// `timezone`: an IANA name.
+fn parse_timezone(section: &mut crate::config::Section<'_>) -> Option<Tz> {
+    let timezone_name: String = section.value("timezone");
+    match Tz::from_str(&timezone_name) {
+        Ok(timezone) => Some(timezone),
+        Err(_) => {
+            section.problem(
+                "timezone",
+                format!(
+                    "unknown time zone {timezone_name:?}; use an IANA name such as Europe/Paris or America/New_York"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `cron` (recurring; parsed expressions shared through `interned`) or `at` (one-shot).
+fn parse_when(section: &mut crate::config::Section<'_>, interned: &mut Interned) -> Option<When> {
+    let cron: Option<String> = section.optional("cron");
+    let at: Option<String> = section.optional("at");
+    match (cron, at) {
+        (Some(_), Some(_)) => {
+            section.problem("at", "give either cron (recurring) or at (one-shot), not both");
+            None
+        }
+        (None, None) => {
+            section.problem("cron", "missing: a schedule needs cron (recurring) or at (one-shot)");
+            None
+        }
+        (Some(text), None) => match interned.get(&text) {
+            Some(cron) => Some(When::Cron(Arc::clone(cron))),
+            None => match CronExpr::parse(&text) {
+                Ok(cron) => {
+                    let cron = Arc::new(cron);
+                    interned.insert(text, Arc::clone(&cron));
+                    Some(When::Cron(cron))
+                }
+                Err(reason) => {
+                    section.problem("cron", format!("invalid cron expression {text:?}: {reason}"));
+                    None
+                }
+            },
+        },
+        (None, Some(text)) => parse_at(&text).or_else(|| {
+            section.problem(
+                "at",
+                format!("invalid air time {text:?}; write 2026-12-24T19:00:00 (local) or 2026-12-24T18:00:00Z"),
+            );
+            None
+        }),
+    }
+}
+
+/// `lead = { channel, scale }`: the warm-up and the scale-up before air.
+fn parse_lead(lead: &mut crate::config::Section<'_>) -> (Option<TimeDelta>, Option<TimeDelta>) {
+    let channel = delta(lead, "channel");
+    let scale = delta(lead, "scale");
+    if let (Some(channel), Some(scale)) = (channel, scale)
+        && scale > channel
+    {
+        lead.problem("scale", "must not be longer than lead.channel (the channel starts first)");
+    }
+    (channel, scale)
+}
+
+/// `start`, `end` and `exclude`: the local dates a recurring schedule runs on.
+fn parse_dates(
+    section: &mut crate::config::Section<'_>,
+    when: Option<&When>,
+) -> (Option<NaiveDate>, Option<NaiveDate>, Vec<NaiveDate>) {
+    let start = date(section, "start");
+    let end = date(section, "end");
+    if let (Some(start), Some(end)) = (start, end)
+        && end < start
+    {
+        section.problem("end", format!("{end} is before start ({start})"));
+    }
+    let mut exclude = Vec::new();
+    for text in section.optional::<Vec<String>>("exclude").unwrap_or_default() {
+        match NaiveDate::parse_from_str(&text, "%Y-%m-%d") {
+            Ok(date) => exclude.push(date),
+            Err(_) => section.problem("exclude", format!("{text:?} is not a date like 2026-12-25")),
+        }
+    }
+    exclude.sort_unstable();
+    exclude.dedup();
+    if !matches!(when, Some(When::Cron(_)) | None) && (start.is_some() || end.is_some() || !exclude.is_empty()) {
+        section.problem("at", "start, end and exclude apply to recurring (cron) schedules only");
+    }
+    (start, end, exclude)
 }
 
 fn parse_at(text: &str) -> Option<When> {
