@@ -17,18 +17,54 @@ use crate::media::model::{
 };
 
 use super::arm::{self, ArmError, ArmRequest, ArmResult, Reply};
+use super::resources::Family;
 use super::state::{Account, Effect, Entry, Env, LiveEventChange, LiveEventEntry, OperationKind, Outcome};
 
 const KIND: &str = "liveEvents";
 
-pub(crate) fn list(account: &Account, request: &ArmRequest<'_>, env: &Env<'_>, path: &str) -> ArmResult {
-    let items = account.live_events.iter().map(|(key, entry)| (key.clone(), entry.resource.clone())).collect();
-    arm::page(items, request, env, path)
+type OutputEntry = Entry<LiveOutput, LiveOutputState>;
+
+/// The live events of an account.
+pub(crate) struct LiveEvents;
+
+impl Family for LiveEvents {
+    type Item = LiveEventEntry;
+    type View = LiveEvent;
+
+    fn kind(&self) -> String {
+        KIND.into()
+    }
+
+    fn items<'a>(&self, account: &'a Account) -> Result<&'a BTreeMap<String, LiveEventEntry>, ArmError> {
+        Ok(&account.live_events)
+    }
+
+    fn view(&self, entry: &LiveEventEntry) -> LiveEvent {
+        entry.resource.clone()
+    }
 }
 
-pub(crate) fn get(account: &Account, name: &str) -> ArmResult {
-    let entry = find(account, name)?;
-    Ok(Reply::ok(&entry.resource))
+/// The live outputs of one live event; its absence is ARM's `ParentResourceNotFound`.
+pub(crate) struct LiveOutputs<'a> {
+    /// The live event's name, as the path spells it.
+    pub event: &'a str,
+}
+
+impl Family for LiveOutputs<'_> {
+    type Item = OutputEntry;
+    type View = LiveOutput;
+
+    fn kind(&self) -> String {
+        format!("liveEvents/{}/liveOutputs", self.event)
+    }
+
+    fn items<'a>(&self, account: &'a Account) -> Result<&'a BTreeMap<String, OutputEntry>, ArmError> {
+        Ok(&parent(account, self.event)?.outputs)
+    }
+
+    fn view(&self, entry: &OutputEntry) -> LiveOutput {
+        entry.resource.clone()
+    }
 }
 
 /// `PUT`: create (201, long-running, optionally started) or update a settled live event (200).
@@ -154,24 +190,6 @@ pub(crate) fn action(
         _ => {}
     }
     begin(entry, pending, env, &account_id, name)
-}
-
-pub(crate) fn list_outputs(
-    account: &Account,
-    request: &ArmRequest<'_>,
-    env: &Env<'_>,
-    event: &str,
-    path: &str,
-) -> ArmResult {
-    let entry = parent(account, event)?;
-    let items = entry.outputs.iter().map(|(key, output)| (key.clone(), output.resource.clone())).collect();
-    arm::page(items, request, env, path)
-}
-
-pub(crate) fn get_output(account: &Account, event: &str, name: &str) -> ArmResult {
-    let entry = parent(account, event)?;
-    let output = entry.outputs.get(&name.to_lowercase()).ok_or_else(|| output_not_found(account, event, name))?;
-    Ok(Reply::ok(&output.resource))
 }
 
 /// `PUT` a live output: 201 and long-running when new, 200 when the same one exists.
@@ -512,10 +530,6 @@ fn state_of(entry: &LiveEventEntry) -> LiveEventState {
     entry.resource.properties.resource_state.clone().unwrap_or(LiveEventState::Stopped)
 }
 
-fn find<'a>(account: &'a Account, name: &str) -> Result<&'a LiveEventEntry, ArmError> {
-    account.live_events.get(&name.to_lowercase()).ok_or_else(|| ArmError::not_found(KIND, name, &account.id))
-}
-
 fn find_mut<'a>(account: &'a mut Account, name: &str) -> Result<&'a mut LiveEventEntry, ArmError> {
     let id = account.id.clone();
     account.live_events.get_mut(&name.to_lowercase()).ok_or_else(|| ArmError::not_found(KIND, name, &id))
@@ -532,10 +546,6 @@ fn parent<'a>(account: &'a Account, event: &str) -> Result<&'a LiveEventEntry, A
             ),
         )
     })
-}
-
-fn output_not_found(account: &Account, event: &str, name: &str) -> ArmError {
-    ArmError::not_found(&format!("liveEvents/{event}/liveOutputs"), name, &account.id)
 }
 
 fn unknown_action(action: &str) -> ArmError {

@@ -1,6 +1,7 @@
 //! `onair emulator`: an HTTP server that behaves like the Media Services v3 API (live streaming).
 //!
 //! - `arm`: the request pipeline (auth, faults, routing, `api-version`), ARM errors and paging.
+//! - `resources`: the list, get and delete handlers every resource family shares.
 //! - `live`, `endpoints`, `publish`: the service's rules per resource family; `operations` the
 //!   long-running operation records they share.
 //! - `state`: accounts, resources, transient states and long-running operations.
@@ -25,6 +26,7 @@ mod keydelivery;
 mod live;
 mod operations;
 mod publish;
+mod resources;
 mod state;
 
 use std::collections::{HashMap, VecDeque};
