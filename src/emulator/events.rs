@@ -96,11 +96,10 @@ impl fmt::Display for Endpoint {
 }
 
 /// The event schema of the subscription.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventSchema {
     /// Event Grid schema: a JSON array of events, validation by `SubscriptionValidationEvent`.
-    #[default]
     EventGrid,
     /// CloudEvents 1.0 structured mode, validation by the `OPTIONS` handshake.
     CloudEvents,
@@ -128,22 +127,6 @@ pub struct EventSettings {
     pub max_attempts: u32,
     /// Time limit of one attempt.
     pub timeout: Duration,
-}
-
-impl Default for EventSettings {
-    fn default() -> Self {
-        Self {
-            endpoint: None,
-            schema: EventSchema::EventGrid,
-            topic: None,
-            subscription_name: "onair".into(),
-            heartbeat_interval: Duration::from_secs(20),
-            retry_initial: Duration::from_secs(10),
-            retry_max: Duration::from_secs(600),
-            max_attempts: 30,
-            timeout: Duration::from_secs(30),
-        }
-    }
 }
 
 impl EventSettings {
@@ -876,12 +859,17 @@ mod tests {
         MediaEvent::new("/t".into(), format!("liveEvent/{name}"), "Microsoft.Media.X", "now", json!({}))
     }
 
+    /// `[emulator.events]` as `config/default.toml` sets it.
+    fn defaults() -> EventSettings {
+        crate::emulator::Settings::defaults().expect("the built-in defaults load").events
+    }
+
     fn with_endpoint() -> EventSettings {
         EventSettings {
             topic: None,
             endpoint: Some(Endpoint::parse("http://127.0.0.1:9/hook?code=s3cret").unwrap()),
             max_attempts: 2,
-            ..Default::default()
+            ..defaults()
         }
     }
 
@@ -890,7 +878,7 @@ mod tests {
         let endpoint = Endpoint::parse("https://user:pw@example.com/api/events?code=s3cret&x=1").unwrap();
         assert_eq!(endpoint.redacted(), "https://example.com:443/api/events");
         assert_eq!(format!("{endpoint:?}"), "Endpoint(https://example.com:443/api/events)");
-        let settings = EventSettings { endpoint: Some(endpoint), ..Default::default() };
+        let settings = EventSettings { endpoint: Some(endpoint), ..defaults() };
         let shown = format!("{settings:?}");
         assert!(!shown.contains("s3cret") && !shown.contains("pw"), "{shown}");
         let error = Endpoint::parse("ftp://example.com/?code=s3cret").unwrap_err().to_string();
@@ -906,7 +894,18 @@ mod tests {
 
     #[test]
     fn settings_parse_from_the_defaults_and_the_environment() {
-        assert_eq!(load(&[]).unwrap().emulator.events, EventSettings::default());
+        let expected = EventSettings {
+            endpoint: None,
+            schema: EventSchema::EventGrid,
+            topic: None,
+            subscription_name: "onair".into(),
+            heartbeat_interval: Duration::from_secs(20),
+            retry_initial: Duration::from_secs(10),
+            retry_max: Duration::from_secs(600),
+            max_attempts: 30,
+            timeout: Duration::from_secs(30),
+        };
+        assert_eq!(load(&[]).unwrap().emulator.events, expected);
         let settings = load(&[
             ("ONAIR__EMULATOR__EVENTS__ENDPOINT", "http://127.0.0.1:8780/eventgrid?key=s3cret"),
             ("ONAIR__EMULATOR__EVENTS__SCHEMA", "cloudevents"),
@@ -951,11 +950,8 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let settings = EventSettings {
-            retry_initial: Duration::from_secs(10),
-            retry_max: Duration::from_secs(600),
-            ..Default::default()
-        };
+        let settings =
+            EventSettings { retry_initial: Duration::from_secs(10), retry_max: Duration::from_secs(600), ..defaults() };
         let waits: Vec<u64> = (0..8).map(|count| settings.backoff(count).as_secs()).collect();
         assert_eq!(waits, [10, 20, 40, 80, 160, 320, 600, 600]);
         assert_eq!(settings.backoff(u32::MAX), Duration::from_secs(600));
@@ -969,11 +965,11 @@ mod tests {
             retry_initial: Duration::from_secs(5),
             retry_max: Duration::from_secs(1),
             max_attempts: 0,
-            ..Default::default()
+            ..defaults()
         };
         let keys: Vec<&str> = settings.problems().into_iter().map(|(key, _)| key).collect();
         assert_eq!(keys, ["subscription_name", "heartbeat_interval", "retry_max", "max_attempts"]);
-        assert!(EventSettings::default().problems().is_empty());
+        assert!(defaults().problems().is_empty());
     }
 
     #[test]
@@ -1003,7 +999,7 @@ mod tests {
 
     #[test]
     fn without_an_endpoint_events_are_only_recorded() {
-        let mut outbox = Outbox::new(&EventSettings::default(), 2);
+        let mut outbox = Outbox::new(&defaults(), 2);
         for name in ["a", "b", "c"] {
             outbox.push(event(name), &stamp());
         }

@@ -105,28 +105,13 @@ pub struct Quotas {
     pub streaming_endpoints: usize,
 }
 
-impl Default for Settings {
-    /// The built-in defaults (`config/default.toml`), for tests and embedding.
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
-            client_id: "onair-emulator".into(),
-            client_secret: SecretString::from(DEFAULT_CLIENT_SECRET),
-            token_ttl: Duration::from_secs(3600),
-            transition: Duration::ZERO,
-            seed: 0,
-            snapshot: None,
-            page_size: 1000,
-            max_body_bytes: 1 << 20,
-            request_log_limit: 100_000,
-            quotas: Quotas { live_events: 5, live_outputs_per_live_event: 3, streaming_endpoints: 2 },
-            faults: Faults::default(),
-            events: EventSettings::default(),
-        }
-    }
-}
-
 impl Settings {
+    /// The built-in defaults: `config/default.toml`'s `[emulator]`, without a config file or
+    /// environment, for tests and embedding. This is the one place that loads them.
+    pub fn defaults() -> Result<Self, crate::config::Error> {
+        crate::config::load(&crate::config::Source::default()).map(|settings| settings.emulator)
+    }
+
     pub(crate) fn parse(section: &mut crate::config::Section<'_>) -> Self {
         let listen_text: String = section.value("listen");
         let listen = match listen_text.parse() {
