@@ -1,4 +1,5 @@
-//! The ARM request pipeline: authentication, faults, path and `api-version` checks, dispatch.
+//! ARM's vocabulary for the pipeline (`pipeline.rs`): error bodies, replies, routes, the
+//! `api-version` check, dispatch to the resource families, paging and long-running operation headers.
 //!
 //! Paths are matched case-insensitively, as ARM does (the spec's examples mix `liveEvents`,
 //! `liveevents` and `mediaServices`); resource names keep the case they were created with and are
