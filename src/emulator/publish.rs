@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::media::model::{
     Asset, ContentKeyPolicy, EnabledProtocols, ListContentKeysResponse, ListPathsResponse, METADATA_API_VERSION,
-    StreamingLocator, StreamingLocatorContentKey, StreamingPath, StreamingPolicy,
+    StreamingLocator, StreamingLocatorContentKey, StreamingLocatorProperties, StreamingPath, StreamingPolicy,
 };
 
 use super::arm::{self, ArmError, ArmRequest, ArmResult, Reply};
@@ -171,6 +171,27 @@ pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, 
         ));
     }
     let mut properties = body.properties;
+    check_asset_and_policy(account, &properties)?;
+    assign_locator_id(account, &mut properties)?;
+    let keys = locator_content_keys(account, &mut properties)?;
+    properties.content_keys = Some(keys);
+    properties.end_time.get_or_insert_with(|| FOREVER.into());
+    properties.created = Some(env.wall.clone());
+    let locator = StreamingLocator {
+        name: Some(name.to_string()),
+        id: Some(format!("{}/streamingLocators/{name}", account.id.base())),
+        kind: Some("Microsoft.Media/mediaservices/streamingLocators".into()),
+        properties,
+        system_data: Some(env.system_data(None)),
+        ..Default::default()
+    };
+    let reply = Reply::json(StatusCode::CREATED, without_key_values(&locator));
+    account.streaming_locators.insert(name.to_lowercase(), locator);
+    Ok(reply)
+}
+
+/// A new locator's asset and streaming policy must exist, and the asset have room for a locator.
+fn check_asset_and_policy(account: &Account, properties: &StreamingLocatorProperties) -> Result<(), ArmError> {
     let asset = properties.asset_name.clone().unwrap_or_default();
     let asset_key = asset.to_lowercase();
     if asset.is_empty() || !account.assets.contains_key(&asset_key) {
@@ -200,6 +221,11 @@ pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, 
             "The asset '{asset}' already has {MAX_LOCATORS_PER_ASSET} streaming locators."
         )));
     }
+    Ok(())
+}
+
+/// Checks the `streamingLocatorId` asked for (a GUID no other locator has), or draws one.
+fn assign_locator_id(account: &Account, properties: &mut StreamingLocatorProperties) -> Result<(), ArmError> {
     match &properties.streaming_locator_id {
         Some(id) if uuid::Uuid::parse_str(id).is_err() => {
             return Err(ArmError::bad_request("properties.streamingLocatorId must be a GUID."));
@@ -218,6 +244,16 @@ pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, 
             "Another streaming locator has this streamingLocatorId.",
         ));
     }
+    Ok(())
+}
+
+/// The content keys a new locator gets from its policy (those asked for, or drawn), each of
+/// whose content key policies must exist and whose ids must not clash with the account's keys.
+fn locator_content_keys(
+    account: &Account,
+    properties: &mut StreamingLocatorProperties,
+) -> Result<Vec<StreamingLocatorContentKey>, ArmError> {
+    let policy = properties.streaming_policy_name.clone().unwrap_or_default();
     let streaming_policy = account
         .streaming_policies
         .get(&policy.to_lowercase())
@@ -239,20 +275,7 @@ pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, 
         ));
     }
     check_key_ids(account, &keys)?;
-    properties.content_keys = Some(keys);
-    properties.end_time.get_or_insert_with(|| FOREVER.into());
-    properties.created = Some(env.wall.clone());
-    let locator = StreamingLocator {
-        name: Some(name.to_string()),
-        id: Some(format!("{}/streamingLocators/{name}", account.id.base())),
-        kind: Some("Microsoft.Media/mediaservices/streamingLocators".into()),
-        properties,
-        system_data: Some(env.system_data(None)),
-        ..Default::default()
-    };
-    let reply = Reply::json(StatusCode::CREATED, without_key_values(&locator));
-    account.streaming_locators.insert(name.to_lowercase(), locator);
-    Ok(reply)
+    Ok(keys)
 }
 
 /// A content key id names one key: the same id with another value, in this locator or another
