@@ -616,12 +616,13 @@ pub(crate) async fn deliver(emulator: Emulator, shutdown: CancellationToken) {
             return;
         }
     };
-    let wake = &emulator.inner.wake_deliveries;
-    // The job that failed (its validation code or event id) and when to try it again.
-    let mut retry: Option<(String, Instant)> = None;
     tracing::info!(endpoint = %endpoint, schema = ?settings.schema, "Event Grid deliveries enabled.");
+    let subscriber = Subscriber { emulator, settings, endpoint, client };
+    let wake = &subscriber.emulator.inner.wake_deliveries;
+    // The job that failed (its validation code or event id) and when to try it again.
+    let mut retry: Option<Retry> = None;
     loop {
-        let job = lock(&emulator.inner.world).outbox.next_job();
+        let job = lock(&subscriber.emulator.inner.world).outbox.next_job();
         if let Some((identity, at)) = &retry {
             if job.identity() == Some(identity.as_str()) && Instant::now() < *at {
                 tokio::select! {
@@ -631,56 +632,82 @@ pub(crate) async fn deliver(emulator: Emulator, shutdown: CancellationToken) {
                 }
                 continue;
             }
-            retry = None;
         }
-        match job {
+        // Cancellation interrupts a request in flight; recording its outcome never waits.
+        retry = match job {
             Job::Idle => {
                 tokio::select! {
-                    _ = wake.notified() => {}
+                    _ = wake.notified() => None,
                     _ = shutdown.cancelled() => return,
                 }
             }
             Job::Validate { code, attempt, topic } => {
-                let request = validation_request(&client, &settings, &endpoint, &code, attempt, &topic, &emulator);
-                let outcome = tokio::select! {
-                    outcome = handshake(request, settings.schema, &code) => outcome,
+                tokio::select! {
+                    retry = subscriber.validate(code, attempt, &topic) => retry,
                     _ = shutdown.cancelled() => return,
-                };
-                let stamp = emulator.stamp();
-                let validated =
-                    lock(&emulator.inner.world).outbox.validation_done(&code, settings.schema, &outcome, &stamp);
-                if validated {
-                    tracing::info!(endpoint = %endpoint, attempt, "Event Grid subscription validated.");
-                } else {
-                    let wait = settings.backoff(attempt);
-                    let error = outcome.error.unwrap_or_default();
-                    tracing::warn!(endpoint = %endpoint, attempt, %error, retry_in = ?wait, "Event Grid subscription validation failed.");
-                    retry = Some((code, Instant::now() + wait));
                 }
             }
             Job::Deliver { event, attempt } => {
-                let request = notification_request(&client, &settings, &endpoint, &event, attempt);
-                let outcome = tokio::select! {
-                    outcome = send(request) => outcome,
+                tokio::select! {
+                    retry = subscriber.deliver(&event, attempt) => retry,
                     _ = shutdown.cancelled() => return,
-                };
-                let stamp = emulator.stamp();
-                let delivered = lock(&emulator.inner.world).outbox.delivery_done(&event, &outcome, &stamp);
-                let error = outcome.error.unwrap_or_default();
-                match delivered {
-                    Delivered::Yes => {
-                        tracing::debug!(endpoint = %endpoint, event_type = %event.event_type, subject = %event.subject, attempt, "Event delivered.");
-                    }
-                    Delivered::Gone => {}
-                    Delivered::Dead => {
-                        tracing::warn!(endpoint = %endpoint, event_type = %event.event_type, event_id = %event.id, attempts = attempt + 1, %error, "Event dropped after its last delivery attempt.");
-                    }
-                    Delivered::Retry => {
-                        let wait = settings.backoff(attempt);
-                        tracing::warn!(endpoint = %endpoint, event_type = %event.event_type, attempt, %error, retry_in = ?wait, "Event delivery failed.");
-                        retry = Some((event.id.clone(), Instant::now() + wait));
-                    }
                 }
+            }
+        };
+    }
+}
+
+/// A failed job (its validation code or event id) and when to try it again.
+type Retry = (String, Instant);
+
+/// The Event Grid subscription the delivery task serves: where and how it delivers.
+struct Subscriber {
+    emulator: Emulator,
+    settings: EventSettings,
+    endpoint: Endpoint,
+    client: reqwest::Client,
+}
+
+impl Subscriber {
+    /// One handshake attempt, recorded; the retry when it failed.
+    async fn validate(&self, code: String, attempt: u32, topic: &str) -> Option<Retry> {
+        let Self { emulator, settings, endpoint, client } = self;
+        let request = validation_request(client, settings, endpoint, &code, attempt, topic, emulator);
+        let outcome = handshake(request, settings.schema, &code).await;
+        let stamp = emulator.stamp();
+        let validated = lock(&emulator.inner.world).outbox.validation_done(&code, settings.schema, &outcome, &stamp);
+        if validated {
+            tracing::info!(endpoint = %endpoint, attempt, "Event Grid subscription validated.");
+            return None;
+        }
+        let wait = settings.backoff(attempt);
+        let error = outcome.error.unwrap_or_default();
+        tracing::warn!(endpoint = %endpoint, attempt, %error, retry_in = ?wait, "Event Grid subscription validation failed.");
+        Some((code, Instant::now() + wait))
+    }
+
+    /// One delivery attempt of `event`, recorded; the retry when it failed and attempts remain.
+    async fn deliver(&self, event: &MediaEvent, attempt: u32) -> Option<Retry> {
+        let Self { emulator, settings, endpoint, client } = self;
+        let request = notification_request(client, settings, endpoint, event, attempt);
+        let outcome = send(request).await;
+        let stamp = emulator.stamp();
+        let delivered = lock(&emulator.inner.world).outbox.delivery_done(event, &outcome, &stamp);
+        let error = outcome.error.unwrap_or_default();
+        match delivered {
+            Delivered::Yes => {
+                tracing::debug!(endpoint = %endpoint, event_type = %event.event_type, subject = %event.subject, attempt, "Event delivered.");
+                None
+            }
+            Delivered::Gone => None,
+            Delivered::Dead => {
+                tracing::warn!(endpoint = %endpoint, event_type = %event.event_type, event_id = %event.id, attempts = attempt + 1, %error, "Event dropped after its last delivery attempt.");
+                None
+            }
+            Delivered::Retry => {
+                let wait = settings.backoff(attempt);
+                tracing::warn!(endpoint = %endpoint, event_type = %event.event_type, attempt, %error, retry_in = ?wait, "Event delivery failed.");
+                Some((event.id.clone(), Instant::now() + wait))
             }
         }
     }
