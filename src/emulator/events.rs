@@ -623,15 +623,16 @@ pub(crate) async fn deliver(emulator: Emulator, shutdown: CancellationToken) {
     let mut retry: Option<Retry> = None;
     loop {
         let job = lock(&subscriber.emulator.inner.world).outbox.next_job();
-        if let Some((identity, at)) = &retry {
-            if job.identity() == Some(identity.as_str()) && Instant::now() < *at {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(*at) => {}
-                    _ = wake.notified() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                continue;
+        if let Some((identity, at)) = &retry
+            && job.identity() == Some(identity.as_str())
+            && Instant::now() < *at
+        {
+            tokio::select! {
+                _ = tokio::time::sleep_until(*at) => {}
+                _ = wake.notified() => {}
+                _ = shutdown.cancelled() => return,
             }
+            continue;
         }
         // Cancellation interrupts a request in flight; recording its outcome never waits.
         retry = match job {
