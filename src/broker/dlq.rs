@@ -41,22 +41,13 @@ pub struct Replayed {
 
 /// Lists up to `limit` dead letters; they all stay in the queue.
 pub async fn list(settings: &Settings, limit: usize) -> Result<Vec<DeadLetter>, Error> {
-    let connection = connect(settings, "onair-dlq").await?;
-    let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
-    if declare(&connection, &channel, settings).await? == DeadQueue::Legacy {
-        let _ = connection.close(200, "bye".into()).await;
-        return Err(Error::LegacyDeadQueue { queue: settings.dead_queue.clone() });
-    }
+    let (connection, channel) = open_dead_queue(settings).await?;
     let mut letters = Vec::new();
     while letters.len() < limit {
-        let Some(message) = channel
-            .basic_get(settings.dead_queue.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .map_err(amqp("basic.get"))?
-        else {
+        let Some(delivery) = take(&channel, &settings.dead_queue).await? else {
             break;
         };
-        letters.push(describe(&message.delivery));
+        letters.push(describe(&delivery));
     }
     let _ = channel.close(200, "listed".into()).await;
     let _ = connection.close(200, "bye".into()).await;
@@ -65,51 +56,22 @@ pub async fn list(settings: &Settings, limit: usize) -> Result<Vec<DeadLetter>, 
 
 /// Replays the dead letter whose message id is `id`, or all of them (up to `limit`).
 pub async fn replay(settings: &Settings, id: Option<&str>, limit: usize) -> Result<Replayed, Error> {
-    let connection = connect(settings, "onair-dlq").await?;
-    let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
-    if declare(&connection, &channel, settings).await? == DeadQueue::Legacy {
-        let _ = connection.close(200, "bye".into()).await;
-        return Err(Error::LegacyDeadQueue { queue: settings.dead_queue.clone() });
-    }
+    let (connection, channel) = open_dead_queue(settings).await?;
     let publisher = connection.create_channel().await.map_err(amqp("channel.open"))?;
     publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;
     // Only the letters there now: a replayed event that fails again comes back behind them.
     let waiting = queue_depth(&channel, &settings.dead_queue).await? as usize;
     let mut report = Replayed { replayed: 0, kept: 0 };
     while report.replayed + report.kept < limit.min(waiting) {
-        let Some(message) = channel
-            .basic_get(settings.dead_queue.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .map_err(amqp("basic.get"))?
-        else {
+        let Some(delivery) = take(&channel, &settings.dead_queue).await? else {
             break;
         };
-        let delivery = message.delivery;
         let letter = describe(&delivery);
         if id.is_some_and(|id| letter.message_id.as_deref() != Some(id)) {
             report.kept += 1;
             continue;
         }
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        let routing_key = match headers.inner().get("x-onair-original-routing-key") {
-            Some(AMQPValue::LongString(key)) => key.to_string(),
-            _ => letter.routing_key.clone(),
-        };
-        let mut cleaned = FieldTable::default();
-        for (key, value) in headers.inner() {
-            if !matches!(
-                key.as_str(),
-                REASON_HEADER
-                    | "x-onair-original-routing-key"
-                    | "x-death"
-                    | "x-first-death-reason"
-                    | "x-first-death-queue"
-                    | "x-first-death-exchange"
-            ) {
-                cleaned.insert(key.clone(), value.clone());
-            }
-        }
-        headers = cleaned;
+        let (routing_key, headers) = original_route(&delivery, &letter);
         let properties = delivery.properties.clone().with_headers(headers);
         confirmed_publish(
             &publisher,
@@ -205,10 +167,7 @@ async fn transfer(connection: &lapin::Connection, settings: &Settings, from: &st
     let publisher = connection.create_channel().await.map_err(amqp("channel.open"))?;
     publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("confirm.select"))?;
     let mut moved = 0;
-    while let Some(message) =
-        channel.basic_get(from.into(), BasicGetOptions { no_ack: false }).await.map_err(amqp("basic.get"))?
-    {
-        let delivery = message.delivery;
+    while let Some(delivery) = take(&channel, from).await? {
         confirmed_publish(
             &publisher,
             "",
@@ -225,6 +184,51 @@ async fn transfer(connection: &lapin::Connection, settings: &Settings, from: &st
     let _ = channel.close(200, "moved".into()).await;
     let _ = publisher.close(200, "moved".into()).await;
     Ok(moved)
+}
+
+/// Connects, declares the topology and refuses a dead-letter queue an earlier onair declared
+/// otherwise (`migrate` first): the connection and a channel on which to take letters.
+async fn open_dead_queue(settings: &Settings) -> Result<(lapin::Connection, lapin::Channel), Error> {
+    let connection = connect(settings, "onair-dlq").await?;
+    let channel = connection.create_channel().await.map_err(amqp("channel.open"))?;
+    if declare(&connection, &channel, settings).await? == DeadQueue::Legacy {
+        let _ = connection.close(200, "bye".into()).await;
+        return Err(Error::LegacyDeadQueue { queue: settings.dead_queue.clone() });
+    }
+    Ok((connection, channel))
+}
+
+/// Takes the next message of `queue` without acknowledging it: acknowledged, it is gone; left
+/// unacknowledged, it goes back in its place when the channel closes. `None` when the queue is empty.
+async fn take(channel: &lapin::Channel, queue: &str) -> Result<Option<lapin::message::Delivery>, Error> {
+    let message =
+        channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await.map_err(amqp("basic.get"))?;
+    Ok(message.map(|message| message.delivery))
+}
+
+/// The routing key a dead letter was first published with, and its headers without onair's
+/// reason and the broker's death records: what a replay republishes it with.
+fn original_route(delivery: &lapin::message::Delivery, letter: &DeadLetter) -> (String, FieldTable) {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let routing_key = match headers.inner().get("x-onair-original-routing-key") {
+        Some(AMQPValue::LongString(key)) => key.to_string(),
+        _ => letter.routing_key.clone(),
+    };
+    let mut cleaned = FieldTable::default();
+    for (key, value) in headers.inner() {
+        if !matches!(
+            key.as_str(),
+            REASON_HEADER
+                | "x-onair-original-routing-key"
+                | "x-death"
+                | "x-first-death-reason"
+                | "x-first-death-queue"
+                | "x-first-death-exchange"
+        ) {
+            cleaned.insert(key.clone(), value.clone());
+        }
+    }
+    (routing_key, cleaned)
 }
 
 fn describe(delivery: &lapin::message::Delivery) -> DeadLetter {

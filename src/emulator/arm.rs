@@ -1,4 +1,5 @@
-//! The ARM request pipeline: authentication, faults, path and `api-version` checks, dispatch.
+//! ARM's vocabulary for the pipeline (`pipeline.rs`): error bodies, replies, routes, the
+//! `api-version` check, dispatch to the resource families, paging and long-running operation headers.
 //!
 //! Paths are matched case-insensitively, as ARM does (the spec's examples mix `liveEvents`,
 //! `liveevents` and `mediaServices`); resource names keep the case they were created with and are
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 use crate::media::model::{METADATA_API_VERSION, Page, STREAMING_API_VERSION};
 
 use super::state::{Account, AccountId, Env};
-use super::{endpoints, live, operations, publish};
+use super::{endpoints, live, operations, publish, resources};
 
 /// A refusal, rendered as the ARM error body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,8 +281,8 @@ pub(crate) fn dispatch(account: &mut Account, env: &mut Env<'_>, request: &ArmRe
     use Route as R;
     let method = &request.method;
     match (&request.route, method) {
-        (R::LiveEvents, &M::GET) => live::list(account, request, env, path),
-        (R::LiveEvent(name), &M::GET) => live::get(account, name),
+        (R::LiveEvents, &M::GET) => resources::list(&live::LiveEvents, account, request, env, path),
+        (R::LiveEvent(name), &M::GET) => resources::get(&live::LiveEvents, account, name),
         (R::LiveEvent(name), &M::PUT) => live::put(account, env, name, request),
         (R::LiveEvent(name), &M::PATCH) => live::patch(account, env, name, request),
         (R::LiveEvent(name), &M::DELETE) => live::delete(account, env, name),
@@ -290,16 +291,18 @@ pub(crate) fn dispatch(account: &mut Account, env: &mut Env<'_>, request: &ArmRe
             operations::status(account, env, id, super::state::OperationKind::LiveEvent)
         }
         (R::LiveEventOperationLocation(_, id), &M::GET) => operations::location(account, env, id),
-        (R::LiveOutputs(event), &M::GET) => live::list_outputs(account, request, env, event, path),
-        (R::LiveOutput(event, name), &M::GET) => live::get_output(account, event, name),
+        (R::LiveOutputs(event), &M::GET) => resources::list(&live::LiveOutputs { event }, account, request, env, path),
+        (R::LiveOutput(event, name), &M::GET) => resources::get(&live::LiveOutputs { event }, account, name),
         (R::LiveOutput(event, name), &M::PUT) => live::put_output(account, env, event, name, request),
         (R::LiveOutput(event, name), &M::DELETE) => live::delete_output(account, env, event, name),
         (R::LiveOutputOperation(id), &M::GET) => {
             operations::status(account, env, id, super::state::OperationKind::LiveOutput)
         }
         (R::LiveOutputOperationLocation(_, _, id), &M::GET) => operations::location(account, env, id),
-        (R::StreamingEndpoints, &M::GET) => endpoints::list(account, request, env, path),
-        (R::StreamingEndpoint(name), &M::GET) => endpoints::get(account, name),
+        (R::StreamingEndpoints, &M::GET) => {
+            resources::list(&endpoints::StreamingEndpoints, account, request, env, path)
+        }
+        (R::StreamingEndpoint(name), &M::GET) => resources::get(&endpoints::StreamingEndpoints, account, name),
         (R::StreamingEndpoint(name), &M::PUT) => endpoints::put(account, env, name, request),
         (R::StreamingEndpoint(name), &M::PATCH) => endpoints::patch(account, env, name, request),
         (R::StreamingEndpoint(name), &M::DELETE) => endpoints::delete(account, env, name),
@@ -308,25 +311,25 @@ pub(crate) fn dispatch(account: &mut Account, env: &mut Env<'_>, request: &ArmRe
             operations::status(account, env, id, super::state::OperationKind::StreamingEndpoint)
         }
         (R::StreamingEndpointOperationLocation(_, id), &M::GET) => operations::location(account, env, id),
-        (R::Assets, &M::GET) => publish::list_assets(account, request, env, path),
-        (R::Asset(name), &M::GET) => publish::get_asset(account, name),
+        (R::Assets, &M::GET) => resources::list(&publish::Assets, account, request, env, path),
+        (R::Asset(name), &M::GET) => resources::get(&publish::Assets, account, name),
         (R::Asset(name), &M::PUT | &M::PATCH) => publish::put_asset(account, env, name, request),
-        (R::Asset(name), &M::DELETE) => publish::delete_asset(account, name),
-        (R::StreamingLocators, &M::GET) => publish::list_locators(account, request, env, path),
-        (R::StreamingLocator(name), &M::GET) => publish::get_locator(account, name),
+        (R::Asset(name), &M::DELETE) => resources::delete(&publish::Assets, account, name),
+        (R::StreamingLocators, &M::GET) => resources::list(&publish::StreamingLocators, account, request, env, path),
+        (R::StreamingLocator(name), &M::GET) => resources::get(&publish::StreamingLocators, account, name),
         (R::StreamingLocator(name), &M::PUT) => publish::put_locator(account, env, name, request),
-        (R::StreamingLocator(name), &M::DELETE) => publish::delete_locator(account, name),
+        (R::StreamingLocator(name), &M::DELETE) => resources::delete(&publish::StreamingLocators, account, name),
         (R::StreamingLocatorAction(name, action), &M::POST) => publish::locator_action(account, name, action),
-        (R::StreamingPolicies, &M::GET) => publish::list_policies(account, request, env, path),
-        (R::StreamingPolicy(name), &M::GET) => publish::get_policy(account, name),
+        (R::StreamingPolicies, &M::GET) => resources::list(&publish::StreamingPolicies, account, request, env, path),
+        (R::StreamingPolicy(name), &M::GET) => resources::get(&publish::StreamingPolicies, account, name),
         (R::StreamingPolicy(name), &M::PUT) => publish::put_policy(account, env, name, request),
-        (R::StreamingPolicy(name), &M::DELETE) => publish::delete_policy(account, name),
-        (R::ContentKeyPolicies, &M::GET) => publish::list_content_key_policies(account, request, env, path),
-        (R::ContentKeyPolicy(name), &M::GET) => publish::get_content_key_policy(account, name),
+        (R::StreamingPolicy(name), &M::DELETE) => resources::delete(&publish::StreamingPolicies, account, name),
+        (R::ContentKeyPolicies, &M::GET) => resources::list(&publish::ContentKeyPolicies, account, request, env, path),
+        (R::ContentKeyPolicy(name), &M::GET) => resources::get(&publish::ContentKeyPolicies, account, name),
         (R::ContentKeyPolicy(name), &M::PUT | &M::PATCH) => {
             publish::put_content_key_policy(account, env, name, request)
         }
-        (R::ContentKeyPolicy(name), &M::DELETE) => publish::delete_content_key_policy(account, name),
+        (R::ContentKeyPolicy(name), &M::DELETE) => resources::delete(&publish::ContentKeyPolicies, account, name),
         (R::ContentKeyPolicyAction(name, action), &M::POST) => {
             publish::content_key_policy_action(account, name, action)
         }

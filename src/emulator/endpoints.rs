@@ -2,11 +2,14 @@
 //! running endpoint changes its scale units. A stopped endpoint is rescaled at once (200).
 //! Every account has a `default` endpoint, Stopped, from its first use.
 
+use std::collections::BTreeMap;
+
 use axum::http::StatusCode;
 
 use crate::media::model::{STREAMING_API_VERSION, ScaleUnit, StreamingEndpoint, StreamingEndpointState};
 
 use super::arm::{self, ArmError, ArmRequest, ArmResult, Reply};
+use super::resources::Family;
 use super::state::{Account, AccountId, Effect, Entry, Env, OperationKind, Outcome, Pending, endpoint_host};
 
 /// The largest `scaleUnit` accepted (the default quota of premium streaming units).
@@ -14,17 +17,24 @@ const MAX_SCALE_UNITS: i32 = 10;
 
 type EndpointEntry = Entry<StreamingEndpoint, StreamingEndpointState>;
 
-pub(crate) fn list(account: &Account, request: &ArmRequest<'_>, env: &Env<'_>, path: &str) -> ArmResult {
-    let items = account.streaming_endpoints.iter().map(|(key, entry)| (key.clone(), entry.resource.clone())).collect();
-    arm::page(items, request, env, path)
-}
+/// The streaming endpoints of an account.
+pub(crate) struct StreamingEndpoints;
 
-pub(crate) fn get(account: &Account, name: &str) -> ArmResult {
-    let entry = account
-        .streaming_endpoints
-        .get(&name.to_lowercase())
-        .ok_or_else(|| ArmError::not_found("streamingEndpoints", name, &account.id))?;
-    Ok(Reply::ok(&entry.resource))
+impl Family for StreamingEndpoints {
+    type Item = EndpointEntry;
+    type View = StreamingEndpoint;
+
+    fn kind(&self) -> String {
+        "streamingEndpoints".into()
+    }
+
+    fn items<'a>(&self, account: &'a Account) -> Result<&'a BTreeMap<String, EndpointEntry>, ArmError> {
+        Ok(&account.streaming_endpoints)
+    }
+
+    fn view(&self, entry: &EndpointEntry) -> StreamingEndpoint {
+        entry.resource.clone()
+    }
 }
 
 /// `PUT`: create (201, long-running, optionally started) or update a settled endpoint (200).

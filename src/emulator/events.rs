@@ -96,11 +96,10 @@ impl fmt::Display for Endpoint {
 }
 
 /// The event schema of the subscription.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventSchema {
     /// Event Grid schema: a JSON array of events, validation by `SubscriptionValidationEvent`.
-    #[default]
     EventGrid,
     /// CloudEvents 1.0 structured mode, validation by the `OPTIONS` handshake.
     CloudEvents,
@@ -128,22 +127,6 @@ pub struct EventSettings {
     pub max_attempts: u32,
     /// Time limit of one attempt.
     pub timeout: Duration,
-}
-
-impl Default for EventSettings {
-    fn default() -> Self {
-        Self {
-            endpoint: None,
-            schema: EventSchema::EventGrid,
-            topic: None,
-            subscription_name: "onair".into(),
-            heartbeat_interval: Duration::from_secs(20),
-            retry_initial: Duration::from_secs(10),
-            retry_max: Duration::from_secs(600),
-            max_attempts: 30,
-            timeout: Duration::from_secs(30),
-        }
-    }
 }
 
 impl EventSettings {
@@ -633,71 +616,99 @@ pub(crate) async fn deliver(emulator: Emulator, shutdown: CancellationToken) {
             return;
         }
     };
-    let wake = &emulator.inner.wake_deliveries;
-    // The job that failed (its validation code or event id) and when to try it again.
-    let mut retry: Option<(String, Instant)> = None;
     tracing::info!(endpoint = %endpoint, schema = ?settings.schema, "Event Grid deliveries enabled.");
+    let subscriber = Subscriber { emulator, settings, endpoint, client };
+    let wake = &subscriber.emulator.inner.wake_deliveries;
+    // The job that failed (its validation code or event id) and when to try it again.
+    let mut retry: Option<Retry> = None;
     loop {
-        let job = lock(&emulator.inner.world).outbox.next_job();
-        if let Some((identity, at)) = &retry {
-            if job.identity() == Some(identity.as_str()) && Instant::now() < *at {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(*at) => {}
-                    _ = wake.notified() => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                continue;
+        let job = lock(&subscriber.emulator.inner.world).outbox.next_job();
+        if let Some((identity, at)) = &retry
+            && job.identity() == Some(identity.as_str())
+            && Instant::now() < *at
+        {
+            tokio::select! {
+                _ = tokio::time::sleep_until(*at) => {}
+                _ = wake.notified() => {}
+                _ = shutdown.cancelled() => return,
             }
-            retry = None;
+            continue;
         }
-        match job {
+        // Cancellation interrupts a request in flight; recording its outcome never waits.
+        retry = match job {
             Job::Idle => {
                 tokio::select! {
-                    _ = wake.notified() => {}
+                    _ = wake.notified() => None,
                     _ = shutdown.cancelled() => return,
                 }
             }
             Job::Validate { code, attempt, topic } => {
-                let request = validation_request(&client, &settings, &endpoint, &code, attempt, &topic, &emulator);
-                let outcome = tokio::select! {
-                    outcome = handshake(request, settings.schema, &code) => outcome,
+                tokio::select! {
+                    retry = subscriber.validate(code, attempt, &topic) => retry,
                     _ = shutdown.cancelled() => return,
-                };
-                let stamp = emulator.stamp();
-                let validated =
-                    lock(&emulator.inner.world).outbox.validation_done(&code, settings.schema, &outcome, &stamp);
-                if validated {
-                    tracing::info!(endpoint = %endpoint, attempt, "Event Grid subscription validated.");
-                } else {
-                    let wait = settings.backoff(attempt);
-                    let error = outcome.error.unwrap_or_default();
-                    tracing::warn!(endpoint = %endpoint, attempt, %error, retry_in = ?wait, "Event Grid subscription validation failed.");
-                    retry = Some((code, Instant::now() + wait));
                 }
             }
             Job::Deliver { event, attempt } => {
-                let request = notification_request(&client, &settings, &endpoint, &event, attempt);
-                let outcome = tokio::select! {
-                    outcome = send(request) => outcome,
+                tokio::select! {
+                    retry = subscriber.deliver(&event, attempt) => retry,
                     _ = shutdown.cancelled() => return,
-                };
-                let stamp = emulator.stamp();
-                let delivered = lock(&emulator.inner.world).outbox.delivery_done(&event, &outcome, &stamp);
-                let error = outcome.error.unwrap_or_default();
-                match delivered {
-                    Delivered::Yes => {
-                        tracing::debug!(endpoint = %endpoint, event_type = %event.event_type, subject = %event.subject, attempt, "Event delivered.");
-                    }
-                    Delivered::Gone => {}
-                    Delivered::Dead => {
-                        tracing::warn!(endpoint = %endpoint, event_type = %event.event_type, event_id = %event.id, attempts = attempt + 1, %error, "Event dropped after its last delivery attempt.");
-                    }
-                    Delivered::Retry => {
-                        let wait = settings.backoff(attempt);
-                        tracing::warn!(endpoint = %endpoint, event_type = %event.event_type, attempt, %error, retry_in = ?wait, "Event delivery failed.");
-                        retry = Some((event.id.clone(), Instant::now() + wait));
-                    }
                 }
+            }
+        };
+    }
+}
+
+/// A failed job (its validation code or event id) and when to try it again.
+type Retry = (String, Instant);
+
+/// The Event Grid subscription the delivery task serves: where and how it delivers.
+struct Subscriber {
+    emulator: Emulator,
+    settings: EventSettings,
+    endpoint: Endpoint,
+    client: reqwest::Client,
+}
+
+impl Subscriber {
+    /// One handshake attempt, recorded; the retry when it failed.
+    async fn validate(&self, code: String, attempt: u32, topic: &str) -> Option<Retry> {
+        let Self { emulator, settings, endpoint, client } = self;
+        let request = validation_request(client, settings, endpoint, &code, attempt, topic, emulator);
+        let outcome = handshake(request, settings.schema, &code).await;
+        let stamp = emulator.stamp();
+        let validated = lock(&emulator.inner.world).outbox.validation_done(&code, settings.schema, &outcome, &stamp);
+        if validated {
+            tracing::info!(endpoint = %endpoint, attempt, "Event Grid subscription validated.");
+            return None;
+        }
+        let wait = settings.backoff(attempt);
+        let error = outcome.error.unwrap_or_default();
+        tracing::warn!(endpoint = %endpoint, attempt, %error, retry_in = ?wait, "Event Grid subscription validation failed.");
+        Some((code, Instant::now() + wait))
+    }
+
+    /// One delivery attempt of `event`, recorded; the retry when it failed and attempts remain.
+    async fn deliver(&self, event: &MediaEvent, attempt: u32) -> Option<Retry> {
+        let Self { emulator, settings, endpoint, client } = self;
+        let request = notification_request(client, settings, endpoint, event, attempt);
+        let outcome = send(request).await;
+        let stamp = emulator.stamp();
+        let delivered = lock(&emulator.inner.world).outbox.delivery_done(event, &outcome, &stamp);
+        let error = outcome.error.unwrap_or_default();
+        match delivered {
+            Delivered::Yes => {
+                tracing::debug!(endpoint = %endpoint, event_type = %event.event_type, subject = %event.subject, attempt, "Event delivered.");
+                None
+            }
+            Delivered::Gone => None,
+            Delivered::Dead => {
+                tracing::warn!(endpoint = %endpoint, event_type = %event.event_type, event_id = %event.id, attempts = attempt + 1, %error, "Event dropped after its last delivery attempt.");
+                None
+            }
+            Delivered::Retry => {
+                let wait = settings.backoff(attempt);
+                tracing::warn!(endpoint = %endpoint, event_type = %event.event_type, attempt, %error, retry_in = ?wait, "Event delivery failed.");
+                Some((event.id.clone(), Instant::now() + wait))
             }
         }
     }
@@ -876,12 +887,17 @@ mod tests {
         MediaEvent::new("/t".into(), format!("liveEvent/{name}"), "Microsoft.Media.X", "now", json!({}))
     }
 
+    /// `[emulator.events]` as `config/default.toml` sets it.
+    fn defaults() -> EventSettings {
+        crate::emulator::Settings::defaults().expect("the built-in defaults load").events
+    }
+
     fn with_endpoint() -> EventSettings {
         EventSettings {
             topic: None,
             endpoint: Some(Endpoint::parse("http://127.0.0.1:9/hook?code=s3cret").unwrap()),
             max_attempts: 2,
-            ..Default::default()
+            ..defaults()
         }
     }
 
@@ -890,7 +906,7 @@ mod tests {
         let endpoint = Endpoint::parse("https://user:pw@example.com/api/events?code=s3cret&x=1").unwrap();
         assert_eq!(endpoint.redacted(), "https://example.com:443/api/events");
         assert_eq!(format!("{endpoint:?}"), "Endpoint(https://example.com:443/api/events)");
-        let settings = EventSettings { endpoint: Some(endpoint), ..Default::default() };
+        let settings = EventSettings { endpoint: Some(endpoint), ..defaults() };
         let shown = format!("{settings:?}");
         assert!(!shown.contains("s3cret") && !shown.contains("pw"), "{shown}");
         let error = Endpoint::parse("ftp://example.com/?code=s3cret").unwrap_err().to_string();
@@ -906,7 +922,18 @@ mod tests {
 
     #[test]
     fn settings_parse_from_the_defaults_and_the_environment() {
-        assert_eq!(load(&[]).unwrap().events, EventSettings::default());
+        let expected = EventSettings {
+            endpoint: None,
+            schema: EventSchema::EventGrid,
+            topic: None,
+            subscription_name: "onair".into(),
+            heartbeat_interval: Duration::from_secs(20),
+            retry_initial: Duration::from_secs(10),
+            retry_max: Duration::from_secs(600),
+            max_attempts: 30,
+            timeout: Duration::from_secs(30),
+        };
+        assert_eq!(load(&[]).unwrap().events, expected);
         let settings = load(&[
             ("ONAIR__EMULATOR__EVENTS__ENDPOINT", "http://127.0.0.1:8780/eventgrid?key=s3cret"),
             ("ONAIR__EMULATOR__EVENTS__SCHEMA", "cloudevents"),
@@ -950,11 +977,8 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let settings = EventSettings {
-            retry_initial: Duration::from_secs(10),
-            retry_max: Duration::from_secs(600),
-            ..Default::default()
-        };
+        let settings =
+            EventSettings { retry_initial: Duration::from_secs(10), retry_max: Duration::from_secs(600), ..defaults() };
         let waits: Vec<u64> = (0..8).map(|count| settings.backoff(count).as_secs()).collect();
         assert_eq!(waits, [10, 20, 40, 80, 160, 320, 600, 600]);
         assert_eq!(settings.backoff(u32::MAX), Duration::from_secs(600));
@@ -968,11 +992,11 @@ mod tests {
             retry_initial: Duration::from_secs(5),
             retry_max: Duration::from_secs(1),
             max_attempts: 0,
-            ..Default::default()
+            ..defaults()
         };
         let keys: Vec<&str> = settings.problems().into_iter().map(|(key, _)| key).collect();
         assert_eq!(keys, ["subscription_name", "heartbeat_interval", "retry_max", "max_attempts"]);
-        assert!(EventSettings::default().problems().is_empty());
+        assert!(defaults().problems().is_empty());
     }
 
     #[test]
@@ -1002,7 +1026,7 @@ mod tests {
 
     #[test]
     fn without_an_endpoint_events_are_only_recorded() {
-        let mut outbox = Outbox::new(&EventSettings::default(), 2);
+        let mut outbox = Outbox::new(&defaults(), 2);
         for name in ["a", "b", "c"] {
             outbox.push(event(name), &stamp());
         }

@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::media::model::ErrorDetail;
 
-/// The fault settings; every field has a default, so a partial JSON object is a valid update.
+/// The fault settings; a field a JSON object leaves out takes its value from `Faults::none()`, so
+/// a partial object is a valid update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default = "Faults::none", deny_unknown_fields)]
 pub struct Faults {
     /// Share of ARM requests answered 429 with `Retry-After`.
     pub throttle_rate: f64,
@@ -34,8 +35,10 @@ pub struct Faults {
     pub lro_fail_next: u32,
 }
 
-impl Default for Faults {
-    fn default() -> Self {
+impl Faults {
+    /// No fault at all: the values of `config/default.toml`'s `[emulator.faults]` (a test checks
+    /// they agree), and what a partial `PUT /_emulator/faults` body leaves unset.
+    pub fn none() -> Self {
         Self {
             throttle_rate: 0.0,
             retry_after_secs: 1,
@@ -47,9 +50,7 @@ impl Default for Faults {
             lro_fail_next: 0,
         }
     }
-}
 
-impl Faults {
     /// Every reason these settings cannot be used.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -141,7 +142,7 @@ mod tests {
 
     #[test]
     fn rates_are_respected_over_many_draws() {
-        let faults = Faults { throttle_rate: 0.3, error_rate: 0.1, ..Faults::default() };
+        let faults = Faults { throttle_rate: 0.3, error_rate: 0.1, ..Faults::none() };
         let mut state = FaultState::new(faults, 7);
         let mut throttled = 0;
         let mut failed = 0;
@@ -159,7 +160,7 @@ mod tests {
 
     #[test]
     fn fail_next_overrides_the_rate_then_runs_out() {
-        let faults = Faults { lro_fail_next: 2, lro_failure_code: "InsufficientCapacity".into(), ..Faults::default() };
+        let faults = Faults { lro_fail_next: 2, lro_failure_code: "InsufficientCapacity".into(), ..Faults::none() };
         let mut state = FaultState::new(faults, 0);
         assert_eq!(state.lro_failure().unwrap().code.as_deref(), Some("InsufficientCapacity"));
         assert!(state.lro_failure().is_some());
@@ -168,8 +169,20 @@ mod tests {
 
     #[test]
     fn out_of_range_settings_are_reported() {
-        let faults = Faults { throttle_rate: 1.5, error_rate: -0.1, ..Faults::default() };
+        let faults = Faults { throttle_rate: 1.5, error_rate: -0.1, ..Faults::none() };
         assert_eq!(faults.problems().len(), 3);
-        assert!(Faults::default().problems().is_empty());
+        assert!(Faults::none().problems().is_empty());
+    }
+
+    #[test]
+    fn no_faults_are_the_built_in_defaults() {
+        let defaults = crate::emulator::Settings::defaults().expect("the built-in defaults load");
+        assert_eq!(defaults.faults, Faults::none());
+    }
+
+    #[test]
+    fn a_partial_update_leaves_the_rest_without_faults() {
+        let faults: Faults = serde_json::from_str(r#"{"error_rate": 0.5}"#).expect("a partial object is valid");
+        assert_eq!(faults, Faults { error_rate: 0.5, ..Faults::none() });
     }
 }

@@ -435,29 +435,16 @@ fn jwt_claims(
     audience: &str,
     now: i64,
 ) -> Result<serde_json::Map<String, Value>, Refusal> {
-    use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+    use jsonwebtoken::Validation;
     let header = jsonwebtoken::decode_header(token)
         .map_err(|error| Refusal::token("MalformedToken", format!("not a JWT: {error}")))?;
     let mut last = Refusal::token("InvalidSignature", "no verification key of the policy fits the token's algorithm");
     for key in keys {
-        let (decoding, algorithms) = match odata_type(key) {
-            "#Microsoft.Media.ContentKeyPolicySymmetricTokenKey" => {
-                let Ok(secret) = BASE64.decode(text(key, "keyValue").unwrap_or_default()) else { continue };
-                (DecodingKey::from_secret(&secret), vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512])
-            }
-            "#Microsoft.Media.ContentKeyPolicyRsaTokenKey" => {
-                let component = |name| {
-                    BASE64.decode(text(key, name).unwrap_or_default()).ok().map(|bytes| URL_SAFE_NO_PAD.encode(bytes))
-                };
-                let (Some(modulus), Some(exponent)) = (component("modulus"), component("exponent")) else { continue };
-                let Ok(decoding) = DecodingKey::from_rsa_components(&modulus, &exponent) else { continue };
-                (decoding, vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512])
-            }
-            _ => {
-                last = Refusal::token(
-                    "UnsupportedVerificationKey",
-                    "X.509 verification keys are not supported by the emulator's key delivery",
-                );
+        let (decoding, algorithms) = match jwt_key(key) {
+            Ok(Some(fitting)) => fitting,
+            Ok(None) => continue,
+            Err(refusal) => {
+                last = refusal;
                 continue;
             }
         };
@@ -475,19 +462,7 @@ fn jwt_claims(
         let claims = match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &decoding, &validation) {
             Ok(data) => data.claims,
             Err(error) => {
-                let (code, message) = match error.kind() {
-                    ErrorKind::InvalidSignature => {
-                        ("InvalidSignature", "the signature does not match the policy's verification keys".to_string())
-                    }
-                    ErrorKind::InvalidAudience => {
-                        ("InvalidAudience", format!("the token's audience is not {audience}"))
-                    }
-                    ErrorKind::InvalidIssuer => ("InvalidIssuer", format!("the token's issuer is not {issuer}")),
-                    ErrorKind::MissingRequiredClaim(claim) => {
-                        ("MissingClaim", format!("the token lacks the claim {claim}"))
-                    }
-                    _ => ("MalformedToken", format!("invalid token: {error}")),
-                };
+                let (code, message) = jwt_refusal(&error, issuer, audience);
                 last = Refusal::token(code, message);
                 if code == "InvalidSignature" {
                     continue;
@@ -496,21 +471,65 @@ fn jwt_claims(
                 return Err(last);
             }
         };
-        let time =
-            |name: &str| claims.get(name).map(|value| value.as_i64().or_else(|| value.as_f64().map(|v| v as i64)));
-        return match (time("exp"), time("nbf")) {
-            (Some(None), _) | (_, Some(None)) => {
-                Err(Refusal::token("MalformedToken", "exp and nbf must be numbers (Unix seconds)"))
-            }
-            (Some(Some(expires)), _) if expires <= now => Err(Refusal::token("TokenExpired", "the token has expired")),
-            (_, Some(Some(not_before))) if not_before > now => {
-                Err(Refusal::token("TokenNotYetValid", "the token is not valid yet (nbf)"))
-            }
-            (None, _) => Err(Refusal::token("MissingClaim", "the token lacks the claim exp")),
-            _ => Ok(claims),
-        };
+        return check_jwt_times(&claims, now).map(|()| claims);
     }
     Err(last)
+}
+
+/// The decoding key of a policy's verification key and the algorithms it verifies; `None` when
+/// the key's material is unusable, a refusal when its type is not supported.
+fn jwt_key(key: &Value) -> Result<Option<(jsonwebtoken::DecodingKey, Vec<jsonwebtoken::Algorithm>)>, Refusal> {
+    use jsonwebtoken::{Algorithm, DecodingKey};
+    match odata_type(key) {
+        "#Microsoft.Media.ContentKeyPolicySymmetricTokenKey" => {
+            let Ok(secret) = BASE64.decode(text(key, "keyValue").unwrap_or_default()) else { return Ok(None) };
+            Ok(Some((DecodingKey::from_secret(&secret), vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512])))
+        }
+        "#Microsoft.Media.ContentKeyPolicyRsaTokenKey" => {
+            let component = |name| {
+                BASE64.decode(text(key, name).unwrap_or_default()).ok().map(|bytes| URL_SAFE_NO_PAD.encode(bytes))
+            };
+            let (Some(modulus), Some(exponent)) = (component("modulus"), component("exponent")) else {
+                return Ok(None);
+            };
+            let Ok(decoding) = DecodingKey::from_rsa_components(&modulus, &exponent) else { return Ok(None) };
+            Ok(Some((decoding, vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512])))
+        }
+        _ => Err(Refusal::token(
+            "UnsupportedVerificationKey",
+            "X.509 verification keys are not supported by the emulator's key delivery",
+        )),
+    }
+}
+
+/// The code and message of a JWT the library refused.
+fn jwt_refusal(error: &jsonwebtoken::errors::Error, issuer: &str, audience: &str) -> (&'static str, String) {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::InvalidSignature => {
+            ("InvalidSignature", "the signature does not match the policy's verification keys".to_string())
+        }
+        ErrorKind::InvalidAudience => ("InvalidAudience", format!("the token's audience is not {audience}")),
+        ErrorKind::InvalidIssuer => ("InvalidIssuer", format!("the token's issuer is not {issuer}")),
+        ErrorKind::MissingRequiredClaim(claim) => ("MissingClaim", format!("the token lacks the claim {claim}")),
+        _ => ("MalformedToken", format!("invalid token: {error}")),
+    }
+}
+
+/// Checks a verified JWT's `exp` (required) and `nbf` against the emulator's clock (Unix seconds).
+fn check_jwt_times(claims: &serde_json::Map<String, Value>, now: i64) -> Result<(), Refusal> {
+    let time = |name: &str| claims.get(name).map(|value| value.as_i64().or_else(|| value.as_f64().map(|v| v as i64)));
+    match (time("exp"), time("nbf")) {
+        (Some(None), _) | (_, Some(None)) => {
+            Err(Refusal::token("MalformedToken", "exp and nbf must be numbers (Unix seconds)"))
+        }
+        (Some(Some(expires)), _) if expires <= now => Err(Refusal::token("TokenExpired", "the token has expired")),
+        (_, Some(Some(not_before))) if not_before > now => {
+            Err(Refusal::token("TokenNotYetValid", "the token is not valid yet (nbf)"))
+        }
+        (None, _) => Err(Refusal::token("MissingClaim", "the token lacks the claim exp")),
+        _ => Ok(()),
+    }
 }
 
 /// The claims of an SWT (`Issuer=..&Audience=..&ExpiresOn=..&..&HMACSHA256=..`) signed with one

@@ -13,22 +13,58 @@ use axum::http::StatusCode;
 
 use crate::media::model::{
     CrossSiteAccessPolicies, LiveEvent, LiveEventActionInput, LiveEventEncoding, LiveEventEndpoint, LiveEventInput,
-    LiveEventPreview, LiveEventState, LiveOutput, LiveOutputState, STREAMING_API_VERSION,
+    LiveEventPreview, LiveEventState, LiveOutput, LiveOutputProperties, LiveOutputState, STREAMING_API_VERSION,
 };
 
 use super::arm::{self, ArmError, ArmRequest, ArmResult, Reply};
+use super::resources::Family;
 use super::state::{Account, Effect, Entry, Env, LiveEventChange, LiveEventEntry, OperationKind, Outcome};
 
 const KIND: &str = "liveEvents";
 
-pub(crate) fn list(account: &Account, request: &ArmRequest<'_>, env: &Env<'_>, path: &str) -> ArmResult {
-    let items = account.live_events.iter().map(|(key, entry)| (key.clone(), entry.resource.clone())).collect();
-    arm::page(items, request, env, path)
+type OutputEntry = Entry<LiveOutput, LiveOutputState>;
+
+/// The live events of an account.
+pub(crate) struct LiveEvents;
+
+impl Family for LiveEvents {
+    type Item = LiveEventEntry;
+    type View = LiveEvent;
+
+    fn kind(&self) -> String {
+        KIND.into()
+    }
+
+    fn items<'a>(&self, account: &'a Account) -> Result<&'a BTreeMap<String, LiveEventEntry>, ArmError> {
+        Ok(&account.live_events)
+    }
+
+    fn view(&self, entry: &LiveEventEntry) -> LiveEvent {
+        entry.resource.clone()
+    }
 }
 
-pub(crate) fn get(account: &Account, name: &str) -> ArmResult {
-    let entry = find(account, name)?;
-    Ok(Reply::ok(&entry.resource))
+/// The live outputs of one live event; its absence is ARM's `ParentResourceNotFound`.
+pub(crate) struct LiveOutputs<'a> {
+    /// The live event's name, as the path spells it.
+    pub event: &'a str,
+}
+
+impl Family for LiveOutputs<'_> {
+    type Item = OutputEntry;
+    type View = LiveOutput;
+
+    fn kind(&self) -> String {
+        format!("liveEvents/{}/liveOutputs", self.event)
+    }
+
+    fn items<'a>(&self, account: &'a Account) -> Result<&'a BTreeMap<String, OutputEntry>, ArmError> {
+        Ok(&parent(account, self.event)?.outputs)
+    }
+
+    fn view(&self, entry: &OutputEntry) -> LiveOutput {
+        entry.resource.clone()
+    }
 }
 
 /// `PUT`: create (201, long-running, optionally started) or update a settled live event (200).
@@ -156,24 +192,6 @@ pub(crate) fn action(
     begin(entry, pending, env, &account_id, name)
 }
 
-pub(crate) fn list_outputs(
-    account: &Account,
-    request: &ArmRequest<'_>,
-    env: &Env<'_>,
-    event: &str,
-    path: &str,
-) -> ArmResult {
-    let entry = parent(account, event)?;
-    let items = entry.outputs.iter().map(|(key, output)| (key.clone(), output.resource.clone())).collect();
-    arm::page(items, request, env, path)
-}
-
-pub(crate) fn get_output(account: &Account, event: &str, name: &str) -> ArmResult {
-    let entry = parent(account, event)?;
-    let output = entry.outputs.get(&name.to_lowercase()).ok_or_else(|| output_not_found(account, event, name))?;
-    Ok(Reply::ok(&output.resource))
-}
-
 /// `PUT` a live output: 201 and long-running when new, 200 when the same one exists.
 pub(crate) fn put_output(
     account: &mut Account,
@@ -185,82 +203,25 @@ pub(crate) fn put_output(
     arm::check_name("live output", name, 256)?;
     let body: LiveOutput = request.json()?;
     let properties = body.properties;
-    let asset_name = properties.asset_name.clone().filter(|asset| !asset.is_empty());
-    let Some(asset_name) = asset_name else {
-        return Err(ArmError::bad_request("properties.assetName is required."));
-    };
-    let archive = properties.archive_window_length.clone().unwrap_or_default();
-    let archive_window =
-        parse_iso_duration(&archive).filter(|seconds| (60..=25 * 3600).contains(seconds)).ok_or_else(|| {
-            ArmError::bad_request(format!(
-                "properties.archiveWindowLength must be an ISO 8601 duration from PT1M to PT25H, not {archive:?}."
-            ))
-        })?;
-    if let Some(rewind) = &properties.rewind_window_length {
-        let valid = parse_iso_duration(rewind).is_some_and(|seconds| seconds <= archive_window);
-        if !valid {
-            return Err(ArmError::bad_request(
-                "properties.rewindWindowLength must be a duration no longer than the archive window.",
-            ));
-        }
-    }
+    let asset_name = check_output_properties(account, &properties)?;
     let asset_key = asset_name.to_lowercase();
-    if !account.assets.contains_key(&asset_key) {
-        return Err(ArmError::new(
-            StatusCode::BAD_REQUEST,
-            "AssetNotFound",
-            format!("The asset '{asset_name}' does not exist."),
-        ));
-    }
-    let wanted = asset_key.as_str();
-    let used_by = account.live_events.iter().flat_map(|(event_key, entry)| {
-        entry.outputs.iter().filter_map(move |(output_key, output)| {
-            let same_asset =
-                output.resource.properties.asset_name.as_deref().map(str::to_lowercase).as_deref() == Some(wanted);
-            same_asset.then(|| (event_key.clone(), output_key.clone()))
-        })
-    });
-    let used_by: Vec<(String, String)> = used_by.collect();
+    let recorded_by = recorder_of(account, &asset_key);
     let key = account.id.key();
     let base = account.id.base();
     let account_id = account.id.clone();
     let quota = env.quotas().live_outputs_per_live_event;
     let entry = find_mut(account, event)?;
     if let Some(existing) = entry.outputs.get(&name.to_lowercase()) {
-        let same = existing.resource.properties.asset_name.as_deref().map(str::to_lowercase) == Some(asset_key)
-            && properties
-                .manifest_name
-                .as_ref()
-                .is_none_or(|manifest| existing.resource.properties.manifest_name.as_ref() == Some(manifest));
-        return if same {
-            Ok(Reply::ok(&existing.resource))
-        } else {
-            Err(ArmError::new(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!("The live output '{name}' exists with other properties; live outputs cannot be updated."),
-            ))
-        };
+        return repeated_output(existing, name, &asset_key, &properties);
     }
-    if !used_by.is_empty() {
+    if let Some(output) = recorded_by {
         return Err(ArmError::new(
             StatusCode::CONFLICT,
             "Conflict",
-            format!("The asset '{asset_name}' is already recorded by the live output '{}'.", used_by[0].1),
+            format!("The asset '{asset_name}' is already recorded by the live output '{output}'."),
         ));
     }
-    let state = state_of(entry);
-    if entry.pending.is_some() {
-        return Err(ArmError::in_progress("live event", event, state));
-    }
-    if state != LiveEventState::Running {
-        return Err(ArmError::invalid_state(format!(
-            "The live event '{event}' is {state}; live outputs need it Running."
-        )));
-    }
-    if entry.outputs.len() >= quota {
-        return Err(ArmError::quota(format!("The live event '{event}' already has {quota} live outputs, its quota.")));
-    }
+    check_room_for_output(entry, event, quota)?;
     let event_name = entry.resource.name.clone().unwrap_or_else(|| event.to_string());
     let manifest_name = properties.manifest_name.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut output = LiveOutput {
@@ -286,19 +247,112 @@ pub(crate) fn put_output(
         Outcome::to(LiveOutputState::Running),
         Outcome::removed(),
     );
-    let headers = arm::lro_headers(
-        env,
-        &account_id,
-        "liveoutputoperations",
-        &format!("liveevents/{event_name}/liveoutputs/{name}"),
-        &pending.operation,
-    );
+    let headers = output_headers(env, &account_id, &event_name, name, &pending.operation);
     let reply = Reply::json(StatusCode::CREATED, &output).with_headers(headers);
     entry.outputs.insert(name.to_lowercase(), Entry { resource: output, pending: Some(pending) });
-    if let Some(asset) = account.assets.get_mut(&asset_name.to_lowercase()) {
+    if let Some(asset) = account.assets.get_mut(&asset_key) {
         asset.manifest_name = Some(manifest_name);
     }
     Ok(reply)
+}
+
+/// Checks a new live output's asset (named and existing) and its archive and rewind windows;
+/// returns the asset's name.
+fn check_output_properties(account: &Account, properties: &LiveOutputProperties) -> Result<String, ArmError> {
+    let asset_name = properties.asset_name.clone().filter(|asset| !asset.is_empty());
+    let Some(asset_name) = asset_name else {
+        return Err(ArmError::bad_request("properties.assetName is required."));
+    };
+    let archive = properties.archive_window_length.clone().unwrap_or_default();
+    let archive_window =
+        parse_iso_duration(&archive).filter(|seconds| (60..=25 * 3600).contains(seconds)).ok_or_else(|| {
+            ArmError::bad_request(format!(
+                "properties.archiveWindowLength must be an ISO 8601 duration from PT1M to PT25H, not {archive:?}."
+            ))
+        })?;
+    if let Some(rewind) = &properties.rewind_window_length {
+        let valid = parse_iso_duration(rewind).is_some_and(|seconds| seconds <= archive_window);
+        if !valid {
+            return Err(ArmError::bad_request(
+                "properties.rewindWindowLength must be a duration no longer than the archive window.",
+            ));
+        }
+    }
+    if !account.assets.contains_key(&asset_name.to_lowercase()) {
+        return Err(ArmError::new(
+            StatusCode::BAD_REQUEST,
+            "AssetNotFound",
+            format!("The asset '{asset_name}' does not exist."),
+        ));
+    }
+    Ok(asset_name)
+}
+
+/// The key of the live output (on any live event) that records the asset `asset_key`, if one does.
+fn recorder_of(account: &Account, asset_key: &str) -> Option<String> {
+    account.live_events.values().flat_map(|entry| entry.outputs.iter()).find_map(|(output_key, output)| {
+        let same_asset =
+            output.resource.properties.asset_name.as_deref().map(str::to_lowercase).as_deref() == Some(asset_key);
+        same_asset.then(|| output_key.clone())
+    })
+}
+
+/// A `PUT` of a live output that exists: 200 when it asks for the same asset (and manifest), 409
+/// otherwise, since live outputs cannot be updated.
+fn repeated_output(
+    existing: &OutputEntry,
+    name: &str,
+    asset_key: &str,
+    properties: &LiveOutputProperties,
+) -> ArmResult {
+    let same = existing.resource.properties.asset_name.as_deref().map(str::to_lowercase).as_deref() == Some(asset_key)
+        && properties
+            .manifest_name
+            .as_ref()
+            .is_none_or(|manifest| existing.resource.properties.manifest_name.as_ref() == Some(manifest));
+    if same {
+        Ok(Reply::ok(&existing.resource))
+    } else {
+        Err(ArmError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("The live output '{name}' exists with other properties; live outputs cannot be updated."),
+        ))
+    }
+}
+
+/// A live output can be added to a settled, Running live event under its quota.
+fn check_room_for_output(entry: &LiveEventEntry, event: &str, quota: usize) -> Result<(), ArmError> {
+    let state = state_of(entry);
+    if entry.pending.is_some() {
+        return Err(ArmError::in_progress("live event", event, state));
+    }
+    if state != LiveEventState::Running {
+        return Err(ArmError::invalid_state(format!(
+            "The live event '{event}' is {state}; live outputs need it Running."
+        )));
+    }
+    if entry.outputs.len() >= quota {
+        return Err(ArmError::quota(format!("The live event '{event}' already has {quota} live outputs, its quota.")));
+    }
+    Ok(())
+}
+
+/// The operation headers of a live output's long-running create or delete.
+fn output_headers(
+    env: &Env<'_>,
+    account: &super::state::AccountId,
+    event_name: &str,
+    name: &str,
+    operation: &str,
+) -> Vec<(String, String)> {
+    arm::lro_headers(
+        env,
+        account,
+        "liveoutputoperations",
+        &format!("liveevents/{event_name}/liveoutputs/{name}"),
+        operation,
+    )
 }
 
 pub(crate) fn delete_output(account: &mut Account, env: &mut Env<'_>, event: &str, name: &str) -> ArmResult {
@@ -322,13 +376,7 @@ pub(crate) fn delete_output(account: &mut Account, env: &mut Env<'_>, event: &st
     );
     output.resource.properties.resource_state = Some(LiveOutputState::Deleting);
     output.resource.properties.provisioning_state = Some("InProgress".into());
-    let headers = arm::lro_headers(
-        env,
-        &account_id,
-        "liveoutputoperations",
-        &format!("liveevents/{event_name}/liveoutputs/{name}"),
-        &pending.operation,
-    );
+    let headers = output_headers(env, &account_id, &event_name, name, &pending.operation);
     output.pending = Some(pending);
     Ok(Reply::empty(StatusCode::ACCEPTED).with_headers(headers))
 }
@@ -512,10 +560,6 @@ fn state_of(entry: &LiveEventEntry) -> LiveEventState {
     entry.resource.properties.resource_state.clone().unwrap_or(LiveEventState::Stopped)
 }
 
-fn find<'a>(account: &'a Account, name: &str) -> Result<&'a LiveEventEntry, ArmError> {
-    account.live_events.get(&name.to_lowercase()).ok_or_else(|| ArmError::not_found(KIND, name, &account.id))
-}
-
 fn find_mut<'a>(account: &'a mut Account, name: &str) -> Result<&'a mut LiveEventEntry, ArmError> {
     let id = account.id.clone();
     account.live_events.get_mut(&name.to_lowercase()).ok_or_else(|| ArmError::not_found(KIND, name, &id))
@@ -532,10 +576,6 @@ fn parent<'a>(account: &'a Account, event: &str) -> Result<&'a LiveEventEntry, A
             ),
         )
     })
-}
-
-fn output_not_found(account: &Account, event: &str, name: &str) -> ArmError {
-    ArmError::not_found(&format!("liveEvents/{event}/liveOutputs"), name, &account.id)
 }
 
 fn unknown_action(action: &str) -> ArmError {

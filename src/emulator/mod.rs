@@ -1,6 +1,9 @@
 //! `onair emulator`: an HTTP server that behaves like the Media Services v3 API (live streaming).
 //!
-//! - `arm`: the request pipeline (auth, faults, routing, `api-version`), ARM errors and paging.
+//! - `pipeline`: the ARM request pipeline (body limit, auth, faults, routing, `api-version`,
+//!   dispatch under the world's lock, dropped responses, the request log).
+//! - `arm`: ARM's vocabulary: errors, replies, routes, dispatch and paging.
+//! - `resources`: the list, get and delete handlers every resource family shares.
 //! - `live`, `endpoints`, `publish`: the service's rules per resource family; `operations` the
 //!   long-running operation records they share.
 //! - `state`: accounts, resources, transient states and long-running operations.
@@ -24,7 +27,9 @@ mod faults;
 mod keydelivery;
 mod live;
 mod operations;
+mod pipeline;
 mod publish;
+mod resources;
 mod state;
 
 use std::collections::{HashMap, VecDeque};
@@ -36,7 +41,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
@@ -58,10 +63,9 @@ pub use faults::Faults;
 use crate::clock::{SharedClock, arm_timestamp};
 // The emulator's state stays usable after a panicking handler: each leaves it consistent first.
 use crate::sync::lock;
-use arm::{ArmError, ArmRequest, Reply};
 use encoders::Tick;
 use events::{Outbox, Stamp};
-use state::{Env, World};
+use state::World;
 
 /// The client secret the emulator accepts when none is configured; a well-known development
 /// value, like Azurite's account key.
@@ -106,27 +110,6 @@ pub struct Quotas {
     pub streaming_endpoints: usize,
 }
 
-impl Default for Settings {
-    /// The built-in defaults (`config/default.toml`), for tests and embedding.
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
-            client_id: "onair-emulator".into(),
-            client_secret: SecretString::from(DEFAULT_CLIENT_SECRET),
-            token_ttl: Duration::from_secs(3600),
-            transition: Duration::ZERO,
-            seed: 0,
-            snapshot: None,
-            page_size: 1000,
-            max_body_bytes: 1 << 20,
-            request_log_limit: 100_000,
-            quotas: Quotas { live_events: 5, live_outputs_per_live_event: 3, streaming_endpoints: 2 },
-            faults: Faults::default(),
-            events: EventSettings::default(),
-        }
-    }
-}
-
 impl Settings {
     /// The `[emulator]` section of the layered settings (the other sections are the daemon's).
     pub fn load(source: &crate::config::Source) -> Result<Self, crate::config::Error> {
@@ -136,9 +119,13 @@ impl Settings {
             settings
         })
     }
-}
 
-impl Settings {
+    /// The built-in defaults: `config/default.toml`'s `[emulator]`, without a config file or
+    /// environment, for tests and embedding. This is the one place that loads them.
+    pub fn defaults() -> Result<Self, crate::config::Error> {
+        Self::load(&crate::config::Source::default())
+    }
+
     pub(crate) fn parse(section: &mut crate::config::Section<'_>) -> Self {
         let listen_text: String = section.value("listen");
         let listen = match listen_text.parse() {
@@ -442,7 +429,7 @@ impl Emulator {
                 "/keydelivery/{subscription}/{resource_group}/{account}",
                 get(keydelivery::deliver).post(keydelivery::deliver),
             )
-            .fallback(handle_arm)
+            .fallback(pipeline::handle)
             .with_state(self.clone())
     }
 
@@ -545,173 +532,6 @@ pub async fn serve(listener: TcpListener, emulator: Emulator, shutdown: Cancella
 /// Lets a handler close its connection without answering.
 #[derive(Debug, Clone)]
 struct DropConnection(Arc<Notify>);
-
-// === ARM ===
-
-async fn handle_arm(State(emulator): State<Emulator>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let received_ms = emulator.elapsed_ms();
-    let settings = &emulator.inner.settings;
-    let path = parts.uri.path().to_string();
-    let raw_query = parts.uri.query().unwrap_or_default().to_string();
-    let mut entry = LoggedRequest {
-        seq: 0,
-        at_ms: received_ms,
-        method: parts.method.to_string(),
-        path: path.clone(),
-        query: raw_query.clone(),
-        body: None,
-        status: 0,
-        fault: None,
-        retry_after: None,
-    };
-    let body = match axum::body::to_bytes(body, settings.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            let error = ArmError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestBodyTooLarge",
-                format!("The request body is larger than {} bytes.", settings.max_body_bytes),
-            );
-            return finish(&emulator, entry, Err(error));
-        }
-    };
-    entry.body = serde_json::from_slice(&body).ok();
-    let now = Instant::now();
-    let authorized =
-        arm::bearer(&parts.headers).map(|token| lock(&emulator.inner.tokens).get(token).map(|expires| *expires > now));
-    match authorized {
-        Some(Some(true)) => {}
-        Some(Some(false)) => {
-            let error =
-                ArmError::new(StatusCode::UNAUTHORIZED, "ExpiredAuthenticationToken", "The access token has expired.");
-            return finish(&emulator, entry, Err(error));
-        }
-        Some(None) => {
-            let error =
-                ArmError::new(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "The access token is invalid.");
-            return finish(&emulator, entry, Err(error));
-        }
-        None => {
-            let error = ArmError::new(
-                StatusCode::UNAUTHORIZED,
-                "AuthenticationFailed",
-                "Authentication failed. The 'Authorization' header is missing or is not a Bearer token.",
-            );
-            return finish(&emulator, entry, Err(error));
-        }
-    }
-    let (latency, verdict) = {
-        let mut world = lock(&emulator.inner.world);
-        (world.faults.latency(), world.faults.verdict())
-    };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    match verdict {
-        faults::Verdict::Pass => {}
-        faults::Verdict::Throttle(seconds) => {
-            entry.fault = Some("throttled".into());
-            entry.retry_after = Some(seconds);
-            let error = ArmError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                "The request was throttled (injected by the emulator); retry after the time in Retry-After.",
-            );
-            let reply = Err(error);
-            let mut response = finish(&emulator, entry, reply);
-            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
-            }
-            return response;
-        }
-        faults::Verdict::Fail(status) => {
-            entry.fault = Some("error".into());
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let code =
-                if status == StatusCode::SERVICE_UNAVAILABLE { "ServiceUnavailable" } else { "InternalServerError" };
-            let error =
-                ArmError::new(status, code, "The server could not handle the request (injected by the emulator).");
-            return finish(&emulator, entry, Err(error));
-        }
-    }
-    let Some((account_id, route)) = arm::parse_path(&path) else {
-        let error = ArmError::new(
-            StatusCode::NOT_FOUND,
-            "InvalidResourceType",
-            "The resource type could not be found in the namespace 'Microsoft.Media'.",
-        );
-        return finish(&emulator, entry, Err(error));
-    };
-    let query: HashMap<String, String> = url::form_urlencoded::parse(raw_query.as_bytes())
-        .map(|(key, value)| (key.to_lowercase(), value.into_owned()))
-        .collect();
-    if let Err(error) = arm::check_api_version(&route, &query) {
-        return finish(&emulator, entry, Err(error));
-    }
-    let request = ArmRequest { method: parts.method.clone(), account: account_id, route, query, body: &body };
-    let origin = match parts.headers.get(axum::http::header::HOST).and_then(|host| host.to_str().ok()) {
-        Some(host) => format!("http://{host}"),
-        None => format!("http://{}", settings.listen),
-    };
-    let (result, drop_response, changed) = {
-        let wall = arm_timestamp(emulator.inner.clock.now());
-        let mut guard = lock(&emulator.inner.world);
-        let World { accounts, operations, faults, encoders, outbox } = &mut *guard;
-        let account = state::account(accounts, &request.account, &wall, &settings.client_id);
-        account.settle(now, &wall);
-        let mut env = Env { now, wall, settings, origin, operations, faults, changes: Vec::new() };
-        let result = arm::dispatch(account, &mut env, &request, &path);
-        let changes = std::mem::take(&mut env.changes);
-        let stamp = Stamp { at_ms: emulator.elapsed_ms(), wall: env.wall };
-        let drop_response = result.is_ok() && arm::is_write(&parts.method, &request.route) && faults.drop_response();
-        let tick = Tick { now, stamp: &stamp, interval: settings.events.heartbeat_interval };
-        for change in &changes {
-            encoders.live_event_changed(account, change, outbox, &tick);
-        }
-        (result, drop_response, !changes.is_empty())
-    };
-    if changed {
-        emulator.inner.wake_heartbeats.notify_one();
-        emulator.inner.wake_deliveries.notify_one();
-    }
-    if drop_response {
-        entry.fault = Some("dropped".into());
-        entry.status = result.as_ref().map_or(0, |reply| reply.status.as_u16());
-        emulator.record(entry);
-        if let Some(DropConnection(kill)) = parts.extensions.get::<DropConnection>() {
-            kill.notify_one();
-            std::future::pending::<()>().await;
-        }
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    finish(&emulator, entry, result)
-}
-
-/// Logs the request with its outcome and renders the answer.
-fn finish(emulator: &Emulator, mut entry: LoggedRequest, result: Result<Reply, ArmError>) -> Response {
-    let reply = match result {
-        Ok(reply) => reply,
-        Err(error) => Reply::json(error.status, error.body()),
-    };
-    entry.status = reply.status.as_u16();
-    emulator.record(entry);
-    let mut response = match reply.body {
-        Some(body) => (reply.status, axum::Json(body)).into_response(),
-        None => reply.status.into_response(),
-    };
-    for (name, value) in reply.headers {
-        if let (Ok(name), Ok(value)) = (axum::http::HeaderName::try_from(name), HeaderValue::from_str(&value)) {
-            response.headers_mut().insert(name, value);
-        }
-    }
-    let request_id = uuid::Uuid::new_v4().to_string();
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-ms-request-id", value.clone());
-        response.headers_mut().insert("x-ms-correlation-request-id", value);
-    }
-    response
-}
 
 // === Token endpoint ===
 

@@ -9,16 +9,19 @@
 //! predefined, cannot be deleted; content key policy secrets are blanked except through
 //! `getPolicyPropertiesWithSecrets`.
 
+use std::collections::BTreeMap;
+
 use axum::http::StatusCode;
 use serde_json::Value;
 
 use crate::media::model::{
     Asset, ContentKeyPolicy, EnabledProtocols, ListContentKeysResponse, ListPathsResponse, METADATA_API_VERSION,
-    StreamingLocator, StreamingLocatorContentKey, StreamingPath, StreamingPolicy,
+    StreamingLocator, StreamingLocatorContentKey, StreamingLocatorProperties, StreamingPath, StreamingPolicy,
 };
 
 use super::arm::{self, ArmError, ArmRequest, ArmResult, Reply};
 use super::keydelivery;
+use super::resources::{Family, Removable};
 use super::state::{Account, AssetEntry, Env, PREDEFINED_POLICIES};
 
 /// Locators one asset may have (the service's default quota).
@@ -30,15 +33,53 @@ const FOREVER: &str = "9999-12-31T23:59:59.9999999Z";
 
 // === Assets ===
 
-pub(crate) fn list_assets(account: &Account, request: &ArmRequest<'_>, env: &Env<'_>, path: &str) -> ArmResult {
-    let items = account.assets.iter().map(|(key, entry)| (key.clone(), entry.resource.clone())).collect();
-    arm::page(items, request, env, path)
+/// The assets of an account. An asset recorded by a live output cannot be deleted; deleting one
+/// deletes its locators.
+pub(crate) struct Assets;
+
+impl Family for Assets {
+    type Item = AssetEntry;
+    type View = Asset;
+
+    fn kind(&self) -> String {
+        "assets".into()
+    }
+
+    fn items<'a>(&self, account: &'a Account) -> Result<&'a BTreeMap<String, AssetEntry>, ArmError> {
+        Ok(&account.assets)
+    }
+
+    fn view(&self, entry: &AssetEntry) -> Asset {
+        entry.resource.clone()
+    }
 }
 
-pub(crate) fn get_asset(account: &Account, name: &str) -> ArmResult {
-    let entry =
-        account.assets.get(&name.to_lowercase()).ok_or_else(|| ArmError::not_found("assets", name, &account.id))?;
-    Ok(Reply::ok(&entry.resource))
+impl Removable for Assets {
+    fn items_mut<'a>(&self, account: &'a mut Account) -> &'a mut BTreeMap<String, AssetEntry> {
+        &mut account.assets
+    }
+
+    fn check_delete(&self, account: &Account, name: &str) -> Result<(), ArmError> {
+        let key = name.to_lowercase();
+        if !account.assets.contains_key(&key) {
+            return Ok(());
+        }
+        let recording = account.live_events.values().flat_map(|entry| entry.outputs.values()).any(|output| {
+            output.resource.properties.asset_name.as_deref().map(str::to_lowercase).as_deref() == Some(key.as_str())
+        });
+        if recording {
+            return Err(ArmError::invalid_state(format!(
+                "The asset '{name}' is being recorded by a live output; delete the live output first."
+            )));
+        }
+        Ok(())
+    }
+
+    fn cascade(&self, account: &mut Account, key: &str) {
+        account.streaming_locators.retain(|_, locator| {
+            locator.properties.asset_name.as_deref().map(str::to_lowercase).as_deref() != Some(key)
+        });
+    }
 }
 
 /// `PUT` (create 201 or update 200) and `PATCH` (update 200).
@@ -81,40 +122,32 @@ pub(crate) fn put_asset(account: &mut Account, env: &mut Env<'_>, name: &str, re
     Ok(reply)
 }
 
-pub(crate) fn delete_asset(account: &mut Account, name: &str) -> ArmResult {
-    let key = name.to_lowercase();
-    if !account.assets.contains_key(&key) {
-        return Ok(Reply::empty(StatusCode::NO_CONTENT));
-    }
-    let recording = account.live_events.values().flat_map(|entry| entry.outputs.values()).any(|output| {
-        output.resource.properties.asset_name.as_deref().map(str::to_lowercase).as_deref() == Some(key.as_str())
-    });
-    if recording {
-        return Err(ArmError::invalid_state(format!(
-            "The asset '{name}' is being recorded by a live output; delete the live output first."
-        )));
-    }
-    account.assets.remove(&key);
-    account.streaming_locators.retain(|_, locator| {
-        locator.properties.asset_name.as_deref().map(str::to_lowercase).as_deref() != Some(key.as_str())
-    });
-    Ok(Reply::empty(StatusCode::OK))
-}
-
 // === Streaming locators ===
 
-pub(crate) fn list_locators(account: &Account, request: &ArmRequest<'_>, env: &Env<'_>, path: &str) -> ArmResult {
-    let items =
-        account.streaming_locators.iter().map(|(key, locator)| (key.clone(), without_key_values(locator))).collect();
-    arm::page(items, request, env, path)
+/// The streaming locators of an account; GET shows their content keys without values.
+pub(crate) struct StreamingLocators;
+
+impl Family for StreamingLocators {
+    type Item = StreamingLocator;
+    type View = StreamingLocator;
+
+    fn kind(&self) -> String {
+        "streamingLocators".into()
+    }
+
+    fn items<'a>(&self, account: &'a Account) -> Result<&'a BTreeMap<String, StreamingLocator>, ArmError> {
+        Ok(&account.streaming_locators)
+    }
+
+    fn view(&self, locator: &StreamingLocator) -> StreamingLocator {
+        without_key_values(locator)
+    }
 }
 
-pub(crate) fn get_locator(account: &Account, name: &str) -> ArmResult {
-    let locator = account
-        .streaming_locators
-        .get(&name.to_lowercase())
-        .ok_or_else(|| ArmError::not_found("streamingLocators", name, &account.id))?;
-    Ok(Reply::ok(without_key_values(locator)))
+impl Removable for StreamingLocators {
+    fn items_mut<'a>(&self, account: &'a mut Account) -> &'a mut BTreeMap<String, StreamingLocator> {
+        &mut account.streaming_locators
+    }
 }
 
 /// The locator as GET shows it: its content keys without their values (`listContentKeys` has them).
@@ -138,6 +171,27 @@ pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, 
         ));
     }
     let mut properties = body.properties;
+    check_asset_and_policy(account, &properties)?;
+    assign_locator_id(account, &mut properties)?;
+    let keys = locator_content_keys(account, &mut properties)?;
+    properties.content_keys = Some(keys);
+    properties.end_time.get_or_insert_with(|| FOREVER.into());
+    properties.created = Some(env.wall.clone());
+    let locator = StreamingLocator {
+        name: Some(name.to_string()),
+        id: Some(format!("{}/streamingLocators/{name}", account.id.base())),
+        kind: Some("Microsoft.Media/mediaservices/streamingLocators".into()),
+        properties,
+        system_data: Some(env.system_data(None)),
+        ..Default::default()
+    };
+    let reply = Reply::json(StatusCode::CREATED, without_key_values(&locator));
+    account.streaming_locators.insert(name.to_lowercase(), locator);
+    Ok(reply)
+}
+
+/// A new locator's asset and streaming policy must exist, and the asset have room for a locator.
+fn check_asset_and_policy(account: &Account, properties: &StreamingLocatorProperties) -> Result<(), ArmError> {
     let asset = properties.asset_name.clone().unwrap_or_default();
     let asset_key = asset.to_lowercase();
     if asset.is_empty() || !account.assets.contains_key(&asset_key) {
@@ -167,6 +221,11 @@ pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, 
             "The asset '{asset}' already has {MAX_LOCATORS_PER_ASSET} streaming locators."
         )));
     }
+    Ok(())
+}
+
+/// Checks the `streamingLocatorId` asked for (a GUID no other locator has), or draws one.
+fn assign_locator_id(account: &Account, properties: &mut StreamingLocatorProperties) -> Result<(), ArmError> {
     match &properties.streaming_locator_id {
         Some(id) if uuid::Uuid::parse_str(id).is_err() => {
             return Err(ArmError::bad_request("properties.streamingLocatorId must be a GUID."));
@@ -185,6 +244,16 @@ pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, 
             "Another streaming locator has this streamingLocatorId.",
         ));
     }
+    Ok(())
+}
+
+/// The content keys a new locator gets from its policy (those asked for, or drawn), each of
+/// whose content key policies must exist and whose ids must not clash with the account's keys.
+fn locator_content_keys(
+    account: &Account,
+    properties: &mut StreamingLocatorProperties,
+) -> Result<Vec<StreamingLocatorContentKey>, ArmError> {
+    let policy = properties.streaming_policy_name.clone().unwrap_or_default();
     let streaming_policy = account
         .streaming_policies
         .get(&policy.to_lowercase())
@@ -206,20 +275,7 @@ pub(crate) fn put_locator(account: &mut Account, env: &mut Env<'_>, name: &str, 
         ));
     }
     check_key_ids(account, &keys)?;
-    properties.content_keys = Some(keys);
-    properties.end_time.get_or_insert_with(|| FOREVER.into());
-    properties.created = Some(env.wall.clone());
-    let locator = StreamingLocator {
-        name: Some(name.to_string()),
-        id: Some(format!("{}/streamingLocators/{name}", account.id.base())),
-        kind: Some("Microsoft.Media/mediaservices/streamingLocators".into()),
-        properties,
-        system_data: Some(env.system_data(None)),
-        ..Default::default()
-    };
-    let reply = Reply::json(StatusCode::CREATED, without_key_values(&locator));
-    account.streaming_locators.insert(name.to_lowercase(), locator);
-    Ok(reply)
+    Ok(keys)
 }
 
 /// A content key id names one key: the same id with another value, in this locator or another
@@ -245,13 +301,6 @@ fn check_key_ids(account: &Account, keys: &[StreamingLocatorContentKey]) -> Resu
         seen.push(key);
     }
     Ok(())
-}
-
-pub(crate) fn delete_locator(account: &mut Account, name: &str) -> ArmResult {
-    match account.streaming_locators.remove(&name.to_lowercase()) {
-        Some(_) => Ok(Reply::empty(StatusCode::OK)),
-        None => Ok(Reply::empty(StatusCode::NO_CONTENT)),
-    }
 }
 
 /// `POST listPaths` and `listContentKeys`.
@@ -336,17 +385,48 @@ fn paths(account: &Account, locator: &StreamingLocator) -> ListPathsResponse {
 
 // === Streaming policies ===
 
-pub(crate) fn list_policies(account: &Account, request: &ArmRequest<'_>, env: &Env<'_>, path: &str) -> ArmResult {
-    let items = account.streaming_policies.iter().map(|(key, policy)| (key.clone(), policy.clone())).collect();
-    arm::page(items, request, env, path)
+/// The streaming policies of an account, the predefined ones included; those, and a policy a
+/// locator uses, cannot be deleted.
+pub(crate) struct StreamingPolicies;
+
+impl Family for StreamingPolicies {
+    type Item = StreamingPolicy;
+    type View = StreamingPolicy;
+
+    fn kind(&self) -> String {
+        "streamingPolicies".into()
+    }
+
+    fn items<'a>(&self, account: &'a Account) -> Result<&'a BTreeMap<String, StreamingPolicy>, ArmError> {
+        Ok(&account.streaming_policies)
+    }
+
+    fn view(&self, policy: &StreamingPolicy) -> StreamingPolicy {
+        policy.clone()
+    }
 }
 
-pub(crate) fn get_policy(account: &Account, name: &str) -> ArmResult {
-    let policy = account
-        .streaming_policies
-        .get(&name.to_lowercase())
-        .ok_or_else(|| ArmError::not_found("streamingPolicies", name, &account.id))?;
-    Ok(Reply::ok(policy))
+impl Removable for StreamingPolicies {
+    fn items_mut<'a>(&self, account: &'a mut Account) -> &'a mut BTreeMap<String, StreamingPolicy> {
+        &mut account.streaming_policies
+    }
+
+    fn check_delete(&self, account: &Account, name: &str) -> Result<(), ArmError> {
+        let key = name.to_lowercase();
+        if PREDEFINED_POLICIES.iter().any(|predefined| predefined.eq_ignore_ascii_case(name)) {
+            return Err(ArmError::bad_request(format!("The predefined streaming policy '{name}' cannot be deleted.")));
+        }
+        let in_use = account.streaming_locators.values().find(|locator| {
+            locator.properties.streaming_policy_name.as_deref().map(str::to_lowercase).as_deref() == Some(key.as_str())
+        });
+        if let Some(locator) = in_use {
+            return Err(ArmError::invalid_state(format!(
+                "The streaming policy '{name}' is used by the streaming locator '{}'.",
+                locator.name.as_deref().unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `PUT`: create only (201).
@@ -400,41 +480,32 @@ pub(crate) fn put_policy(account: &mut Account, env: &mut Env<'_>, name: &str, r
     Ok(reply)
 }
 
-pub(crate) fn delete_policy(account: &mut Account, name: &str) -> ArmResult {
-    let key = name.to_lowercase();
-    if PREDEFINED_POLICIES.iter().any(|predefined| predefined.eq_ignore_ascii_case(name)) {
-        return Err(ArmError::bad_request(format!("The predefined streaming policy '{name}' cannot be deleted.")));
-    }
-    let in_use = account.streaming_locators.values().find(|locator| {
-        locator.properties.streaming_policy_name.as_deref().map(str::to_lowercase).as_deref() == Some(key.as_str())
-    });
-    if let Some(locator) = in_use {
-        return Err(ArmError::invalid_state(format!(
-            "The streaming policy '{name}' is used by the streaming locator '{}'.",
-            locator.name.as_deref().unwrap_or_default()
-        )));
-    }
-    match account.streaming_policies.remove(&key) {
-        Some(_) => Ok(Reply::empty(StatusCode::OK)),
-        None => Ok(Reply::empty(StatusCode::NO_CONTENT)),
-    }
-}
-
 // === Content key policies ===
 
-pub(crate) fn list_content_key_policies(
-    account: &Account,
-    request: &ArmRequest<'_>,
-    env: &Env<'_>,
-    path: &str,
-) -> ArmResult {
-    let items =
-        account.content_key_policies.iter().map(|(key, policy)| (key.clone(), without_secrets(policy))).collect();
-    arm::page(items, request, env, path)
+/// The content key policies of an account; GET blanks their secrets.
+pub(crate) struct ContentKeyPolicies;
+
+impl Family for ContentKeyPolicies {
+    type Item = ContentKeyPolicy;
+    type View = ContentKeyPolicy;
+
+    fn kind(&self) -> String {
+        "contentKeyPolicies".into()
+    }
+
+    fn items<'a>(&self, account: &'a Account) -> Result<&'a BTreeMap<String, ContentKeyPolicy>, ArmError> {
+        Ok(&account.content_key_policies)
+    }
+
+    fn view(&self, policy: &ContentKeyPolicy) -> ContentKeyPolicy {
+        without_secrets(policy)
+    }
 }
 
-pub(crate) fn get_content_key_policy(account: &Account, name: &str) -> ArmResult {
-    Ok(Reply::ok(without_secrets(find_content_key_policy(account, name)?)))
+impl Removable for ContentKeyPolicies {
+    fn items_mut<'a>(&self, account: &'a mut Account) -> &'a mut BTreeMap<String, ContentKeyPolicy> {
+        &mut account.content_key_policies
+    }
 }
 
 /// `PUT` (create 201 or replace 200) and `PATCH` (update 200).
@@ -489,13 +560,6 @@ pub(crate) fn put_content_key_policy(
     let reply = Reply::json(status, without_secrets(&policy));
     account.content_key_policies.insert(name.to_lowercase(), policy);
     Ok(reply)
-}
-
-pub(crate) fn delete_content_key_policy(account: &mut Account, name: &str) -> ArmResult {
-    match account.content_key_policies.remove(&name.to_lowercase()) {
-        Some(_) => Ok(Reply::empty(StatusCode::OK)),
-        None => Ok(Reply::empty(StatusCode::NO_CONTENT)),
-    }
 }
 
 /// `POST getPolicyPropertiesWithSecrets`.

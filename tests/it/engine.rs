@@ -97,7 +97,7 @@ async fn a_failed_action_stops_the_broadcast_and_resume_picks_it_up() {
         .set_faults(onair::emulator::Faults {
             lro_fail_next: 2,
             lro_failure_code: "InsufficientCapacity".into(),
-            ..Default::default()
+            ..onair::emulator::Faults::none()
         })
         .unwrap();
     let engine = TestEngine::start(&settings).await;

@@ -13,7 +13,7 @@ async fn the_lifecycle_completes_under_throttling_errors_and_dropped_responses()
     let mut settings = emulator_settings();
     settings.seed = 2026;
     settings.faults =
-        Faults { throttle_rate: 0.30, retry_after_secs: 1, error_rate: 0.10, drop_rate: 0.05, ..Faults::default() };
+        Faults { throttle_rate: 0.30, retry_after_secs: 1, error_rate: 0.10, drop_rate: 0.05, ..Faults::none() };
     let emulator = TestEmulator::start(settings).await;
     let mut media = emulator.media_settings();
     media.retry.max_attempts = 12;

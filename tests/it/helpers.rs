@@ -130,9 +130,9 @@ pub fn account_path(subscription: &str, group: &str, account: &str, tail: &str) 
     )
 }
 
-/// Emulator settings for tests: defaults, zero transition time.
+/// Emulator settings for tests: the built-in defaults (`config/default.toml`), zero transition time.
 pub fn emulator_settings() -> emulator::Settings {
-    emulator::Settings::default()
+    emulator::Settings::defaults().expect("the built-in defaults load")
 }
 
 /// The api-version a logged request carried.

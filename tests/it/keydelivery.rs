@@ -198,9 +198,12 @@ async fn a_token_restricted_envelope_key_is_delivered_only_for_a_valid_token() {
     let token = jwt(&claims(&kid, AUDIENCE, 600), KEY);
     let expected = (200, "application/octet-stream".to_string(), key.clone());
     assert_eq!(deliver(&emulator, Method::GET, &kid, Some(&token)).await, expected);
-    emulator.emulator.set_faults(onair::emulator::Faults { error_rate: 1.0, ..Default::default() }).unwrap();
+    emulator
+        .emulator
+        .set_faults(onair::emulator::Faults { error_rate: 1.0, ..onair::emulator::Faults::none() })
+        .unwrap();
     assert_eq!(deliver(&emulator, Method::POST, &kid, Some(&token)).await, expected);
-    emulator.emulator.set_faults(onair::emulator::Faults::default()).unwrap();
+    emulator.emulator.set_faults(onair::emulator::Faults::none()).unwrap();
 
     // Every failed check is a 401 naming it, without the key.
     let mut no_claim = claims(&kid, AUDIENCE, 600);

@@ -197,7 +197,7 @@ async fn a_failed_long_running_operation_surfaces_the_providers_error() {
         .set_faults(onair::emulator::Faults {
             lro_fail_next: 1,
             lro_failure_code: "InsufficientCapacity".into(),
-            ..Default::default()
+            ..onair::emulator::Faults::none()
         })
         .unwrap();
     let error = client.ensure_channel_running(&ChannelSpec::new("news")).await.unwrap_err();
