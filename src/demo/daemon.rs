@@ -199,10 +199,12 @@ fn demo_schedule(options: &Options) -> Spec {
 /// RabbitMQ and the engine drives the emulator, until it is idle again.
 async fn lifecycle(settings: &Settings, emulator: &Emulator, options: &Options) -> Result<(), Error> {
     let broadcast = options.channel.as_str();
+    // From a minute back: on a slow machine the warm-up may already be due when the daemon is up,
+    // and the plan lists every step the demo then follows.
     let rows = crate::schedule::plan::plan(
         &crate::broadcast::scheduled(&settings.engine.broadcasts),
         Some(broadcast),
-        SystemClock.now(),
+        SystemClock.now() - TimeDelta::minutes(1),
         1,
     );
     println!("The plan (onair plan):");
@@ -244,7 +246,9 @@ async fn lifecycle(settings: &Settings, emulator: &Emulator, options: &Options) 
             println!("        {:<6} {} → {}", entry.method, tail(entry), entry.status);
         }
         seen_requests = requests.len();
-        if state == "live" && !shown_urls {
+        // Shown once the locator's URLs are stored, even when the broadcast has moved on from
+        // live between two looks (a one-second show on a slow machine).
+        if !shown_urls {
             let urls: Vec<(&str, &str)> = [("HLS", "hls"), ("DASH", "dash")]
                 .into_iter()
                 .filter_map(|(label, key)| Some((label, vars.get(key)?.as_str().filter(|url| !url.is_empty())?)))
