@@ -2,6 +2,14 @@
 //!
 //! `main` parses, sets up logging and settings, and calls `execute`; every subcommand listed here
 //! works. Commands print their results on standard output; logs go to standard error.
+//!
+//! The commands that read or feed a daemon from outside live in their own files (`status`, `send`,
+//! `dlq`); `cli` imports `daemon` (to run it, and for the checks behind `check`), never the other
+//! way round.
+
+mod dlq;
+mod send;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -290,9 +298,9 @@ pub async fn execute(command: Command, settings: Settings, shutdown: Cancellatio
         }
         Command::Run => crate::daemon::run(settings, shutdown).await,
         Command::Check => Ok(check(&settings)),
-        Command::Status(args) => crate::daemon::status(&settings, &args.broadcast, args.json, args.events),
-        Command::Send(args) => crate::daemon::send(&settings, args).await,
-        Command::Dlq(command) => crate::daemon::dlq(&settings, command).await,
+        Command::Status(args) => status::status(&settings, &args),
+        Command::Send(args) => send::send(&settings, args).await,
+        Command::Dlq(command) => dlq::dlq(&settings, command).await,
         Command::Plan(args) => plan(&settings, &args),
         Command::Token(args) => token(&settings, &args).await,
     }
