@@ -296,7 +296,7 @@ pub async fn execute(command: Command, settings: Settings, shutdown: Cancellatio
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run => crate::daemon::run(settings, shutdown).await,
+        Command::Run => Ok(crate::daemon::run(settings, shutdown).await?),
         Command::Check => Ok(check(&settings)),
         Command::Status(args) => status::status(&settings, &args),
         Command::Send(args) => send::send(&settings, args).await,

@@ -1,9 +1,21 @@
-//! The daemon's wiring (`onair run`) and the checks behind `check` and `run`; the commands that
-//! look at a daemon from outside (`status`, `send`, `dlq`) live in `cli`.
+//! The daemon's wiring (`onair run`) and the checks behind `check` and `run`.
 //!
 //! `run` checks everything first (settings, machines, broadcasts, media settings: exit 78 on any
-//! problem), opens the store, starts the engine (which resumes timers and pending actions from the
-//! store before taking events), then the inputs, and waits for the shutdown signal.
+//! problem), then starts the daemon in two steps, as linkerd's `build` and `spawn`:
+//! - `build` (`Built::build`) does everything that can fail and starts nothing: the media client,
+//!   the store, the machines, both listeners bound, the scheduler's cursors;
+//! - `spawn` (`Built::spawn`) takes what was built (listeners already bound, as mini-redis's
+//!   `run(listener, shutdown)`) and starts the engine (which resumes timers and pending actions
+//!   from the store before taking events), then the inputs.
+//!
+//! A failure while building leaves nothing running. `Daemon::stop` stops the inputs, then the
+//! engine, and reports a task that panicked or failed as an error.
+//!
+//! The commands that look at a daemon from outside (`status`, `send`, `dlq`) live in `cli`;
+//! `daemon` does not know the command line.
+
+mod build;
+mod spawn;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -11,16 +23,55 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, Publisher};
 use crate::clock::SharedClock;
 use crate::config::Settings;
-use crate::engine::{Engine, Parts, Runner, inbox};
-use crate::event::Event;
+use crate::engine::{Engine, inbox};
 use crate::machine::Library;
-use crate::store::{SqliteStore, Store};
+
+pub use build::{Bound, Built, Listeners};
+
+/// Why the daemon could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The media client could not be built from its settings.
+    #[error(transparent)]
+    Media(#[from] crate::media::Error),
+    /// The store could not be opened (`is_unusable` tells whether retrying can help).
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// A listener's address could not be bound.
+    #[error("cannot listen on {address} ({setting}): {error}")]
+    Bind { setting: &'static str, address: SocketAddr, error: std::io::Error },
+    /// A broadcast names a machine that is not loaded.
+    #[error("broadcast {broadcast}: machine {machine:?} is not loaded")]
+    MissingMachine { broadcast: String, machine: String },
+    /// The scheduler could not read or record its cursors.
+    #[error(transparent)]
+    Scheduler(Box<dyn std::error::Error + Send + Sync>),
+    /// The engine could not load its state.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::Error),
+    /// The inbox could not be read.
+    #[error(transparent)]
+    Inbox(#[from] inbox::Error),
+    /// A task panicked or was cancelled instead of finishing.
+    #[error("the {task} task failed: {source}")]
+    Task { task: &'static str, source: tokio::task::JoinError },
+}
+
+impl Error {
+    /// The store is damaged, too new or not writable: nothing changes by retrying.
+    pub fn unusable_store(&self) -> Option<&crate::store::Error> {
+        match self {
+            Error::Store(store) if store.is_unusable() => Some(store),
+            _ => None,
+        }
+    }
+}
 
 /// Every reason the daemon cannot run with these settings: machine problems (with file and
 /// location), broadcasts naming a missing machine, schedule problems over the coming year (from
@@ -40,7 +91,7 @@ pub fn problems(settings: &Settings, library: &Library, now: DateTime<Utc>) -> V
 }
 
 /// `onair run`.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<ExitCode, Error> {
     let library = Library::load(settings.engine.machines_dir.as_deref());
     let problems = problems(&settings, &library, crate::clock::system().now());
     if !problems.is_empty() {
@@ -52,13 +103,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     let daemon = match Daemon::start(&settings, library).await {
         Ok(daemon) => daemon,
-        Err(error) => match error.downcast_ref::<crate::store::Error>() {
-            // Damaged, too new, not writable: nothing will change by retrying; say what to do.
-            Some(store) if store.is_unusable() => {
+        // Damaged, too new, not writable: nothing will change by retrying; say what to do.
+        Err(error) => match error.unusable_store() {
+            Some(store) => {
                 eprintln!("error: {store}");
                 return Ok(ExitCode::from(crate::config::EXIT_CODE as u8));
             }
-            _ => return Err(error),
+            None => return Err(error),
         },
     };
     // READY=1 once the store is open (start did it) and the consumer is registered; then the
@@ -86,179 +137,45 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     shutdown.cancelled().await;
     crate::systemd::stopping();
     notifier.cancel();
-    let _ = notify.await;
+    let notified = joined("systemd notifier", notify).await;
     daemon.stop().await?;
+    notified?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// A running daemon: the engine, its inputs (broker consumer, inbox) and the relay that publishes
-/// what onair produces for other systems.
+/// A running daemon: the engine, its inputs (broker consumer, inbox, scheduler, ingress), the
+/// operations listener, and the relay that publishes what onair produces for other systems.
 pub struct Daemon {
     engine: Engine,
     /// Stops the engine, after the inputs.
     core: CancellationToken,
     /// Stops the inputs: they finish what they handed over (acks) before the engine stops.
     intake: CancellationToken,
-    consumer: tokio::task::JoinHandle<()>,
-    inbox: tokio::task::JoinHandle<Result<(), inbox::Error>>,
-    relay: tokio::task::JoinHandle<()>,
-    scheduler: Option<tokio::task::JoinHandle<()>>,
-    ingress: Option<(SocketAddr, crate::ingress::Ingress, tokio::task::JoinHandle<()>)>,
+    consumer: JoinHandle<()>,
+    inbox: JoinHandle<Result<(), inbox::Error>>,
+    relay: JoinHandle<()>,
+    scheduler: Option<JoinHandle<()>>,
+    ingress: Option<(SocketAddr, crate::ingress::Ingress, JoinHandle<()>)>,
     publisher: Arc<Publisher>,
     status: broker::Status,
     schedule_stats: crate::schedule::Stats,
-    http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
-    probe: tokio::task::JoinHandle<()>,
+    http: Option<(SocketAddr, JoinHandle<()>)>,
+    probe: JoinHandle<()>,
     health: crate::health::Health,
     metrics: crate::metrics::Metrics,
 }
 
 impl Daemon {
-    /// Opens the store, starts the engine (which resumes timers and pending actions first), then
-    /// the inputs. `library` must have passed the checks of `problems`.
-    pub async fn start(settings: &Settings, library: Library) -> anyhow::Result<Self> {
+    /// Builds (store, listeners, machines: everything that can fail), then spawns the engine
+    /// (which resumes timers and pending actions first) and the inputs. `library` must have
+    /// passed the checks of `problems`.
+    pub async fn start(settings: &Settings, library: Library) -> Result<Self, Error> {
         Self::start_with_clock(settings, library, crate::clock::system()).await
     }
 
     /// `start` with a given wall clock (tests move it to put the daemon before or after a step).
-    pub async fn start_with_clock(settings: &Settings, library: Library, clock: SharedClock) -> anyhow::Result<Self> {
-        let media = crate::media::Client::new(&settings.media)?;
-        let store_path = settings.engine.store.clone();
-        let store: Arc<dyn Store> =
-            Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&store_path)).await??);
-        let broker_settings = Arc::new(settings.broker.clone());
-        let publisher = Arc::new(Publisher::new(Arc::clone(&broker_settings)));
-        let (outbound, published) = mpsc::unbounded_channel::<Event>();
-        let runner = Arc::new(Runner::new(Some(media.clone()), outbound, Arc::clone(&clock)));
-        let engine_settings = Arc::new(settings.engine.clone());
-        let metrics = crate::metrics::Metrics::default();
-        let initial_states = engine_settings
-            .broadcasts
-            .iter()
-            .filter_map(|(id, broadcast)| Some((id.clone(), library.get(&broadcast.machine)?.initial.clone())))
-            .collect();
-        let library = Arc::new(library);
-        let parts = Parts {
-            settings: Arc::clone(&engine_settings),
-            library: Arc::clone(&library),
-            store: Arc::clone(&store),
-            runner,
-            clock: Arc::clone(&clock),
-            metrics: metrics.clone(),
-        };
-        let core = CancellationToken::new();
-        let intake = CancellationToken::new();
-        let engine = Engine::start(parts, core.clone()).await?;
-        let status = broker::Status::default();
-        status.watch_commits(metrics.commits().clone());
-        let consumer =
-            tokio::spawn(broker::consume(Arc::clone(&broker_settings), engine.input(), status.clone(), intake.clone()));
-        let inbox = tokio::spawn(inbox::run(
-            engine_settings.inbox.clone(),
-            engine_settings.inbox_poll,
-            engine.input(),
-            intake.clone(),
-        ));
-        let relay = tokio::spawn(relay(published, Arc::clone(&publisher), core.clone()));
-        let schedule_stats = crate::schedule::Stats::default();
-        let schedules: Vec<_> = engine_settings
-            .broadcasts
-            .iter()
-            .filter_map(|(id, broadcast)| Some((id.clone(), Arc::clone(broadcast.schedule.as_ref()?))))
-            .collect();
-        let scheduler = if settings.scheduler.enabled && !schedules.is_empty() {
-            let sink = Arc::new(Publisher::new(Arc::clone(&broker_settings)));
-            let scheduler = crate::schedule::Scheduler::new(
-                settings.scheduler.clone(),
-                schedules,
-                Arc::clone(&store),
-                Arc::clone(&sink),
-                Arc::clone(&clock),
-                schedule_stats.clone(),
-            )
-            .await?;
-            let stop = intake.clone();
-            Some(tokio::spawn(async move {
-                scheduler.run(stop).await;
-                sink.close().await;
-            }))
-        } else {
-            None
-        };
-        let ingress = if settings.ingress.enabled {
-            let listener = tokio::net::TcpListener::bind(settings.ingress.listen).await.map_err(|error| {
-                anyhow::anyhow!("cannot listen on {} (ingress.listen): {error}", settings.ingress.listen)
-            })?;
-            let address = listener.local_addr()?;
-            let ingress = crate::ingress::Ingress::new(
-                settings.ingress.clone(),
-                &engine_settings.broadcasts,
-                Arc::new(Publisher::new(Arc::clone(&broker_settings))),
-                Arc::clone(&clock),
-            );
-            let task = tokio::spawn(crate::ingress::serve(listener, ingress.clone(), intake.clone()));
-            tracing::info!(%address, "Webhook ingress listening.");
-            Some((address, ingress, task))
-        } else {
-            None
-        };
-        let health = crate::health::Health::new(
-            settings.health.clone(),
-            engine_settings.store.clone(),
-            status.clone(),
-            metrics.commits().clone(),
-        );
-        let probe = tokio::spawn(health.clone().probe_media(media, intake.clone()));
-        let http = if settings.http.enabled {
-            let listener = tokio::net::TcpListener::bind(settings.http.listen)
-                .await
-                .map_err(|error| anyhow::anyhow!("cannot listen on {} (http.listen): {error}", settings.http.listen))?;
-            let address = listener.local_addr()?;
-            let router = crate::http::router(crate::http::Parts {
-                settings: settings.http.clone(),
-                engine: Arc::clone(&engine_settings),
-                broker: Arc::clone(&broker_settings),
-                store,
-                publisher: Arc::clone(&publisher),
-                status: status.clone(),
-                schedule: schedule_stats.clone(),
-                metrics: metrics.clone(),
-                health: health.clone(),
-                initial_states,
-                library,
-                dead_letters: Default::default(),
-                clock: Arc::clone(&clock),
-                started: std::time::Instant::now(),
-            });
-            let task = tokio::spawn(crate::http::serve(listener, router, settings.http.connections, intake.clone()));
-            tracing::info!(%address, "Operations listener (health, metrics, API, dashboard) listening.");
-            Some((address, task))
-        } else {
-            None
-        };
-        tracing::info!(
-            broadcasts = engine_settings.broadcasts.len(),
-            store = %engine_settings.store.display(),
-            broker = %broker_settings.endpoint(),
-            "onair running."
-        );
-        Ok(Self {
-            engine,
-            core,
-            intake,
-            consumer,
-            inbox,
-            relay,
-            scheduler,
-            ingress,
-            publisher,
-            status,
-            schedule_stats,
-            http,
-            probe,
-            health,
-            metrics,
-        })
+    pub async fn start_with_clock(settings: &Settings, library: Library, clock: SharedClock) -> Result<Self, Error> {
+        Built::build(settings, library, clock).await?.spawn().await
     }
 
     /// Readiness and progress.
@@ -292,47 +209,84 @@ impl Daemon {
     }
 
     /// Stops the inputs (in-flight events finish and are acknowledged), then the engine.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    ///
+    /// Every stage runs even when a task failed, so that nothing is left running; the first
+    /// failure (a task that panicked, the inbox that could not be read) is returned and any
+    /// further ones are logged.
+    pub async fn stop(self) -> Result<(), Error> {
         tracing::info!(
             "Stopping: no new events; in-flight events finish and are acknowledged; pending actions resume at the next start."
         );
+        let mut failures = Failures::default();
         self.intake.cancel();
         if let Some(scheduler) = self.scheduler {
-            let _ = scheduler.await;
+            failures.note(joined("scheduler", scheduler).await);
         }
         if let Some((_, _, task)) = self.ingress {
-            let _ = task.await;
+            failures.note(joined("ingress", task).await);
         }
         if let Some((_, task)) = self.http {
-            let _ = task.await;
+            failures.note(joined("operations listener", task).await);
         }
-        let _ = self.probe.await;
-        let _ = self.consumer.await;
-        self.inbox.await??;
+        failures.note(joined("media probe", self.probe).await);
+        failures.note(joined("broker consumer", self.consumer).await);
+        failures.note(joined("inbox", self.inbox).await.and_then(|read| read.map_err(Error::from)));
         self.core.cancel();
         self.engine.join().await;
-        let _ = self.relay.await;
+        failures.note(joined("relay", self.relay).await);
         self.publisher.close().await;
-        Ok(())
+        failures.into_result()
     }
 }
 
-/// Publishes what onair produces for other systems, in order, retrying while the broker is away.
-async fn relay(mut published: mpsc::UnboundedReceiver<Event>, publisher: Arc<Publisher>, shutdown: CancellationToken) {
-    while let Some(event) = published.recv().await {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match publisher.publish_output(&event).await {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::warn!(event_id = %event.id, %error, "Cannot publish; trying again.");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
+/// Waits for a task and names it when it panicked or was cancelled.
+async fn joined<T>(task: &'static str, handle: JoinHandle<T>) -> Result<T, Error> {
+    handle.await.map_err(|source| Error::Task { task, source })
+}
+
+/// What went wrong while stopping: the first failure, returned; the others, logged as they come.
+#[derive(Default)]
+struct Failures(Option<Error>);
+
+impl Failures {
+    fn note(&mut self, result: Result<(), Error>) {
+        let Err(error) = result else { return };
+        match self.0 {
+            None => self.0 = Some(error),
+            Some(_) => tracing::error!(%error, "A further task failed while stopping."),
         }
+    }
+
+    fn into_result(self) -> Result<(), Error> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panicked_is_an_error_naming_it() {
+        let handle = tokio::spawn(async { panic!("boom") });
+        let error = joined::<()>("relay", handle).await.unwrap_err();
+        assert!(matches!(error, Error::Task { task: "relay", .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.starts_with("the relay task failed: "), "{message}");
+        assert!(message.contains("panicked"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn stopping_keeps_the_first_failure() {
+        let mut failures = Failures::default();
+        failures.note(Ok(()));
+        assert!(failures.0.is_none());
+        let first = joined::<()>("scheduler", tokio::spawn(async { panic!("first") })).await;
+        let second = joined::<()>("relay", tokio::spawn(async { panic!("second") })).await;
+        failures.note(first);
+        failures.note(second);
+        failures.note(Ok(()));
+        let error = failures.into_result().unwrap_err();
+        assert!(matches!(error, Error::Task { task: "scheduler", .. }), "{error:?}");
     }
 }
