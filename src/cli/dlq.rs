@@ -2,12 +2,12 @@
 
 use std::process::ExitCode;
 
-use super::DlqCommand;
+use super::{DlqCommand, Error};
 use crate::broker::dlq;
 use crate::config::Settings;
 
 /// `onair dlq`.
-pub async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<ExitCode> {
+pub async fn dlq(settings: &Settings, command: DlqCommand) -> Result<ExitCode, Error> {
     match command {
         DlqCommand::List { limit, json } => list(settings, limit, json).await?,
         DlqCommand::Replay { id, limit } => {
@@ -32,7 +32,7 @@ pub async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<Exi
 }
 
 /// `onair dlq list`: the dead letters and why they are there, as JSON or one line each.
-async fn list(settings: &Settings, limit: usize, json: bool) -> anyhow::Result<()> {
+async fn list(settings: &Settings, limit: usize, json: bool) -> Result<(), Error> {
     let letters = dlq::list(&settings.broker, limit).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&letters)?);

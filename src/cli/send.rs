@@ -5,24 +5,23 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::SendArgs;
+use super::{Error, SendArgs};
 use crate::broker::Publisher;
 use crate::config::Settings;
 use crate::engine::inbox;
 use crate::event::Event;
 
 /// `onair send`.
-pub async fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<ExitCode> {
+pub async fn send(settings: &Settings, args: SendArgs) -> Result<ExitCode, Error> {
     let data: Value = match &args.data {
-        Some(text) => serde_json::from_str(text).map_err(|error| anyhow::anyhow!("--data is not JSON: {error}"))?,
+        Some(text) => serde_json::from_str(text).map_err(Error::Data)?,
         None => json!({}),
     };
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
     let id = args.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut event = Event::new(id, args.kind.clone(), args.subject.clone(), data, now);
     event.source = args.source.clone();
-    let event = Event::from_value(serde_json::to_value(&event)?)
-        .map_err(|error| anyhow::anyhow!("not a valid event: {error}"))?;
+    let event = Event::from_value(serde_json::to_value(&event)?).map_err(Error::InvalidEvent)?;
     if args.inbox {
         let path = inbox::write(&settings.engine.inbox, &event, 0)?;
         println!("{} queued in {}", event.id, path.display());

@@ -6,17 +6,17 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::StatusArgs;
+use super::{Error, StatusArgs};
 use crate::config::Settings;
 use crate::engine::Broadcast;
 use crate::store::{AuditRow, InstanceRecord, OutboxRow, ReadOnly, SqliteStore};
 
 /// `onair status`.
-pub fn status(settings: &Settings, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+pub fn status(settings: &Settings, args: &StatusArgs) -> Result<ExitCode, Error> {
     if let Some(id) = &args.broadcast
         && !settings.engine.broadcasts.contains_key(id)
     {
-        anyhow::bail!("no broadcast {id:?} in the settings");
+        return Err(Error::UnknownBroadcast(id.clone()));
     }
     // No file yet is fine (nothing has run); a store this onair cannot read rightly (damaged, or
     // of a newer schema) is refused rather than shown wrongly.
