@@ -4,6 +4,7 @@
 //! nothing running), then the inputs that feed it, each serving what the build step bound, as
 //! mini-redis's `run(listener, shutdown)` does.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,9 @@ use super::{Built, Daemon, Error};
 use crate::broker::{self, Publisher};
 use crate::engine::{Engine, Parts, Runner, inbox};
 use crate::event::Event;
+use crate::machine::Library;
+use crate::schedule::Scheduler;
+use crate::store::Store;
 
 impl Built {
     /// Starts the engine (which resumes timers and pending actions first), then the inputs, the
@@ -26,96 +30,158 @@ impl Built {
             self;
         let broker_settings = Arc::new(settings.broker.clone());
         let engine_settings = Arc::new(settings.engine.clone());
-        let publisher = Arc::new(Publisher::new(Arc::clone(&broker_settings)));
         let metrics = crate::metrics::Metrics::default();
-        let (outbound, published) = mpsc::unbounded_channel::<Event>();
-        let core = CancellationToken::new();
-        let intake = CancellationToken::new();
-        let parts = Parts {
-            settings: Arc::clone(&engine_settings),
-            library: Arc::clone(&library),
-            store: Arc::clone(&store),
-            runner: Arc::new(Runner::new(Some(media.clone()), outbound, Arc::clone(&clock))),
-            clock: Arc::clone(&clock),
-            metrics: metrics.clone(),
-        };
-        let engine = Engine::start(parts, core.clone()).await?;
-
         let status = broker::Status::default();
         status.watch_commits(metrics.commits().clone());
-        let consumer =
-            tokio::spawn(broker::consume(Arc::clone(&broker_settings), engine.input(), status.clone(), intake.clone()));
-        let inbox = tokio::spawn(inbox::run(
-            engine_settings.inbox.clone(),
-            engine_settings.inbox_poll,
-            engine.input(),
-            intake.clone(),
-        ));
-        let relay = tokio::spawn(relay(published, Arc::clone(&publisher), core.clone()));
-        let scheduler = scheduler.map(|(scheduler, sink)| {
-            let stop = intake.clone();
-            tokio::spawn(async move {
-                scheduler.run(stop).await;
-                sink.close().await;
-            })
-        });
-        let ingress = listeners.ingress.map(|bound| {
-            let ingress = crate::ingress::Ingress::new(
-                settings.ingress.clone(),
-                &engine_settings.broadcasts,
-                Arc::new(Publisher::new(Arc::clone(&broker_settings))),
-                Arc::clone(&clock),
-            );
-            serve_ingress(bound, ingress, intake.clone())
-        });
         let health = crate::health::Health::new(
             settings.health.clone(),
             engine_settings.store.clone(),
             status.clone(),
             metrics.commits().clone(),
         );
-        let probe = tokio::spawn(health.clone().probe_media(media, intake.clone()));
+        let shared = Shared {
+            publisher: Arc::new(Publisher::new(Arc::clone(&broker_settings))),
+            broker: broker_settings,
+            engine: engine_settings,
+            clock,
+            metrics,
+            status,
+            health,
+            schedule_stats,
+            intake: CancellationToken::new(),
+        };
+        let core = CancellationToken::new();
+        let (outbound, published) = mpsc::unbounded_channel::<Event>();
+        let parts = Parts {
+            settings: Arc::clone(&shared.engine),
+            library: Arc::clone(&library),
+            store: Arc::clone(&store),
+            runner: Arc::new(Runner::new(Some(media.clone()), outbound, Arc::clone(&shared.clock))),
+            clock: Arc::clone(&shared.clock),
+            metrics: shared.metrics.clone(),
+        };
+        let engine = Engine::start(parts, core.clone()).await?;
+
+        let relay = tokio::spawn(relay(published, Arc::clone(&shared.publisher), core.clone()));
+        let inputs = shared.spawn_inputs(&engine, scheduler, listeners.ingress, &settings.ingress);
+        let probe = tokio::spawn(shared.health.clone().probe_media(media, shared.intake.clone()));
         let http = listeners.http.map(|bound| {
-            let router = crate::http::router(crate::http::Parts {
-                settings: settings.http.clone(),
-                engine: Arc::clone(&engine_settings),
-                broker: Arc::clone(&broker_settings),
-                store,
-                publisher: Arc::clone(&publisher),
-                status: status.clone(),
-                schedule: schedule_stats.clone(),
-                metrics: metrics.clone(),
-                health: health.clone(),
-                initial_states,
-                library,
-                dead_letters: Default::default(),
-                clock: Arc::clone(&clock),
-                started: std::time::Instant::now(),
-            });
-            serve_http(bound, router, settings.http.connections, intake.clone())
+            let router = shared.operations_router(&settings.http, store, initial_states, library);
+            serve_http(bound, router, settings.http.connections, shared.intake.clone())
         });
         tracing::info!(
-            broadcasts = engine_settings.broadcasts.len(),
-            store = %engine_settings.store.display(),
-            broker = %broker_settings.endpoint(),
+            broadcasts = shared.engine.broadcasts.len(),
+            store = %shared.engine.store.display(),
+            broker = %shared.broker.endpoint(),
             "onair running."
         );
         Ok(Daemon {
             engine,
             core,
-            intake,
-            consumer,
-            inbox,
+            intake: shared.intake,
+            consumer: inputs.consumer,
+            inbox: inputs.inbox,
             relay,
-            scheduler,
-            ingress,
-            publisher,
-            status,
-            schedule_stats,
+            scheduler: inputs.scheduler,
+            ingress: inputs.ingress,
+            publisher: shared.publisher,
+            status: shared.status,
+            schedule_stats: shared.schedule_stats,
             http,
             probe,
-            health,
-            metrics,
+            health: shared.health,
+            metrics: shared.metrics,
+        })
+    }
+}
+
+/// What the engine, the inputs and the operations listener share.
+struct Shared {
+    broker: Arc<crate::broker::Settings>,
+    engine: Arc<crate::engine::Settings>,
+    clock: crate::clock::SharedClock,
+    metrics: crate::metrics::Metrics,
+    status: broker::Status,
+    health: crate::health::Health,
+    /// Publishes what onair produces (the relay) and what the API sends.
+    publisher: Arc<Publisher>,
+    schedule_stats: crate::schedule::Stats,
+    /// Stops the inputs.
+    intake: CancellationToken,
+}
+
+/// The tasks that feed the engine.
+struct Inputs {
+    consumer: JoinHandle<()>,
+    inbox: JoinHandle<Result<(), inbox::Error>>,
+    scheduler: Option<JoinHandle<()>>,
+    ingress: Option<(SocketAddr, crate::ingress::Ingress, JoinHandle<()>)>,
+}
+
+impl Shared {
+    /// Starts the broker consumer, the inbox, the scheduler (when built) and the ingress (when its
+    /// listener was bound), all stopped by `intake`.
+    fn spawn_inputs(
+        &self,
+        engine: &Engine,
+        scheduler: Option<(Scheduler<Publisher>, Arc<Publisher>)>,
+        ingress: Option<Bound>,
+        ingress_settings: &crate::ingress::Settings,
+    ) -> Inputs {
+        let consumer = tokio::spawn(broker::consume(
+            Arc::clone(&self.broker),
+            engine.input(),
+            self.status.clone(),
+            self.intake.clone(),
+        ));
+        let inbox = tokio::spawn(inbox::run(
+            self.engine.inbox.clone(),
+            self.engine.inbox_poll,
+            engine.input(),
+            self.intake.clone(),
+        ));
+        let scheduler = scheduler.map(|(scheduler, sink)| {
+            let stop = self.intake.clone();
+            tokio::spawn(async move {
+                scheduler.run(stop).await;
+                sink.close().await;
+            })
+        });
+        let ingress = ingress.map(|bound| {
+            let ingress = crate::ingress::Ingress::new(
+                ingress_settings.clone(),
+                &self.engine.broadcasts,
+                Arc::new(Publisher::new(Arc::clone(&self.broker))),
+                Arc::clone(&self.clock),
+            );
+            serve_ingress(bound, ingress, self.intake.clone())
+        });
+        Inputs { consumer, inbox, scheduler, ingress }
+    }
+
+    /// The operations listener's routes over the daemon's state.
+    fn operations_router(
+        &self,
+        settings: &crate::http::Settings,
+        store: Arc<dyn Store>,
+        initial_states: BTreeMap<String, String>,
+        library: Arc<Library>,
+    ) -> axum::Router {
+        crate::http::router(crate::http::Parts {
+            settings: settings.clone(),
+            engine: Arc::clone(&self.engine),
+            broker: Arc::clone(&self.broker),
+            store,
+            publisher: Arc::clone(&self.publisher),
+            status: self.status.clone(),
+            schedule: self.schedule_stats.clone(),
+            metrics: self.metrics.clone(),
+            health: self.health.clone(),
+            initial_states,
+            library,
+            dead_letters: Default::default(),
+            clock: Arc::clone(&self.clock),
+            started: std::time::Instant::now(),
         })
     }
 }
