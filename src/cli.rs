@@ -2,6 +2,14 @@
 //!
 //! `main` parses, sets up logging and settings, and calls `execute`; every subcommand listed here
 //! works. Commands print their results on standard output; logs go to standard error.
+//!
+//! The commands that read or feed a daemon from outside live in their own files (`status`, `send`,
+//! `dlq`); `cli` imports `daemon` (to run it, and for the checks behind `check`), never the other
+//! way round.
+
+mod dlq;
+mod send;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +23,54 @@ use tokio_util::sync::CancellationToken;
 use crate::daemon::Settings;
 use crate::protection::Mode;
 use crate::telemetry::LogFormat;
+
+/// Why a command failed (its exit code is then 1; problems with the settings, the machines or the
+/// store that retrying cannot fix are reported by the command itself with exit code 78).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command names a broadcast the settings do not have.
+    #[error("no broadcast {0:?} in the settings")]
+    UnknownBroadcast(String),
+    /// `onair plan --broadcast` names a broadcast without a schedule.
+    #[error("broadcast {0:?} has no schedule ([broadcasts.{0}.schedule])")]
+    Unscheduled(String),
+    /// The emulator's fault options are out of range.
+    #[error("invalid fault options: {0}")]
+    Faults(String),
+    /// `onair send --data` is not JSON.
+    #[error("--data is not JSON: {0}")]
+    Data(serde_json::Error),
+    /// `onair send` would send something that is not a valid event.
+    #[error("not a valid event: {0}")]
+    InvalidEvent(crate::event::Error),
+    /// `onair token` for a broadcast published in the clear.
+    #[error("broadcast {0:?} is published in the clear: it has no content key policy, players need no token")]
+    Clear(String),
+    /// `onair token` for a broadcast whose content key policy is open.
+    #[error("the content key policy {policy:?} of {broadcast:?} is open: players need no token")]
+    OpenPolicy { policy: String, broadcast: String },
+    /// `onair token` cannot find the content key id by itself.
+    #[error("{0}; give --kid")]
+    KeyId(String),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::Error),
+    #[error(transparent)]
+    Emulator(#[from] crate::emulator::Error),
+    #[error(transparent)]
+    Demo(#[from] crate::demo::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::Error),
+    #[error(transparent)]
+    Media(#[from] crate::media::Error),
+    #[error(transparent)]
+    Token(#[from] crate::protection::TokenError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
 
 /// onair runs live-streaming operations unattended.
 #[derive(Debug, Parser)]
@@ -270,14 +326,14 @@ pub async fn execute(
     settings: Settings,
     emulator: crate::emulator::Settings,
     shutdown: CancellationToken,
-) -> anyhow::Result<ExitCode> {
+) -> Result<ExitCode, Error> {
     match command {
         Command::Emulator(args) => {
             let mut emulator = emulator;
             apply_emulator_args(&mut emulator, &args);
             let problems = emulator.faults.problems();
             if !problems.is_empty() {
-                anyhow::bail!("invalid fault options: {}", problems.join("; "));
+                return Err(Error::Faults(problems.join("; ")));
             }
             crate::emulator::run(emulator, crate::clock::system(), shutdown).await?;
             Ok(ExitCode::SUCCESS)
@@ -300,11 +356,11 @@ pub async fn execute(
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run => crate::daemon::run(settings, shutdown).await,
+        Command::Run => Ok(crate::daemon::run(settings, shutdown).await?),
         Command::Check => Ok(check(&settings)),
-        Command::Status(args) => crate::daemon::status(&settings, &args.broadcast, args.json, args.events),
-        Command::Send(args) => crate::daemon::send(&settings, args).await,
-        Command::Dlq(command) => crate::daemon::dlq(&settings, command).await,
+        Command::Status(args) => status::status(&settings, &args),
+        Command::Send(args) => send::send(&settings, args).await,
+        Command::Dlq(command) => dlq::dlq(&settings, command).await,
         Command::Plan(args) => plan(&settings, &args),
         Command::Token(args) => token(&settings, &args).await,
     }
@@ -336,14 +392,12 @@ fn apply_emulator_args(emulator: &mut crate::emulator::Settings, args: &Emulator
 }
 
 /// `onair plan`.
-fn plan(settings: &Settings, args: &PlanArgs) -> anyhow::Result<ExitCode> {
+fn plan(settings: &Settings, args: &PlanArgs) -> Result<ExitCode, Error> {
     let broadcasts = &settings.engine.broadcasts;
     if let Some(id) = &args.broadcast {
         match broadcasts.get(id) {
-            None => anyhow::bail!("no broadcast {id:?} in the settings"),
-            Some(broadcast) if broadcast.schedule.is_none() => {
-                anyhow::bail!("broadcast {id:?} has no schedule ([broadcasts.{id}.schedule])")
-            }
+            None => return Err(Error::UnknownBroadcast(id.clone())),
+            Some(broadcast) if broadcast.schedule.is_none() => return Err(Error::Unscheduled(id.clone())),
             Some(_) => {}
         }
     }
@@ -363,19 +417,17 @@ fn plan(settings: &Settings, args: &PlanArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `onair token`: the token on standard output, what it is on standard error.
-async fn token(settings: &Settings, args: &TokenArgs) -> anyhow::Result<ExitCode> {
+async fn token(settings: &Settings, args: &TokenArgs) -> Result<ExitCode, Error> {
     use crate::protection::{CONTENT_KEY_ID_CLAIM, Restriction};
     let id = &args.broadcast;
     let Some(broadcast) = settings.engine.broadcasts.get(id) else {
-        anyhow::bail!("no broadcast {id:?} in the settings");
+        return Err(Error::UnknownBroadcast(id.clone()));
     };
     let Some(policy) = broadcast.protection.policy.as_ref().filter(|_| broadcast.protection.mode != Mode::Clear) else {
-        anyhow::bail!(
-            "broadcast {id:?} is published in the clear: it has no content key policy, players need no token"
-        );
+        return Err(Error::Clear(id.clone()));
     };
     let Restriction::Token { issuer, audience, required_claims, .. } = &policy.restriction else {
-        anyhow::bail!("the content key policy {:?} of {id:?} is open: players need no token", policy.name);
+        return Err(Error::OpenPolicy { policy: policy.name.clone(), broadcast: id.clone() });
     };
     let needs_kid = required_claims.iter().any(|(kind, value)| kind == CONTENT_KEY_ID_CLAIM && value.is_none());
     let kid = match (&args.kid, needs_kid) {
@@ -398,22 +450,22 @@ async fn token(settings: &Settings, args: &TokenArgs) -> anyhow::Result<ExitCode
 
 /// The id of the first content key of the broadcast's current locator (`<id>-<occurrence>`, the
 /// name the `live` machine publishes under), asked of the media API.
-async fn current_key_id(settings: &Settings, id: &str) -> anyhow::Result<String> {
+async fn current_key_id(settings: &Settings, id: &str) -> Result<String, Error> {
     let store = crate::store::SqliteStore::open_read_only(&settings.engine.store)
-        .map_err(|error| anyhow::anyhow!("cannot read the store to find {id:?}'s locator ({error}); give --kid"))?;
+        .map_err(|error| Error::KeyId(format!("cannot read the store to find {id:?}'s locator ({error})")))?;
     let instance = store.load_instances()?.into_iter().find(|instance| instance.broadcast == id);
     let occurrence = instance
         .as_ref()
         .and_then(|instance| instance.vars.get("occurrence"))
         .and_then(serde_json::Value::as_str)
         .filter(|occurrence| !occurrence.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("{id:?} has not been published yet (no occurrence in the store); give --kid"))?;
+        .ok_or_else(|| Error::KeyId(format!("{id:?} has not been published yet (no occurrence in the store)")))?;
     let locator = format!("{id}-{occurrence}");
     let media = crate::media::Client::new(&settings.media)?;
     let keys = media.list_content_keys(&locator).await?;
     keys.into_iter()
         .find_map(|key| key.id)
-        .ok_or_else(|| anyhow::anyhow!("the locator {locator:?} has no content keys; give --kid"))
+        .ok_or_else(|| Error::KeyId(format!("the locator {locator:?} has no content keys")))
 }
 
 /// `onair check`: the settings loaded (main already refused invalid ones); now the machines, the

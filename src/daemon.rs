@@ -1,9 +1,21 @@
-//! The daemon's wiring (`onair run`) and the commands that look at it (`status`, `send`, the
-//! checks behind `check`).
+//! The daemon's wiring (`onair run`) and the checks behind `check` and `run`.
 //!
 //! `run` checks everything first (settings, machines, broadcasts, media settings: exit 78 on any
-//! problem), opens the store, starts the engine (which resumes timers and pending actions from the
-//! store before taking events), then the inputs, and waits for the shutdown signal.
+//! problem), then starts the daemon in two steps, as linkerd's `build` and `spawn`:
+//! - `build` (`Built::build`) does everything that can fail and starts nothing: the media client,
+//!   the store, the machines, both listeners bound, the scheduler's cursors;
+//! - `spawn` (`Built::spawn`) takes what was built (listeners already bound, as mini-redis's
+//!   `run(listener, shutdown)`) and starts the engine (which resumes timers and pending actions
+//!   from the store before taking events), then the inputs.
+//!
+//! A failure while building leaves nothing running. `Daemon::stop` stops the inputs, then the
+//! engine, and reports a task that panicked or failed as an error.
+//!
+//! The commands that look at a daemon from outside (`status`, `send`, `dlq`) live in `cli`;
+//! `daemon` does not know the command line.
+
+mod build;
+mod spawn;
 
 mod settings;
 
@@ -15,18 +27,55 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::broker::{self, Publisher};
-use crate::cli::{DlqCommand, SendArgs};
 use crate::clock::SharedClock;
-use crate::engine::{Engine, Parts, Runner, inbox};
-use crate::event::Event;
+use crate::engine::{Engine, inbox};
 use crate::machine::Library;
-use crate::store::{SqliteStore, Store};
+
+pub use build::{Bound, Built, Listeners};
+
+/// Why the daemon could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The media client could not be built from its settings.
+    #[error(transparent)]
+    Media(#[from] crate::media::Error),
+    /// The store could not be opened (`is_unusable` tells whether retrying can help).
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// A listener's address could not be bound.
+    #[error("cannot listen on {address} ({setting}): {error}")]
+    Bind { setting: &'static str, address: SocketAddr, error: std::io::Error },
+    /// A broadcast names a machine that is not loaded.
+    #[error("broadcast {broadcast}: machine {machine:?} is not loaded")]
+    MissingMachine { broadcast: String, machine: String },
+    /// The scheduler could not read or record its cursors.
+    #[error(transparent)]
+    Scheduler(Box<dyn std::error::Error + Send + Sync>),
+    /// The engine could not load its state.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::Error),
+    /// The inbox could not be read.
+    #[error(transparent)]
+    Inbox(#[from] inbox::Error),
+    /// A task panicked or was cancelled instead of finishing.
+    #[error("the {task} task failed: {source}")]
+    Task { task: &'static str, source: tokio::task::JoinError },
+}
+
+impl Error {
+    /// The store is damaged, too new or not writable: nothing changes by retrying.
+    pub fn unusable_store(&self) -> Option<&crate::store::Error> {
+        match self {
+            Error::Store(store) if store.is_unusable() => Some(store),
+            _ => None,
+        }
+    }
+}
 
 /// Every reason the daemon cannot run with these settings: machine problems (with file and
 /// location), broadcasts naming a missing machine, schedule problems over the coming year (from
@@ -46,7 +95,7 @@ pub fn problems(settings: &Settings, library: &Library, now: DateTime<Utc>) -> V
 }
 
 /// `onair run`.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<ExitCode, Error> {
     let library = Library::load(settings.engine.machines_dir.as_deref());
     let problems = problems(&settings, &library, crate::clock::system().now());
     if !problems.is_empty() {
@@ -58,13 +107,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     let daemon = match Daemon::start(&settings, library).await {
         Ok(daemon) => daemon,
-        Err(error) => match error.downcast_ref::<crate::store::Error>() {
-            // Damaged, too new, not writable: nothing will change by retrying; say what to do.
-            Some(store) if store.is_unusable() => {
+        // Damaged, too new, not writable: nothing will change by retrying; say what to do.
+        Err(error) => match error.unusable_store() {
+            Some(store) => {
                 eprintln!("error: {store}");
                 return Ok(ExitCode::from(crate::config::EXIT_CODE as u8));
             }
-            _ => return Err(error),
+            None => return Err(error),
         },
     };
     // READY=1 once the store is open (start did it) and the consumer is registered; then the
@@ -94,189 +143,45 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     shutdown.cancelled().await;
     crate::systemd::stopping();
     notifier.cancel();
-    let _ = notify.await;
+    let notified = joined("systemd notifier", notify).await;
     daemon.stop().await?;
+    notified?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// A running daemon: the engine, its inputs (broker consumer, inbox) and the relay that publishes
-/// what onair produces for other systems.
+/// A running daemon: the engine, its inputs (broker consumer, inbox, scheduler, ingress), the
+/// operations listener, and the relay that publishes what onair produces for other systems.
 pub struct Daemon {
     engine: Engine,
     /// Stops the engine, after the inputs.
     core: CancellationToken,
     /// Stops the inputs: they finish what they handed over (acks) before the engine stops.
     intake: CancellationToken,
-    consumer: tokio::task::JoinHandle<()>,
-    inbox: tokio::task::JoinHandle<Result<(), inbox::Error>>,
-    relay: tokio::task::JoinHandle<()>,
-    scheduler: Option<tokio::task::JoinHandle<()>>,
-    ingress: Option<(SocketAddr, crate::ingress::Ingress, tokio::task::JoinHandle<()>)>,
+    consumer: JoinHandle<()>,
+    inbox: JoinHandle<Result<(), inbox::Error>>,
+    relay: JoinHandle<()>,
+    scheduler: Option<JoinHandle<()>>,
+    ingress: Option<(SocketAddr, crate::ingress::Ingress, JoinHandle<()>)>,
     publisher: Arc<Publisher>,
     status: broker::Status,
     schedule_stats: crate::schedule::Stats,
-    http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
-    probe: tokio::task::JoinHandle<()>,
+    http: Option<(SocketAddr, JoinHandle<()>)>,
+    probe: JoinHandle<()>,
     health: crate::health::Health,
     metrics: crate::metrics::Metrics,
 }
 
 impl Daemon {
-    /// Opens the store, starts the engine (which resumes timers and pending actions first), then
-    /// the inputs. `library` must have passed the checks of `problems`.
-    pub async fn start(settings: &Settings, library: Library) -> anyhow::Result<Self> {
+    /// Builds (store, listeners, machines: everything that can fail), then spawns the engine
+    /// (which resumes timers and pending actions first) and the inputs. `library` must have
+    /// passed the checks of `problems`.
+    pub async fn start(settings: &Settings, library: Library) -> Result<Self, Error> {
         Self::start_with_clock(settings, library, crate::clock::system()).await
     }
 
     /// `start` with a given wall clock (tests move it to put the daemon before or after a step).
-    pub async fn start_with_clock(settings: &Settings, library: Library, clock: SharedClock) -> anyhow::Result<Self> {
-        let media = crate::media::Client::new(&settings.media)?;
-        let store_path = settings.engine.store.clone();
-        let span = tracing::info_span!("store.open");
-        let store: Arc<dyn Store> =
-            Arc::new(tokio::task::spawn_blocking(move || span.in_scope(|| SqliteStore::open(&store_path))).await??);
-        let broker_settings = Arc::new(settings.broker.clone());
-        let publisher = Arc::new(Publisher::new(Arc::clone(&broker_settings)));
-        let (outbound, published) = mpsc::unbounded_channel::<Event>();
-        let runner = Arc::new(Runner::new(Some(media.clone()), outbound, Arc::clone(&clock)));
-        let engine_settings = Arc::new(settings.engine.clone());
-        let metrics = crate::metrics::Metrics::default();
-        let initial_states = engine_settings
-            .broadcasts
-            .iter()
-            .filter_map(|(id, broadcast)| Some((id.clone(), library.get(&broadcast.machine)?.initial.clone())))
-            .collect();
-        let library = Arc::new(library);
-        let parts = Parts {
-            settings: Arc::clone(&engine_settings),
-            library: Arc::clone(&library),
-            store: Arc::clone(&store),
-            runner,
-            clock: Arc::clone(&clock),
-            metrics: metrics.clone(),
-        };
-        let core = CancellationToken::new();
-        let intake = CancellationToken::new();
-        let engine = Engine::start(parts, core.clone()).await?;
-        let status = broker::Status::default();
-        status.watch_commits(metrics.commits().clone());
-        let consumer = tokio::spawn(
-            broker::consume(Arc::clone(&broker_settings), engine.input(), status.clone(), intake.clone())
-                .instrument(tracing::info_span!("broker_consumer")),
-        );
-        let inbox = tokio::spawn(
-            inbox::run(engine_settings.inbox.clone(), engine_settings.inbox_poll, engine.input(), intake.clone())
-                .instrument(tracing::info_span!("inbox")),
-        );
-        let relay = tokio::spawn(
-            relay(published, Arc::clone(&publisher), core.clone()).instrument(tracing::info_span!("relay")),
-        );
-        let schedule_stats = crate::schedule::Stats::default();
-        let schedules: Vec<_> = engine_settings
-            .broadcasts
-            .iter()
-            .filter_map(|(id, broadcast)| Some((id.clone(), Arc::clone(broadcast.schedule.as_ref()?))))
-            .collect();
-        let scheduler = if settings.scheduler.enabled && !schedules.is_empty() {
-            let sink = Arc::new(Publisher::new(Arc::clone(&broker_settings)));
-            let scheduler = crate::schedule::Scheduler::new(
-                settings.scheduler.clone(),
-                schedules,
-                Arc::clone(&store),
-                Arc::clone(&sink),
-                Arc::clone(&clock),
-                schedule_stats.clone(),
-            )
-            .await?;
-            let stop = intake.clone();
-            let scheduling = async move {
-                scheduler.run(stop).await;
-                sink.close().await;
-            };
-            Some(tokio::spawn(scheduling.instrument(tracing::info_span!("scheduler"))))
-        } else {
-            None
-        };
-        let ingress = if settings.ingress.enabled {
-            let listener = tokio::net::TcpListener::bind(settings.ingress.listen).await.map_err(|error| {
-                anyhow::anyhow!("cannot listen on {} (ingress.listen): {error}", settings.ingress.listen)
-            })?;
-            let address = listener.local_addr()?;
-            let ingress = crate::ingress::Ingress::new(
-                settings.ingress.clone(),
-                &engine_settings.broadcasts,
-                Arc::new(Publisher::new(Arc::clone(&broker_settings))),
-                Arc::clone(&clock),
-            );
-            let task = tokio::spawn(
-                crate::ingress::serve(listener, ingress.clone(), intake.clone())
-                    .instrument(tracing::info_span!("ingress")),
-            );
-            tracing::info!(%address, "Webhook ingress listening.");
-            Some((address, ingress, task))
-        } else {
-            None
-        };
-        let health = crate::health::Health::new(
-            settings.health.clone(),
-            engine_settings.store.clone(),
-            status.clone(),
-            metrics.commits().clone(),
-        );
-        let probe = tokio::spawn(
-            health.clone().probe_media(media, intake.clone()).instrument(tracing::info_span!("media_probe")),
-        );
-        let http = if settings.http.enabled {
-            let listener = tokio::net::TcpListener::bind(settings.http.listen)
-                .await
-                .map_err(|error| anyhow::anyhow!("cannot listen on {} (http.listen): {error}", settings.http.listen))?;
-            let address = listener.local_addr()?;
-            let router = crate::http::router(crate::http::Parts {
-                settings: settings.http.clone(),
-                engine: Arc::clone(&engine_settings),
-                broker: Arc::clone(&broker_settings),
-                store,
-                publisher: Arc::clone(&publisher),
-                status: status.clone(),
-                schedule: schedule_stats.clone(),
-                metrics: metrics.clone(),
-                health: health.clone(),
-                initial_states,
-                library,
-                dead_letters: Default::default(),
-                clock: Arc::clone(&clock),
-                started: std::time::Instant::now(),
-            });
-            let serving = crate::http::serve(listener, router, settings.http.connections, intake.clone());
-            let task = tokio::spawn(serving.instrument(tracing::info_span!("http")));
-            tracing::info!(%address, "Operations listener (health, metrics, API, dashboard) listening.");
-            Some((address, task))
-        } else {
-            None
-        };
-        tracing::info!(
-            broadcasts = engine_settings.broadcasts.len(),
-            store = %engine_settings.store.display(),
-            broker = %broker_settings.endpoint(),
-            "onair running."
-        );
-        Ok(Self {
-            engine,
-            core,
-            intake,
-            consumer,
-            inbox,
-            relay,
-            scheduler,
-            ingress,
-            publisher,
-            status,
-            schedule_stats,
-            http,
-            probe,
-            health,
-            metrics,
-        })
+    pub async fn start_with_clock(settings: &Settings, library: Library, clock: SharedClock) -> Result<Self, Error> {
+        Built::build(settings, library, clock).await?.spawn().await
     }
 
     /// Readiness and progress.
@@ -310,246 +215,84 @@ impl Daemon {
     }
 
     /// Stops the inputs (in-flight events finish and are acknowledged), then the engine.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    ///
+    /// Every stage runs even when a task failed, so that nothing is left running; the first
+    /// failure (a task that panicked, the inbox that could not be read) is returned and any
+    /// further ones are logged.
+    pub async fn stop(self) -> Result<(), Error> {
         tracing::info!(
             "Stopping: no new events; in-flight events finish and are acknowledged; pending actions resume at the next start."
         );
+        let mut failures = Failures::default();
         self.intake.cancel();
         if let Some(scheduler) = self.scheduler {
-            let _ = scheduler.await;
+            failures.note(joined("scheduler", scheduler).await);
         }
         if let Some((_, _, task)) = self.ingress {
-            let _ = task.await;
+            failures.note(joined("ingress", task).await);
         }
         if let Some((_, task)) = self.http {
-            let _ = task.await;
+            failures.note(joined("operations listener", task).await);
         }
-        let _ = self.probe.await;
-        let _ = self.consumer.await;
-        self.inbox.await??;
+        failures.note(joined("media probe", self.probe).await);
+        failures.note(joined("broker consumer", self.consumer).await);
+        failures.note(joined("inbox", self.inbox).await.and_then(|read| read.map_err(Error::from)));
         self.core.cancel();
         self.engine.join().await;
-        let _ = self.relay.await;
+        failures.note(joined("relay", self.relay).await);
         self.publisher.close().await;
-        Ok(())
+        failures.into_result()
     }
 }
 
-/// Publishes what onair produces for other systems, in order, retrying while the broker is away.
-async fn relay(mut published: mpsc::UnboundedReceiver<Event>, publisher: Arc<Publisher>, shutdown: CancellationToken) {
-    while let Some(event) = published.recv().await {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match publisher.publish_output(&event).await {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::warn!(event_id = %event.id, %error, "Cannot publish; trying again.");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
+/// Waits for a task and names it when it panicked or was cancelled.
+async fn joined<T>(task: &'static str, handle: JoinHandle<T>) -> Result<T, Error> {
+    handle.await.map_err(|source| Error::Task { task, source })
+}
+
+/// What went wrong while stopping: the first failure, returned; the others, logged as they come.
+#[derive(Default)]
+struct Failures(Option<Error>);
+
+impl Failures {
+    fn note(&mut self, result: Result<(), Error>) {
+        let Err(error) = result else { return };
+        match self.0 {
+            None => self.0 = Some(error),
+            Some(_) => tracing::error!(%error, "A further task failed while stopping."),
         }
+    }
+
+    fn into_result(self) -> Result<(), Error> {
+        self.0.map_or(Ok(()), Err)
     }
 }
 
-/// `onair status`.
-pub fn status(settings: &Settings, only: &Option<String>, as_json: bool, events: usize) -> anyhow::Result<ExitCode> {
-    if let Some(id) = only
-        && !settings.engine.broadcasts.contains_key(id)
-    {
-        anyhow::bail!("no broadcast {id:?} in the settings");
-    }
-    // No file yet is fine (nothing has run); a store this onair cannot read rightly (damaged, or
-    // of a newer schema) is refused rather than shown wrongly.
-    let store = match settings.engine.store.exists() {
-        false => None,
-        true => match SqliteStore::open_read_only(&settings.engine.store) {
-            Ok(store) => Some(store),
-            Err(error) if error.is_unusable() => {
-                eprintln!("error: {error}");
-                return Ok(ExitCode::from(crate::config::EXIT_CODE as u8));
-            }
-            Err(error) => return Err(error.into()),
-        },
-    };
-    let instances = match &store {
-        Some(store) => store.load_instances()?,
-        None => Vec::new(),
-    };
-    let pending = match &store {
-        Some(store) => store.pending_actions()?,
-        None => Vec::new(),
-    };
-    let now = crate::clock::system().now();
-    let mut report = Vec::new();
-    for (id, broadcast) in &settings.engine.broadcasts {
-        if only.as_ref().is_some_and(|only| only != id) {
-            continue;
-        }
-        let instance = instances.iter().find(|instance| &instance.broadcast == id);
-        let audit = match &store {
-            Some(store) => store.audit(id, events.max(1) * 4)?,
-            None => Vec::new(),
-        };
-        let decisions: Vec<_> = audit.iter().filter(|row| row.kind == "decision" || row.kind == "duplicate").collect();
-        let last: Vec<Value> = decisions[decisions.len().saturating_sub(events)..]
-            .iter()
-            .map(|row| json!({"at": row.at.to_rfc3339(), "event": row.event_type, "event_id": row.event_id, "reason": row.reason}))
-            .collect();
-        let actions: Vec<Value> = pending
-            .iter()
-            .filter(|row| &row.broadcast == id)
-            .map(|row| json!({"id": row.id, "action": row.kind, "attempts": row.attempts, "since": row.created.to_rfc3339()}))
-            .collect();
-        let next_timer = instance
-            .and_then(|instance| instance.timers.iter().min_by_key(|(_, due)| **due))
-            .map(|(name, due)| json!({"timer": name, "due": due.to_rfc3339()}));
-        let next_step = broadcast
-            .schedule
-            .as_ref()
-            .and_then(|spec| crate::schedule::plan::next_step(id, spec, now))
-            .map(|row| json!({"step": row.step, "occurrence": row.occurrence, "planned": row.planned.to_rfc3339(), "local": row.local}));
-        let missed = audit.iter().filter(|row| row.kind == "schedule" && row.detail["outcome"] == "missed").count();
-        report.push(json!({
-            "broadcast": id,
-            "machine": broadcast.machine,
-            "channel": broadcast.channel,
-            "state": instance.map_or("idle (no event yet)".to_string(), |instance| instance.state.clone()),
-            "since": instance.map(|instance| instance.since.to_rfc3339()),
-            "vars": instance.map(|instance| Value::Object(instance.vars.clone())),
-            "pending_actions": actions,
-            "next_timer": next_timer,
-            "next_step": next_step,
-            "recently_missed_steps": missed,
-            "last_events": last,
-        }));
-    }
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if store.is_none() {
-        println!("(no store at {} yet: nothing has run)", settings.engine.store.display());
-    }
-    for entry in &report {
-        let since = entry["since"].as_str().map(|since| format!(" since {since}")).unwrap_or_default();
-        println!(
-            "{}  {}{since}  (machine {}, channel {})",
-            entry["broadcast"].as_str().unwrap_or_default(),
-            entry["state"].as_str().unwrap_or_default(),
-            entry["machine"].as_str().unwrap_or_default(),
-            entry["channel"].as_str().unwrap_or_default()
-        );
-        for action in entry["pending_actions"].as_array().into_iter().flatten() {
-            println!(
-                "    pending  {} #{} (attempts {})",
-                action["action"].as_str().unwrap_or_default(),
-                action["id"],
-                action["attempts"]
-            );
-        }
-        if let Some(step) = entry["next_step"].as_object() {
-            println!(
-                "    next     {} of {} at {} ({})",
-                step["step"].as_str().unwrap_or_default(),
-                step["occurrence"].as_str().unwrap_or_default(),
-                step["planned"].as_str().unwrap_or_default(),
-                step["local"].as_str().unwrap_or_default()
-            );
-        }
-        if let Some(missed) = entry["recently_missed_steps"].as_u64().filter(|missed| *missed > 0) {
-            println!("    missed   {missed} schedule steps among the recent audit rows (see the audit trail)");
-        }
-        if let Some(timer) = entry["next_timer"].as_object() {
-            println!(
-                "    timer    {} at {}",
-                timer["timer"].as_str().unwrap_or_default(),
-                timer["due"].as_str().unwrap_or_default()
-            );
-        }
-        for event in entry["last_events"].as_array().into_iter().flatten() {
-            println!(
-                "    {}  {}: {}",
-                event["at"].as_str().unwrap_or_default(),
-                event["event"].as_str().unwrap_or_default(),
-                event["reason"].as_str().unwrap_or_default()
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// `onair send`: one event, published with a confirm (or written into the local inbox).
-pub async fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<ExitCode> {
-    let data: Value = match &args.data {
-        Some(text) => serde_json::from_str(text).map_err(|error| anyhow::anyhow!("--data is not JSON: {error}"))?,
-        None => json!({}),
-    };
-    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-    let id = args.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let mut event = Event::new(id, args.kind.clone(), args.subject.clone(), data, now);
-    event.source = args.source.clone();
-    let event = Event::from_value(serde_json::to_value(&event)?)
-        .map_err(|error| anyhow::anyhow!("not a valid event: {error}"))?;
-    if args.inbox {
-        let path = inbox::write(&settings.engine.inbox, &event, 0)?;
-        println!("{} queued in {}", event.id, path.display());
-        return Ok(ExitCode::SUCCESS);
+    #[tokio::test]
+    async fn a_task_that_panicked_is_an_error_naming_it() {
+        let handle = tokio::spawn(async { panic!("boom") });
+        let error = joined::<()>("relay", handle).await.unwrap_err();
+        assert!(matches!(error, Error::Task { task: "relay", .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.starts_with("the relay task failed: "), "{message}");
+        assert!(message.contains("panicked"), "{message}");
     }
-    let publisher = Publisher::new(Arc::new(settings.broker.clone()));
-    let published = publisher.publish(&event).await;
-    publisher.close().await;
-    published?;
-    println!("{} published to {} (confirmed)", event.id, settings.broker.exchange);
-    Ok(ExitCode::SUCCESS)
-}
 
-/// `onair dlq list` and `onair dlq replay`.
-pub async fn dlq(settings: &Settings, command: DlqCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        DlqCommand::List { limit, json } => {
-            let letters = broker::dlq::list(&settings.broker, limit).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&letters)?);
-            } else if letters.is_empty() {
-                println!("no dead letters in {}", settings.broker.dead_queue);
-            } else {
-                for letter in &letters {
-                    println!(
-                        "{}  {}  {} bytes  reason: {}",
-                        letter.message_id.as_deref().unwrap_or("(no id)"),
-                        letter.routing_key,
-                        letter.bytes,
-                        letter.reason
-                    );
-                }
-                println!(
-                    "{} dead letter{} (at most {limit} listed)",
-                    letters.len(),
-                    if letters.len() == 1 { "" } else { "s" }
-                );
-            }
-        }
-        DlqCommand::Replay { id, limit } => {
-            let report = broker::dlq::replay(&settings.broker, id.as_deref(), limit).await?;
-            println!("replayed {}, kept {}", report.replayed, report.kept);
-        }
-        DlqCommand::Migrate => {
-            let report = broker::dlq::migrate(&settings.broker).await?;
-            if report.migrated {
-                println!(
-                    "{} is now a classic queue; {} dead letter{} moved, in order",
-                    settings.broker.dead_queue,
-                    report.letters,
-                    if report.letters == 1 { "" } else { "s" }
-                );
-            } else {
-                println!("{} is already a classic queue: nothing to do", settings.broker.dead_queue);
-            }
-        }
+    #[tokio::test]
+    async fn stopping_keeps_the_first_failure() {
+        let mut failures = Failures::default();
+        failures.note(Ok(()));
+        assert!(failures.0.is_none());
+        let first = joined::<()>("scheduler", tokio::spawn(async { panic!("first") })).await;
+        let second = joined::<()>("relay", tokio::spawn(async { panic!("second") })).await;
+        failures.note(first);
+        failures.note(second);
+        failures.note(Ok(()));
+        let error = failures.into_result().unwrap_err();
+        assert!(matches!(error, Error::Task { task: "scheduler", .. }), "{error:?}");
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -3,14 +3,15 @@
 //! # Layout
 //!
 //! - `broker`: RabbitMQ: topology, the consumer feeding the engine, the confirmed publisher, dead letters.
-//! - `cli`: the subcommands and their options; `main` only parses and calls `cli::execute`.
+//! - `cli`: the subcommands, their options, and the commands that look at a daemon (`status`, `send`, `dlq`);
+//!   `main` only parses and calls `cli::execute`.
 //! - `config`: layered settings (built-in defaults, file, `ONAIR__*` environment), validated in one pass.
 //! - `telemetry`: the tracing subscriber (text or JSON, filtered by `RUST_LOG`).
 //! - `shutdown`: the root cancellation token, OS signals, and the grace period.
 //! - `clock`: wall-clock time behind a trait so that tests can control it.
 //! - `event`: the CloudEvents envelope and the event types onair emits or understands.
 //! - `machine`: machine definitions (TOML, CEL guards) and the pure `step`.
-//! - `daemon`: the wiring of `onair run`, and `status`, `send` and the checks behind `check`.
+//! - `daemon`: the wiring of `onair run` (build, then spawn; stop) and the checks behind `check`.
 //! - `ingress`: the webhook listener: CloudEvents and Event Grid deliveries, signatures and keys,
 //!   Media Services event types mapped to onair's, published to RabbitMQ with confirms.
 //! - `schedule`: cron/one-shot schedules with time zones and DST policy, the plan, and the

@@ -59,6 +59,8 @@ async fn run(cli: Cli, (settings, emulator): (onair::daemon::Settings, onair::em
     match joined {
         Ok(Ok(code)) => code,
         Ok(Err(error)) => {
+            // anyhow prints the chain of causes with `{:#}`, one after the other.
+            let error = anyhow::Error::from(error);
             tracing::error!(error = %format!("{error:#}"), "Command failed.");
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

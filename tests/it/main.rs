@@ -10,6 +10,7 @@ mod cli;
 mod conformance;
 mod crash;
 mod daemon;
+mod daemon_start;
 mod dashboard;
 mod dead_letters;
 mod disk_full;
