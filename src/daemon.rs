@@ -5,6 +5,8 @@
 //! problem), opens the store, starts the engine (which resumes timers and pending actions from the
 //! store before taking events), then the inputs, and waits for the shutdown signal.
 
+mod machines;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use crate::config::Settings;
 use crate::engine::{Engine, Parts, Runner, inbox};
 use crate::event::Event;
 use crate::machine::Library;
+pub use machines::{load_machines, read_machine_dir};
 use crate::store::{SqliteStore, Store};
 
 /// Every reason the daemon cannot run with these settings: machine problems (with file and
@@ -43,7 +46,7 @@ pub fn problems(settings: &Settings, library: &Library, now: DateTime<Utc>) -> V
 
 /// `onair run`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
-    let library = Library::load(settings.engine.machines_dir.as_deref());
+    let library = load_machines(settings.engine.machines_dir.as_deref());
     let problems = problems(&settings, &library, crate::clock::system().now());
     if !problems.is_empty() {
         eprintln!("error: cannot run ({} problem{}):", problems.len(), if problems.len() == 1 { "" } else { "s" });
