@@ -24,8 +24,8 @@ use crate::config::Settings;
 use crate::engine::{Engine, Parts, Runner, inbox};
 use crate::event::Event;
 use crate::machine::Library;
-pub use machines::{load_machines, read_machine_dir};
 use crate::store::{SqliteStore, Store};
+pub use machines::{load_machines, read_machine_dir};
 
 /// Every reason the daemon cannot run with these settings: machine problems (with file and
 /// location), broadcasts naming a missing machine, schedule problems over the coming year (from

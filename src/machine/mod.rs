@@ -31,9 +31,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::event::{Event, FORCE_STATE};
+pub use action::ActionKind;
 pub use check::{reachable, type_matches};
 use expr::{Scope, Template};
-pub use action::ActionKind;
 pub use load::ValueTemplate;
 
 /// The built-in machine definitions, compiled into the binary.
@@ -407,8 +407,7 @@ fn evaluate_action(template: &ActionTemplate, scope: &Scope) -> Result<Action, S
         // `rerun` repeats a recorded action: `action` holds `{action, params}`, as in an
         // `onair.action.failed` event's data.
         let recorded = params.remove("action").unwrap_or(Value::Null);
-        let kind =
-            recorded["action"].as_str().and_then(ActionKind::parse).filter(|kind| *kind != ActionKind::Rerun);
+        let kind = recorded["action"].as_str().and_then(ActionKind::parse).filter(|kind| *kind != ActionKind::Rerun);
         let Some(kind) = kind else {
             return Err(format!("nothing to rerun in {recorded}"));
         };
