@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use axum::http::{HeaderMap, Method, Uri};
 use onair::engine::Runner;
 use onair::event::{self, Event};
-use onair::machine::{self, ActionKind, Instance, Library};
+use onair::machine::{self, Action, ActionKind, Instance, Library};
+use onair::media::Client;
 use onair::media::model::{LiveEventState, StreamingEndpointState};
 use onair::store::OutboxRow;
 use serde_json::{Value, json};
@@ -138,6 +139,14 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
     (base, received)
 }
 
+/// Where the actions' effects show: the emulator, the receiver, and the events published.
+struct Effects {
+    emulator: TestEmulator,
+    client: Client,
+    received: Arc<Mutex<Vec<Received>>>,
+    published: mpsc::UnboundedReceiver<Event>,
+}
+
 #[tokio::test]
 async fn every_action_runs_through_step_and_the_executor_and_has_its_effect() {
     let emulator = TestEmulator::start(emulator_settings()).await;
@@ -145,9 +154,10 @@ async fn every_action_runs_through_step_and_the_executor_and_has_its_effect() {
     let directory = tempfile::tempdir().unwrap();
     let settings = settings(&emulator, directory.path(), "[broadcasts.news]\n");
     let broadcast = settings.engine.broadcasts["news"].clone();
-    let (outbound, mut published) = mpsc::unbounded_channel();
+    let (outbound, published) = mpsc::unbounded_channel();
     let runner = Runner::new(Some(emulator.client()), outbound, onair::clock::system());
     let client = emulator.client();
+    let mut effects = Effects { emulator, client, received, published };
     let mut ids = 0;
 
     for kind in ActionKind::ALL.iter().copied() {
@@ -158,92 +168,101 @@ async fn every_action_runs_through_step_and_the_executor_and_has_its_effect() {
                 panic!("{kind}: setting up with {before}: {error}");
             });
         }
-
-        // The loader accepts the action with every parameter it takes; step resolves it.
-        let text = machine_text(kind, &params);
-        let library = Library::load(
-            vec![machine::MachineText { file: format!("{kind}.toml"), name: "every".into(), text }],
-            Vec::new(),
-        );
-        assert!(library.problems.is_empty(), "{kind}: {:#?}", library.problems);
-        let definition = library.get("every").unwrap();
-        let decision =
-            machine::step(definition, &Instance::new(definition), &trigger(), &broadcast.expression_view(), now());
-        assert_eq!(decision.actions.len(), 1, "{kind}: {}", decision.reason);
-        let action = &decision.actions[0];
+        let action = decide(kind, &params, &broadcast.expression_view());
         ids += 1;
         let result = runner
             .run(&row(ids, &action.kind, action.params.clone()), &broadcast)
             .await
             .unwrap_or_else(|error| panic!("{kind}: {error}"));
+        assert_effect(kind, &action, &result, ids, &mut effects).await;
+    }
+}
 
-        match kind {
-            ActionKind::ChannelStart => {
-                let event = client.get_live_event("c-program").await.unwrap().unwrap();
-                assert_eq!(event.properties.resource_state, Some(LiveEventState::Running), "{kind}");
-                assert!(result["ingest"].is_string(), "{kind}: {result}");
-            }
-            ActionKind::ChannelStop | ActionKind::Rerun => {
-                assert_eq!(action.kind, "channel.stop", "{kind}");
-                let event = client.get_live_event("c-stop").await.unwrap().unwrap();
-                assert_eq!(event.properties.resource_state, Some(LiveEventState::Stopped), "{kind}");
-            }
-            ActionKind::ChannelReset => {
-                let resets = writes(&emulator.requests());
-                assert!(resets.contains(&"POST liveEvents/c-reset/reset".to_string()), "{kind}: {resets:?}");
-                assert_eq!(result["reset"], true, "{kind}");
-            }
-            ActionKind::ChannelAllocate => {
-                let event = client.get_live_event("c-allocate").await.unwrap().unwrap();
-                assert_eq!(event.properties.resource_state, Some(LiveEventState::StandBy), "{kind}");
-            }
-            ActionKind::ProgramCreate => {
-                let output = client.get_live_output("c-program", "p-create").await.unwrap().unwrap();
-                assert_eq!(output.properties.asset_name.as_deref(), Some("a-create"), "{kind}");
-                assert_eq!(output.properties.manifest_name.as_deref(), Some("m-create"), "{kind}");
-                assert!(client.get_asset("a-create").await.unwrap().is_some(), "{kind}");
-            }
-            ActionKind::ProgramStop => {
-                assert!(client.get_live_output("c-program", "p-stop").await.unwrap().is_none(), "{kind}");
-                assert!(client.get_asset("p-stop").await.unwrap().is_some(), "{kind}: the asset stays");
-            }
-            ActionKind::LocatorPublish => {
-                assert!(client.get_streaming_locator("l-publish").await.unwrap().is_some(), "{kind}");
-                assert!(result["hls"].is_string(), "{kind}: {result}");
-            }
-            ActionKind::LocatorUnpublish => {
-                assert!(client.get_streaming_locator("p-unpublish").await.unwrap().is_none(), "{kind}");
-            }
-            ActionKind::EndpointStart => {
-                let endpoint = client.get_streaming_endpoint("e-other").await.unwrap().unwrap();
-                assert_eq!(endpoint.properties.resource_state, Some(StreamingEndpointState::Running), "{kind}");
-            }
-            ActionKind::EndpointStop => {
-                let endpoint = client.get_streaming_endpoint("e-other").await.unwrap().unwrap();
-                assert_eq!(endpoint.properties.resource_state, Some(StreamingEndpointState::Stopped), "{kind}");
-            }
-            ActionKind::EndpointScale => {
-                let endpoint = client.get_streaming_endpoint("default").await.unwrap().unwrap();
-                assert_eq!(endpoint.properties.scale_units, Some(2), "{kind}");
-            }
-            ActionKind::Notify => {
-                let notification = published.try_recv().unwrap();
-                assert_eq!(notification.kind, event::NOTIFICATION, "{kind}");
-                assert_eq!(notification.data["message"], "every action", "{kind}");
-                assert_eq!(notification.data["severity"], "warning", "{kind}");
-                assert_eq!(notification.data["data"], json!({"checked": true}), "{kind}");
-                assert_eq!(result["published"], true, "{kind}");
-            }
-            ActionKind::Http => {
-                let requests = received.lock().unwrap().clone();
-                assert_eq!(requests.len(), 1, "{kind}: {requests:?}");
-                let request = &requests[0];
-                assert_eq!((request.method.as_str(), request.path.as_str()), ("PUT", "/hook"), "{kind}");
-                assert_eq!(request.headers["x-check"], "yes", "{kind}");
-                assert_eq!(request.headers["idempotency-key"], format!("onair-news-{ids}").as_str(), "{kind}");
-                assert_eq!(serde_json::from_str::<Value>(&request.body).unwrap(), json!({"every": "action"}));
-                assert_eq!(result["status"], 200, "{kind}");
-            }
+/// The action `step` decides for a machine that runs `kind` with `params`: the loader accepts
+/// it with every parameter it takes, and step resolves it (a rerun to the action it repeats).
+fn decide(kind: ActionKind, params: &Value, broadcast: &Value) -> Action {
+    let text = machine_text(kind, params);
+    let library = Library::load(
+        vec![machine::MachineText { file: format!("{kind}.toml"), name: "every".into(), text }],
+        Vec::new(),
+    );
+    assert!(library.problems.is_empty(), "{kind}: {:#?}", library.problems);
+    let definition = library.get("every").unwrap();
+    let decision = machine::step(definition, &Instance::new(definition), &trigger(), broadcast, now());
+    assert_eq!(decision.actions.len(), 1, "{kind}: {}", decision.reason);
+    decision.actions[0].clone()
+}
+
+/// What `kind` did, as the emulator, the receiver or the published events show it; `id` is the
+/// outbox id it ran as.
+async fn assert_effect(kind: ActionKind, action: &Action, result: &Value, id: i64, effects: &mut Effects) {
+    let client = &effects.client;
+    match kind {
+        ActionKind::ChannelStart => {
+            let event = client.get_live_event("c-program").await.unwrap().unwrap();
+            assert_eq!(event.properties.resource_state, Some(LiveEventState::Running), "{kind}");
+            assert!(result["ingest"].is_string(), "{kind}: {result}");
+        }
+        ActionKind::ChannelStop | ActionKind::Rerun => {
+            assert_eq!(action.kind, "channel.stop", "{kind}");
+            let event = client.get_live_event("c-stop").await.unwrap().unwrap();
+            assert_eq!(event.properties.resource_state, Some(LiveEventState::Stopped), "{kind}");
+        }
+        ActionKind::ChannelReset => {
+            let resets = writes(&effects.emulator.requests());
+            assert!(resets.contains(&"POST liveEvents/c-reset/reset".to_string()), "{kind}: {resets:?}");
+            assert_eq!(result["reset"], true, "{kind}");
+        }
+        ActionKind::ChannelAllocate => {
+            let event = client.get_live_event("c-allocate").await.unwrap().unwrap();
+            assert_eq!(event.properties.resource_state, Some(LiveEventState::StandBy), "{kind}");
+        }
+        ActionKind::ProgramCreate => {
+            let output = client.get_live_output("c-program", "p-create").await.unwrap().unwrap();
+            assert_eq!(output.properties.asset_name.as_deref(), Some("a-create"), "{kind}");
+            assert_eq!(output.properties.manifest_name.as_deref(), Some("m-create"), "{kind}");
+            assert!(client.get_asset("a-create").await.unwrap().is_some(), "{kind}");
+        }
+        ActionKind::ProgramStop => {
+            assert!(client.get_live_output("c-program", "p-stop").await.unwrap().is_none(), "{kind}");
+            assert!(client.get_asset("p-stop").await.unwrap().is_some(), "{kind}: the asset stays");
+        }
+        ActionKind::LocatorPublish => {
+            assert!(client.get_streaming_locator("l-publish").await.unwrap().is_some(), "{kind}");
+            assert!(result["hls"].is_string(), "{kind}: {result}");
+        }
+        ActionKind::LocatorUnpublish => {
+            assert!(client.get_streaming_locator("p-unpublish").await.unwrap().is_none(), "{kind}");
+        }
+        ActionKind::EndpointStart => {
+            let endpoint = client.get_streaming_endpoint("e-other").await.unwrap().unwrap();
+            assert_eq!(endpoint.properties.resource_state, Some(StreamingEndpointState::Running), "{kind}");
+        }
+        ActionKind::EndpointStop => {
+            let endpoint = client.get_streaming_endpoint("e-other").await.unwrap().unwrap();
+            assert_eq!(endpoint.properties.resource_state, Some(StreamingEndpointState::Stopped), "{kind}");
+        }
+        ActionKind::EndpointScale => {
+            let endpoint = client.get_streaming_endpoint("default").await.unwrap().unwrap();
+            assert_eq!(endpoint.properties.scale_units, Some(2), "{kind}");
+        }
+        ActionKind::Notify => {
+            let notification = effects.published.try_recv().unwrap();
+            assert_eq!(notification.kind, event::NOTIFICATION, "{kind}");
+            assert_eq!(notification.data["message"], "every action", "{kind}");
+            assert_eq!(notification.data["severity"], "warning", "{kind}");
+            assert_eq!(notification.data["data"], json!({"checked": true}), "{kind}");
+            assert_eq!(result["published"], true, "{kind}");
+        }
+        ActionKind::Http => {
+            let requests = effects.received.lock().unwrap().clone();
+            assert_eq!(requests.len(), 1, "{kind}: {requests:?}");
+            let request = &requests[0];
+            assert_eq!((request.method.as_str(), request.path.as_str()), ("PUT", "/hook"), "{kind}");
+            assert_eq!(request.headers["x-check"], "yes", "{kind}");
+            assert_eq!(request.headers["idempotency-key"], format!("onair-news-{id}").as_str(), "{kind}");
+            assert_eq!(serde_json::from_str::<Value>(&request.body).unwrap(), json!({"every": "action"}));
+            assert_eq!(result["status"], 200, "{kind}");
         }
     }
 }
