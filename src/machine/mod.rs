@@ -356,18 +356,9 @@ fn fire(
         && let Some(state) = definition.states.get(target)
     {
         templates.extend(&state.entry);
-        for timer in &state.after {
-            // A delay that comes out null or empty arms nothing: the timer is optional.
-            let delay = timer.delay.eval(&scope).map_err(|error| error.to_string());
-            if matches!(&delay, Ok(Value::Null)) || matches!(&delay, Ok(Value::String(text)) if text.is_empty()) {
-                continue;
-            }
-            match delay.and_then(|delay| parse_delay(&delay)) {
-                Ok(delay) => timers.push(TimerChange::Set { name: timer.name.clone(), due: now + delay }),
-                Err(error) => {
-                    return Decision::ignored(instance, format!("ignored: {label}: timer {}: {error}", timer.name));
-                }
-            }
+        match arm_timers(state, &scope, now) {
+            Ok(armed) => timers.extend(armed),
+            Err(error) => return Decision::ignored(instance, format!("ignored: {label}: {error}")),
         }
     }
     let mut actions = Vec::new();
@@ -396,6 +387,22 @@ fn fire(
         actions,
         timers,
     }
+}
+
+/// The timers `state` sets on entry; a delay that comes out null or empty arms nothing (the timer
+/// is optional), one that is not a duration is an error naming the timer.
+fn arm_timers(state: &State, scope: &Scope, now: DateTime<Utc>) -> Result<Vec<TimerChange>, String> {
+    let mut timers = Vec::new();
+    for timer in &state.after {
+        let delay = timer.delay.eval(scope).map_err(|error| error.to_string());
+        if matches!(&delay, Ok(Value::Null)) || matches!(&delay, Ok(Value::String(text)) if text.is_empty()) {
+            continue;
+        }
+        let delay =
+            delay.and_then(|delay| parse_delay(&delay)).map_err(|error| format!("timer {}: {error}", timer.name))?;
+        timers.push(TimerChange::Set { name: timer.name.clone(), due: now + delay });
+    }
+    Ok(timers)
 }
 
 fn evaluate_action(template: &ActionTemplate, scope: &Scope) -> Result<Action, String> {
