@@ -169,7 +169,7 @@ async fn onair_run(
     let core = CancellationToken::new();
     let parts = Parts {
         settings: Arc::new(config.engine.clone()),
-        library: Arc::new(onair::machine::Library::load(None)),
+        library: Arc::new(onair::machine::Library::built_in()),
         store,
         runner,
         clock,

@@ -471,7 +471,7 @@ async fn current_key_id(settings: &Settings, id: &str) -> Result<String, Error> 
 /// `onair check`: the settings loaded (main already refused invalid ones); now the machines, the
 /// broadcasts, and what running needs.
 fn check(settings: &Settings) -> ExitCode {
-    let library = crate::machine::Library::load(settings.engine.machines_dir.as_deref());
+    let library = crate::daemon::load_machines(settings.engine.machines_dir.as_deref());
     let mut problems = crate::daemon::problems(settings, &library, crate::clock::system().now());
     problems.extend(crate::store::check(&settings.engine.state_dir, &settings.engine.store));
     if !problems.is_empty() {

@@ -21,6 +21,8 @@ mod settings;
 
 pub use settings::{Settings, load};
 
+mod machines;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -76,6 +78,7 @@ impl Error {
         }
     }
 }
+pub use machines::{load_machines, read_machine_dir};
 
 /// Every reason the daemon cannot run with these settings: machine problems (with file and
 /// location), broadcasts naming a missing machine, schedule problems over the coming year (from
@@ -96,7 +99,7 @@ pub fn problems(settings: &Settings, library: &Library, now: DateTime<Utc>) -> V
 
 /// `onair run`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<ExitCode, Error> {
-    let library = Library::load(settings.engine.machines_dir.as_deref());
+    let library = load_machines(settings.engine.machines_dir.as_deref());
     let problems = problems(&settings, &library, crate::clock::system().now());
     if !problems.is_empty() {
         eprintln!("error: cannot run ({} problem{}):", problems.len(), if problems.len() == 1 { "" } else { "s" });

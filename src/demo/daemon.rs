@@ -63,7 +63,7 @@ pub async fn run(
 
     configure(&mut settings, &emulator_settings, &base, &node, &directory, &options);
     let daemon =
-        Daemon::start(&settings, Library::load(None)).await.map_err(|error| Error::Daemon(format!("{error:#}")))?;
+        Daemon::start(&settings, Library::built_in()).await.map_err(|error| Error::Daemon(format!("{error:#}")))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !daemon.broker_status().is_ready() {
         if Instant::now() > deadline {

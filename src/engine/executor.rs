@@ -6,10 +6,17 @@
 //! back through the broadcast's lane; the outbox row is closed by that event's commit, not before.
 //! When an action fails, the actions queued after it by the same decision are dropped (the commit
 //! of the failure marks them skipped).
+//!
+//! `Runner::run` dispatches on `ActionKind` with one exhaustive match: `media` holds one function
+//! per media action, `notify` the notification, and `http` the `http` action with the executor's
+//! own HTTP client (the only one outside `media`).
+
+mod http;
+mod media;
+mod notify;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -21,10 +28,10 @@ use tracing::Instrument;
 use super::{Broadcast, Delivery, Settings};
 use crate::clock::SharedClock;
 use crate::event::{self, Event};
-use crate::media::{self, LocatorSpec, ProgramSpec};
+use crate::machine::ActionKind;
 use crate::metrics::Attempt;
-use crate::protection::{self, Mode};
 use crate::store::{OutboxRow, Store};
+use http::HttpCaller;
 
 /// Why an action failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,26 +50,27 @@ impl ActionError {
     }
 }
 
-impl From<media::Error> for ActionError {
-    fn from(error: media::Error) -> Self {
+impl From<crate::media::Error> for ActionError {
+    fn from(error: crate::media::Error) -> Self {
+        use crate::media::Error as MediaError;
         let retryable = matches!(
             error,
-            media::Error::Ambiguous { .. }
-                | media::Error::RetriesExhausted { .. }
-                | media::Error::Timeout { .. }
-                | media::Error::OperationFailed { .. }
-                | media::Error::Token { .. }
+            MediaError::Ambiguous { .. }
+                | MediaError::RetriesExhausted { .. }
+                | MediaError::Timeout { .. }
+                | MediaError::OperationFailed { .. }
+                | MediaError::Token { .. }
         );
         let code = match &error {
-            media::Error::Api { code, .. } | media::Error::OperationFailed { code, .. } => code.clone(),
-            media::Error::Timeout { .. } => "Timeout".into(),
-            media::Error::RetriesExhausted { .. } => "RetriesExhausted".into(),
-            media::Error::Ambiguous { .. } => "NoAnswer".into(),
-            media::Error::Token { .. } => "TokenFailed".into(),
-            media::Error::NotFound { .. } => "NotFound".into(),
-            media::Error::Unexpected { .. } => "Unexpected".into(),
-            media::Error::Incomplete { .. } | media::Error::Build(_) => "MediaSettings".into(),
-            media::Error::InvalidResponse { .. } => "InvalidResponse".into(),
+            MediaError::Api { code, .. } | MediaError::OperationFailed { code, .. } => code.clone(),
+            MediaError::Timeout { .. } => "Timeout".into(),
+            MediaError::RetriesExhausted { .. } => "RetriesExhausted".into(),
+            MediaError::Ambiguous { .. } => "NoAnswer".into(),
+            MediaError::Token { .. } => "TokenFailed".into(),
+            MediaError::NotFound { .. } => "NotFound".into(),
+            MediaError::Unexpected { .. } => "Unexpected".into(),
+            MediaError::Incomplete { .. } | MediaError::Build(_) => "MediaSettings".into(),
+            MediaError::InvalidResponse { .. } => "InvalidResponse".into(),
         };
         Self { code, message: error.to_string(), retryable }
     }
@@ -71,217 +79,81 @@ impl From<media::Error> for ActionError {
 /// What actions act on: the media client, an HTTP client for `http`, and `outbound`, where the
 /// events onair publishes for other systems go (notifications, copies of action results).
 pub struct Runner {
-    media: Option<media::Client>,
-    http: reqwest::Client,
+    media: Option<crate::media::Client>,
+    http: HttpCaller,
     outbound: mpsc::UnboundedSender<Event>,
     clock: SharedClock,
 }
 
 impl Runner {
     /// A runner; without a media client, media actions fail with `NoMediaClient`.
-    pub fn new(media: Option<media::Client>, outbound: mpsc::UnboundedSender<Event>, clock: SharedClock) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
-        Self { media, http, outbound, clock }
+    pub fn new(
+        media: Option<crate::media::Client>,
+        outbound: mpsc::UnboundedSender<Event>,
+        clock: SharedClock,
+    ) -> Self {
+        Self { media, http: HttpCaller::new(), outbound, clock }
     }
 
-    /// Runs one action once.
+    /// Runs one action once. A row whose action has no `ActionKind` fails with `UnknownAction`.
     pub async fn run(&self, row: &OutboxRow, broadcast: &Broadcast) -> Result<Value, ActionError> {
-        let params = &row.params;
-        let text = |key: &str| params[key].as_str().filter(|value| !value.is_empty()).map(str::to_string);
-        let channel = || text("channel").unwrap_or_else(|| broadcast.channel.clone());
-        let endpoint = || text("endpoint").unwrap_or_else(|| broadcast.endpoint.clone());
-        match row.kind.as_str() {
-            "notify" => Ok(self.notify(row, broadcast)),
-            "http" => self.http(row, broadcast).await,
-            _ => {
-                let Some(media) = &self.media else {
-                    return Err(ActionError::permanent("NoMediaClient", "no media client is configured"));
-                };
-                self.media_action(media, row, broadcast, &channel(), &endpoint(), &text).await
-            }
-        }
-    }
-
-    async fn media_action(
-        &self,
-        media: &media::Client,
-        row: &OutboxRow,
-        broadcast: &Broadcast,
-        channel: &str,
-        endpoint: &str,
-        text: &impl Fn(&str) -> Option<String>,
-    ) -> Result<Value, ActionError> {
-        let name =
-            || text("name").ok_or_else(|| ActionError::permanent("BadParameter", format!("{} needs a name", row.kind)));
-        let result = match row.kind.as_str() {
-            "channel.start" => {
-                let event = media.ensure_channel_running(&broadcast.channel_spec(channel)).await?;
-                let ingest = event
-                    .properties
-                    .input
-                    .and_then(|input| input.endpoints)
-                    .and_then(|endpoints| endpoints.into_iter().next());
-                json!({"channel": channel, "state": "Running", "ingest": ingest.and_then(|endpoint| endpoint.url)})
-            }
-            "channel.allocate" => {
-                media.ensure_channel_allocated(&broadcast.channel_spec(channel)).await?;
-                json!({"channel": channel, "state": "StandBy"})
-            }
-            "channel.stop" => {
-                let remove_outputs = row.params["remove_outputs"].as_bool().unwrap_or(true);
-                media.ensure_channel_stopped(channel, remove_outputs).await?;
-                json!({"channel": channel, "state": "Stopped"})
-            }
-            "channel.reset" => {
-                // The row's creation time makes the reset idempotent across restarts.
-                media.ensure_channel_reset(channel, row.created).await?;
-                json!({"channel": channel, "reset": true})
-            }
-            "program.create" => {
-                let name = name()?;
-                let spec = ProgramSpec {
-                    channel: channel.to_string(),
-                    asset: text("asset").unwrap_or_else(|| name.clone()),
-                    manifest_name: text("manifest").unwrap_or_else(|| name.clone()),
-                    archive_window: text("archive_window").unwrap_or_else(|| broadcast.archive_window.clone()),
-                    description: text("description").or_else(|| Some(format!("onair broadcast {}", broadcast.id))),
-                    name: name.clone(),
-                };
-                media.ensure_program_present(&spec).await?;
-                json!({"program": name, "asset": spec.asset, "manifest": spec.manifest_name})
-            }
-            "program.stop" => {
-                let name = name()?;
-                media.ensure_program_removed(channel, &name).await?;
-                json!({"program": name, "removed": true})
-            }
-            "locator.publish" => {
-                let name = name()?;
-                let (streaming_policy, content_key_policy) = match &broadcast.protection.policy {
-                    Some(policy) if broadcast.protection.mode != Mode::Clear => {
-                        let mode = broadcast.protection.mode;
-                        // Keys first, then the policy that uses them, then the locator: each step
-                        // converges on its own, so a crash between two of them repeats nothing.
-                        media.ensure_content_key_policy(&policy.name, &policy.content_key_policy(mode)).await?;
-                        let streaming = protection::streaming_policy_name(mode, &policy.name);
-                        let body = protection::streaming_policy(mode, &policy.name).map_err(|error| {
-                            ActionError::permanent("BadParameter", format!("streaming policy {streaming}: {error}"))
-                        })?;
-                        media.ensure_streaming_policy(&streaming, &body).await?;
-                        (streaming, Some(policy.name.clone()))
-                    }
-                    _ => (text("policy").unwrap_or_else(|| broadcast.streaming_policy.clone()), None),
-                };
-                let spec = LocatorSpec {
-                    asset: text("asset").unwrap_or_else(|| name.clone()),
-                    streaming_policy,
-                    content_key_policy,
-                    endpoint: endpoint.to_string(),
-                    name,
-                };
-                let published = media.ensure_locator_published(&spec).await?;
-                json!({
-                    "locator": published.locator,
-                    "locator_id": published.locator_id,
-                    "hls": published.hls,
-                    "dash": published.dash,
-                    "smooth": published.smooth,
-                    "streaming_policy": spec.streaming_policy,
-                    "protection": broadcast.protection.mode.name(),
-                })
-            }
-            "locator.unpublish" => {
-                let name = name()?;
-                media.ensure_locator_removed(&name).await?;
-                json!({"locator": name, "removed": true})
-            }
-            "endpoint.start" => {
-                media.ensure_endpoint_running(&broadcast.endpoint_spec(endpoint)).await?;
-                json!({"endpoint": endpoint, "state": "Running"})
-            }
-            "endpoint.stop" => {
-                media.ensure_endpoint_stopped(endpoint).await?;
-                json!({"endpoint": endpoint, "state": "Stopped"})
-            }
-            "endpoint.scale" => {
-                let units =
-                    row.params["units"].as_i64().and_then(|units| i32::try_from(units).ok()).ok_or_else(|| {
-                        ActionError::permanent(
-                            "BadParameter",
-                            format!("endpoint.scale needs whole units, not {}", row.params["units"]),
-                        )
-                    })?;
-                if media.get_streaming_endpoint(endpoint).await?.is_none() {
-                    media.ensure_endpoint_running(&broadcast.endpoint_spec(endpoint)).await?;
-                }
-                media.ensure_endpoint_scaled(endpoint, units).await?;
-                json!({"endpoint": endpoint, "units": units})
-            }
-            other => return Err(ActionError::permanent("UnknownAction", format!("no action named {other:?}"))),
+        let Some(kind) = ActionKind::parse(&row.kind) else {
+            return Err(unknown_action(&row.kind));
         };
-        Ok(result)
-    }
-
-    fn notify(&self, row: &OutboxRow, broadcast: &Broadcast) -> Value {
-        let severity = row.params["severity"].as_str().unwrap_or("info").to_string();
-        let message = row.params["message"].as_str().unwrap_or_default().to_string();
-        match severity.as_str() {
-            "error" | "critical" => tracing::error!(broadcast = %broadcast.id, %message, "Notification."),
-            "warning" => tracing::warn!(broadcast = %broadcast.id, %message, "Notification."),
-            _ => tracing::info!(broadcast = %broadcast.id, %message, "Notification."),
-        }
-        let notification = Event::new(
-            format!("notification/{}", row.id),
-            event::NOTIFICATION,
-            broadcast.id.clone(),
-            json!({"broadcast": broadcast.id, "severity": severity, "message": message, "data": row.params["data"]}),
-            self.clock.now(),
-        );
-        let published = self.outbound.send(notification).is_ok();
-        json!({"severity": severity, "message": message, "published": published})
-    }
-
-    /// `http`: a templated request to any URL, with an `Idempotency-Key` so that a repeat after a
-    /// crash can be recognised by the receiver.
-    async fn http(&self, row: &OutboxRow, broadcast: &Broadcast) -> Result<Value, ActionError> {
-        let url = row.params["url"].as_str().unwrap_or_default();
-        let url = url::Url::parse(url)
-            .ok()
-            .filter(|url| matches!(url.scheme(), "http" | "https"))
-            .ok_or_else(|| ActionError::permanent("BadParameter", format!("http needs an http(s) url, not {url:?}")))?;
-        let method = row.params["method"].as_str().unwrap_or("POST").to_uppercase();
-        let method = reqwest::Method::from_bytes(method.as_bytes())
-            .map_err(|_| ActionError::permanent("BadParameter", format!("bad method {method:?}")))?;
-        let mut request =
-            self.http.request(method, url).header("Idempotency-Key", format!("onair-{}-{}", broadcast.id, row.id));
-        if let Some(headers) = row.params["headers"].as_object() {
-            for (name, value) in headers {
-                if let Some(value) = value.as_str() {
-                    request = request.header(name, value);
-                }
-            }
-        }
-        request = match &row.params["body"] {
-            Value::Null => request,
-            Value::String(text) => request.body(text.clone()),
-            other => request.json(other),
+        let action = Request { row, broadcast };
+        let media = || {
+            self.media.as_ref().ok_or_else(|| ActionError::permanent("NoMediaClient", "no media client is configured"))
         };
-        let response = request.send().await.map_err(|error| ActionError {
-            code: "NoAnswer".into(),
-            message: error.to_string(),
-            retryable: true,
-        })?;
-        let status = response.status();
-        let body: String = response.text().await.unwrap_or_default().chars().take(2048).collect();
-        if status.is_success() {
-            return Ok(json!({"status": status.as_u16(), "body": body}));
+        match kind {
+            ActionKind::ChannelStart => media::channel_start(media()?, &action).await,
+            ActionKind::ChannelStop => media::channel_stop(media()?, &action).await,
+            ActionKind::ChannelReset => media::channel_reset(media()?, &action).await,
+            ActionKind::ChannelAllocate => media::channel_allocate(media()?, &action).await,
+            ActionKind::ProgramCreate => media::program_create(media()?, &action).await,
+            ActionKind::ProgramStop => media::program_stop(media()?, &action).await,
+            ActionKind::LocatorPublish => media::locator_publish(media()?, &action).await,
+            ActionKind::LocatorUnpublish => media::locator_unpublish(media()?, &action).await,
+            ActionKind::EndpointStart => media::endpoint_start(media()?, &action).await,
+            ActionKind::EndpointStop => media::endpoint_stop(media()?, &action).await,
+            ActionKind::EndpointScale => media::endpoint_scale(media()?, &action).await,
+            ActionKind::Notify => Ok(notify::notify(&action, &self.outbound, &self.clock)),
+            ActionKind::Http => self.http.call(&action).await,
+            // `step` turns a rerun into the action it repeats; a stored one is not runnable.
+            ActionKind::Rerun => Err(unknown_action(&row.kind)),
         }
-        let retryable = status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
-        Err(ActionError {
-            code: format!("HTTP{}", status.as_u16()),
-            message: format!("HTTP {status}: {body}"),
-            retryable,
-        })
+    }
+}
+
+fn unknown_action(name: &str) -> ActionError {
+    ActionError::permanent("UnknownAction", format!("no action named {name:?}"))
+}
+
+/// One outbox row to run, with its broadcast: the parameters as the actions read them.
+struct Request<'a> {
+    row: &'a OutboxRow,
+    broadcast: &'a Broadcast,
+}
+
+impl Request<'_> {
+    /// A text parameter; empty counts as absent.
+    fn text(&self, key: &str) -> Option<String> {
+        self.row.params[key].as_str().filter(|value| !value.is_empty()).map(str::to_string)
+    }
+
+    /// `channel`, or the broadcast's.
+    fn channel(&self) -> String {
+        self.text("channel").unwrap_or_else(|| self.broadcast.channel.clone())
+    }
+
+    /// `endpoint`, or the broadcast's.
+    fn endpoint(&self) -> String {
+        self.text("endpoint").unwrap_or_else(|| self.broadcast.endpoint.clone())
+    }
+
+    /// `name`, which the action cannot do without.
+    fn name(&self) -> Result<String, ActionError> {
+        self.text("name")
+            .ok_or_else(|| ActionError::permanent("BadParameter", format!("{} needs a name", self.row.kind)))
     }
 }
 

@@ -5,32 +5,15 @@
 //! problems is not used.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::ops::Range;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use toml::Spanned;
 
+use super::action::ActionKind;
 use super::expr::{Expr, Template};
 use super::{ActionTemplate, Definition, Location, Matcher, Problem, State, Target, TimerTemplate, Transition};
-
-/// The actions the executor knows, with the parameters each takes.
-pub const ACTIONS: &[(&str, &[&str])] = &[
-    ("channel.start", &["channel"]),
-    ("channel.stop", &["channel", "remove_outputs"]),
-    ("channel.reset", &["channel"]),
-    ("channel.allocate", &["channel"]),
-    ("program.create", &["channel", "name", "asset", "manifest", "archive_window", "description"]),
-    ("program.stop", &["channel", "name"]),
-    ("locator.publish", &["name", "asset", "policy", "endpoint"]),
-    ("locator.unpublish", &["name"]),
-    ("endpoint.start", &["endpoint"]),
-    ("endpoint.stop", &["endpoint"]),
-    ("endpoint.scale", &["endpoint", "units"]),
-    ("notify", &["message", "severity", "data"]),
-    ("http", &["method", "url", "headers", "body", "expect"]),
-    ("rerun", &["action"]),
-];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,212 +81,212 @@ impl OneOrMany {
 /// Compiles one definition from `text`; `file` names it in problems and `fallback_name` is used
 /// when the file has no `name`.
 pub fn parse(file: &str, text: &str, fallback_name: &str) -> (Option<Definition>, Vec<Problem>) {
-    let lines = LineIndex::new(text);
-    let mut problems = Vec::new();
+    let mut compiler = Compiler { file, lines: LineIndex::new(text), problems: Vec::new() };
     let raw: RawMachine = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(error) => {
-            let location =
-                error.span().map(|span| lines.locate(file, span.start)).unwrap_or_else(|| Location::file(file));
-            problems.push(Problem::new(location, error.message().trim().to_string()));
-            return (None, problems);
+            let location = error.span().map_or_else(|| Location::file(file), |span| compiler.at(span));
+            compiler.problem(location, error.message().trim().to_string());
+            return (None, compiler.problems);
         }
     };
-    let at = |span: std::ops::Range<usize>| lines.locate(file, span.start);
     let name = raw.name.map_or_else(|| fallback_name.to_string(), |name| name.into_inner());
-
-    let mut vars = Map::new();
-    for (key, value) in raw.vars {
-        vars.insert(key, toml_to_json(value));
-    }
-
-    let mut states = BTreeMap::new();
-    for (state_name, state) in raw.states {
-        let location = at(state_name.span());
-        let state_name = state_name.into_inner();
-        let state = state.into_inner();
-        let entry = compile_actions(state.entry, &at, &mut problems);
-        let exit = compile_actions(state.exit, &at, &mut problems);
-        let mut after = Vec::new();
-        for timer in state.after {
-            let location = at(timer.span());
-            let timer = timer.into_inner();
-            let delay_location = at(timer.delay.span());
-            match Template::compile(timer.delay.get_ref()) {
-                Ok(delay) => {
-                    if let Some(literal) = delay.literal()
-                        && humantime::parse_duration(literal).is_err()
-                    {
-                        problems.push(Problem::new(
-                            delay_location,
-                            format!("timer {:?}: invalid delay {literal:?}; write it like \"90s\"", timer.name),
-                        ));
-                    }
-                    after.push(TimerTemplate { name: timer.name, delay, location });
-                }
-                Err(error) => problems.push(Problem::new(delay_location, format!("timer {:?}: {error}", timer.name))),
-            }
-        }
-        states.insert(
-            state_name.clone(),
-            State { name: state_name, description: state.description, entry, exit, after, location },
-        );
-    }
-    if states.is_empty() {
-        problems.push(Problem::new(Location::file(file), "the machine has no states".into()));
-    }
+    let vars: Map<String, Value> = raw.vars.into_iter().map(|(key, value)| (key, toml_to_json(value))).collect();
+    let states = compiler.states(raw.states);
     let initial = raw.initial.get_ref().clone();
     if !states.contains_key(&initial) {
-        problems.push(Problem::new(at(raw.initial.span()), format!("initial state {initial:?} is not a state")));
+        let location = compiler.at(raw.initial.span());
+        compiler.problem(location, format!("initial state {initial:?} is not a state"));
     }
-
-    let mut transitions = Vec::new();
-    for (index, transition) in raw.transitions.into_iter().enumerate() {
-        let location = at(transition.span());
-        let transition = transition.into_inner();
-        let from_location = at(transition.from.span());
-        let from = transition.from.into_inner().into_vec();
-        let from = if from.iter().any(|state| state == "*") {
-            Matcher::Any
-        } else {
-            for state in &from {
-                if !states.contains_key(state) {
-                    problems.push(Problem::new(
-                        from_location.clone(),
-                        format!("transition #{}: unknown state {state:?} in from", index + 1),
-                    ));
-                }
-            }
-            Matcher::Only(from)
-        };
-        let on_location = at(transition.on.span());
-        let on = transition.on.into_inner().into_vec();
-        if on.is_empty() || on.iter().any(|kind| kind.trim().is_empty()) {
-            problems.push(Problem::new(
-                on_location,
-                format!("transition #{}: on needs at least one event type", index + 1),
-            ));
-        }
-        let guard = transition.guard.and_then(|guard| {
-            let guard_location = at(guard.span());
-            match Expr::compile(guard.get_ref()) {
-                Ok(expr) => Some(expr),
-                Err(error) => {
-                    problems.push(Problem::new(
-                        guard_location,
-                        format!("transition #{}: guard does not compile: {error}", index + 1),
-                    ));
-                    None
-                }
-            }
-        });
-        let mut set = Vec::new();
-        if let Some(table) = transition.set {
-            let set_location = at(table.span());
-            for (key, value) in table.into_inner() {
-                match compile_value(value) {
-                    Ok(value) => set.push((key, value)),
-                    Err(error) => problems.push(Problem::new(
-                        set_location.clone(),
-                        format!("transition #{}: set.{key}: {error}", index + 1),
-                    )),
-                }
-            }
-        }
-        let actions = compile_actions(transition.actions, &at, &mut problems);
-        let to = match transition.to {
-            None => Target::Stay,
-            Some(to) => {
-                let to_location = at(to.span());
-                let text = to.into_inner();
-                match Template::compile(&text) {
-                    Ok(template) => match template.literal() {
-                        Some(state) => {
-                            if !states.contains_key(state) {
-                                problems.push(Problem::new(
-                                    to_location,
-                                    format!("transition #{}: unknown state {state:?} in to", index + 1),
-                                ));
-                            }
-                            Target::State(state.to_string())
-                        }
-                        None => Target::Dynamic(template),
-                    },
-                    Err(error) => {
-                        problems.push(Problem::new(to_location, format!("transition #{}: to: {error}", index + 1)));
-                        Target::Stay
-                    }
-                }
-            }
-        };
-        transitions.push(Transition {
-            index: index + 1,
-            description: transition.description,
-            from,
-            on,
-            guard,
-            set,
-            actions,
-            to,
-            location,
-        });
-    }
-
+    let transitions = raw
+        .transitions
+        .into_iter()
+        .enumerate()
+        .map(|(index, transition)| compiler.transition(index + 1, transition, &states))
+        .collect();
     let definition =
         Definition { name, file: file.to_string(), description: raw.description, initial, vars, states, transitions };
+    let mut problems = compiler.problems;
     problems.extend(super::check::check(&definition));
     (Some(definition), problems)
 }
 
-/// Reads and compiles a definition file; the machine is named after the file unless it says otherwise.
-pub fn read(path: &Path) -> (Option<Definition>, Vec<Problem>) {
-    let file = path.display().to_string();
-    let fallback = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse(&file, &text, &fallback),
-        Err(error) => (None, vec![Problem::new(Location::file(&file), format!("cannot read the file: {error}"))]),
-    }
+/// Compiles the parts of one file, keeping every problem with its location.
+struct Compiler<'a> {
+    file: &'a str,
+    lines: LineIndex,
+    problems: Vec<Problem>,
 }
 
-fn compile_actions(
-    tables: Vec<Spanned<toml::Table>>,
-    at: &impl Fn(std::ops::Range<usize>) -> Location,
-    problems: &mut Vec<Problem>,
-) -> Vec<ActionTemplate> {
-    let mut actions = Vec::new();
-    for table in tables {
-        let location = at(table.span());
-        let mut table = table.into_inner();
-        let kind = match table.remove("do") {
-            Some(toml::Value::String(kind)) => kind,
-            _ => {
-                problems.push(Problem::new(location, "an action needs do = \"<action>\"".into()));
-                continue;
+impl Compiler<'_> {
+    /// Where `span` starts.
+    fn at(&self, span: Range<usize>) -> Location {
+        self.lines.locate(self.file, span.start)
+    }
+
+    fn problem(&mut self, location: Location, message: String) {
+        self.problems.push(Problem::new(location, message));
+    }
+
+    fn states(&mut self, raw: BTreeMap<Spanned<String>, Spanned<RawState>>) -> BTreeMap<String, State> {
+        let mut states = BTreeMap::new();
+        for (name, state) in raw {
+            let location = self.at(name.span());
+            let name = name.into_inner();
+            let state = state.into_inner();
+            let entry = self.actions(state.entry);
+            let exit = self.actions(state.exit);
+            let after = state.after.into_iter().filter_map(|timer| self.timer(timer)).collect();
+            states.insert(name.clone(), State { name, description: state.description, entry, exit, after, location });
+        }
+        if states.is_empty() {
+            self.problem(Location::file(self.file), "the machine has no states".into());
+        }
+        states
+    }
+
+    /// A state's `after` timer; a literal delay must be a duration.
+    fn timer(&mut self, timer: Spanned<RawTimer>) -> Option<TimerTemplate> {
+        let location = self.at(timer.span());
+        let timer = timer.into_inner();
+        let delay_location = self.at(timer.delay.span());
+        match Template::compile(timer.delay.get_ref()) {
+            Ok(delay) => {
+                if let Some(literal) = delay.literal()
+                    && humantime::parse_duration(literal).is_err()
+                {
+                    self.problem(
+                        delay_location,
+                        format!("timer {:?}: invalid delay {literal:?}; write it like \"90s\"", timer.name),
+                    );
+                }
+                Some(TimerTemplate { name: timer.name, delay, location })
+            }
+            Err(error) => {
+                self.problem(delay_location, format!("timer {:?}: {error}", timer.name));
+                None
+            }
+        }
+    }
+
+    /// Transition number `index` (from 1).
+    fn transition(
+        &mut self,
+        index: usize,
+        transition: Spanned<RawTransition>,
+        states: &BTreeMap<String, State>,
+    ) -> Transition {
+        let location = self.at(transition.span());
+        let raw = transition.into_inner();
+        let from = self.from(index, raw.from, states);
+        let on = self.on(index, raw.on);
+        let guard = raw.guard.and_then(|guard| self.guard(index, guard));
+        let set = raw.set.map(|table| self.set(index, table)).unwrap_or_default();
+        let actions = self.actions(raw.actions);
+        let to = raw.to.map_or(Target::Stay, |to| self.target(index, to, states));
+        Transition { index, description: raw.description, from, on, guard, set, actions, to, location }
+    }
+
+    fn from(&mut self, index: usize, from: Spanned<OneOrMany>, states: &BTreeMap<String, State>) -> Matcher {
+        let location = self.at(from.span());
+        let from = from.into_inner().into_vec();
+        if from.iter().any(|state| state == "*") {
+            return Matcher::Any;
+        }
+        for state in &from {
+            if !states.contains_key(state) {
+                self.problem(location.clone(), format!("transition #{index}: unknown state {state:?} in from"));
+            }
+        }
+        Matcher::Only(from)
+    }
+
+    fn on(&mut self, index: usize, on: Spanned<OneOrMany>) -> Vec<String> {
+        let location = self.at(on.span());
+        let on = on.into_inner().into_vec();
+        if on.is_empty() || on.iter().any(|kind| kind.trim().is_empty()) {
+            self.problem(location, format!("transition #{index}: on needs at least one event type"));
+        }
+        on
+    }
+
+    fn guard(&mut self, index: usize, guard: Spanned<String>) -> Option<Expr> {
+        let location = self.at(guard.span());
+        match Expr::compile(guard.get_ref()) {
+            Ok(expr) => Some(expr),
+            Err(error) => {
+                self.problem(location, format!("transition #{index}: guard does not compile: {error}"));
+                None
+            }
+        }
+    }
+
+    fn set(&mut self, index: usize, table: Spanned<toml::Table>) -> Vec<(String, ValueTemplate)> {
+        let location = self.at(table.span());
+        let mut set = Vec::new();
+        for (key, value) in table.into_inner() {
+            match compile_value(value) {
+                Ok(value) => set.push((key, value)),
+                Err(error) => self.problem(location.clone(), format!("transition #{index}: set.{key}: {error}")),
+            }
+        }
+        set
+    }
+
+    /// `to`: a state, or a template decided when the event is handled.
+    fn target(&mut self, index: usize, to: Spanned<String>, states: &BTreeMap<String, State>) -> Target {
+        let location = self.at(to.span());
+        let text = to.into_inner();
+        let template = match Template::compile(&text) {
+            Ok(template) => template,
+            Err(error) => {
+                self.problem(location, format!("transition #{index}: to: {error}"));
+                return Target::Stay;
             }
         };
-        let Some((_, allowed)) = ACTIONS.iter().find(|(name, _)| *name == kind) else {
-            let known: Vec<&str> = ACTIONS.iter().map(|(name, _)| *name).collect();
-            problems
-                .push(Problem::new(location, format!("unknown action {kind:?}; known actions: {}", known.join(", "))));
-            continue;
+        let Some(state) = template.literal() else {
+            return Target::Dynamic(template);
         };
+        if !states.contains_key(state) {
+            self.problem(location, format!("transition #{index}: unknown state {state:?} in to"));
+        }
+        Target::State(state.to_string())
+    }
+
+    fn actions(&mut self, tables: Vec<Spanned<toml::Table>>) -> Vec<ActionTemplate> {
+        tables.into_iter().filter_map(|table| self.action(table)).collect()
+    }
+
+    /// One `{ do = "<action>", params… }`: a known action with parameters it takes.
+    fn action(&mut self, table: Spanned<toml::Table>) -> Option<ActionTemplate> {
+        let location = self.at(table.span());
+        let mut table = table.into_inner();
+        let Some(toml::Value::String(name)) = table.remove("do") else {
+            self.problem(location, "an action needs do = \"<action>\"".into());
+            return None;
+        };
+        let Some(kind) = ActionKind::parse(&name) else {
+            let known = ActionKind::names().collect::<Vec<_>>().join(", ");
+            self.problem(location, format!("unknown action {name:?}; known actions: {known}"));
+            return None;
+        };
+        let allowed = kind.params();
         let mut params = Vec::new();
         for (key, value) in table {
             if !allowed.contains(&key.as_str()) {
-                problems.push(Problem::new(
+                self.problem(
                     location.clone(),
                     format!("action {kind}: unknown parameter {key:?}; it takes {}", allowed.join(", ")),
-                ));
+                );
                 continue;
             }
             match compile_value(value) {
                 Ok(value) => params.push((key, value)),
-                Err(error) => problems.push(Problem::new(location.clone(), format!("action {kind}: {key}: {error}"))),
+                Err(error) => self.problem(location.clone(), format!("action {kind}: {key}: {error}")),
             }
         }
-        actions.push(ActionTemplate { kind, params, location });
+        Some(ActionTemplate { kind, params, location })
     }
-    actions
 }
 
 /// A parameter or `set` value: strings are templates, tables and arrays hold templates.

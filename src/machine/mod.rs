@@ -10,26 +10,31 @@
 //! timers to set and cancel, and the reason, or an explicit "ignored, because …". Errors in
 //! expressions become ignored decisions with their reason; `step` never fails and never panics.
 //!
+//! Machine does no IO and reads no clock or environment: it is given texts (`MachineText`, read
+//! by `daemon::read_machine_dir`) and the instant `now`.
+//!
+//! - `action`: `ActionKind`, the closed set of actions and the parameters each takes.
 //! - `expr`: CEL expressions and `${…}` templates.
 //! - `load`: TOML to a compiled `Definition`, with every problem located (file, line, column).
 //! - `check`: static checks (unreachable states, transitions that can never fire, …).
 
+mod action;
 mod check;
 pub mod expr;
 mod load;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::event::{Event, FORCE_STATE};
+pub use action::ActionKind;
 pub use check::{reachable, type_matches};
 use expr::{Scope, Template};
-pub use load::{ACTIONS, ValueTemplate};
+pub use load::ValueTemplate;
 
 /// The built-in machine definitions, compiled into the binary.
 pub const BUILT_IN: &[(&str, &str)] = &[("live", include_str!("../../config/machines/live.toml"))];
@@ -112,7 +117,7 @@ pub enum Target {
 /// An action with templated parameters.
 #[derive(Debug, Clone)]
 pub struct ActionTemplate {
-    pub kind: String,
+    pub kind: ActionKind,
     pub params: Vec<(String, ValueTemplate)>,
     pub location: Location,
 }
@@ -351,18 +356,9 @@ fn fire(
         && let Some(state) = definition.states.get(target)
     {
         templates.extend(&state.entry);
-        for timer in &state.after {
-            // A delay that comes out null or empty arms nothing: the timer is optional.
-            let delay = timer.delay.eval(&scope).map_err(|error| error.to_string());
-            if matches!(&delay, Ok(Value::Null)) || matches!(&delay, Ok(Value::String(text)) if text.is_empty()) {
-                continue;
-            }
-            match delay.and_then(|delay| parse_delay(&delay)) {
-                Ok(delay) => timers.push(TimerChange::Set { name: timer.name.clone(), due: now + delay }),
-                Err(error) => {
-                    return Decision::ignored(instance, format!("ignored: {label}: timer {}: {error}", timer.name));
-                }
-            }
+        match arm_timers(state, &scope, now) {
+            Ok(armed) => timers.extend(armed),
+            Err(error) => return Decision::ignored(instance, format!("ignored: {label}: {error}")),
         }
     }
     let mut actions = Vec::new();
@@ -393,24 +389,38 @@ fn fire(
     }
 }
 
+/// The timers `state` sets on entry; a delay that comes out null or empty arms nothing (the timer
+/// is optional), one that is not a duration is an error naming the timer.
+fn arm_timers(state: &State, scope: &Scope, now: DateTime<Utc>) -> Result<Vec<TimerChange>, String> {
+    let mut timers = Vec::new();
+    for timer in &state.after {
+        let delay = timer.delay.eval(scope).map_err(|error| error.to_string());
+        if matches!(&delay, Ok(Value::Null)) || matches!(&delay, Ok(Value::String(text)) if text.is_empty()) {
+            continue;
+        }
+        let delay =
+            delay.and_then(|delay| parse_delay(&delay)).map_err(|error| format!("timer {}: {error}", timer.name))?;
+        timers.push(TimerChange::Set { name: timer.name.clone(), due: now + delay });
+    }
+    Ok(timers)
+}
+
 fn evaluate_action(template: &ActionTemplate, scope: &Scope) -> Result<Action, String> {
     let mut params = Map::new();
     for (key, value) in &template.params {
         params.insert(key.clone(), value.eval(scope).map_err(|error| format!("{key}: {error}"))?);
     }
-    if template.kind == "rerun" {
+    if template.kind == ActionKind::Rerun {
         // `rerun` repeats a recorded action: `action` holds `{action, params}`, as in an
         // `onair.action.failed` event's data.
         let recorded = params.remove("action").unwrap_or(Value::Null);
-        let kind = recorded["action"]
-            .as_str()
-            .filter(|kind| ACTIONS.iter().any(|(known, _)| known == kind && *kind != "rerun"));
+        let kind = recorded["action"].as_str().and_then(ActionKind::parse).filter(|kind| *kind != ActionKind::Rerun);
         let Some(kind) = kind else {
             return Err(format!("nothing to rerun in {recorded}"));
         };
-        return Ok(Action { kind: kind.to_string(), params: recorded["params"].clone() });
+        return Ok(Action { kind: kind.name().to_string(), params: recorded["params"].clone() });
     }
-    Ok(Action { kind: template.kind.clone(), params: Value::Object(params) })
+    Ok(Action { kind: template.kind.name().to_string(), params: Value::Object(params) })
 }
 
 fn parse_delay(value: &Value) -> Result<std::time::Duration, String> {
@@ -471,6 +481,16 @@ fn force_state(
     }
 }
 
+/// The text of one definition file, read by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineText {
+    /// Where it came from; problems name it.
+    pub file: String,
+    /// The machine's name when the text gives none (the file's stem).
+    pub name: String,
+    pub text: String,
+}
+
 /// Every loaded definition by name, and every problem found loading them.
 #[derive(Debug, Clone, Default)]
 pub struct Library {
@@ -479,31 +499,23 @@ pub struct Library {
 }
 
 impl Library {
-    /// The built-in machines, then every `*.toml` in `directory` (which replace built-ins of the
-    /// same name). Definitions with problems are left out; the problems are kept.
-    pub fn load(directory: Option<&Path>) -> Self {
+    /// The built-in machines, then `files` in order (which replace built-ins of the same name).
+    /// `unread` are the problems met reading them (a directory or file that could not be read);
+    /// they come first. Definitions with problems are left out; the problems are kept.
+    pub fn load(files: Vec<MachineText>, unread: Vec<Problem>) -> Self {
+        let mut library = Self::built_in();
+        library.problems.extend(unread);
+        for file in files {
+            library.add(load::parse(&file.file, &file.text, &file.name));
+        }
+        library
+    }
+
+    /// The built-in machines alone.
+    pub fn built_in() -> Self {
         let mut library = Self::default();
         for (name, text) in BUILT_IN {
             library.add(load::parse(&format!("built-in:{name}.toml"), text, name));
-        }
-        if let Some(directory) = directory {
-            match std::fs::read_dir(directory) {
-                Ok(entries) => {
-                    let mut paths: Vec<_> = entries
-                        .filter_map(Result::ok)
-                        .map(|entry| entry.path())
-                        .filter(|path| path.extension().is_some_and(|extension| extension == "toml"))
-                        .collect();
-                    paths.sort();
-                    for path in paths {
-                        library.add(load::read(&path));
-                    }
-                }
-                Err(error) => library.problems.push(Problem::new(
-                    Location::file(&directory.display().to_string()),
-                    format!("cannot read the machines directory: {error}"),
-                )),
-            }
         }
         library
     }

@@ -48,7 +48,7 @@ impl Running {
         let core = CancellationToken::new();
         let parts = Parts {
             settings: Arc::new(settings.engine.clone()),
-            library: Arc::new(onair::machine::Library::load(None)),
+            library: Arc::new(onair::machine::Library::built_in()),
             store,
             runner,
             clock,

@@ -151,7 +151,7 @@ async fn fifty_lifecycles_survive_sigkill_at_random_moments() {
     // Only legal transitions, a sound database, nothing left pending.
     let store = SqliteStore::open_read_only(&settings.engine.store).unwrap();
     let audit = store.all_audit().unwrap();
-    let library = onair::machine::Library::load(None);
+    let library = onair::machine::Library::built_in();
     let problems = crate::history::illegal(library.get("live").unwrap(), &audit);
     assert!(problems.is_empty(), "{problems:#?}");
     assert_eq!(store.integrity_check().unwrap(), "ok");

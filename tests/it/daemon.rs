@@ -8,7 +8,6 @@ use onair::config::Source;
 use onair::daemon::Settings;
 use onair::engine::{self, Engine, Outcome, Parts, Runner};
 use onair::event::Event;
-use onair::machine::Library;
 use onair::store::{SqliteStore, Store};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +65,7 @@ impl TestEngine {
 
     /// `start` on a given store (a real one, possibly wrapped to inject faults).
     pub async fn start_with_store(settings: &Settings, store: Arc<dyn Store>) -> Self {
-        let library = Library::load(settings.engine.machines_dir.as_deref());
+        let library = onair::daemon::load_machines(settings.engine.machines_dir.as_deref());
         assert!(library.problems.is_empty(), "{:?}", library.problems);
         let media = onair::media::Client::new(&settings.media).expect("media client");
         let (outbound, mut published) = tokio::sync::mpsc::unbounded_channel();

@@ -55,7 +55,7 @@ duration = "30m"
     let settings = onair::daemon::load(&onair::config::Source { file: Some(file), env }).unwrap();
     assert!(settings.scheduler.enabled);
 
-    let Err(error) = Daemon::start(&settings, Library::load(None)).await else {
+    let Err(error) = Daemon::start(&settings, Library::built_in()).await else {
         panic!("the daemon started on a port already taken");
     };
     assert!(

@@ -341,7 +341,7 @@ async fn a_listing_stuck_on_the_broker_and_those_behind_it_are_answered_503_well
     settings.http.connections.request_timeout = Duration::from_secs(6);
     let (wait, work) = onair::http::dead_letter_budget(&settings.http.connections);
     assert_eq!((wait, work), (Duration::from_secs(1), Duration::from_secs(3)));
-    let daemon = Daemon::start(&settings, Library::load(None)).await.unwrap();
+    let daemon = Daemon::start(&settings, Library::built_in()).await.unwrap();
     let base = format!("http://{}", daemon.http_address().unwrap());
 
     let http = reqwest::Client::new();

@@ -74,7 +74,7 @@ mod tests {
 
     #[test]
     fn the_checker_catches_illegal_moves_and_broken_chains() {
-        let library = Library::load(None);
+        let library = Library::built_in();
         let live = library.get("live").unwrap();
         let legal = [row(1, "idle", "warming", onair::event::SCHEDULE_FIRED, Some(8), "transition")];
         assert!(illegal(live, &legal).is_empty());

@@ -53,7 +53,7 @@ pub(crate) async fn daemon_with(
     ingress.secrets.keys = vec![SecretString::from(KEY)];
     ingress.topics = vec![TOPIC.to_string()];
     configure(&mut settings);
-    let daemon = Daemon::start(&settings, Library::load(None)).await.unwrap();
+    let daemon = Daemon::start(&settings, Library::built_in()).await.unwrap();
     let (address, _) = daemon.ingress().unwrap();
     (daemon, format!("http://{address}"), settings)
 }
@@ -440,7 +440,7 @@ async fn a_scheduled_broadcast_waits_for_its_encoder_degrades_recovers_and_reset
     ingress.listen = format!("127.0.0.1:{port}").parse().unwrap();
     ingress.secrets.keys = vec![SecretString::from(KEY)];
     ingress.topics = vec![topic];
-    let daemon = Daemon::start(&settings, Library::load(None)).await.unwrap();
+    let daemon = Daemon::start(&settings, Library::built_in()).await.unwrap();
     let store = settings.engine.store.clone();
     let state = || crate::broker::state_of(&store, "news").unwrap_or_default();
     let started = Instant::now();

@@ -3,6 +3,7 @@
 //! Everything runs for real: the emulator over HTTP on port 0, the client against it, the built
 //! binary as a process. Nothing is mocked.
 
+mod actions;
 mod architecture;
 mod bad_input;
 mod broker;

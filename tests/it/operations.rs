@@ -41,7 +41,7 @@ pub(crate) async fn daemon_with_http(
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
     settings.http.api_token = Some(SecretString::from(TOKEN));
     settings.health.media_check_interval = Duration::from_millis(500);
-    let daemon = Daemon::start(&settings, Library::load(None)).await.unwrap();
+    let daemon = Daemon::start(&settings, Library::built_in()).await.unwrap();
     let base = format!("http://{}", daemon.http_address().unwrap());
     (daemon, base, settings)
 }
@@ -361,7 +361,7 @@ async fn force_state_to_an_unknown_state_and_padded_tokens_are_refused() {
     settings.http.enabled = true;
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
     settings.http.api_token = Some(SecretString::from(TOKEN));
-    let library = Library::load(settings.engine.machines_dir.as_deref());
+    let library = onair::daemon::load_machines(settings.engine.machines_dir.as_deref());
     assert!(library.problems.is_empty(), "{:?}", library.problems);
     let daemon = Daemon::start(&settings, library).await.unwrap();
     let base = format!("http://{}", daemon.http_address().unwrap());

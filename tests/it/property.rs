@@ -14,8 +14,7 @@ use serde_json::{Value, json};
 fn any_event() -> impl Strategy<Value = (String, Value)> {
     let step = prop_oneof!["warmup", "scale", "air", "end", "cooldown"].prop_map(String::from);
     let occurrence = prop_oneof!["o1", "o2"].prop_map(String::from);
-    let action =
-        proptest::sample::select(machine::ACTIONS.iter().map(|(name, _)| name.to_string()).collect::<Vec<_>>());
+    let action = proptest::sample::select(machine::ActionKind::names().map(str::to_string).collect::<Vec<_>>());
     let command = proptest::sample::select(event::COMMANDS.iter().map(|name| name.to_string()).collect::<Vec<_>>());
     let state = prop_oneof!["idle", "live", "degraded", "failed", "limbo"].prop_map(String::from);
     prop_oneof![
@@ -38,7 +37,7 @@ proptest! {
 
     #[test]
     fn the_stored_history_holds_only_legal_transitions(history in histories()) {
-        let library = Library::load(None);
+        let library = Library::built_in();
         let definition = Arc::clone(library.get("live").unwrap());
         let directory = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&directory.path().join("onair.db")).unwrap();

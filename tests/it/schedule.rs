@@ -297,7 +297,7 @@ async fn a_step_due_while_the_daemon_is_down_fires_exactly_once_after_restart() 
         let settings = daemon_settings(directory.path(), &emulator, &broker, &broadcasts);
         clock.set(warmup - TimeDelta::seconds(15));
         let daemon =
-            Daemon::start_with_clock(&settings, Library::load(None), Arc::clone(&clock) as SharedClock).await.unwrap();
+            Daemon::start_with_clock(&settings, Library::built_in(), Arc::clone(&clock) as SharedClock).await.unwrap();
         clock.set(warmup - TimeDelta::seconds(10));
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(daemon.schedule_stats().published(), 0, "{id}: nothing is due before the warm-up");
@@ -306,7 +306,7 @@ async fn a_step_due_while_the_daemon_is_down_fires_exactly_once_after_restart() 
         // Down from W-10s to W+20s.
         clock.set(warmup + TimeDelta::seconds(20));
         let daemon =
-            Daemon::start_with_clock(&settings, Library::load(None), Arc::clone(&clock) as SharedClock).await.unwrap();
+            Daemon::start_with_clock(&settings, Library::built_in(), Arc::clone(&clock) as SharedClock).await.unwrap();
         let event_id = format!("{id}/{}/warmup", onair::schedule::occurrence_id(air));
         let store = settings.engine.store.clone();
         until(Duration::from_secs(20), &event_id, || decisions_for(&store, &event_id) >= 1).await;
@@ -365,7 +365,7 @@ async fn a_broadcast_scheduled_two_minutes_ahead_runs_its_lifecycle_on_the_plann
 
     // The daemon's clock reads 1m50s ahead: it is 10 s before air, 4 s before the warm-up.
     let clock: SharedClock = Arc::new(OffsetClock::new(TimeDelta::seconds(110)));
-    let daemon = Daemon::start_with_clock(&settings, Library::load(None), clock).await.unwrap();
+    let daemon = Daemon::start_with_clock(&settings, Library::built_in(), clock).await.unwrap();
     let store = settings.engine.store.clone();
     let mut seen: Vec<String> = Vec::new();
     let started = Instant::now();

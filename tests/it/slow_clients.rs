@@ -50,7 +50,7 @@ async fn daemon(directory: &Path, emulator: &TestEmulator, broker: &onair::broke
     settings.ingress.secrets.hmac = vec![SecretString::from(SECRET)];
     settings.ingress.secrets.keys = vec![SecretString::from(KEY)];
     settings.ingress.connections = limits;
-    Daemon::start(&settings, Library::load(None)).await.unwrap()
+    Daemon::start(&settings, Library::built_in()).await.unwrap()
 }
 
 /// What an attacking connection does.
