@@ -76,8 +76,9 @@ pub enum Error {
 #[derive(Debug, Parser)]
 #[command(name = "onair", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
-    /// Settings file (TOML); layered over the built-in defaults, under ONAIR__SECTION__KEY variables.
-    #[arg(long, global = true, env = "ONAIR_CONFIG", value_name = "PATH")]
+    /// Settings file (TOML), else $ONAIR_CONFIG; layered over the built-in defaults, under
+    /// ONAIR__SECTION__KEY variables.
+    #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Log format on standard error; the filter comes from RUST_LOG (default "info").
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -311,22 +312,29 @@ pub struct DemoArgs {
     pub faults: FaultArgs,
 }
 
+/// What the commands read from the settings' layers.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The daemon's settings.
+    pub daemon: Settings,
+    /// `[emulator]`, for `onair emulator` and `onair demo`.
+    pub emulator: crate::emulator::Settings,
+    /// Where the demo keeps its private RabbitMQ node and store (`$TMPDIR`, else `/tmp`).
+    pub temp_dir: PathBuf,
+}
+
 /// Loads the daemon's settings and the emulator's from the same layers, in one pass, so that
 /// every problem of either is reported at once.
-pub fn load(source: &crate::config::Source) -> Result<(Settings, crate::emulator::Settings), crate::config::Error> {
+pub fn load(source: &crate::config::Source) -> Result<Loaded, crate::config::Error> {
     crate::config::load(source, |root| {
         let emulator = crate::emulator::Settings::parse(&mut root.section("emulator"));
-        (Settings::parse(root, source), emulator)
+        Loaded { daemon: Settings::parse(root, source), emulator, temp_dir: source.temp_dir() }
     })
 }
 
 /// Runs one subcommand to completion or until `shutdown`.
-pub async fn execute(
-    command: Command,
-    settings: Settings,
-    emulator: crate::emulator::Settings,
-    shutdown: CancellationToken,
-) -> Result<ExitCode, Error> {
+pub async fn execute(command: Command, loaded: Loaded, shutdown: CancellationToken) -> Result<ExitCode, Error> {
+    let Loaded { daemon: settings, emulator, temp_dir } = loaded;
     match command {
         Command::Emulator(args) => {
             let mut emulator = emulator;
@@ -348,6 +356,7 @@ pub async fn execute(
                 channel: args.channel.clone(),
                 on_air: Duration::from_secs(args.on_air_secs),
                 keep_running: args.keep_running,
+                directory: temp_dir.join(format!("onair-demo-{}", std::process::id())),
             };
             if args.client_only {
                 crate::demo::run_client(emulator, settings.media, options, shutdown).await?;

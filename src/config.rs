@@ -53,6 +53,11 @@ impl Source {
         Self { file, env }
     }
 
+    /// The directory for temporary files: `$TMPDIR`, else `/tmp`.
+    pub fn temp_dir(&self) -> PathBuf {
+        self.var("TMPDIR").filter(|path| !path.is_empty()).map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
+    }
+
     /// The environment variable `name`, when set (the process's, for `from_process`).
     pub fn var(&self, name: &str) -> Option<&str> {
         self.env.get(name).map(String::as_str)

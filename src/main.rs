@@ -13,15 +13,15 @@ use onair::{config, shutdown, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    #[allow(clippy::disallowed_methods)] // The log filter is read here, once, like the settings.
-    let filter = std::env::var("RUST_LOG").ok();
+    let source = config::Source::from_process(cli.config.clone());
+    let filter = source.var("RUST_LOG").map(str::to_string);
     // The demo prints its own story on standard output; keep the logs to warnings unless asked.
     let filter = filter.or_else(|| matches!(cli.command, onair::cli::Command::Demo(_)).then(|| "warn".to_string()));
     if let Err(error) = telemetry::init(cli.log_format, filter.as_deref()) {
         eprintln!("error: cannot set up logging: {error}");
         return ExitCode::FAILURE;
     }
-    let settings = match onair::cli::load(&config::Source::from_process(cli.config.clone())) {
+    let settings = match onair::cli::load(&source) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: {error}");
@@ -42,12 +42,12 @@ fn main() -> ExitCode {
 }
 
 /// Runs the command under the shutdown root: on SIGTERM/SIGINT it gets the grace period to stop.
-async fn run(cli: Cli, (settings, emulator): (onair::daemon::Settings, onair::emulator::Settings)) -> ExitCode {
+async fn run(cli: Cli, settings: onair::cli::Loaded) -> ExitCode {
     let root = CancellationToken::new();
     shutdown::cancel_on_signal(root.clone());
     let tracker = TaskTracker::new();
-    let grace = settings.shutdown.grace;
-    let execute = onair::cli::execute(cli.command, settings, emulator, root.child_token());
+    let grace = settings.daemon.shutdown.grace;
+    let execute = onair::cli::execute(cli.command, settings, root.child_token());
     let mut command = tracker.spawn(execute.instrument(tracing::info_span!("command")));
     let joined = tokio::select! {
         joined = &mut command => joined,

@@ -32,9 +32,7 @@ pub async fn run(
     let started = Instant::now();
     println!("onair demo: RabbitMQ, the Media Services emulator and the onair daemon, all on this machine");
     ensure_rabbitmq()?;
-    // TODO(integrator): take the demo's directory from config (src/config.rs) instead of TMPDIR.
-    #[allow(clippy::disallowed_methods)]
-    let directory = std::env::temp_dir().join(format!("onair-demo-{}", std::process::id()));
+    let directory = options.directory.clone();
     let _ = std::fs::remove_dir_all(&directory);
     let node_directory = directory.join("rabbitmq");
     println!("  starting a private RabbitMQ node (it stops with the demo)…");

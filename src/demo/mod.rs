@@ -29,6 +29,8 @@ pub struct Options {
     pub on_air: Duration,
     /// Keep the demo's emulator running until shutdown (client-only).
     pub keep_running: bool,
+    /// Where the end-to-end demo keeps its RabbitMQ node and store; removed first.
+    pub directory: std::path::PathBuf,
 }
 
 /// Why the demo stopped.
