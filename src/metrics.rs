@@ -107,49 +107,7 @@ impl Metrics {
     /// The text of `/metrics`: these measurements and `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
         let mut registry = Registry::with_prefix("onair");
-        let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
-            let counter: Counter = Counter::default();
-            counter.inc_by(value);
-            registry.register(name, help, counter);
-        };
-        counter(&mut registry, "events_consumed", "Deliveries received from RabbitMQ", snapshot.consumed);
-        counter(
-            &mut registry,
-            "events_acked",
-            "Deliveries acknowledged after their decision was committed",
-            snapshot.acked,
-        );
-        counter(
-            &mut registry,
-            "events_deduplicated",
-            "Deliveries acknowledged as already decided",
-            snapshot.deduplicated,
-        );
-        counter(
-            &mut registry,
-            "events_dead_lettered",
-            "Deliveries onair dead-lettered (invalid or unroutable)",
-            snapshot.dead_lettered,
-        );
-        counter(
-            &mut registry,
-            "broker_reconnects",
-            "Reconnections to RabbitMQ after the first connection",
-            snapshot.reconnects,
-        );
-        counter(
-            &mut registry,
-            "store_commit_failures",
-            "Commits of decisions that failed (disk full, I/O error, locked, …) and were retried",
-            self.0.commits.failures(),
-        );
-        counter(&mut registry, "schedule_steps_published", "Schedule steps published", snapshot.steps_published);
-        counter(
-            &mut registry,
-            "schedule_steps_missed",
-            "Schedule steps not published because they were found too late",
-            snapshot.steps_missed,
-        );
+        self.register_counters(&mut registry, snapshot);
         registry.register(
             "decision_latency_seconds",
             "From an event's arrival in the engine to its decision committed",
@@ -169,6 +127,51 @@ impl Metrics {
             self.0.action_retries.clone(),
         );
         registry.register("action_failures", "Actions failed for good, by action", self.0.action_failures.clone());
+        self.register_gauges(&mut registry, snapshot);
+        let mut text = String::new();
+        encode(&mut text, &registry)?;
+        Ok(text)
+    }
+
+    /// The counters: deliveries, reconnects, failed commits, schedule steps.
+    fn register_counters(&self, registry: &mut Registry, snapshot: &Snapshot) {
+        let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+            let counter: Counter = Counter::default();
+            counter.inc_by(value);
+            registry.register(name, help, counter);
+        };
+        counter(registry, "events_consumed", "Deliveries received from RabbitMQ", snapshot.consumed);
+        counter(registry, "events_acked", "Deliveries acknowledged after their decision was committed", snapshot.acked);
+        counter(registry, "events_deduplicated", "Deliveries acknowledged as already decided", snapshot.deduplicated);
+        counter(
+            registry,
+            "events_dead_lettered",
+            "Deliveries onair dead-lettered (invalid or unroutable)",
+            snapshot.dead_lettered,
+        );
+        counter(
+            registry,
+            "broker_reconnects",
+            "Reconnections to RabbitMQ after the first connection",
+            snapshot.reconnects,
+        );
+        counter(
+            registry,
+            "store_commit_failures",
+            "Commits of decisions that failed (disk full, I/O error, locked, …) and were retried",
+            self.0.commits.failures(),
+        );
+        counter(registry, "schedule_steps_published", "Schedule steps published", snapshot.steps_published);
+        counter(
+            registry,
+            "schedule_steps_missed",
+            "Schedule steps not published because they were found too late",
+            snapshot.steps_missed,
+        );
+    }
+
+    /// The gauges: broadcasts by state, heartbeat ages, the broker connection.
+    fn register_gauges(&self, registry: &mut Registry, snapshot: &Snapshot) {
         let states: Family<Labels, Gauge> = Family::default();
         for (state, count) in &snapshot.states {
             states.get_or_create(&vec![("state", state.clone())]).set(*count);
@@ -189,9 +192,6 @@ impl Metrics {
         let ready: Gauge = Gauge::default();
         ready.set(i64::from(snapshot.broker_ready));
         registry.register("broker_ready", "1 while connected to RabbitMQ and consuming", ready);
-        let mut text = String::new();
-        encode(&mut text, &registry)?;
-        Ok(text)
     }
 }
 

@@ -761,30 +761,40 @@ async fn session(
         Err(_) => "connection lost",
     });
     if outcome.is_ok() {
-        // Stop deliveries, let those in flight finish (ack or requeue), then close: whatever is
-        // still unacknowledged goes back to the queue.
-        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-        in_flight.close();
-        // Deliveries whose commit the store refuses would never finish: do not wait for them.
-        loop {
-            tokio::select! {
-                () = in_flight.wait() => break,
-                () = tokio::time::sleep(Duration::from_millis(100)) => {
-                    if status.commits_failing() {
-                        tracing::warn!(
-                            in_hand = in_flight.len(),
-                            "Store commits fail; deliveries in hand go back to the queue when the channel closes."
-                        );
-                        break;
-                    }
+        drain(&connection, &channel, &tag, &in_flight, status).await;
+    }
+    outcome
+}
+
+/// On shutdown: stops deliveries, lets those in flight finish (ack or requeue), then closes:
+/// whatever is still unacknowledged goes back to the queue.
+async fn drain(
+    connection: &lapin::Connection,
+    channel: &lapin::Channel,
+    tag: &str,
+    in_flight: &TaskTracker,
+    status: &Status,
+) {
+    let _ = channel.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
+    in_flight.close();
+    // Deliveries whose commit the store refuses would never finish: do not wait for them.
+    loop {
+        tokio::select! {
+            () = in_flight.wait() => break,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if status.commits_failing() {
+                    tracing::warn!(
+                        in_hand = in_flight.len(),
+                        "Store commits fail; deliveries in hand go back to the queue when the channel closes."
+                    );
+                    break;
                 }
             }
         }
-        let _ = channel.close(200, "bye".into()).await;
-        let _ = connection.close(200, "bye".into()).await;
-        tracing::info!("Consumer stopped; in-flight events acknowledged or returned.");
     }
-    outcome
+    let _ = channel.close(200, "bye".into()).await;
+    let _ = connection.close(200, "bye".into()).await;
+    tracing::info!("Consumer stopped; in-flight events acknowledged or returned.");
 }
 
 /// Hands one delivery to the engine; its acknowledgement waits for the outcome in a task, so

@@ -104,27 +104,8 @@ impl Engine {
     pub async fn start(parts: Parts, shutdown: CancellationToken) -> Result<Self, Error> {
         let executor_parts = &parts;
         let Parts { settings, library, store, clock, metrics, .. } = &parts;
-        let mut definitions = HashMap::new();
-        for (id, broadcast) in &settings.broadcasts {
-            let definition = library
-                .get(&broadcast.machine)
-                .ok_or_else(|| Error::MissingMachine { broadcast: id.clone(), machine: broadcast.machine.clone() })?;
-            definitions.insert(id.clone(), Arc::clone(definition));
-        }
-        let loaded = {
-            let store = Arc::clone(store);
-            let span = tracing::info_span!("store.load_instances");
-            tokio::task::spawn_blocking(move || span.in_scope(|| store.load_instances()))
-                .await
-                .unwrap_or(Err(store::Error::Stopped))?
-        };
-        let pending = {
-            let store = Arc::clone(store);
-            let span = tracing::info_span!("store.pending_actions");
-            tokio::task::spawn_blocking(move || span.in_scope(|| store.pending_actions()))
-                .await
-                .unwrap_or(Err(store::Error::Stopped))?
-        };
+        let definitions = definitions(settings, library)?;
+        let (loaded, pending) = load_state(store).await?;
 
         let tracker = TaskTracker::new();
         let (input, inbox) = mpsc::channel::<Delivery>(settings.input_queue);
@@ -133,20 +114,7 @@ impl Engine {
 
         let lane_count = settings.lanes.max(1);
         let mut lanes = Vec::with_capacity(lane_count);
-        let mut caches: Vec<HashMap<String, Cached>> = (0..lane_count).map(|_| HashMap::new()).collect();
-        let mut resumed_timers = 0;
-        for record in loaded {
-            if !settings.broadcasts.contains_key(&record.broadcast) {
-                tracing::warn!(broadcast = %record.broadcast, "The store has a broadcast the settings no longer have; it is left alone.");
-                continue;
-            }
-            for (name, due) in &record.timers {
-                timers.set(&record.broadcast, name, *due);
-                resumed_timers += 1;
-            }
-            let lane = lane_of(&record.broadcast, lane_count);
-            caches[lane].insert(record.broadcast.clone(), Cached::from_record(record));
-        }
+        let (caches, resumed_timers) = resume_instances(loaded, settings, &timers, lane_count);
         let resumed_actions = pending.iter().filter(|row| settings.broadcasts.contains_key(&row.broadcast)).count();
         for row in pending.into_iter().filter(|row| settings.broadcasts.contains_key(&row.broadcast)) {
             // The event that queued a resumed row is not known any more.
@@ -362,6 +330,93 @@ struct Lane {
     stale: std::collections::HashSet<String>,
 }
 
+/// Each configured broadcast's machine definition; a broadcast naming a machine that is not
+/// loaded is an error.
+fn definitions(settings: &Settings, library: &Library) -> Result<HashMap<String, Arc<Definition>>, Error> {
+    let mut definitions = HashMap::new();
+    for (id, broadcast) in &settings.broadcasts {
+        let definition = library
+            .get(&broadcast.machine)
+            .ok_or_else(|| Error::MissingMachine { broadcast: id.clone(), machine: broadcast.machine.clone() })?;
+        definitions.insert(id.clone(), Arc::clone(definition));
+    }
+    Ok(definitions)
+}
+
+/// The stored instances and the pending outbox rows, read before anything starts.
+async fn load_state(store: &Arc<dyn Store>) -> Result<(Vec<InstanceRecord>, Vec<store::OutboxRow>), Error> {
+    let loaded = {
+        let store = Arc::clone(store);
+        let span = tracing::info_span!("store.load_instances");
+        tokio::task::spawn_blocking(move || span.in_scope(|| store.load_instances()))
+            .await
+            .unwrap_or(Err(store::Error::Stopped))?
+    };
+    let pending = {
+        let store = Arc::clone(store);
+        let span = tracing::info_span!("store.pending_actions");
+        tokio::task::spawn_blocking(move || span.in_scope(|| store.pending_actions()))
+            .await
+            .unwrap_or(Err(store::Error::Stopped))?
+    };
+    Ok((loaded, pending))
+}
+
+/// The stored instances of configured broadcasts, cached per lane, with their timers re-armed;
+/// and how many timers that was.
+fn resume_instances(
+    loaded: Vec<InstanceRecord>,
+    settings: &Settings,
+    timers: &timers::Timers,
+    lane_count: usize,
+) -> (Vec<HashMap<String, Cached>>, usize) {
+    let mut caches: Vec<HashMap<String, Cached>> = (0..lane_count).map(|_| HashMap::new()).collect();
+    let mut resumed_timers = 0;
+    for record in loaded {
+        if !settings.broadcasts.contains_key(&record.broadcast) {
+            tracing::warn!(broadcast = %record.broadcast, "The store has a broadcast the settings no longer have; it is left alone.");
+            continue;
+        }
+        for (name, due) in &record.timers {
+            timers.set(&record.broadcast, name, *due);
+            resumed_timers += 1;
+        }
+        let lane = lane_of(&record.broadcast, lane_count);
+        caches[lane].insert(record.broadcast.clone(), Cached::from_record(record));
+    }
+    (caches, resumed_timers)
+}
+
+/// What a lane decided for a batch, before the commit.
+struct Decided {
+    /// The broadcasts' instances after the batch's decisions.
+    working: HashMap<String, Cached>,
+    /// One per decided or duplicate event, in order.
+    commits: Vec<Commit>,
+    /// Per event: `None` when it waits for the commit, else its outcome already.
+    outcomes: Vec<Option<Outcome>>,
+    /// Per commit: its broadcast and the timer changes it makes.
+    timer_changes: Vec<(String, Vec<TimerChange>)>,
+}
+
+impl Decided {
+    fn with_capacity(events: usize) -> Self {
+        Self {
+            working: HashMap::new(),
+            commits: Vec::with_capacity(events),
+            outcomes: Vec::with_capacity(events),
+            timer_changes: Vec::new(),
+        }
+    }
+
+    /// One event's commit, waiting for its outcome.
+    fn push(&mut self, broadcast: &str, commit: Commit, timers: Option<Vec<TimerChange>>) {
+        self.commits.push(commit);
+        self.timer_changes.push((broadcast.to_string(), timers.unwrap_or_default()));
+        self.outcomes.push(None);
+    }
+}
+
 impl Lane {
     /// Takes the events waiting for this lane, up to `lane_batch` at a time, decides them in order
     /// (each on the state the previous one left) and commits them together; the safe point is
@@ -433,26 +488,7 @@ impl Lane {
     async fn handle(&mut self, batch: &[Routed]) -> Vec<Outcome> {
         let keys: Vec<(String, String)> =
             batch.iter().map(|routed| (routed.event.id.clone(), routed.broadcast.clone())).collect();
-        let processed = {
-            let store = Arc::clone(&self.store);
-            let keys = keys.clone();
-            let span = tracing::info_span!("store.processed");
-            // If the check fails, the commit's own check still catches a duplicate.
-            tokio::task::spawn_blocking(move || span.in_scope(|| store.processed(&keys)))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_else(|| vec![false; batch.len()])
-        };
-        let now = self.clock.now();
-        let settings = Arc::clone(&self.settings);
-        let definitions = Arc::clone(&self.definitions);
-        let mut working: HashMap<String, Cached> = HashMap::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut undecided = std::collections::HashSet::new();
-        let mut commits = Vec::with_capacity(batch.len());
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
-        let mut timer_changes: Vec<(String, Vec<TimerChange>)> = Vec::new();
+        let processed = self.processed(&keys).await;
         // One span per event: what is decided for it, and the actions it queues, are logged in it.
         let spans: Vec<tracing::Span> = batch
             .iter()
@@ -465,51 +501,11 @@ impl Lane {
                 )
             })
             .collect();
-        for (((routed, key), known), span) in batch.iter().zip(&keys).zip(processed).zip(&spans) {
-            let (Some(broadcast), Some(definition)) =
-                (settings.broadcasts.get(&routed.broadcast), definitions.get(&routed.broadcast))
-            else {
-                outcomes.push(Some(Outcome::Unroutable(format!("broadcast {:?} is not configured", routed.broadcast))));
-                continue;
-            };
-            // A broadcast whose earlier event of this batch could not be decided takes none of
-            // its later ones: they wait with it, so its events are still decided in order.
-            if undecided.contains(&routed.broadcast) {
-                outcomes.push(Some(Outcome::Failed(format!(
-                    "an earlier event of broadcast {:?} is not decided yet",
-                    routed.broadcast
-                ))));
-                continue;
-            }
-            let event = &routed.event;
-            if known || !seen.insert(key.clone()) {
-                span.record("transition", "duplicate");
-                commits.push(duplicate_commit(&routed.broadcast, &definition.name, event, now));
-                timer_changes.push((routed.broadcast.clone(), Vec::new()));
-                outcomes.push(None);
-                continue;
-            }
-            let current = match working.get(&routed.broadcast) {
-                Some(current) => current.clone(),
-                None => match self.current(&routed.broadcast, definition, now).await {
-                    Ok(current) => current,
-                    Err(error) => {
-                        undecided.insert(routed.broadcast.clone());
-                        outcomes.push(Some(Outcome::Failed(error.to_string())));
-                        continue;
-                    }
-                },
-            };
-            let (commit, next, timers) =
-                span.in_scope(|| decide(&routed.broadcast, broadcast, definition, &current, event, now));
-            working.insert(routed.broadcast.clone(), next);
-            commits.push(commit);
-            timer_changes.push((routed.broadcast.clone(), timers));
-            outcomes.push(None);
+        let decided = self.decide_batch(batch, &keys, processed, &spans).await;
+        if decided.commits.is_empty() {
+            return decided.outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Committed)).collect();
         }
-        if commits.is_empty() {
-            return outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Committed)).collect();
-        }
+        let Decided { working, commits, outcomes, timer_changes } = decided;
         match self.commit(commits).await {
             Ok(results) => {
                 self.cache.extend(working);
@@ -518,25 +514,10 @@ impl Lane {
                     .into_iter()
                     .zip(batch.iter().zip(&spans))
                     .map(|(outcome, (routed, span))| {
-                        if let Some(outcome) = outcome {
-                            return outcome;
-                        }
-                        let _entered = span.enter();
-                        match results.next() {
-                            Some((Committed::Applied { outbox, skipped }, (broadcast, timers))) => {
-                                self.executor.skip(skipped);
-                                outbox.into_iter().for_each(|row| self.executor.run(row, Some(&routed.event.id)));
-                                for change in timers {
-                                    match change {
-                                        TimerChange::Set { name, due } => self.timers.set(&broadcast, &name, due),
-                                        TimerChange::Cancel { name } => self.timers.cancel(&broadcast, &name),
-                                    }
-                                }
-                                Outcome::Committed
-                            }
-                            Some((Committed::Duplicate, _)) => Outcome::Duplicate,
-                            None => Outcome::Failed("the store answered fewer decisions than it was given".into()),
-                        }
+                        outcome.unwrap_or_else(|| {
+                            let _entered = span.enter();
+                            self.apply(results.next(), &routed.event.id)
+                        })
                     })
                     .collect()
             }
@@ -554,6 +535,101 @@ impl Lane {
                 let reason = error.to_string();
                 outcomes.into_iter().map(|outcome| outcome.unwrap_or_else(|| Outcome::Failed(reason.clone()))).collect()
             }
+        }
+    }
+
+    /// Which of the batch's (event, broadcast) keys the store has already processed. If the
+    /// check fails, none is taken as processed: the commit's own check still catches a duplicate.
+    async fn processed(&self, keys: &[(String, String)]) -> Vec<bool> {
+        let store = Arc::clone(&self.store);
+        let owned = keys.to_vec();
+        let span = tracing::info_span!("store.processed");
+        tokio::task::spawn_blocking(move || span.in_scope(|| store.processed(&owned)))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| vec![false; keys.len()])
+    }
+
+    /// Decides each event of the batch against the working copy of its broadcast's instance:
+    /// a commit per decided (or duplicate) event, an outcome at once for the others.
+    async fn decide_batch(
+        &mut self,
+        batch: &[Routed],
+        keys: &[(String, String)],
+        processed: Vec<bool>,
+        spans: &[tracing::Span],
+    ) -> Decided {
+        let now = self.clock.now();
+        let settings = Arc::clone(&self.settings);
+        let definitions = Arc::clone(&self.definitions);
+        let mut decided = Decided::with_capacity(batch.len());
+        let mut seen = std::collections::HashSet::new();
+        let mut undecided = std::collections::HashSet::new();
+        for (((routed, key), known), span) in batch.iter().zip(keys).zip(processed).zip(spans) {
+            let (Some(broadcast), Some(definition)) =
+                (settings.broadcasts.get(&routed.broadcast), definitions.get(&routed.broadcast))
+            else {
+                decided
+                    .outcomes
+                    .push(Some(Outcome::Unroutable(format!("broadcast {:?} is not configured", routed.broadcast))));
+                continue;
+            };
+            // A broadcast whose earlier event of this batch could not be decided takes none of
+            // its later ones: they wait with it, so its events are still decided in order.
+            if undecided.contains(&routed.broadcast) {
+                decided.outcomes.push(Some(Outcome::Failed(format!(
+                    "an earlier event of broadcast {:?} is not decided yet",
+                    routed.broadcast
+                ))));
+                continue;
+            }
+            let event = &routed.event;
+            if known || !seen.insert(key.clone()) {
+                span.record("transition", "duplicate");
+                decided.push(
+                    &routed.broadcast,
+                    duplicate_commit(&routed.broadcast, &definition.name, event, now),
+                    None,
+                );
+                continue;
+            }
+            let current = match decided.working.get(&routed.broadcast) {
+                Some(current) => current.clone(),
+                None => match self.current(&routed.broadcast, definition, now).await {
+                    Ok(current) => current,
+                    Err(error) => {
+                        undecided.insert(routed.broadcast.clone());
+                        decided.outcomes.push(Some(Outcome::Failed(error.to_string())));
+                        continue;
+                    }
+                },
+            };
+            let (commit, next, timers) =
+                span.in_scope(|| decide(&routed.broadcast, broadcast, definition, &current, event, now));
+            decided.working.insert(routed.broadcast.clone(), next);
+            decided.push(&routed.broadcast, commit, Some(timers));
+        }
+        decided
+    }
+
+    /// After a successful commit: hands the decision's actions to the executor and its timer
+    /// changes to the timer task; the outcome its source hears.
+    fn apply(&self, result: Option<(Committed, (String, Vec<TimerChange>))>, event_id: &str) -> Outcome {
+        match result {
+            Some((Committed::Applied { outbox, skipped }, (broadcast, timers))) => {
+                self.executor.skip(skipped);
+                outbox.into_iter().for_each(|row| self.executor.run(row, Some(event_id)));
+                for change in timers {
+                    match change {
+                        TimerChange::Set { name, due } => self.timers.set(&broadcast, &name, due),
+                        TimerChange::Cancel { name } => self.timers.cancel(&broadcast, &name),
+                    }
+                }
+                Outcome::Committed
+            }
+            Some((Committed::Duplicate, _)) => Outcome::Duplicate,
+            None => Outcome::Failed("the store answered fewer decisions than it was given".into()),
         }
     }
 

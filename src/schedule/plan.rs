@@ -235,6 +235,14 @@ pub fn problems(scheduled: &[Scheduled<'_>], now: DateTime<Utc>) -> Vec<String> 
                 .collect(),
         );
     }
+    problems.extend(channel_clashes(scheduled, &windows));
+    problems
+}
+
+/// Two broadcasts on one channel whose windows (warm-up to cooldown) overlap: the first clash
+/// of each pair.
+fn channel_clashes(scheduled: &[Scheduled<'_>], windows: &BTreeMap<&str, Vec<Window>>) -> Vec<String> {
+    let mut problems = Vec::new();
     let mut by_channel: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for &Scheduled { id, channel, .. } in scheduled {
         if windows.contains_key(id) {
