@@ -2,16 +2,20 @@
 //!
 //! # Layout
 //!
+//! - `broadcast`: broadcasts as configured (`[broadcasts.<id>]`), read by the engine, the scheduler,
+//!   the ingress and the API.
 //! - `broker`: RabbitMQ: topology, the consumer feeding the engine, the confirmed publisher, dead letters.
 //! - `cli`: the subcommands, their options, and the commands that look at a daemon (`status`, `send`, `dlq`);
 //!   `main` only parses and calls `cli::execute`.
-//! - `config`: layered settings (built-in defaults, file, `ONAIR__*` environment), validated in one pass.
+//! - `config`: the layered settings loader (built-in defaults, file, `ONAIR__*` environment), validated in
+//!   one pass; it knows no module (the composition is `daemon::Settings`). The only reader of the environment.
 //! - `telemetry`: the tracing subscriber (text or JSON, filtered by `RUST_LOG`).
 //! - `shutdown`: the root cancellation token, OS signals, and the grace period.
 //! - `clock`: wall-clock time behind a trait so that tests can control it.
 //! - `event`: the CloudEvents envelope and the event types onair emits or understands.
 //! - `machine`: machine definitions (TOML, CEL guards) and the pure `step`.
-//! - `daemon`: the wiring of `onair run` (build, then spawn; stop) and the checks behind `check`.
+//! - `daemon`: the daemon's settings (the composition), the wiring of `onair run` (build, then spawn;
+//!   stop), the machines directory, and the checks behind `check`.
 //! - `ingress`: the webhook listener: CloudEvents and Event Grid deliveries, signatures and keys,
 //!   Media Services event types mapped to onair's, published to RabbitMQ with confirms.
 //! - `schedule`: cron/one-shot schedules with time zones and DST policy, the plan, and the
@@ -31,8 +35,9 @@
 //! - `emulator`: an HTTP server that behaves like the Media Services v3 API, for tests, demos and rehearsals.
 //! - `demo`: one broadcast lifecycle driven through the client against an emulator, step by step.
 //!
-//! Only `media` and `emulator` speak HTTP; `emulator` reuses the shapes in `media::model`,
-//! and both are held against the published examples in `shared/fixtures/ams-v3/`.
+//! Only `media`, `emulator`, `demo` and the executor's `http` action speak HTTP; `emulator` reuses
+//! the shapes in `media::model`, and both are held against the published examples in
+//! `tests/fixtures/ams-v3/`. `tests/it/architecture.rs` checks the module boundaries.
 
 #![forbid(unsafe_code)]
 
