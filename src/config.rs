@@ -257,15 +257,7 @@ pub struct Section<'a> {
 impl<'a> Section<'a> {
     /// The nested table `key`.
     pub fn section(&mut self, key: &str) -> Section<'a> {
-        let path = self.key_path(key);
-        let map = match self.map.remove(key) {
-            Some(Value::Object(map)) => map,
-            Some(other) => {
-                self.problem_at(&path, format!("expected a table, found {}", kind(&other)));
-                Map::new()
-            }
-            None => Map::new(),
-        };
+        let (path, map) = self.take_table(key);
         let prefix = format!("{key}.");
         let inherited = self
             .inherited
@@ -278,15 +270,7 @@ impl<'a> Section<'a> {
     /// The nested table `key` taken whole, for other tables to fall back on (`section_over`).
     /// `known` lists the keys it may hold (dotted for nested tables); others are problems.
     pub fn fallback(&mut self, key: &str, known: &[&str]) -> Fallback {
-        let path = self.key_path(key);
-        let map = match self.map.remove(key) {
-            Some(Value::Object(map)) => map,
-            Some(other) => {
-                self.problem_at(&path, format!("expected a table, found {}", kind(&other)));
-                Map::new()
-            }
-            None => Map::new(),
-        };
+        let (path, map) = self.take_table(key);
         let mut keys = BTreeMap::new();
         inherit(&Value::Object(map.clone()), "", &path, &mut keys);
         for (relative, from) in keys {
@@ -474,6 +458,20 @@ impl<'a> Section<'a> {
     fn has_problem(&self, key: &str) -> bool {
         let path = self.path_of(key);
         self.context.problems.borrow().iter().any(|problem| problem.key == path)
+    }
+
+    /// Takes the nested table `key` out (empty when absent; a problem when it is not a table).
+    fn take_table(&mut self, key: &str) -> (String, Map<String, Value>) {
+        let path = self.key_path(key);
+        let map = match self.map.remove(key) {
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                self.problem_at(&path, format!("expected a table, found {}", kind(&other)));
+                Map::new()
+            }
+            None => Map::new(),
+        };
+        (path, map)
     }
 
     /// Where the value at `key` was written: here, or in the fallback it came from.

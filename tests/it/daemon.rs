@@ -176,10 +176,7 @@ pub async fn settled(settings: &Settings, broadcast: &str, expected: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let state = state(settings, broadcast).map(|(state, _)| state);
-        let pending = SqliteStore::open_read_only(&settings.engine.store)
-            .ok()
-            .and_then(|store| store.pending_actions().ok())
-            .map_or(0, |rows| rows.iter().filter(|row| row.broadcast == broadcast).count());
+        let pending = crate::helpers::pending_actions_of(&settings.engine.store, broadcast);
         if state.as_deref() == Some(expected) && pending == 0 {
             return;
         }

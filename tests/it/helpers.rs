@@ -147,3 +147,11 @@ pub fn assert_arm_error(body: &serde_json::Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|message| !message.is_empty()), "{body}");
 }
+
+/// The outbox rows of `broadcast` still pending in the store at `store` (0 when it cannot be read).
+pub fn pending_actions_of(store: &std::path::Path, broadcast: &str) -> usize {
+    onair::store::SqliteStore::open_read_only(store)
+        .ok()
+        .and_then(|store| store.pending_actions().ok())
+        .map_or(0, |rows| rows.iter().filter(|row| row.broadcast == broadcast).count())
+}

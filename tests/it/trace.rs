@@ -8,7 +8,6 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use onair::event::{self, Event};
-use onair::store::SqliteStore;
 use serde_json::{Value, json};
 
 use crate::broker::{EXCLUSIVE, daemon_config, onair, state_of, terminate};
@@ -45,10 +44,7 @@ async fn settled(store: &Path, broadcast: &str, expected: &str, log: &Path) {
     let started = Instant::now();
     loop {
         let state = state_of(store, broadcast);
-        let pending = SqliteStore::open_read_only(store)
-            .ok()
-            .and_then(|store| store.pending_actions().ok())
-            .map_or(0, |rows| rows.iter().filter(|row| row.broadcast == broadcast).count());
+        let pending = crate::helpers::pending_actions_of(store, broadcast);
         if state.as_deref() == Some(expected) && pending == 0 {
             return;
         }
