@@ -34,7 +34,7 @@ struct Rule {
     why: &'static str,
 }
 
-/// The rules. The integrator adjusts `allowed` here when a boundary moves.
+/// The rules. A boundary that moves is moved here, in `allowed`, in the same commit.
 const RULES: &[Rule] = &[
     Rule {
         name: "lapin",
@@ -52,7 +52,14 @@ const RULES: &[Rule] = &[
     },
     Rule {
         name: "env",
-        needles: &[P("env::var"), P("env::var_os"), P("env::vars"), P("env::vars_os"), AttrKey("env")],
+        needles: &[
+            P("env::var"),
+            P("env::var_os"),
+            P("env::vars"),
+            P("env::vars_os"),
+            P("env::temp_dir"),
+            AttrKey("env"),
+        ],
         within: &[],
         allowed: &["src/config.rs"],
         why: "the process environment is read only in src/config.rs; pass settings in",
