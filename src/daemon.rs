@@ -241,7 +241,9 @@ impl Daemon {
         failures.note(joined("broker consumer", self.consumer).await);
         failures.note(joined("inbox", self.inbox).await.and_then(|read| read.map_err(Error::from)));
         self.core.cancel();
-        self.engine.join().await;
+        for (task, source) in self.engine.join().await {
+            failures.note(Err(Error::Task { task, source }));
+        }
         failures.note(joined("relay", self.relay).await);
         self.publisher.close().await;
         failures.into_result()

@@ -96,7 +96,11 @@ pub struct Parts {
 /// A running engine.
 pub struct Engine {
     input: mpsc::Sender<Delivery>,
+    /// The executor's workers, which come and go.
     tracker: TaskTracker,
+    /// The long-lived tasks (timers, lanes, router, purge), by name, so that `join` reports one
+    /// that panicked.
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
 }
 
 impl Engine {
@@ -109,7 +113,9 @@ impl Engine {
 
         let tracker = TaskTracker::new();
         let (input, inbox) = mpsc::channel::<Delivery>(settings.input_queue);
-        let timers = timers::Timers::start(&tracker, input.clone(), Arc::clone(clock), shutdown.child_token());
+        let mut tasks = Vec::new();
+        let (timers, timer_task) = timers::Timers::start(input.clone(), Arc::clone(clock), shutdown.child_token());
+        tasks.push(("timers", timer_task));
         let executor = executor::Executor::start(&tracker, executor_parts, input.clone(), shutdown.child_token());
 
         let lane_count = settings.lanes.max(1);
@@ -141,21 +147,17 @@ impl Engine {
                 cache,
                 stale: Default::default(),
             };
-            tracker.spawn(
-                lane.run(receiver, shutdown.child_token()).instrument(tracing::info_span!("lane", lane = index)),
-            );
+            let lane = lane.run(receiver, shutdown.child_token()).instrument(tracing::info_span!("lane", lane = index));
+            tasks.push(("lane", tokio::spawn(lane)));
             lanes.push(sender);
         }
-        tracker.spawn(
-            route(inbox, lanes, Arc::clone(settings), metrics.clone(), Arc::clone(clock), shutdown.child_token())
-                .instrument(tracing::info_span!("router")),
-        );
-        tracker.spawn(
-            purge_processed(Arc::clone(store), Arc::clone(settings), Arc::clone(clock), shutdown.child_token())
-                .instrument(tracing::info_span!("purge_processed")),
-        );
+        let router =
+            route(inbox, lanes, Arc::clone(settings), metrics.clone(), Arc::clone(clock), shutdown.child_token());
+        tasks.push(("router", tokio::spawn(router.instrument(tracing::info_span!("router")))));
+        let purge = purge_processed(Arc::clone(store), Arc::clone(settings), Arc::clone(clock), shutdown.child_token());
+        tasks.push(("purge", tokio::spawn(purge.instrument(tracing::info_span!("purge_processed")))));
         tracker.close();
-        Ok(Self { input, tracker })
+        Ok(Self { input, tracker, tasks })
     }
 
     /// Where sources send events.
@@ -163,10 +165,18 @@ impl Engine {
         self.input.clone()
     }
 
-    /// Waits until every task has stopped (after the shutdown token is cancelled).
-    pub async fn join(self) {
+    /// Waits until every task has stopped (after the shutdown token is cancelled); the
+    /// long-lived tasks that panicked instead, by name.
+    pub async fn join(self) -> Vec<(&'static str, tokio::task::JoinError)> {
         drop(self.input);
+        let mut failed = Vec::new();
+        for (name, task) in self.tasks {
+            if let Err(error) = task.await {
+                failed.push((name, error));
+            }
+        }
         self.tracker.wait().await;
+        failed
     }
 }
 

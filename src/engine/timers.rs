@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::Delivery;
@@ -36,15 +35,15 @@ pub(super) struct Timers {
 }
 
 impl Timers {
+    /// Starts the timer task; its handle is the engine's to join.
     pub fn start(
-        tracker: &TaskTracker,
         input: mpsc::Sender<Delivery>,
         clock: SharedClock,
         shutdown: CancellationToken,
-    ) -> Self {
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, receiver) = mpsc::unbounded_channel();
-        tracker.spawn(run(receiver, input, clock, shutdown).instrument(tracing::info_span!("timers")));
-        Self { commands }
+        let task = tokio::spawn(run(receiver, input, clock, shutdown).instrument(tracing::info_span!("timers")));
+        (Self { commands }, task)
     }
 
     pub fn set(&self, broadcast: &str, name: &str, due: DateTime<Utc>) {
