@@ -100,7 +100,7 @@ pub fn scheduled(broadcasts: &BTreeMap<String, Broadcast>) -> Vec<Scheduled<'_>>
 
 /// `[defaults.broadcast]` and `[defaults.schedule]`: what each `[broadcasts.<id>]` and its
 /// schedule table fall back on.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Defaults {
     broadcast: crate::config::Fallback,
     schedule: crate::config::Fallback,

@@ -274,8 +274,12 @@ impl<'a> Section<'a> {
         let mut keys = BTreeMap::new();
         inherit(&Value::Object(map.clone()), "", &path, &mut keys);
         for (relative, from) in keys {
-            let leaf = !relative.is_empty() && !known.iter().any(|known| known.starts_with(&format!("{relative}.")));
-            if leaf && !known.contains(&relative.as_str()) {
+            // A known key covers what is below it (a free-form table such as `settings`); a
+            // table above a known key is only a way to it.
+            let covered = known.iter().any(|known| relative == *known || relative.starts_with(&format!("{known}.")));
+            let on_the_way =
+                relative.is_empty() || known.iter().any(|known| known.starts_with(&format!("{relative}.")));
+            if !covered && !on_the_way {
                 self.problem_at(&from, "unknown setting (see docs/configuration.md for the list)");
             }
         }

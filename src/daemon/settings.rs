@@ -105,6 +105,7 @@ mod tests {
         let (first, _file) = source(
             Some(
                 "[defaults.broadcast]\nprotocol = \"FragmentedMP4\"\nunits = { on_air = 3 }\n\
+                 settings = { reset_after = \"90s\" }\n\
                  [defaults.schedule]\ntimezone = \"Europe/Paris\"\n\
                  [broadcasts.news]\n[broadcasts.sport]\nprotocol = \"RTMP\"\n\
                  [broadcasts.sport.schedule]\ncron = \"0 19 * * *\"\nduration = \"30m\"\n\
@@ -116,6 +117,7 @@ mod tests {
         let news = &broadcasts["news"];
         assert_eq!((news.protocol.as_str(), news.on_air_units, news.off_air_units), ("FragmentedMP4", 3, 0));
         assert_eq!((news.machine.as_str(), news.archive_window.as_str()), ("live", "PT1H"));
+        assert_eq!(news.settings["reset_after"], "90s", "a free-form table in the defaults is taken whole");
         let sport = &broadcasts["sport"];
         assert_eq!((sport.protocol.as_str(), sport.on_air_units), ("RTMP", 3));
         let schedule = sport.schedule.as_ref().unwrap();
