@@ -511,3 +511,41 @@ fn check(settings: &Settings) -> ExitCode {
     println!("  shutdown    grace {:?}", settings.shutdown.grace);
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Error, Source};
+
+    fn source(env: &[(&str, &str)]) -> Source {
+        Source { file: None, env: env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect() }
+    }
+
+    #[test]
+    fn the_daemons_and_the_emulators_settings_load_together_from_the_defaults() {
+        let loaded = load(&source(&[("TMPDIR", "/var/tmp/onair")])).expect("defaults load");
+        assert_eq!(loaded.emulator.listen.to_string(), "127.0.0.1:8700");
+        assert_eq!(loaded.daemon.shutdown.grace, Duration::from_secs(10));
+        assert_eq!(loaded.temp_dir, PathBuf::from("/var/tmp/onair"));
+        assert_eq!(load(&source(&[])).unwrap().temp_dir, PathBuf::from("/tmp"));
+    }
+
+    #[test]
+    fn problems_of_both_are_reported_at_once_with_their_origins() {
+        let Err(Error::Invalid(problems)) =
+            load(&source(&[("ONAIR__EMULATOR__LISTEN", "nowhere"), ("ONAIR__SHUTDOWN__GRACE", "soon")]))
+        else {
+            panic!("expected problems");
+        };
+        let rendered: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
+        assert_eq!(rendered.len(), 2, "{rendered:#?}");
+        assert!(
+            rendered.iter().any(|p| p.starts_with("environment variable ONAIR__EMULATOR__LISTEN: emulator.listen:")),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered.iter().any(|p| p.starts_with("environment variable ONAIR__SHUTDOWN__GRACE: shutdown.grace:")),
+            "{rendered:#?}"
+        );
+    }
+}

@@ -52,12 +52,9 @@ pub enum Error {
     /// A listener's address could not be bound.
     #[error("cannot listen on {address} ({setting}): {error}")]
     Bind { setting: &'static str, address: SocketAddr, error: std::io::Error },
-    /// A broadcast names a machine that is not loaded.
-    #[error("broadcast {broadcast}: machine {machine:?} is not loaded")]
-    MissingMachine { broadcast: String, machine: String },
     /// The scheduler could not read or record its cursors.
     #[error(transparent)]
-    Scheduler(Box<dyn std::error::Error + Send + Sync>),
+    Scheduler(#[from] crate::schedule::SchedulerError),
     /// The engine could not load its state.
     #[error(transparent)]
     Engine(#[from] crate::engine::Error),
@@ -73,7 +70,11 @@ impl Error {
     /// The store is damaged, too new or not writable: nothing changes by retrying.
     pub fn unusable_store(&self) -> Option<&crate::store::Error> {
         match self {
-            Error::Store(store) if store.is_unusable() => Some(store),
+            Error::Store(store) | Error::Scheduler(crate::schedule::SchedulerError::Store(store))
+                if store.is_unusable() =>
+            {
+                Some(store)
+            }
             _ => None,
         }
     }
@@ -146,9 +147,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<Exit
     shutdown.cancelled().await;
     crate::systemd::stopping();
     notifier.cancel();
-    let notified = joined("systemd notifier", notify).await;
-    daemon.stop().await?;
-    notified?;
+    let mut failures = Failures::default();
+    failures.note(joined("systemd notifier", notify).await);
+    failures.note(daemon.stop().await);
+    failures.into_result()?;
     Ok(ExitCode::SUCCESS)
 }
 

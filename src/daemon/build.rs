@@ -83,7 +83,7 @@ impl Built {
                 .await
                 .map_err(|source| Error::Task { task: "store open", source })??,
         );
-        let initial_states = initial_states(settings, &library)?;
+        let initial_states = initial_states(settings, &library);
         let listeners = Listeners::bind(settings).await?;
         let schedule_stats = crate::schedule::Stats::default();
         let scheduler = scheduler(settings, &store, &clock, &schedule_stats).await?;
@@ -101,16 +101,16 @@ impl Built {
     }
 }
 
-/// Each broadcast's machine's initial state; a broadcast whose machine is not loaded is an error.
-fn initial_states(settings: &Settings, library: &Library) -> Result<BTreeMap<String, String>, Error> {
-    let mut states = BTreeMap::new();
-    for (id, broadcast) in &settings.engine.broadcasts {
-        let machine = library
-            .get(&broadcast.machine)
-            .ok_or_else(|| Error::MissingMachine { broadcast: id.clone(), machine: broadcast.machine.clone() })?;
-        states.insert(id.clone(), machine.initial.clone());
-    }
-    Ok(states)
+/// Each broadcast's machine's initial state, for the API. A broadcast whose machine is not
+/// loaded has none here: `daemon::problems` refuses it before start, and the engine's start
+/// (the first thing `spawn` does, before it spawns anything) fails on it.
+fn initial_states(settings: &Settings, library: &Library) -> BTreeMap<String, String> {
+    settings
+        .engine
+        .broadcasts
+        .iter()
+        .filter_map(|(id, broadcast)| Some((id.clone(), library.get(&broadcast.machine)?.initial.clone())))
+        .collect()
 }
 
 /// The scheduler over the scheduled broadcasts, its cursors loaded (and the new ones recorded),
@@ -139,7 +139,6 @@ async fn scheduler(
         Arc::clone(clock),
         stats.clone(),
     )
-    .await
-    .map_err(|error| Error::Scheduler(Box::new(error)))?;
+    .await?;
     Ok(Some((scheduler, sink)))
 }

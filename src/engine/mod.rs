@@ -420,9 +420,9 @@ impl Decided {
     }
 
     /// One event's commit, waiting for its outcome.
-    fn push(&mut self, broadcast: &str, commit: Commit, timers: Option<Vec<TimerChange>>) {
+    fn push(&mut self, broadcast: &str, commit: Commit, timers: Vec<TimerChange>) {
         self.commits.push(commit);
-        self.timer_changes.push((broadcast.to_string(), timers.unwrap_or_default()));
+        self.timer_changes.push((broadcast.to_string(), timers));
         self.outcomes.push(None);
     }
 }
@@ -600,7 +600,7 @@ impl Lane {
                 decided.push(
                     &routed.broadcast,
                     duplicate_commit(&routed.broadcast, &definition.name, event, now),
-                    None,
+                    Vec::new(),
                 );
                 continue;
             }
@@ -618,7 +618,7 @@ impl Lane {
             let (commit, next, timers) =
                 span.in_scope(|| decide(&routed.broadcast, broadcast, definition, &current, event, now));
             decided.working.insert(routed.broadcast.clone(), next);
-            decided.push(&routed.broadcast, commit, Some(timers));
+            decided.push(&routed.broadcast, commit, timers);
         }
         decided
     }
@@ -754,8 +754,8 @@ fn decide(
         StepOutcome::Transitioned { transition, from, to } => ("transition", from.clone(), to.clone(), *transition),
         StepOutcome::Ignored => ("ignored", current.instance.state.clone(), current.instance.state.clone(), None),
     };
-    let transition_name = match (&decision.outcome, transition) {
-        (StepOutcome::Ignored, _) => "ignored".to_string(),
+    let transition_name = match (outcome, transition) {
+        ("ignored", _) => "ignored".to_string(),
         (_, Some(index)) => format!("#{index} {from} -> {to}"),
         (_, None) => format!("forced {from} -> {to}"),
     };
