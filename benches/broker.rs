@@ -169,7 +169,8 @@ async fn onair_run(
     let core = CancellationToken::new();
     let parts = Parts {
         settings: Arc::new(config.engine.clone()),
-        library: Arc::new(onair::machine::Library::built_in()),
+        registry: onair::catalog::Registry::fixed(&config.engine.broadcasts, &onair::machine::Library::built_in())
+            .expect("machines"),
         store,
         runner,
         clock,

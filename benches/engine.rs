@@ -64,7 +64,7 @@ async fn run(broadcasts: usize) -> (f64, u64) {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let parts = Parts {
         settings: Arc::new(settings.engine.clone()),
-        library: Arc::new(Library::built_in()),
+        registry: onair::catalog::Registry::fixed(&settings.engine.broadcasts, &Library::built_in()).expect("machines"),
         store,
         runner,
         clock,

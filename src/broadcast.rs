@@ -101,7 +101,7 @@ pub fn scheduled(broadcasts: &BTreeMap<String, Broadcast>) -> Vec<Scheduled<'_>>
 /// `[defaults.broadcast]` and `[defaults.schedule]`: what each `[broadcasts.<id>]` and its
 /// schedule table fall back on.
 #[derive(Debug, Clone)]
-pub(crate) struct Defaults {
+pub struct Defaults {
     broadcast: crate::config::Fallback,
     schedule: crate::config::Fallback,
 }
@@ -141,6 +141,19 @@ impl Defaults {
         );
         Self { broadcast, schedule }
     }
+}
+
+/// Each broadcast's definition as written (`[broadcasts.<id>]` as a JSON table, defaults not
+/// filled in): what is stored, compared and shown as the broadcast's source.
+pub fn sources(section: &crate::config::Section<'_>) -> BTreeMap<String, Map<String, Value>> {
+    section
+        .keys()
+        .into_iter()
+        .filter_map(|id| match section.peek(&id) {
+            Some(Value::Object(table)) => Some((id, table.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The broadcasts of `[broadcasts]`, each checked; problems are recorded in `section`.

@@ -127,6 +127,25 @@ pub fn load<T>(source: &Source, parse: impl FnOnce(&mut Section<'_>) -> T) -> Re
     if problems.is_empty() { Ok(settings) } else { Err(Error::Invalid(Problems(problems))) }
 }
 
+/// Parses `root`, a table given as data (a broadcast's definition sent to the API) rather than read
+/// from the layers: every problem is reported with `origin` as where the value came from.
+pub fn parse_value<T>(origin: &str, root: Value, parse: impl FnOnce(&mut Section<'_>) -> T) -> Result<T, Error> {
+    let layers = Layers {
+        merged: root,
+        file: None,
+        env: Value::Null,
+        credentials_directory: None,
+        origin: Some(origin.to_string()),
+    };
+    let context = Context { layers, problems: RefCell::new(Vec::new()) };
+    let settings = {
+        let mut root = context.root();
+        parse(&mut root)
+    };
+    let problems = context.problems.into_inner();
+    if problems.is_empty() { Ok(settings) } else { Err(Error::Invalid(Problems(problems))) }
+}
+
 // === impl Layers ===
 
 /// Each layer on its own (to tell where a value came from) and the merge of all three.
@@ -136,6 +155,8 @@ struct Layers {
     file: Option<(PathBuf, Value)>,
     env: Value,
     credentials_directory: Option<PathBuf>,
+    /// Where every value came from, when the root was given as data (`parse_value`).
+    origin: Option<String>,
 }
 
 impl Layers {
@@ -189,11 +210,14 @@ impl Layers {
             .and_then(|config| config.try_deserialize::<Value>())
             .map_err(|error| fail("environment".into(), error.to_string()))?;
         let credentials_directory = source.env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-        Ok(Self { merged, file, env, credentials_directory })
+        Ok(Self { merged, file, env, credentials_directory, origin: None })
     }
 
     /// Where the value at `key` (dotted) came from.
     fn origin(&self, key: &str) -> String {
+        if let Some(origin) = &self.origin {
+            return origin.clone();
+        }
         if lookup(&self.env, key).is_some() {
             let variable = key.split('.').map(str::to_uppercase).collect::<Vec<_>>().join("__");
             return format!("environment variable {ENV_PREFIX}__{variable}");
@@ -302,6 +326,11 @@ impl<'a> Section<'a> {
     /// Leaves every key not read yet to other readers.
     pub fn ignore_rest(&mut self) {
         self.map.clear();
+    }
+
+    /// The value at `key` as written (fallback values included), without taking it.
+    pub fn peek(&self, key: &str) -> Option<&Value> {
+        self.map.get(key)
     }
 
     /// The keys of this table, in order.

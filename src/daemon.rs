@@ -55,6 +55,9 @@ pub enum Error {
     /// The scheduler could not read or record its cursors.
     #[error(transparent)]
     Scheduler(#[from] crate::schedule::SchedulerError),
+    /// The running set of broadcasts could not be loaded or reconciled with the config file.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::Error),
     /// The engine could not load its state.
     #[error(transparent)]
     Engine(#[from] crate::engine::Error),
@@ -70,7 +73,9 @@ impl Error {
     /// The store is damaged, too new or not writable: nothing changes by retrying.
     pub fn unusable_store(&self) -> Option<&crate::store::Error> {
         match self {
-            Error::Store(store) | Error::Scheduler(crate::schedule::SchedulerError::Store(store))
+            Error::Store(store)
+            | Error::Catalog(crate::catalog::Error::Store(store))
+            | Error::Scheduler(crate::schedule::SchedulerError::Store(store))
                 if store.is_unusable() =>
             {
                 Some(store)

@@ -43,6 +43,7 @@
 
 pub mod broadcast;
 pub mod broker;
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -4,7 +4,6 @@
 //! machine is loaded, binds the listeners and loads the scheduler's cursors. It spawns no task:
 //! when it fails, nothing was started and nothing is left running (what it opened is dropped).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -56,19 +55,51 @@ impl Bound {
     }
 }
 
+/// The scheduler, built.
+pub(super) struct Scheduling {
+    pub(super) scheduler: Scheduler<Publisher>,
+    pub(super) sink: Arc<Publisher>,
+    pub(super) follow: Follow,
+}
+
+/// Turns each new snapshot of the running set into the scheduler's changes.
+pub(super) struct Follow {
+    catalog: Arc<crate::catalog::Catalog>,
+    catalogs: tokio::sync::watch::Receiver<Arc<crate::catalog::Catalog>>,
+    controls: tokio::sync::mpsc::UnboundedSender<crate::schedule::Control>,
+}
+
+impl Follow {
+    /// Runs until `shutdown` or the scheduler is gone.
+    pub(super) async fn run(mut self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = self.catalogs.changed() => if changed.is_err() { return },
+            }
+            let next = Arc::clone(&self.catalogs.borrow_and_update());
+            for control in self.catalog.schedule_changes(&next) {
+                if self.controls.send(control).is_err() {
+                    return;
+                }
+            }
+            self.catalog = next;
+        }
+    }
+}
+
 /// A daemon built and not started: the settings it runs with and what it opened.
 pub struct Built {
     pub(super) settings: Settings,
     pub(super) clock: SharedClock,
     pub(super) media: crate::media::Client,
     pub(super) store: Arc<dyn Store>,
-    pub(super) library: Arc<Library>,
-    /// Each broadcast's machine's initial state (for the API).
-    pub(super) initial_states: BTreeMap<String, String>,
+    /// The running set of broadcasts (the config file's and the API's) and its only writer.
+    pub(super) catalog: Arc<crate::catalog::Manager>,
     pub(super) listeners: Listeners,
-    /// The scheduler with its cursors loaded, and the publisher it fires steps into; `None` when
-    /// disabled or nothing is scheduled.
-    pub(super) scheduler: Option<(Scheduler<Publisher>, Arc<Publisher>)>,
+    /// The scheduler with its cursors loaded, the publisher it fires steps into and what tells it
+    /// of schedule changes; `None` when disabled.
+    pub(super) scheduler: Option<Scheduling>,
     pub(super) schedule_stats: crate::schedule::Stats,
 }
 
@@ -83,55 +114,42 @@ impl Built {
                 .await
                 .map_err(|source| Error::Task { task: "store open", source })??,
         );
-        let initial_states = initial_states(settings, &library);
+        let parser =
+            crate::catalog::Parser::new(settings.engine.defaults.clone(), settings.engine.content_key_policies.clone());
+        let file = crate::catalog::FileBroadcasts {
+            broadcasts: &settings.engine.broadcasts,
+            sources: &settings.engine.sources,
+        };
+        let catalog = Arc::new(
+            crate::catalog::Manager::start(Arc::clone(&store), parser, Arc::new(library), &file, Arc::clone(&clock))
+                .await?,
+        );
         let listeners = Listeners::bind(settings).await?;
         let schedule_stats = crate::schedule::Stats::default();
-        let scheduler = scheduler(settings, &store, &clock, &schedule_stats).await?;
-        Ok(Self {
-            settings: settings.clone(),
-            clock,
-            media,
-            store,
-            library: Arc::new(library),
-            initial_states,
-            listeners,
-            scheduler,
-            schedule_stats,
-        })
+        let scheduler = scheduler(settings, &store, &clock, &schedule_stats, catalog.registry()).await?;
+        Ok(Self { settings: settings.clone(), clock, media, store, catalog, listeners, scheduler, schedule_stats })
     }
 }
 
-/// Each broadcast's machine's initial state, for the API. A broadcast whose machine is not
-/// loaded has none here: `daemon::problems` refuses it before start, and the engine's start
-/// (the first thing `spawn` does, before it spawns anything) fails on it.
-fn initial_states(settings: &Settings, library: &Library) -> BTreeMap<String, String> {
-    settings
-        .engine
-        .broadcasts
-        .iter()
-        .filter_map(|(id, broadcast)| Some((id.clone(), library.get(&broadcast.machine)?.initial.clone())))
-        .collect()
-}
-
-/// The scheduler over the scheduled broadcasts, its cursors loaded (and the new ones recorded),
-/// when it is enabled and something is scheduled.
+/// The scheduler over the scheduled broadcasts of the running set, its cursors loaded (and the
+/// new ones recorded), when it is enabled; it follows the running set's changes.
 async fn scheduler(
     settings: &Settings,
     store: &Arc<dyn Store>,
     clock: &SharedClock,
     stats: &crate::schedule::Stats,
-) -> Result<Option<(Scheduler<Publisher>, Arc<Publisher>)>, Error> {
-    let schedules: Vec<_> = settings
-        .engine
-        .broadcasts
-        .iter()
-        .filter_map(|(id, broadcast)| Some((id.clone(), Arc::clone(broadcast.schedule.as_ref()?))))
-        .collect();
-    if !settings.scheduler.enabled || schedules.is_empty() {
+    registry: &crate::catalog::Registry,
+) -> Result<Option<Scheduling>, Error> {
+    if !settings.scheduler.enabled {
         return Ok(None);
     }
+    // Subscribed before the first snapshot is read: no change falls in between.
+    let mut catalogs = registry.subscribe();
+    let catalog = Arc::clone(&catalogs.borrow_and_update());
+    let schedules = catalog.schedules();
+    let (controls, changes) = tokio::sync::mpsc::unbounded_channel();
     let sink = Arc::new(Publisher::new(Arc::new(settings.broker.clone())));
-    let scheduler = Scheduler::new(
+    let mut scheduler = Scheduler::new(
         settings.scheduler.clone(),
         schedules,
         Arc::clone(store),
@@ -139,6 +157,10 @@ async fn scheduler(
         Arc::clone(clock),
         stats.clone(),
     )
-    .await?;
-    Ok(Some((scheduler, sink)))
+    .await?
+    .following(changes);
+    for broadcast in catalog.deleting() {
+        scheduler.apply(crate::schedule::Control::Disarm { broadcast });
+    }
+    Ok(Some(Scheduling { scheduler, sink, follow: Follow { catalog, catalogs, controls } }))
 }

@@ -4,7 +4,6 @@
 //! nothing running), then the inputs that feed it, each serving what the build step bound, as
 //! mini-redis's `run(listener, shutdown)` does.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,16 +18,13 @@ use super::{Built, Daemon, Error};
 use crate::broker::{self, Publisher};
 use crate::engine::{Engine, Parts, Runner, inbox};
 use crate::event::Event;
-use crate::machine::Library;
-use crate::schedule::Scheduler;
 use crate::store::Store;
 
 impl Built {
     /// Starts the engine (which resumes timers and pending actions first), then the inputs, the
     /// media probe and the operations listener.
     pub async fn spawn(self) -> Result<Daemon, Error> {
-        let Built { settings, clock, media, store, library, initial_states, listeners, scheduler, schedule_stats } =
-            self;
+        let Built { settings, clock, media, store, catalog, listeners, scheduler, schedule_stats } = self;
         let broker_settings = Arc::new(settings.broker.clone());
         let engine_settings = Arc::new(settings.engine.clone());
         let metrics = crate::metrics::Metrics::default();
@@ -55,7 +51,7 @@ impl Built {
         let (outbound, published) = mpsc::unbounded_channel::<Event>();
         let parts = Parts {
             settings: Arc::clone(&shared.engine),
-            library: Arc::clone(&library),
+            registry: catalog.registry().clone(),
             store: Arc::clone(&store),
             runner: Arc::new(Runner::new(Some(media.clone()), outbound, Arc::clone(&shared.clock))),
             clock: Arc::clone(&shared.clock),
@@ -66,7 +62,7 @@ impl Built {
         let relay = tokio::spawn(
             relay(published, Arc::clone(&shared.publisher), core.clone()).instrument(tracing::info_span!("relay")),
         );
-        let inputs = shared.spawn_inputs(&engine, scheduler, listeners.ingress, &settings.ingress);
+        let inputs = shared.spawn_inputs(&engine, scheduler, listeners.ingress, &settings.ingress, catalog.registry());
         let probe = tokio::spawn(
             shared
                 .health
@@ -75,11 +71,11 @@ impl Built {
                 .instrument(tracing::info_span!("media_probe")),
         );
         let http = listeners.http.map(|bound| {
-            let router = shared.operations_router(&settings.http, store, initial_states, library);
+            let router = shared.operations_router(&settings.http, store, Arc::clone(&catalog));
             serve_http(bound, router, settings.http.connections, shared.intake.clone())
         });
         tracing::info!(
-            broadcasts = shared.engine.broadcasts.len(),
+            broadcasts = catalog.registry().current().len(),
             store = %shared.engine.store.display(),
             broker = %shared.broker.endpoint(),
             "onair running."
@@ -133,9 +129,10 @@ impl Shared {
     fn spawn_inputs(
         &self,
         engine: &Engine,
-        scheduler: Option<(Scheduler<Publisher>, Arc<Publisher>)>,
+        scheduler: Option<super::build::Scheduling>,
         ingress: Option<Bound>,
         ingress_settings: &crate::ingress::Settings,
+        registry: &crate::catalog::Registry,
     ) -> Inputs {
         let consumer = tokio::spawn(
             broker::consume(Arc::clone(&self.broker), engine.input(), self.status.clone(), self.intake.clone())
@@ -145,10 +142,11 @@ impl Shared {
             inbox::run(self.engine.inbox.clone(), self.engine.inbox_poll, engine.input(), self.intake.clone())
                 .instrument(tracing::info_span!("inbox")),
         );
-        let scheduler = scheduler.map(|(scheduler, sink)| {
+        let scheduler = scheduler.map(|super::build::Scheduling { scheduler, sink, follow }| {
             let stop = self.intake.clone();
+            let following = follow.run(stop.clone());
             let scheduling = async move {
-                scheduler.run(stop).await;
+                tokio::join!(scheduler.run(stop), following);
                 sink.close().await;
             };
             tokio::spawn(scheduling.instrument(tracing::info_span!("scheduler")))
@@ -156,7 +154,7 @@ impl Shared {
         let ingress = ingress.map(|bound| {
             let ingress = crate::ingress::Ingress::new(
                 ingress_settings.clone(),
-                &self.engine.broadcasts,
+                registry.clone(),
                 Arc::new(Publisher::new(Arc::clone(&self.broker))),
                 Arc::clone(&self.clock),
             );
@@ -170,8 +168,7 @@ impl Shared {
         &self,
         settings: &crate::http::Settings,
         store: Arc<dyn Store>,
-        initial_states: BTreeMap<String, String>,
-        library: Arc<Library>,
+        catalog: Arc<crate::catalog::Manager>,
     ) -> axum::Router {
         crate::http::router(crate::http::Parts {
             settings: settings.clone(),
@@ -183,8 +180,7 @@ impl Shared {
             schedule: self.schedule_stats.clone(),
             metrics: self.metrics.clone(),
             health: self.health.clone(),
-            initial_states,
-            library,
+            catalog,
             dead_letters: Default::default(),
             clock: Arc::clone(&self.clock),
             started: std::time::Instant::now(),

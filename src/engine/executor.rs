@@ -184,6 +184,8 @@ struct ExecutorInner {
     runner: Arc<Runner>,
     store: Arc<dyn Store>,
     settings: Arc<Settings>,
+    /// The running set: an action runs with its broadcast's definition as it is now.
+    registry: crate::catalog::Registry,
     input: mpsc::Sender<Delivery>,
     clock: SharedClock,
     metrics: crate::metrics::Metrics,
@@ -207,6 +209,7 @@ impl Executor {
                 runner: Arc::clone(&parts.runner),
                 store: Arc::clone(&parts.store),
                 settings: Arc::clone(&parts.settings),
+                registry: parts.registry.clone(),
                 input,
                 clock: Arc::clone(&parts.clock),
                 metrics: parts.metrics.clone(),
@@ -266,7 +269,10 @@ impl Executor {
                 next
             };
             let Some(Queued { row, cause }) = next else { return };
-            let Some(config) = self.inner.settings.broadcasts.get(&broadcast) else { continue };
+            let Some(config) = self.inner.registry.current().get(&broadcast).map(|entry| Arc::clone(&entry.broadcast))
+            else {
+                continue;
+            };
             let span = tracing::info_span!(
                 "action",
                 broadcast = %row.broadcast,
@@ -277,7 +283,7 @@ impl Executor {
             let result = tokio::select! {
                 // Stopping mid-action is safe: the row stays pending and runs again after a restart.
                 _ = self.inner.shutdown.cancelled() => return,
-                result = self.attempts(&row, config).instrument(span) => result,
+                result = self.attempts(&row, &config).instrument(span) => result,
             };
             if result.is_err() {
                 // The rest of this decision's actions would act on a failed premise.

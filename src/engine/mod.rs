@@ -41,7 +41,7 @@ pub use settings::Settings;
 use crate::broadcast::Broadcast;
 use crate::clock::SharedClock;
 use crate::event::{self, Event};
-use crate::machine::{self, Definition, Instance, Library, Outcome as StepOutcome, TimerChange};
+use crate::machine::{self, Definition, Instance, Outcome as StepOutcome, TimerChange};
 use crate::store::{self, Commit, Committed, Completion, DecisionRecord, InstanceRecord, NewAction, Store};
 
 /// One event handed to the engine, with where to report its outcome.
@@ -85,7 +85,8 @@ pub enum Error {
 /// What the engine needs from the rest of onair.
 pub struct Parts {
     pub settings: Arc<Settings>,
-    pub library: Arc<Library>,
+    /// The running set of broadcasts (each with its machine), read per event.
+    pub registry: crate::catalog::Registry,
     pub store: Arc<dyn Store>,
     pub runner: Arc<Runner>,
     pub clock: SharedClock,
@@ -107,8 +108,8 @@ impl Engine {
     /// Loads the durable state, resumes timers and pending actions, then starts taking events.
     pub async fn start(parts: Parts, shutdown: CancellationToken) -> Result<Self, Error> {
         let executor_parts = &parts;
-        let Parts { settings, library, store, clock, metrics, .. } = &parts;
-        let definitions = definitions(settings, library)?;
+        let Parts { settings, registry, store, clock, metrics, .. } = &parts;
+        let catalog = registry.current();
         let (loaded, pending) = load_state(store).await?;
 
         let tracker = TaskTracker::new();
@@ -120,25 +121,24 @@ impl Engine {
 
         let lane_count = settings.lanes.max(1);
         let mut lanes = Vec::with_capacity(lane_count);
-        let (caches, resumed_timers) = resume_instances(loaded, settings, &timers, lane_count);
-        let resumed_actions = pending.iter().filter(|row| settings.broadcasts.contains_key(&row.broadcast)).count();
-        for row in pending.into_iter().filter(|row| settings.broadcasts.contains_key(&row.broadcast)) {
+        let (caches, resumed_timers) = resume_instances(loaded, &catalog, &timers, lane_count);
+        let resumed_actions = pending.iter().filter(|row| catalog.contains(&row.broadcast)).count();
+        for row in pending.into_iter().filter(|row| catalog.contains(&row.broadcast)) {
             // The event that queued a resumed row is not known any more.
             executor.run(row, None);
         }
         tracing::info!(
-            broadcasts = settings.broadcasts.len(),
+            broadcasts = catalog.len(),
             timers = resumed_timers,
             actions = resumed_actions,
             "Engine state loaded; resuming timers and pending actions."
         );
 
-        let definitions = Arc::new(definitions);
         for (index, cache) in caches.into_iter().enumerate() {
             let (sender, receiver) = mpsc::channel::<Routed>(settings.lane_queue);
             let lane = Lane {
                 settings: Arc::clone(settings),
-                definitions: Arc::clone(&definitions),
+                registry: registry.clone(),
                 store: Arc::clone(store),
                 executor: executor.clone(),
                 timers: timers.clone(),
@@ -151,8 +151,7 @@ impl Engine {
             tasks.push(("lane", tokio::spawn(lane)));
             lanes.push(sender);
         }
-        let router =
-            route(inbox, lanes, Arc::clone(settings), metrics.clone(), Arc::clone(clock), shutdown.child_token());
+        let router = route(inbox, lanes, registry.clone(), metrics.clone(), Arc::clone(clock), shutdown.child_token());
         tasks.push(("router", tokio::spawn(router.instrument(tracing::info_span!("router")))));
         let purge = purge_processed(Arc::clone(store), Arc::clone(settings), Arc::clone(clock), shutdown.child_token());
         tasks.push(("purge", tokio::spawn(purge.instrument(tracing::info_span!("purge_processed")))));
@@ -206,30 +205,10 @@ fn lane_of(broadcast: &str, lanes: usize) -> usize {
     (hasher.finish() % lanes as u64) as usize
 }
 
-/// The broadcasts an event is about: its subject is a broadcast id, or `liveEvent/<channel>`.
-fn targets(settings: &Settings, subject: &str) -> Vec<String> {
-    if settings.broadcasts.contains_key(subject) {
-        return vec![subject.to_string()];
-    }
-    let channel = subject
-        .split_once('/')
-        .filter(|(kind, _)| kind.eq_ignore_ascii_case("liveEvent") || kind.eq_ignore_ascii_case("liveEvents"))
-        .map(|(_, channel)| channel);
-    match channel {
-        Some(channel) => settings
-            .broadcasts
-            .values()
-            .filter(|broadcast| broadcast.channel.eq_ignore_ascii_case(channel))
-            .map(|broadcast| broadcast.id.clone())
-            .collect(),
-        None => Vec::new(),
-    }
-}
-
 async fn route(
     mut input: mpsc::Receiver<Delivery>,
     lanes: Vec<mpsc::Sender<Routed>>,
-    settings: Arc<Settings>,
+    registry: crate::catalog::Registry,
     metrics: crate::metrics::Metrics,
     clock: SharedClock,
     shutdown: CancellationToken,
@@ -253,7 +232,7 @@ async fn route(
             let now = clock.now();
             metrics.heartbeat(channel, event.time.map_or(now, |time| time.min(now)));
         }
-        let broadcasts = targets(&settings, &event.subject);
+        let broadcasts = registry.current().targets(&event.subject);
         let event = Arc::new(event);
         match broadcasts.len() {
             0 => {
@@ -314,21 +293,29 @@ struct Cached {
     instance: Instance,
     since: DateTime<Utc>,
     seq: i64,
+    /// The life of the broadcast's id it belongs to: an instance of a removed broadcast is never
+    /// taken for a new one of the same id.
+    incarnation: i64,
 }
 
 impl Cached {
-    fn from_record(record: InstanceRecord) -> Self {
+    fn from_record(record: InstanceRecord, incarnation: i64) -> Self {
         Self {
             instance: Instance { state: record.state, vars: record.vars, timers: record.timers },
             since: record.since,
             seq: record.seq,
+            incarnation,
         }
+    }
+
+    fn new(definition: &Definition, now: DateTime<Utc>, incarnation: i64) -> Self {
+        Self { instance: Instance::new(definition), since: now, seq: 0, incarnation }
     }
 }
 
 struct Lane {
     settings: Arc<Settings>,
-    definitions: Arc<HashMap<String, Arc<Definition>>>,
+    registry: crate::catalog::Registry,
     store: Arc<dyn Store>,
     executor: executor::Executor,
     timers: timers::Timers,
@@ -338,19 +325,6 @@ struct Lane {
     cache: HashMap<String, Cached>,
     /// Broadcasts whose cached instance was dropped after a failed commit: read again from the store.
     stale: std::collections::HashSet<String>,
-}
-
-/// Each configured broadcast's machine definition; a broadcast naming a machine that is not
-/// loaded is an error.
-fn definitions(settings: &Settings, library: &Library) -> Result<HashMap<String, Arc<Definition>>, Error> {
-    let mut definitions = HashMap::new();
-    for (id, broadcast) in &settings.broadcasts {
-        let definition = library
-            .get(&broadcast.machine)
-            .ok_or_else(|| Error::MissingMachine { broadcast: id.clone(), machine: broadcast.machine.clone() })?;
-        definitions.insert(id.clone(), Arc::clone(definition));
-    }
-    Ok(definitions)
 }
 
 /// The stored instances and the pending outbox rows, read before anything starts.
@@ -372,27 +346,28 @@ async fn load_state(store: &Arc<dyn Store>) -> Result<(Vec<InstanceRecord>, Vec<
     Ok((loaded, pending))
 }
 
-/// The stored instances of configured broadcasts, cached per lane, with their timers re-armed;
+/// The stored instances of the running broadcasts, cached per lane, with their timers re-armed;
 /// and how many timers that was.
 fn resume_instances(
     loaded: Vec<InstanceRecord>,
-    settings: &Settings,
+    catalog: &crate::catalog::Catalog,
     timers: &timers::Timers,
     lane_count: usize,
 ) -> (Vec<HashMap<String, Cached>>, usize) {
     let mut caches: Vec<HashMap<String, Cached>> = (0..lane_count).map(|_| HashMap::new()).collect();
     let mut resumed_timers = 0;
     for record in loaded {
-        if !settings.broadcasts.contains_key(&record.broadcast) {
+        let Some(entry) = catalog.get(&record.broadcast) else {
             tracing::warn!(broadcast = %record.broadcast, "The store has a broadcast the settings no longer have; it is left alone.");
             continue;
-        }
+        };
+        let incarnation = entry.incarnation;
         for (name, due) in &record.timers {
             timers.set(&record.broadcast, name, *due);
             resumed_timers += 1;
         }
         let lane = lane_of(&record.broadcast, lane_count);
-        caches[lane].insert(record.broadcast.clone(), Cached::from_record(record));
+        caches[lane].insert(record.broadcast.clone(), Cached::from_record(record, incarnation));
     }
     (caches, resumed_timers)
 }
@@ -571,15 +546,12 @@ impl Lane {
         spans: &[tracing::Span],
     ) -> Decided {
         let now = self.clock.now();
-        let settings = Arc::clone(&self.settings);
-        let definitions = Arc::clone(&self.definitions);
+        let catalog = self.registry.current();
         let mut decided = Decided::with_capacity(batch.len());
         let mut seen = std::collections::HashSet::new();
         let mut undecided = std::collections::HashSet::new();
         for (((routed, key), known), span) in batch.iter().zip(keys).zip(processed).zip(spans) {
-            let (Some(broadcast), Some(definition)) =
-                (settings.broadcasts.get(&routed.broadcast), definitions.get(&routed.broadcast))
-            else {
+            let Some(entry) = catalog.get(&routed.broadcast) else {
                 decided
                     .outcomes
                     .push(Some(Outcome::Unroutable(format!("broadcast {:?} is not configured", routed.broadcast))));
@@ -594,6 +566,7 @@ impl Lane {
                 ))));
                 continue;
             }
+            let (broadcast, definition) = (&entry.broadcast, &entry.machine);
             let event = &routed.event;
             if known || !seen.insert(key.clone()) {
                 span.record("transition", "duplicate");
@@ -606,7 +579,7 @@ impl Lane {
             }
             let current = match decided.working.get(&routed.broadcast) {
                 Some(current) => current.clone(),
-                None => match self.current(&routed.broadcast, definition, now).await {
+                None => match self.current(&routed.broadcast, entry, now).await {
                     Ok(current) => current,
                     Err(error) => {
                         undecided.insert(routed.broadcast.clone());
@@ -649,14 +622,21 @@ impl Lane {
     async fn current(
         &mut self,
         broadcast: &str,
-        definition: &Definition,
+        entry: &crate::catalog::Entry,
         now: DateTime<Utc>,
     ) -> Result<Cached, store::Error> {
-        if let Some(cached) = self.cache.get(broadcast) {
-            return Ok(cached.clone());
+        let (definition, incarnation) = (&*entry.machine, entry.incarnation);
+        match self.cache.get(broadcast) {
+            Some(cached) if cached.incarnation == incarnation => return Ok(cached.clone()),
+            Some(_) => {
+                // The broadcast was removed and created again: its old instance went with it.
+                self.cache.remove(broadcast);
+                self.stale.insert(broadcast.to_string());
+            }
+            None => {}
         }
         if !self.stale.contains(broadcast) {
-            let cached = Cached { instance: Instance::new(definition), since: now, seq: 0 };
+            let cached = Cached::new(definition, now, incarnation);
             self.cache.insert(broadcast.to_string(), cached.clone());
             return Ok(cached);
         }
@@ -668,11 +648,9 @@ impl Lane {
             .await
             .unwrap_or(Err(store::Error::Stopped))?;
         self.stale.remove(broadcast);
-        let cached = loaded.map(Cached::from_record).unwrap_or_else(|| Cached {
-            instance: Instance::new(definition),
-            since: now,
-            seq: 0,
-        });
+        let cached = loaded
+            .map(|record| Cached::from_record(record, incarnation))
+            .unwrap_or_else(|| Cached::new(definition, now, incarnation));
         self.cache.insert(broadcast.to_string(), cached.clone());
         Ok(cached)
     }
@@ -740,6 +718,7 @@ fn decide(
         since: if changed_state || current.seq == 0 { now } else { current.since },
         seq: current.seq + 1,
         instance,
+        incarnation: current.incarnation,
     };
     let record = InstanceRecord {
         broadcast: broadcast_id.to_string(),

@@ -38,8 +38,14 @@ pub struct Settings {
     pub commit_backoff_max: Duration,
     /// How long processed event ids are kept for deduplication.
     pub dedup_retention: Duration,
-    /// The broadcasts, by id.
+    /// The config file's broadcasts, by id (the running set, with those created through the API,
+    /// is `catalog::Catalog`).
     pub broadcasts: BTreeMap<String, Broadcast>,
+    /// The config file's broadcasts as written, by id (what is stored and compared on reload).
+    pub sources: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// `[defaults.broadcast]` and `[defaults.schedule]`, which a definition sent to the API falls
+    /// back on too.
+    pub defaults: crate::broadcast::Defaults,
     /// The content key policies protected broadcasts name (`[content_key_policies.<name>]`).
     pub content_key_policies: crate::protection::Policies,
 }
@@ -69,7 +75,9 @@ impl Settings {
             commit_backoff_initial: engine.duration("commit_backoff_initial"),
             commit_backoff_max: engine.duration("commit_backoff_max"),
             dedup_retention: engine.duration("dedup_retention"),
+            sources: crate::broadcast::sources(broadcasts),
             broadcasts: crate::broadcast::parse(broadcasts, &content_key_policies, defaults),
+            defaults: defaults.clone(),
             content_key_policies,
             state_dir,
         };

@@ -82,7 +82,9 @@ fn broadcast_json(
     pending: &[&OutboxRow],
     now: DateTime<Utc>,
 ) -> Value {
-    let Some(broadcast) = state.engine.broadcasts.get(id) else { return Value::Null };
+    let catalog = state.catalog.registry().current();
+    let Some(entry) = catalog.get(id) else { return Value::Null };
+    let broadcast = &entry.broadcast;
     let next_step = broadcast
         .schedule
         .as_ref()
@@ -94,7 +96,9 @@ fn broadcast_json(
         "channel": broadcast.channel,
         "protection": broadcast.protection.mode.name(),
         "state": instance.map(|instance| instance.state.clone()),
-        "initial_state": state.initial_states.get(id),
+        "initial_state": entry.machine.initial,
+        "origin": entry.origin.name(),
+        "revision": entry.revision,
         "since": instance.map(|instance| stamp(instance.since)),
         "vars": instance.map_or_else(|| json!({}), |instance| Value::Object(instance.vars.clone())),
         "timers": instance.map_or_else(Vec::new, |instance| {
@@ -112,11 +116,10 @@ fn broadcast_json(
 pub async fn broadcasts(State(state): State<Arc<Parts>>) -> Answer {
     let (instances, pending) = read(&state, |store| Ok((store.load_instances()?, store.pending_actions()?))).await?;
     let now = state.clock.now();
-    let list: Vec<Value> = state
-        .engine
-        .broadcasts
-        .keys()
-        .map(|id| {
+    let catalog = state.catalog.registry().current();
+    let list: Vec<Value> = catalog
+        .iter()
+        .map(|(id, _)| {
             let instance = instances.iter().find(|instance| &instance.broadcast == id);
             let pending: Vec<&OutboxRow> = pending.iter().filter(|row| &row.broadcast == id).collect();
             broadcast_json(&state, id, instance, &pending, now)
@@ -126,7 +129,7 @@ pub async fn broadcasts(State(state): State<Arc<Parts>>) -> Answer {
 }
 
 fn known(state: &Parts, id: &str) -> Result<(), ApiError> {
-    if state.engine.broadcasts.contains_key(id) {
+    if state.catalog.registry().current().contains(id) {
         Ok(())
     } else {
         Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_broadcast", format!("no broadcast {id:?} in the settings")))
@@ -185,7 +188,7 @@ pub async fn audit(State(state): State<Arc<Parts>>, Path(id): Path<String>, Quer
 /// `GET /api/v1/audit?limit=`: the latest entries of every broadcast, newest first.
 pub async fn recent_audit(State(state): State<Arc<Parts>>, Query(limit): Query<Limit>) -> Answer {
     let limit = limit.get(50, 1000)?;
-    let ids: Vec<String> = state.engine.broadcasts.keys().cloned().collect();
+    let ids: Vec<String> = state.catalog.registry().current().iter().map(|(id, _)| id.clone()).collect();
     let mut rows = read(&state, move |store| {
         let mut rows = Vec::new();
         for id in &ids {
@@ -215,12 +218,8 @@ pub async fn plan(State(state): State<Arc<Parts>>, Query(query): Query<PlanQuery
         known(&state, id)?;
     }
     let now = state.clock.now();
-    let rows = crate::schedule::plan::plan(
-        &crate::broadcast::scheduled(&state.engine.broadcasts),
-        query.broadcast.as_deref(),
-        now,
-        hours,
-    );
+    let catalog = state.catalog.registry().current();
+    let rows = crate::schedule::plan::plan(&catalog.scheduled(), query.broadcast.as_deref(), now, hours);
     Ok(Json(json!({
         "from": stamp(now),
         "to": stamp(now + chrono::TimeDelta::hours(i64::from(hours))),
@@ -399,10 +398,11 @@ pub async fn command(
             return Err(bad("force-state needs a note saying why".into()));
         }
         // The machine would ignore it; say so now, with the states it has, rather than 202.
-        let machine = state.engine.broadcasts.get(&id).map(|broadcast| broadcast.machine.as_str()).unwrap_or_default();
-        let Some(definition) = state.library.get(machine) else {
-            return Err(bad(format!("broadcast {id:?} names machine {machine:?}, which is not loaded")));
+        let catalog = state.catalog.registry().current();
+        let Some(entry) = catalog.get(&id) else {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_broadcast", format!("no broadcast {id:?}")));
         };
+        let (machine, definition) = (&entry.broadcast.machine, &entry.machine);
         if !definition.states.contains_key(target) {
             let known = definition.states.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
             return Err(bad(format!(
@@ -426,12 +426,11 @@ pub(super) async fn snapshot(state: &Arc<Parts>) -> Result<crate::metrics::Snaps
     let instances = read(state, |store| store.load_instances()).await?;
     let mut states: BTreeMap<String, i64> = BTreeMap::new();
     let mut live_channels = BTreeMap::new();
-    for (id, broadcast) in state.engine.broadcasts.iter() {
+    let catalog = state.catalog.registry().current();
+    for (id, entry) in catalog.iter() {
+        let broadcast = &entry.broadcast;
         let instance = instances.iter().find(|instance| &instance.broadcast == id);
-        let current = instance
-            .map(|instance| instance.state.clone())
-            .or_else(|| state.initial_states.get(id).cloned())
-            .unwrap_or_default();
+        let current = instance.map_or_else(|| entry.machine.initial.clone(), |instance| instance.state.clone());
         if let Some(instance) = instance.filter(|_| matches!(current.as_str(), "live" | "degraded")) {
             live_channels.insert(broadcast.channel.to_lowercase(), (id.clone(), instance.since));
         }

@@ -10,7 +10,6 @@
 mod api;
 pub mod listener;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -82,10 +81,9 @@ pub struct Parts {
     pub schedule: crate::schedule::Stats,
     pub metrics: Metrics,
     pub health: Health,
-    /// Each broadcast's machine's initial state (the state of a broadcast never decided yet).
-    pub initial_states: BTreeMap<String, String>,
-    /// The machines the broadcasts run (to refuse a force-state to a state a machine lacks).
-    pub library: Arc<crate::machine::Library>,
+    /// The running set of broadcasts (each with its machine, origin and revision), and the
+    /// only way to change it.
+    pub catalog: Arc<crate::catalog::Manager>,
     /// One dead-letter listing or replay at a time, and a short cache of the last listing.
     pub dead_letters: api::DeadLetterGate,
     pub clock: SharedClock,

@@ -42,7 +42,6 @@ use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::broadcast::Broadcast;
 use crate::broker::Publisher;
 use crate::clock::SharedClock;
 use crate::event::Event;
@@ -243,7 +242,8 @@ struct Inner {
     publisher: Arc<Publisher>,
     clock: SharedClock,
     /// Subjects that reach a broadcast: broadcast ids and `liveEvent/<channel>`.
-    subjects: HashSet<String>,
+    /// The running set: a delivery's events are published only for broadcasts it has.
+    registry: crate::catalog::Registry,
     stats: Arc<Stats>,
     replays: Mutex<Replays>,
     /// Bounds the deliveries parsed and published at once (see `MAX_CONCURRENT_BODIES`).
@@ -347,12 +347,10 @@ pub struct Ingress {
 impl Ingress {
     pub fn new(
         settings: Settings,
-        broadcasts: &BTreeMap<String, Broadcast>,
+        registry: crate::catalog::Registry,
         publisher: Arc<Publisher>,
         clock: SharedClock,
     ) -> Self {
-        let mut subjects: HashSet<String> = broadcasts.keys().cloned().collect();
-        subjects.extend(broadcasts.values().map(|broadcast| format!("liveEvent/{}", broadcast.channel)));
         let boundary = policy::Boundary {
             allowed_types: settings.allowed_types.clone(),
             accept_commands: settings.accept_commands,
@@ -362,7 +360,7 @@ impl Ingress {
             boundary,
             publisher,
             clock,
-            subjects,
+            registry,
             stats: Arc::default(),
             replays: Mutex::default(),
             bodies: Arc::new(Semaphore::new(MAX_CONCURRENT_BODIES)),
@@ -512,8 +510,9 @@ impl Ingress {
             }
         };
         let total = events.len() + unlisted;
+        let catalog = self.inner.registry.current();
         let events: Vec<Event> =
-            events.into_iter().filter(|event| self.inner.subjects.contains(&event.subject)).collect();
+            events.into_iter().filter(|event| !catalog.targets(&event.subject).is_empty()).collect();
         let ignored = total - events.len();
         stats.ignored_events.fetch_add(ignored as u64, Ordering::Relaxed);
         if ignored > 0 {

@@ -133,12 +133,35 @@ struct Track {
     next: Option<Occurrence>,
     armed: VecDeque<Armed>,
     cursor: Key,
+    /// After a schedule change: occurrences whose warm-up comes before this instant are not
+    /// armed (the change applies to occurrences whose warm-up has not fired).
+    floor: Option<DateTime<Utc>>,
+    /// The air instants of the occurrences kept from the schedule before a change (on air, or
+    /// warming up): the new schedule does not arm them again.
+    held: Vec<DateTime<Utc>>,
+    /// The broadcast is being removed, or its schedule was: only the steps already armed of an
+    /// occurrence already started are left; nothing new is armed.
+    retired: bool,
+}
+
+/// A change to the scheduled set while the scheduler runs.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Arms `broadcast` with `spec`, or changes its schedule: occurrences whose warm-up fired
+    /// keep their steps; the new schedule applies to the later ones.
+    Arm { broadcast: String, spec: Arc<Spec> },
+    /// Disarms `broadcast` (being removed, or no longer scheduled): an occurrence already started
+    /// (its warm-up fired) keeps its steps and ends as planned; no later occurrence is armed.
+    Disarm { broadcast: String },
 }
 
 impl Track {
     /// The key of the next step, arming occurrences as needed: every occurrence whose warm-up
     /// could come before the earliest armed step is armed first, so steps leave in key order.
     fn front(&mut self) -> Option<Key> {
+        if self.retired {
+            return self.armed.front().map(|armed| armed.key);
+        }
         loop {
             if self.next.is_none() {
                 self.next = self.occurrences.next();
@@ -155,6 +178,11 @@ impl Track {
     }
 
     fn arm(&mut self, occurrence: &Occurrence) {
+        if self.held.contains(&occurrence.air)
+            || self.floor.is_some_and(|floor| occurrence.air - self.spec.lead_channel < floor)
+        {
+            return;
+        }
         let closes = occurrence.end + self.spec.post_roll;
         let mut insert = |armed: Armed| {
             if armed.key > self.cursor {
@@ -177,6 +205,79 @@ impl Track {
     }
 }
 
+impl Track {
+    /// A track for `spec` after `cursor`; without one (a schedule seen for the first time) it
+    /// starts at `now` (nothing before counts as missed), with the record of its new cursor.
+    fn new(
+        broadcast: String,
+        spec: Arc<Spec>,
+        cursor: Option<Key>,
+        now: DateTime<Utc>,
+    ) -> (Self, Option<ScheduleRecord>) {
+        let (cursor, fresh) = match cursor {
+            Some(cursor) => (cursor, None),
+            None => {
+                let cursor = Key { at: now, air: DateTime::<Utc>::MAX_UTC, rank: u8::MAX };
+                let record = ScheduleRecord {
+                    broadcast: broadcast.clone(),
+                    cursor,
+                    at: now,
+                    event_id: None,
+                    outcome: Some("armed".into()),
+                    reason: "schedule armed; steps from now on fire".into(),
+                    detail: json!({}),
+                };
+                (cursor, Some(record))
+            }
+        };
+        // Every occurrence with a step after the cursor.
+        let from = cursor.at - spec.duration - spec.post_roll;
+        let occurrences = spec.occurrences(from);
+        // Five steps per armed occurrence; one occurrence at a time is usual.
+        let armed = VecDeque::with_capacity(StepKind::ALL.len());
+        let track = Track {
+            broadcast,
+            spec,
+            occurrences,
+            next: None,
+            armed,
+            cursor,
+            floor: None,
+            held: Vec::new(),
+            retired: false,
+        };
+        (track, fresh)
+    }
+
+    /// Keeps only the occurrences already started (their warm-up fired): they end as planned,
+    /// and nothing later is armed.
+    fn retire(&mut self) {
+        let started = self.cursor.air != DateTime::<Utc>::MAX_UTC;
+        let cursor = self.cursor;
+        // The next step of a started occurrence may not be armed yet (`front` arms lazily).
+        let _ = self.front();
+        self.armed.retain(|armed| started && armed.key.air <= cursor.air);
+        self.next = None;
+        self.retired = true;
+    }
+
+    /// Changes the schedule: the occurrences already started (their warm-up fired) keep their
+    /// armed steps; the new schedule's occurrences whose warm-up is still to come are armed.
+    fn change(&mut self, spec: Arc<Spec>, now: DateTime<Utc>) {
+        let started = |armed: &Armed| armed.key.air <= self.cursor.air && self.cursor.air != DateTime::<Utc>::MAX_UTC;
+        let kept: VecDeque<Armed> = self.armed.iter().copied().filter(started).collect();
+        let mut held: Vec<DateTime<Utc>> = kept.iter().map(|armed| armed.key.air).collect();
+        held.dedup();
+        let from = self.cursor.at.max(now) - spec.duration - spec.post_roll - spec.lead_channel;
+        self.occurrences = spec.occurrences(from);
+        self.spec = spec;
+        self.next = None;
+        self.armed = kept;
+        self.held = held;
+        self.floor = Some(self.cursor.at.max(now));
+    }
+}
+
 /// The scheduler task.
 pub struct Scheduler<S: Sink> {
     settings: Settings,
@@ -185,8 +286,12 @@ pub struct Scheduler<S: Sink> {
     clock: SharedClock,
     stats: Stats,
     tracks: Vec<Track>,
+    /// Each broadcast's track index.
+    index: std::collections::HashMap<String, usize>,
     /// (next step instant, track index): one entry per track with something armed.
     timers: BTreeSet<(DateTime<Utc>, usize)>,
+    /// Changes to the scheduled set (`following`).
+    controls: Option<mpsc::UnboundedReceiver<Control>>,
 }
 
 /// Why the scheduler could not start.
@@ -217,28 +322,10 @@ impl<S: Sink> Scheduler<S> {
         let mut fresh = Vec::new();
         let mut tracks = Vec::with_capacity(schedules.len());
         for (broadcast, spec) in schedules {
-            let cursor = match cursors.get(&broadcast) {
-                Some(cursor) => *cursor,
-                None => {
-                    let cursor = Key { at: now, air: DateTime::<Utc>::MAX_UTC, rank: u8::MAX };
-                    fresh.push(ScheduleRecord {
-                        broadcast: broadcast.clone(),
-                        cursor,
-                        at: now,
-                        event_id: None,
-                        outcome: Some("armed".into()),
-                        reason: "schedule armed; steps from now on fire".into(),
-                        detail: json!({}),
-                    });
-                    cursor
-                }
-            };
-            // Every occurrence with a step after the cursor.
-            let from = cursor.at - spec.duration - spec.post_roll;
-            let occurrences = spec.occurrences(from);
-            // Five steps per armed occurrence; one occurrence at a time is usual.
-            let armed = VecDeque::with_capacity(StepKind::ALL.len());
-            tracks.push(Track { broadcast, spec, occurrences, next: None, armed, cursor });
+            let cursor = cursors.get(&broadcast).copied();
+            let (track, armed) = Track::new(broadcast, spec, cursor, now);
+            fresh.extend(armed);
+            tracks.push(track);
         }
         if !fresh.is_empty() {
             let writer = Arc::clone(&store);
@@ -251,8 +338,71 @@ impl<S: Sink> Scheduler<S> {
                 timers.insert((key.at, index));
             }
         }
+        let index = tracks.iter().enumerate().map(|(index, track)| (track.broadcast.clone(), index)).collect();
         stats.0.tracks.store(tracks.len() as u64, Ordering::Relaxed);
-        Ok(Self { settings, store, sink, clock, stats, tracks, timers })
+        Ok(Self { settings, store, sink, clock, stats, tracks, index, timers, controls: None })
+    }
+
+    /// Follows `controls`: schedules armed, changed and disarmed while it runs.
+    pub fn following(mut self, controls: mpsc::UnboundedReceiver<Control>) -> Self {
+        self.controls = Some(controls);
+        self
+    }
+
+    /// Applies one change to the scheduled set; the progress to record (a new track's cursor).
+    pub fn apply(&mut self, control: Control) -> Vec<ScheduleRecord> {
+        let now = self.clock.now();
+        let mut records = Vec::new();
+        match control {
+            Control::Arm { broadcast, spec } => match self.index.get(&broadcast).copied() {
+                Some(index) => {
+                    self.unset_timer(index);
+                    let track = &mut self.tracks[index];
+                    if track.retired {
+                        // Armed again after it was disarmed: from now on, like a new schedule.
+                        let (fresh, armed) = Track::new(broadcast, spec, None, now);
+                        *track = fresh;
+                        records.extend(armed);
+                    } else {
+                        track.change(spec, now);
+                    }
+                    self.set_timer(index);
+                    tracing::info!(broadcast = %self.tracks[index].broadcast, next = ?self.tracks[index].armed.front().map(|armed| armed.key.at), "Schedule changed.");
+                }
+                None => {
+                    let (track, armed) = Track::new(broadcast.clone(), spec, None, now);
+                    records.extend(armed);
+                    let index = self.tracks.len();
+                    self.tracks.push(track);
+                    self.index.insert(broadcast.clone(), index);
+                    self.set_timer(index);
+                    tracing::info!(%broadcast, next = ?self.tracks[index].armed.front().map(|armed| armed.key.at), "Schedule armed.");
+                }
+            },
+            Control::Disarm { broadcast } => {
+                if let Some(index) = self.index.get(&broadcast).copied() {
+                    self.unset_timer(index);
+                    self.tracks[index].retire();
+                    self.set_timer(index);
+                    tracing::info!(%broadcast, started = !self.tracks[index].armed.is_empty(), "Schedule disarmed; an occurrence already started ends as planned.");
+                }
+            }
+        }
+        let live = self.tracks.iter().filter(|track| !track.retired).count();
+        self.stats.0.tracks.store(live as u64, Ordering::Relaxed);
+        records
+    }
+
+    fn unset_timer(&mut self, index: usize) {
+        if let Some(armed) = self.tracks[index].armed.front() {
+            self.timers.remove(&(armed.key.at, index));
+        }
+    }
+
+    fn set_timer(&mut self, index: usize) {
+        if let Some(key) = self.tracks[index].front() {
+            self.timers.insert((key.at, index));
+        }
     }
 
     /// The instant of the earliest armed step.
@@ -302,9 +452,24 @@ impl<S: Sink> Scheduler<S> {
                 .next_due()
                 .and_then(|due| (due - now).to_std().ok())
                 .map_or(self.settings.max_sleep, |wait| wait.min(self.settings.max_sleep));
+            let control = async {
+                match self.controls.as_mut() {
+                    Some(controls) => controls.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
+                control = control => match control {
+                    Some(control) => {
+                        let records = self.apply(control);
+                        if !records.is_empty() {
+                            let _ = recorder.send(records);
+                        }
+                    }
+                    None => self.controls = None,
+                },
             }
         }
     }

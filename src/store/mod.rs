@@ -49,6 +49,12 @@ pub trait Store: Send + Sync + 'static {
     fn schedule_cursors(&self) -> Result<BTreeMap<String, Cursor>, Error>;
     /// Records schedule progress, in order, all or nothing: cursors and their audit rows.
     fn schedule_progress(&self, records: Vec<ScheduleRecord>) -> Result<(), Error>;
+    /// Every stored broadcast definition (from the config file and from the API), by id.
+    fn broadcasts(&self) -> Result<Vec<BroadcastRecord>, Error>;
+    /// Applies definition changes, in order, all or nothing, each with its `config` audit row;
+    /// a change whose expected revision is not the stored one fails the whole batch with
+    /// `Error::Conflict`. Returns the records as written (`None` for a removal).
+    fn change_broadcasts(&self, changes: Vec<BroadcastChange>) -> Result<Vec<Option<BroadcastRecord>>, Error>;
 }
 
 /// Store failures. The messages name the file and the operation, never data.
@@ -88,6 +94,9 @@ pub enum Error {
     /// The writer thread is gone.
     #[error("the store's writer has stopped")]
     Stopped,
+    /// A definition change expected another revision than the stored one; nothing was recorded.
+    #[error("broadcast {broadcast} is at revision {found:?}, not {expected:?}; nothing was changed")]
+    Conflict { broadcast: String, expected: Expected, found: Option<i64> },
 }
 
 impl Error {
@@ -127,6 +136,63 @@ impl std::fmt::Display for Fault {
             Fault::Locked => "locked",
         })
     }
+}
+
+/// A broadcast's definition as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BroadcastRecord {
+    pub id: String,
+    /// `file` (the config file's) or `api`.
+    pub origin: String,
+    /// Set by the store at each change, from one counter for all broadcasts, so that a revision
+    /// is never reused (not even by a broadcast removed and created again).
+    pub revision: i64,
+    /// Which life of the id this is: the revision that created it (so that nothing of a removed
+    /// broadcast is taken for a new one of the same id); set by the store.
+    pub incarnation: i64,
+    /// The definition, the same shape as a `[broadcasts.<id>]` table.
+    pub definition: Map<String, Value>,
+    pub updated: DateTime<Utc>,
+    /// Who made the last change: a token's name, or `config file`.
+    pub updated_by: String,
+    /// Marked for removal: it is being taken to idle first (a forced delete).
+    pub deleting: bool,
+}
+
+/// What a definition change expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expected {
+    /// Whatever is there.
+    Any,
+    /// No definition with this id.
+    Absent,
+    /// This revision.
+    Revision(i64),
+}
+
+/// One definition change and its audit row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BroadcastChange {
+    /// The broadcast (empty for a `Note` about the whole set).
+    pub id: String,
+    pub expected: Expected,
+    pub change: Change,
+    pub at: DateTime<Utc>,
+    /// The audit row's reason and detail (who, what changed).
+    pub reason: String,
+    pub detail: Value,
+}
+
+/// What a definition change does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Creates or replaces the definition (its revision and incarnation are the store's).
+    Put(BroadcastRecord),
+    /// Removes the definition, with the broadcast's instance, timers and schedule cursor; its
+    /// audit trail stays.
+    Remove,
+    /// Changes nothing: only the audit row (a refused reload).
+    Note,
 }
 
 /// One broadcast's durable state.
@@ -254,7 +320,7 @@ pub struct AuditRow {
     pub id: i64,
     pub broadcast: String,
     pub at: DateTime<Utc>,
-    /// `decision`, `duplicate`, `action`, `schedule`.
+    /// `decision`, `duplicate`, `action`, `schedule`, `config`, `command`.
     pub kind: String,
     pub event_id: Option<String>,
     pub event_type: Option<String>,

@@ -13,10 +13,11 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, sync_channel};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::{
-    AuditRow, Commit, Committed, Completion, Cursor, Error, Fault, InstanceRecord, OutboxRow, ScheduleRecord, Store,
+    AuditRow, BroadcastChange, BroadcastRecord, Change, Commit, Committed, Completion, Cursor, Error, Expected, Fault,
+    InstanceRecord, OutboxRow, ScheduleRecord, Store,
 };
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
@@ -80,6 +81,20 @@ const MIGRATIONS: &[&str] = &[
         rank INTEGER NOT NULL,
         updated_ms INTEGER NOT NULL
     );",
+    // 3: broadcast definitions, from the config file and from the API.
+    "CREATE TABLE broadcasts (
+        id TEXT PRIMARY KEY,
+        origin TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        incarnation INTEGER NOT NULL,
+        definition TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        updated_by TEXT NOT NULL,
+        deleting INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE revisions (last INTEGER NOT NULL);
+    INSERT INTO revisions (last) VALUES (0);
+    CREATE INDEX audit_kind ON audit (kind, id);",
 ];
 
 /// Commits written in one transaction at most.
@@ -106,6 +121,7 @@ enum Request {
     ActionStarted { outbox_id: i64, attempt: u32, at: DateTime<Utc>, reply: Sender<Result<(), Error>> },
     Purge { before: DateTime<Utc>, reply: Sender<Result<usize, Error>> },
     Schedule(Vec<ScheduleRecord>, Sender<Result<(), Error>>),
+    Broadcasts(Vec<BroadcastChange>, Sender<Result<Vec<Option<BroadcastRecord>>, Error>>),
 }
 
 impl SqliteStore {
@@ -226,6 +242,14 @@ impl Store for SqliteStore {
 
     fn integrity_check(&self) -> Result<String, Error> {
         integrity_check(&self.reader())
+    }
+
+    fn broadcasts(&self) -> Result<Vec<BroadcastRecord>, Error> {
+        broadcasts(&self.reader())
+    }
+
+    fn change_broadcasts(&self, changes: Vec<BroadcastChange>) -> Result<Vec<Option<BroadcastRecord>>, Error> {
+        self.ask(|reply| Request::Broadcasts(changes, reply))
     }
 }
 
@@ -537,6 +561,32 @@ fn apply(transaction: &mut Transaction<'_>, request: Request) -> (Answer, Option
             let failure = failure_code(&result);
             (answer(reply, result, "schedule progress"), failure)
         }
+        Request::Broadcasts(changes, reply) => {
+            let mut conflict = None;
+            let result = in_savepoint(transaction, |savepoint| {
+                let mut written = Vec::with_capacity(changes.len());
+                for change in &changes {
+                    match write_broadcast(savepoint, change)? {
+                        Ok(record) => written.push(record),
+                        Err(found) => {
+                            // Returning an error rolls the whole change back; the reply says why.
+                            conflict = Some(Error::Conflict {
+                                broadcast: change.id.clone(),
+                                expected: change.expected,
+                                found,
+                            });
+                            return Err(rusqlite::Error::QueryReturnedNoRows);
+                        }
+                    }
+                }
+                Ok(written)
+            });
+            let failure = failure_code(&result);
+            match conflict {
+                Some(conflict) => (Box::new(move |_| drop(reply.send(Err(conflict)))), failure),
+                None => (answer(reply, result, "broadcast change"), failure),
+            }
+        }
     }
 }
 
@@ -557,6 +607,7 @@ fn fail(request: Request, error: Error) {
         Request::ActionStarted { reply, .. } => drop(reply.send(Err(error))),
         Request::Purge { reply, .. } => drop(reply.send(Err(error))),
         Request::Schedule(_, reply) => drop(reply.send(Err(error))),
+        Request::Broadcasts(_, reply) => drop(reply.send(Err(error))),
     }
 }
 
@@ -805,7 +856,99 @@ fn write_schedule(db: &rusqlite::Savepoint<'_>, records: &[ScheduleRecord]) -> r
     Ok(())
 }
 
+/// Writes one definition change; `Err(found)` (the stored revision) when it expected another.
+fn write_broadcast(
+    db: &rusqlite::Savepoint<'_>,
+    change: &BroadcastChange,
+) -> rusqlite::Result<Result<Option<BroadcastRecord>, Option<i64>>> {
+    let found: Option<(i64, i64)> = db
+        .prepare_cached("SELECT revision, incarnation FROM broadcasts WHERE id = ?1")?
+        .query_row(params![change.id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let revision = found.map(|(revision, _)| revision);
+    let expected = match change.expected {
+        Expected::Any => true,
+        Expected::Absent => revision.is_none(),
+        Expected::Revision(wanted) => revision == Some(wanted),
+    };
+    if !expected {
+        return Ok(Err(revision));
+    }
+    let at = change.at.timestamp_millis();
+    let written = match &change.change {
+        Change::Note => None,
+        Change::Put(next) => {
+            // Revisions count changes of every broadcast, so none is ever reused: a removed
+            // broadcast created again starts a new life (its incarnation, the revision that
+            // created it) and an `If-Match` from its old life cannot match.
+            let revision: i64 =
+                db.query_row("UPDATE revisions SET last = last + 1 RETURNING last", [], |row| row.get(0))?;
+            let incarnation = found.map_or(revision, |(_, incarnation)| incarnation);
+            let record = BroadcastRecord { revision, incarnation, updated: change.at, ..next.clone() };
+            db.prepare_cached(
+                "INSERT INTO broadcasts (id, origin, revision, incarnation, definition, updated_ms, updated_by, deleting)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (id) DO UPDATE SET origin = ?2, revision = ?3, incarnation = ?4, definition = ?5,
+                 updated_ms = ?6, updated_by = ?7, deleting = ?8",
+            )?
+            .execute(params![
+                record.id,
+                record.origin,
+                record.revision,
+                record.incarnation,
+                Value::Object(record.definition.clone()).to_string(),
+                at,
+                record.updated_by,
+                record.deleting
+            ])?;
+            Some(record)
+        }
+        Change::Remove => {
+            db.prepare_cached("DELETE FROM broadcasts WHERE id = ?1")?.execute(params![change.id])?;
+            db.prepare_cached("DELETE FROM instances WHERE broadcast = ?1")?.execute(params![change.id])?;
+            db.prepare_cached("DELETE FROM timers WHERE broadcast = ?1")?.execute(params![change.id])?;
+            db.prepare_cached("DELETE FROM schedule_cursors WHERE broadcast = ?1")?.execute(params![change.id])?;
+            None
+        }
+    };
+    let mut detail = change.detail.clone();
+    if let Value::Object(map) = &mut detail {
+        map.insert("revision".into(), written.as_ref().map_or(Value::Null, |record| record.revision.into()));
+    }
+    db.prepare_cached("INSERT INTO audit (broadcast, at_ms, kind, reason, detail) VALUES (?1, ?2, 'config', ?3, ?4)")?
+        .execute(params![change.id, at, change.reason, detail.to_string()])?;
+    Ok(Ok(written))
+}
+
 // === Reads ===
+
+fn broadcasts(connection: &Connection) -> Result<Vec<BroadcastRecord>, Error> {
+    let sql = |error: rusqlite::Error| Error::Sql { operation: "read broadcasts", reason: error.to_string() };
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT id, origin, revision, incarnation, definition, updated_ms, updated_by, deleting FROM broadcasts
+             ORDER BY id",
+        )
+        .map_err(sql)?;
+    let rows = statement
+        .query_map([], |row| {
+            Ok(BroadcastRecord {
+                id: row.get(0)?,
+                origin: row.get(1)?,
+                revision: row.get(2)?,
+                incarnation: row.get(3)?,
+                definition: match json(&row.get::<_, String>(4)?) {
+                    Value::Object(map) => map,
+                    _ => Map::new(),
+                },
+                updated: time(row.get(5)?),
+                updated_by: row.get(6)?,
+                deleting: row.get(7)?,
+            })
+        })
+        .map_err(sql)?;
+    rows.collect::<Result<_, _>>().map_err(sql)
+}
 
 fn time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()

@@ -48,7 +48,11 @@ impl Running {
         let core = CancellationToken::new();
         let parts = Parts {
             settings: Arc::new(settings.engine.clone()),
-            library: Arc::new(onair::machine::Library::built_in()),
+            registry: onair::catalog::Registry::fixed(
+                &settings.engine.broadcasts,
+                &onair::machine::Library::built_in(),
+            )
+            .expect("machines"),
             store,
             runner,
             clock,

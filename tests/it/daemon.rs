@@ -76,7 +76,7 @@ impl TestEngine {
         let metrics = onair::metrics::Metrics::default();
         let parts = Parts {
             settings: Arc::new(settings.engine.clone()),
-            library: Arc::new(library),
+            registry: onair::catalog::Registry::fixed(&settings.engine.broadcasts, &library).expect("machines"),
             store,
             runner,
             clock,

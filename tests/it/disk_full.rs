@@ -112,7 +112,7 @@ async fn internal_and_external_events_whose_commit_fails_are_retried_and_committ
     let shutdown = CancellationToken::new();
     let parts = Parts {
         settings: Arc::new(settings.engine.clone()),
-        library: Arc::new(Library::built_in()),
+        registry: onair::catalog::Registry::fixed(&settings.engine.broadcasts, &Library::built_in()).expect("machines"),
         store,
         runner: Arc::new(Runner::new(Some(media), outbound, Arc::clone(&clock))),
         clock,

@@ -268,6 +268,15 @@ impl onair::store::Store for Faulty {
     fn schedule_progress(&self, records: Vec<store::ScheduleRecord>) -> Result<(), store::Error> {
         self.store.schedule_progress(records)
     }
+    fn broadcasts(&self) -> Result<Vec<store::BroadcastRecord>, store::Error> {
+        self.store.broadcasts()
+    }
+    fn change_broadcasts(
+        &self,
+        changes: Vec<store::BroadcastChange>,
+    ) -> Result<Vec<Option<store::BroadcastRecord>>, store::Error> {
+        self.store.change_broadcasts(changes)
+    }
 }
 
 /// news live, sport failed and weather standby, sharing one lane (as many broadcasts share a lane
