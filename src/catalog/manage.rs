@@ -378,6 +378,11 @@ impl Manager {
         let mut problems: Vec<ProblemAt> =
             library.problems.iter().map(|problem| ProblemAt::from_line(&problem.to_string())).collect();
         problems.extend(plan.refused.iter().cloned());
+        for (id, broadcast) in file.broadcasts {
+            if library.get(&broadcast.machine).is_none() {
+                problems.push(missing_machine(id, &broadcast.machine, &library));
+            }
+        }
         // API broadcasts must still run on the new machines.
         for record in stored.iter().filter(|record| record.origin == Origin::Api.name()) {
             if file.broadcasts.contains_key(&record.id) {

@@ -244,3 +244,6 @@ impl Registry {
         self.current.send_replace(Arc::new(catalog));
     }
 }
+
+#[cfg(test)]
+mod tests;
