@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
@@ -13,11 +15,6 @@ use crate::store::{AuditRow, InstanceRecord, OutboxRow, ReadOnly, SqliteStore};
 
 /// `onair status`.
 pub fn status(settings: &Settings, args: &StatusArgs) -> Result<ExitCode, Error> {
-    if let Some(id) = &args.broadcast
-        && !settings.engine.broadcasts.contains_key(id)
-    {
-        return Err(Error::UnknownBroadcast(id.clone()));
-    }
     // No file yet is fine (nothing has run); a store this onair cannot read rightly (damaged, or
     // of a newer schema) is refused rather than shown wrongly.
     let store = match open(settings) {
@@ -28,7 +25,13 @@ pub fn status(settings: &Settings, args: &StatusArgs) -> Result<ExitCode, Error>
         }
         Err(error) => return Err(error.into()),
     };
-    let report = report(settings, store.as_ref(), args, crate::clock::system().now())?;
+    let broadcasts = broadcasts(settings, store.as_ref())?;
+    if let Some(id) = &args.broadcast
+        && !broadcasts.contains_key(id)
+    {
+        return Err(Error::UnknownBroadcast(id.clone()));
+    }
+    let report = report(&broadcasts, store.as_ref(), args, crate::clock::system().now())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -50,9 +53,30 @@ fn open(settings: &Settings) -> Result<Option<ReadOnly>, crate::store::Error> {
     }
 }
 
-/// One entry per broadcast shown (all, or the one asked for), in the settings' order.
-fn report(
+/// The broadcasts to show: the config file's, and those the API created (from the store), each
+/// with its origin. An API definition that no longer reads is shown by its id alone.
+fn broadcasts(
     settings: &Settings,
+    store: Option<&ReadOnly>,
+) -> Result<BTreeMap<String, (&'static str, Broadcast)>, crate::store::Error> {
+    let mut broadcasts: BTreeMap<String, (&'static str, Broadcast)> =
+        settings.engine.broadcasts.iter().map(|(id, broadcast)| (id.clone(), ("file", broadcast.clone()))).collect();
+    let parser =
+        crate::catalog::Parser::new(settings.engine.defaults.clone(), settings.engine.content_key_policies.clone());
+    for record in store.map(ReadOnly::broadcasts).transpose()?.unwrap_or_default() {
+        if record.origin != "api" || broadcasts.contains_key(&record.id) {
+            continue;
+        }
+        if let Ok(broadcast) = parser.parse(&record.id, &record.definition) {
+            broadcasts.insert(record.id, ("api", broadcast));
+        }
+    }
+    Ok(broadcasts)
+}
+
+/// One entry per broadcast shown (all, or the one asked for), in id order.
+fn report(
+    broadcasts: &BTreeMap<String, (&'static str, Broadcast)>,
     store: Option<&ReadOnly>,
     args: &StatusArgs,
     now: DateTime<Utc>,
@@ -66,7 +90,7 @@ fn report(
         None => Vec::new(),
     };
     let mut report = Vec::new();
-    for (id, broadcast) in &settings.engine.broadcasts {
+    for (id, (origin, broadcast)) in broadcasts {
         if args.broadcast.as_ref().is_some_and(|only| only != id) {
             continue;
         }
@@ -76,7 +100,9 @@ fn report(
         };
         let instance = instances.iter().find(|instance| &instance.broadcast == id);
         let seen = Seen { instance, pending: &pending, audit: &audit };
-        report.push(entry(id, broadcast, &seen, args.events, now));
+        let mut entry = entry(id, broadcast, &seen, args.events, now);
+        entry["origin"] = json!(origin);
+        report.push(entry);
     }
     Ok(report)
 }

@@ -287,6 +287,19 @@ impl ReadOnly {
         audit(&self.connection, broadcast, limit)
     }
 
+    /// The stored broadcast definitions (none in a store older than schema 3).
+    pub fn broadcasts(&self) -> Result<Vec<BroadcastRecord>, Error> {
+        let exists = self
+            .connection
+            .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'broadcasts'", [], |_| Ok(()))
+            .optional()
+            .map_err(|error| Error::Sql { operation: "read broadcasts", reason: error.to_string() })?;
+        match exists {
+            Some(()) => broadcasts(&self.connection),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Every audit row of every broadcast, in order (for checkers).
     pub fn all_audit(&self) -> Result<Vec<AuditRow>, Error> {
         query_audit(&self.connection, "SELECT * FROM audit ORDER BY id", params![])

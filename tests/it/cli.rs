@@ -344,6 +344,33 @@ fn store_with_three_states(path: &std::path::Path) {
         .unwrap();
 }
 
+/// Stores `id` as a broadcast created through the API, on channel `<id>-ch`.
+fn api_broadcast(path: &std::path::Path, id: &str) {
+    use onair::store::{BroadcastChange, BroadcastRecord, Change, Expected, SqliteStore, Store};
+    let store = SqliteStore::open(path).unwrap();
+    let definition = serde_json::json!({"channel": format!("{id}-ch")}).as_object().unwrap().clone();
+    let at = chrono::DateTime::parse_from_rfc3339("2026-11-24T17:00:00Z").unwrap().with_timezone(&chrono::Utc);
+    let record = BroadcastRecord {
+        id: id.into(),
+        origin: "api".into(),
+        revision: 0,
+        incarnation: 0,
+        definition,
+        updated: at,
+        updated_by: "test".into(),
+        deleting: false,
+    };
+    let change = BroadcastChange {
+        id: id.into(),
+        expected: Expected::Absent,
+        change: Change::Put(record),
+        at,
+        reason: "created by the test".into(),
+        detail: serde_json::json!({}),
+    };
+    store.change_broadcasts(vec![change]).unwrap();
+}
+
 const FOUR: &str = "[broadcasts.news]\n[broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.travel]\nchannel = \"travel\"\n[broadcasts.weather]\nchannel = \"weather\"\n";
 
 #[test]
@@ -352,10 +379,16 @@ fn status_shows_each_broadcast_its_own_state_and_refuses_a_newer_schema() {
     let file = complete_settings(FOUR, directory.path());
     let store = directory.path().join("onair.db");
     store_with_three_states(&store);
+    api_broadcast(&store, "rain");
 
     let status = onair().arg("--config").arg(file.path()).args(["status", "--json"]).output().unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let mut report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    // rain was created through the API: the store holds it, the file does not.
+    let rain = report.as_array_mut().unwrap().remove(1);
+    assert_eq!((rain["broadcast"].as_str(), rain["origin"].as_str()), (Some("rain"), Some("api")), "{rain}");
+    assert_eq!((rain["channel"].as_str(), rain["state"].as_str()), (Some("rain-ch"), Some("idle (no event yet)")));
+    assert!(report.as_array().unwrap().iter().all(|entry| entry["origin"] == "file"), "{report}");
     let shown = status_states(&report);
     assert_eq!(
         shown,
