@@ -12,8 +12,8 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use onair::event;
 use onair::store::{
-    AuditRow, Commit, Committed, Completion, Cursor, DecisionRecord, Error, InstanceRecord, NewAction, OutboxRow,
-    ScheduleRecord, SqliteStore, Store,
+    AuditRow, BroadcastChange, BroadcastRecord, Change, Commit, Committed, Completion, Cursor, DecisionRecord, Error,
+    Expected, InstanceRecord, NewAction, OutboxRow, ScheduleRecord, SqliteStore, Store,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -68,6 +68,9 @@ enum Op {
     Purge { back: i64 },
     /// Schedule progress with or without an audit row.
     Schedule { broadcast: usize, rank: u8, outcome: Option<usize>, with_event: bool },
+    /// A definition change of one broadcast (`put`: its new `channel`, else a removal), expecting
+    /// `expect`: 0 any, 1 absent, 2 the current revision, 3 a stale or made-up one.
+    Define { broadcast: usize, put: Option<u8>, expect: u8 },
 }
 
 fn broadcast() -> impl Strategy<Value = usize> {
@@ -102,6 +105,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..40i64).prop_map(|back| Op::Purge { back }),
         2 => (broadcast(), 0..5u8, proptest::option::of(0..OUTCOMES.len()), any::<bool>())
             .prop_map(|(broadcast, rank, outcome, with_event)| Op::Schedule { broadcast, rank, outcome, with_event }),
+        2 => (broadcast(), proptest::option::weighted(0.7, any::<u8>()), 0..4u8)
+            .prop_map(|(broadcast, put, expect)| Op::Define { broadcast, put, expect }),
     ]
 }
 
@@ -113,6 +118,9 @@ struct Model {
     outbox: Vec<OutboxRow>,
     audit: Vec<AuditRow>,
     cursors: BTreeMap<String, Cursor>,
+    definitions: BTreeMap<String, BroadcastRecord>,
+    /// The last revision given (one counter for all broadcasts).
+    revision: i64,
     next_outbox: i64,
     next_audit: i64,
 }
@@ -125,9 +133,47 @@ impl Model {
             outbox: Vec::new(),
             audit: Vec::new(),
             cursors: BTreeMap::new(),
+            definitions: BTreeMap::new(),
+            revision: 0,
             next_outbox: 1,
             next_audit: 1,
         }
+    }
+
+    /// A definition change, as the specification says: refused whole when the revision is not
+    /// the expected one; a removal takes the broadcast's instance (with its timers) and schedule
+    /// cursor with it and leaves its audit trail, outbox and processed ids.
+    fn define(&mut self, change: &BroadcastChange) -> Result<Option<BroadcastRecord>, Option<i64>> {
+        let found = self.definitions.get(&change.id).map(|record| record.revision);
+        let expected = match change.expected {
+            Expected::Any => true,
+            Expected::Absent => found.is_none(),
+            Expected::Revision(revision) => found == Some(revision),
+        };
+        if !expected {
+            return Err(found);
+        }
+        let written = match &change.change {
+            Change::Put(next) => {
+                self.revision += 1;
+                let incarnation = self.definitions.get(&change.id).map_or(self.revision, |record| record.incarnation);
+                let record =
+                    BroadcastRecord { revision: self.revision, incarnation, updated: change.at, ..next.clone() };
+                self.definitions.insert(change.id.clone(), record.clone());
+                Some(record)
+            }
+            Change::Remove => {
+                self.definitions.remove(&change.id);
+                self.instances.remove(&change.id);
+                self.cursors.remove(&change.id);
+                None
+            }
+            Change::Note => None,
+        };
+        let mut detail = change.detail.clone();
+        detail["revision"] = written.as_ref().map_or(Value::Null, |record| record.revision.into());
+        self.push_audit(&change.id, change.at, "config", None, None, None, None, change.reason.clone(), detail);
+        Ok(written)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -395,6 +441,44 @@ fn sorted_skips(committed: Vec<Committed>) -> Vec<Committed> {
         .collect()
 }
 
+/// A definition change of `broadcast` (see `Op::Define`).
+fn definition_change(
+    model: &Model,
+    broadcast: &str,
+    put: Option<u8>,
+    expect: u8,
+    at: DateTime<Utc>,
+) -> BroadcastChange {
+    let current = model.definitions.get(broadcast).map(|record| record.revision);
+    let expected = match expect {
+        0 => Expected::Any,
+        1 => Expected::Absent,
+        2 => current.map_or(Expected::Absent, Expected::Revision),
+        _ => Expected::Revision(current.map_or(model.revision + 1, |revision| revision - 1)),
+    };
+    let change = match put {
+        Some(channel) => Change::Put(BroadcastRecord {
+            id: broadcast.to_string(),
+            origin: if channel % 2 == 0 { "api" } else { "file" }.into(),
+            revision: 0,
+            incarnation: 0,
+            definition: json!({"channel": format!("{broadcast}-{channel}")}).as_object().cloned().unwrap_or_default(),
+            updated: at,
+            updated_by: "model".into(),
+            deleting: channel % 5 == 0,
+        }),
+        None => Change::Remove,
+    };
+    BroadcastChange {
+        id: broadcast.to_string(),
+        expected,
+        change,
+        at,
+        reason: format!("{broadcast} changed"),
+        detail: json!({"who": "model"}),
+    }
+}
+
 /// Every read of the store against the model.
 fn compare(store: &SqliteStore, model: &Model, step: usize) -> Result<(), TestCaseError> {
     for broadcast in (0..BROADCASTS).map(name) {
@@ -431,6 +515,8 @@ fn compare(store: &SqliteStore, model: &Model, step: usize) -> Result<(), TestCa
     let expected: Vec<bool> = keys.iter().map(|key| model.processed.contains_key(key)).collect();
     prop_assert_eq!(store.processed(&keys).map_err(fail)?, expected, "step {}: processed", step);
     prop_assert_eq!(store.schedule_cursors().map_err(fail)?, model.cursors.clone(), "step {}: schedule_cursors", step);
+    let definitions: Vec<BroadcastRecord> = model.definitions.values().cloned().collect();
+    prop_assert_eq!(store.broadcasts().map_err(fail)?, definitions, "step {}: broadcasts", step);
     Ok(())
 }
 
@@ -538,6 +624,18 @@ fn run(ops: &[Op]) -> Result<usize, TestCaseError> {
                 model.schedule(&record);
                 store.schedule_progress(vec![record]).map_err(fail)?;
             }
+            Op::Define { broadcast, put, expect } => {
+                let change = definition_change(&model, &name(*broadcast), *put, *expect, at);
+                match (model.define(&change), store.change_broadcasts(vec![change])) {
+                    (Ok(expected), Ok(written)) => prop_assert_eq!(written, vec![expected], "step {}", step),
+                    (Err(found), Err(Error::Conflict { found: stored, .. })) => {
+                        prop_assert_eq!(stored, found, "step {}: the conflict names the stored revision", step)
+                    }
+                    (model, store) => {
+                        prop_assert!(false, "step {}: the model says {:?}, the store {:?}", step, model, store)
+                    }
+                }
+            }
         }
         compare(&store, &model, step)?;
         reads += 1;
@@ -594,6 +692,13 @@ fn three_broadcasts_in_different_states_read_back_their_own_records() {
         Op::Duplicate { broadcast: 1, event: 0 },
         Op::Started { row: 0, attempt: 1 },
         Op::Schedule { broadcast: 2, rank: 1, outcome: Some(2), with_event: true },
+        // Definitions: b00 and b02 defined, b01 refused (a made-up revision), then b02 (failed,
+        // with a timer and a cursor) removed: its instance and cursor go, its audit stays.
+        Op::Define { broadcast: 0, put: Some(2), expect: 1 },
+        Op::Define { broadcast: 2, put: Some(4), expect: 0 },
+        Op::Define { broadcast: 1, put: Some(6), expect: 3 },
+        Op::Define { broadcast: 0, put: Some(8), expect: 2 },
+        Op::Define { broadcast: 2, put: None, expect: 2 },
     ];
     let steps = run(&ops).unwrap();
     assert_eq!(steps, ops.len());
