@@ -8,10 +8,13 @@
 //! Run with `cargo bench --bench ingress` (needs rabbitmq-server); `--profile dev` builds faster.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use onair::ingress::{SIGNATURE_HEADER, sign};
+
+mod support;
+use support::{rss_mb, stop};
 
 const ROUNDS: usize = 200;
 const SECRET: &str = "bench-hmac-secret-0123456789";
@@ -117,26 +120,6 @@ async fn run() {
 
 fn log_path(config: &Path) -> String {
     config.with_file_name("onair.log").display().to_string()
-}
-
-/// The daemon's resident set, in MB, from /proc.
-fn rss_mb(daemon: &Child) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
-}
-
-fn stop(daemon: &mut Child) {
-    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-    let started = Instant::now();
-    while daemon.try_wait().ok().flatten().is_none() && started.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = daemon.kill();
 }
 
 /// The bodies of a round, built once.

@@ -189,6 +189,9 @@ impl Metrics {
             "Seconds since the last encoder heartbeat (or since going on air), per live channel",
             heartbeats,
         );
+        let armed: Gauge = Gauge::default();
+        armed.set(i64::try_from(snapshot.schedules_armed).unwrap_or(i64::MAX));
+        registry.register("schedules_armed", "Schedules the scheduler has armed (one per scheduled broadcast)", armed);
         let ready: Gauge = Gauge::default();
         ready.set(i64::from(snapshot.broker_ready));
         registry.register("broker_ready", "1 while connected to RabbitMQ and consuming", ready);
@@ -207,6 +210,8 @@ pub struct Snapshot {
     pub broker_ready: bool,
     pub steps_published: u64,
     pub steps_missed: u64,
+    /// Schedules armed by the scheduler.
+    pub schedules_armed: u64,
     /// The scheduler's lateness histogram (shared, not copied).
     pub schedule_lateness: Option<Histogram>,
     /// Broadcasts per state.
@@ -249,6 +254,7 @@ mod tests {
             broker_ready: true,
             steps_published: 5,
             steps_missed: 4,
+            schedules_armed: 7,
             schedule_lateness: Some(lateness),
             states: [("live".to_string(), 1), ("idle".to_string(), 2)].into(),
             live_channels: [
@@ -276,6 +282,7 @@ mod tests {
             "onair_heartbeat_age_seconds{channel=\"news\",broadcast=\"news\"} 25.0",
             "onair_heartbeat_age_seconds{channel=\"sport\",broadcast=\"sport\"} 90.0",
             "onair_broker_ready 1",
+            "onair_schedules_armed 7",
         ] {
             assert!(text.lines().any(|candidate| candidate == line), "{line:?} in\n{text}");
         }

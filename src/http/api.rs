@@ -446,6 +446,7 @@ pub(super) async fn snapshot(state: &Arc<Parts>) -> Result<crate::metrics::Snaps
         reconnects: state.status.reconnects(),
         broker_ready: state.status.is_ready(),
         steps_published: state.schedule.published(),
+        schedules_armed: state.schedule.tracks(),
         steps_missed: state.schedule.missed(),
         schedule_lateness: Some(state.schedule.lateness().clone()),
         states,

@@ -197,6 +197,7 @@ async fn probes_api_commands_and_metrics_tell_the_truth() {
     assert!(value("onair_action_attempts_total{action=\"channel.start\"}") >= 1.0);
     assert!(value("onair_heartbeat_age_seconds{channel=\"news\",broadcast=\"news\"}") >= 0.0);
     assert_eq!(value("onair_broker_ready"), 1.0);
+    assert_eq!(value("onair_schedules_armed"), 1.0, "news alone is scheduled");
     assert_eq!(value("onair_broker_reconnects_total"), 0.0);
     assert!(text.contains("# TYPE onair_schedule_lateness_seconds histogram"), "{text}");
     assert!(text.ends_with("# EOF\n"));

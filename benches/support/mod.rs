@@ -1,0 +1,25 @@
+//! What several benchmarks share: the daemon as a process, its memory, stopping it.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// The process's resident set, in MB, from /proc.
+pub fn rss_mb(daemon: &Child) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+/// SIGTERM, up to 20 s to stop, then SIGKILL.
+pub fn stop(daemon: &mut Child) {
+    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
+    let started = Instant::now();
+    while daemon.try_wait().ok().flatten().is_none() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = daemon.kill();
+}
