@@ -478,8 +478,11 @@ impl Manager {
         for record in records {
             // The file's parsed broadcast, unless the stored definition differs (a change refused
             // because the broadcast is not idle: the stored one runs until it is).
+            // (Settings built in code, as the demo's, may have no definition as written: the
+            // parsed broadcast is then the file's whatever is stored.)
             let from_file = file.broadcasts.get(&record.id).filter(|_| {
-                record.origin == Origin::File.name() && file.sources.get(&record.id) == Some(&record.definition)
+                record.origin == Origin::File.name()
+                    && file.sources.get(&record.id).is_none_or(|source| source == &record.definition)
             });
             let parsed = match from_file {
                 Some(broadcast) => Ok(broadcast.clone()),
