@@ -166,7 +166,7 @@ struct Activity {
 pub struct Manager {
     registry: Registry,
     store: Arc<dyn Store>,
-    parser: Parser,
+    parser: Arc<Parser>,
     library: std::sync::Mutex<Arc<Library>>,
     clock: SharedClock,
     /// One change at a time, so that each is validated against the set it changes.
@@ -195,7 +195,7 @@ impl Manager {
         let manager = Self {
             registry: Registry::new(Catalog::default()),
             store,
-            parser,
+            parser: Arc::new(parser),
             library: std::sync::Mutex::new(library),
             clock,
             changing: tokio::sync::Mutex::new(()),
@@ -240,6 +240,14 @@ impl Manager {
         expected: Expected,
         who: &Who,
     ) -> Result<Arc<Entry>, Error> {
+        // What the definition says on its own is checked before the one-at-a-time part, off the
+        // async threads (a year of its schedule is looked at): puts overlap here.
+        let library = self.library();
+        let (parser, own_id, own) = (Arc::clone(&self.parser), id.to_string(), definition.clone());
+        let (checks, now) = (Arc::clone(&library), self.clock.now());
+        let broadcast = tokio::task::spawn_blocking(move || validate(&parser, &checks, &own_id, &own, now))
+            .await
+            .map_err(|_| Error::Store(store::Error::Stopped))??;
         let _one = self.changing.lock().await;
         let catalog = self.registry.current();
         let existing = catalog.get(id).cloned();
@@ -248,21 +256,9 @@ impl Manager {
         {
             return Err(Error::FileOwned(id.to_string()));
         }
-        if !crate::broadcast::valid_id(id) {
-            return Err(Error::Invalid(vec![ProblemAt {
-                key: format!("broadcasts.{id}"),
-                reason: "a broadcast id is 1 to 40 lowercase letters, digits and inner hyphens".into(),
-            }]));
-        }
-        let library = self.library();
-        let broadcast = self.parser.parse(id, &definition).map_err(Error::Invalid)?;
-        let mut problems = Vec::new();
-        if library.get(&broadcast.machine).is_none() {
-            problems.push(missing_machine(id, &broadcast.machine, &library));
-        }
-        problems.extend(schedule_problems(&catalog, &broadcast, self.clock.now()));
-        if !problems.is_empty() {
-            return Err(Error::Invalid(problems));
+        let clashes = channel_clashes(&catalog, &broadcast, self.clock.now()).await;
+        if !clashes.is_empty() {
+            return Err(Error::Invalid(clashes));
         }
         if let Some(existing) = &existing {
             let activity = self.activity_of(id).await?;
@@ -810,20 +806,60 @@ fn disturbing_definitions(before: &Map<String, Value>, after: &Map<String, Value
     (!changed.is_empty()).then(|| format!("its {} cannot change until it is idle", changed.join(", ")))
 }
 
-/// The schedule problems `broadcast` would bring to the running set: its own (leads longer than
-/// gaps, a date that never comes) and clashes with the broadcasts on its channel.
-fn schedule_problems(catalog: &Catalog, broadcast: &Broadcast, now: DateTime<Utc>) -> Vec<ProblemAt> {
-    let Some(spec) = broadcast.schedule.as_ref() else { return Vec::new() };
-    let mut scheduled = vec![crate::schedule::plan::Scheduled { id: &broadcast.id, channel: &broadcast.channel, spec }];
-    for (id, entry) in catalog.iter() {
-        if id != &broadcast.id
-            && entry.broadcast.channel.eq_ignore_ascii_case(&broadcast.channel)
-            && let Some(spec) = entry.broadcast.schedule.as_ref()
-        {
-            scheduled.push(crate::schedule::plan::Scheduled { id, channel: &entry.broadcast.channel, spec });
-        }
+/// A definition's own problems: its id, what it says, its machine, its schedule over the coming
+/// year (a date that never comes, leads longer than the gaps); the broadcast when there are none.
+fn validate(
+    parser: &Parser,
+    library: &Library,
+    id: &str,
+    definition: &Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Result<Broadcast, Error> {
+    if !crate::broadcast::valid_id(id) {
+        return Err(Error::Invalid(vec![ProblemAt {
+            key: format!("broadcasts.{id}"),
+            reason: "a broadcast id is 1 to 40 lowercase letters, digits and inner hyphens".into(),
+        }]));
     }
-    crate::schedule::plan::problems(&scheduled, now).iter().map(|line| ProblemAt::from_line(line)).collect()
+    let broadcast = parser.parse(id, definition).map_err(Error::Invalid)?;
+    let mut problems = Vec::new();
+    if library.get(&broadcast.machine).is_none() {
+        problems.push(missing_machine(id, &broadcast.machine, library));
+    }
+    if let Some(spec) = broadcast.schedule.as_ref() {
+        let own = [crate::schedule::plan::Scheduled { id, channel: &broadcast.channel, spec }];
+        problems.extend(crate::schedule::plan::problems(&own, now).iter().map(|line| ProblemAt::from_line(line)));
+    }
+    if problems.is_empty() { Ok(broadcast) } else { Err(Error::Invalid(problems)) }
+}
+
+/// Times `broadcast` would be on air together with another broadcast on its channel (its own
+/// problems are known to be none).
+async fn channel_clashes(catalog: &Catalog, broadcast: &Broadcast, now: DateTime<Utc>) -> Vec<ProblemAt> {
+    let Some(spec) = broadcast.schedule.clone() else { return Vec::new() };
+    let others: Vec<(String, String, Arc<crate::schedule::Spec>)> = catalog
+        .iter()
+        .filter(|(id, entry)| {
+            *id != &broadcast.id && entry.broadcast.channel.eq_ignore_ascii_case(&broadcast.channel) && !entry.deleting
+        })
+        .filter_map(|(id, entry)| {
+            Some((id.clone(), entry.broadcast.channel.clone(), Arc::clone(entry.broadcast.schedule.as_ref()?)))
+        })
+        .collect();
+    if others.is_empty() {
+        return Vec::new();
+    }
+    let (id, channel) = (broadcast.id.clone(), broadcast.channel.clone());
+    let check = move || {
+        let mut scheduled = vec![crate::schedule::plan::Scheduled { id: &id, channel: &channel, spec: &spec }];
+        scheduled.extend(others.iter().map(|(id, channel, spec)| crate::schedule::plan::Scheduled {
+            id,
+            channel,
+            spec,
+        }));
+        crate::schedule::plan::problems(&scheduled, now).iter().map(|line| ProblemAt::from_line(line)).collect()
+    };
+    tokio::task::spawn_blocking(check).await.unwrap_or_default()
 }
 
 /// A readable diff of two definitions, one line per key (dotted): `+ key = value` added,
