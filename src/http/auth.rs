@@ -135,11 +135,12 @@ pub(super) fn parse_tokens(section: &mut crate::config::Section<'_>, legacy: Opt
     let mut duplicates = Vec::new();
     for (index, (name, secret)) in secrets.iter().enumerate() {
         if let Some((other, _)) = secrets[..index].iter().find(|(_, earlier)| earlier.trim() == secret.trim()) {
-            duplicates.push(format!("tokens {other} and {name} have the same secret: each token needs its own"));
+            let key = if *name == LEGACY_NAME { LEGACY_NAME.to_string() } else { format!("tokens.{name}.token") };
+            duplicates.push((key, format!("tokens {other} and {name} have the same secret: each token needs its own")));
         }
     }
-    for problem in duplicates {
-        section.problem("tokens", problem);
+    for (key, problem) in duplicates {
+        section.problem(&key, problem);
     }
     parsed
 }

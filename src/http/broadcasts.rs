@@ -365,8 +365,10 @@ fn refused(error: CatalogError) -> ApiError {
         CatalogError::NotFound(id) => unknown(&id),
         error @ CatalogError::FileOwned(_) => ApiError::new(StatusCode::CONFLICT, "file_broadcast", error.to_string()),
         CatalogError::Busy { id, state, what } => {
+            let (current, pending) = split_state(&state);
             ApiError::new(StatusCode::CONFLICT, "busy", format!("broadcast {id:?} is {state}, not idle: {what}"))
-                .with("state", json!(state))
+                .with("state", json!(current))
+                .with("actions_pending", json!(pending))
         }
         CatalogError::Conflict { id, found, .. } => {
             let message = match found {
@@ -377,6 +379,14 @@ fn refused(error: CatalogError) -> ApiError {
                 .with("revision", json!(found))
         }
         CatalogError::Store(error) => ApiError::store(error),
+    }
+}
+
+/// The manager's `live (actions pending)`: the state, and whether actions are pending.
+fn split_state(state: &str) -> (&str, bool) {
+    match state.strip_suffix(" (actions pending)") {
+        Some(current) => (current, true),
+        None => (state, false),
     }
 }
 
@@ -459,7 +469,9 @@ pub async fn delete(
         Deleted::Removed => Ok(StatusCode::NO_CONTENT.into_response()),
         Deleted::Stopping { state: current } => {
             stop_now(&state, &id, &who).await?;
-            Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "state": current, "removing": true}))).into_response())
+            let (current, pending) = split_state(&current);
+            let body = json!({"id": id, "state": current, "actions_pending": pending, "removing": true});
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
     }
 }
