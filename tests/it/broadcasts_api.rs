@@ -142,7 +142,7 @@ async fn a_broadcast_created_through_the_api_twenty_seconds_ahead_goes_on_air() 
     let (daemon, base, settings) = start(directory.path(), &emulator, &broker, FILE_BROADCASTS, false).await;
     force(&base, "sport", "failed").await;
 
-    let air = DateTime::from_timestamp(Utc::now().timestamp() + 20, 0).unwrap();
+    let air = DateTime::from_timestamp(now().timestamp() + 20, 0).unwrap();
     let definition = json!({
         "channel": "match",
         "units": {"on_air": 2, "off_air": 0},
@@ -521,14 +521,14 @@ async fn the_list_and_the_audit_page_and_filter() {
     let broadcasts =
         "[broadcasts.news]\n[broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.travel]\nchannel = \"voyage\"\n";
     let (daemon, base, settings) = start(directory.path(), &emulator, &broker, broadcasts, false).await;
-    let soon = DateTime::from_timestamp(Utc::now().timestamp() + 2 * 3600, 0).unwrap();
+    let soon = DateTime::from_timestamp(now().timestamp() + 2 * 3600, 0).unwrap();
     let gala = json!({"channel": "gala", "schedule": {"at": soon.to_rfc3339(), "duration": "1h"}});
     assert_eq!(put(&base, "gala", Some(ADMIN), &gala, &[]).await.status, 201);
     assert_eq!(put(&base, "match", Some(ADMIN), &json!({"channel": "match"}), &[]).await.status, 201);
     force(&base, "match", "live").await;
     force(&base, "news", "standby").await;
     force(&base, "sport", "failed").await;
-    let settled = Utc::now();
+    let settled = now();
     tokio::time::sleep(FRESH_WAIT).await;
 
     // Pages of two, in id order, until `next` is null.
@@ -692,4 +692,9 @@ async fn a_dashboard_refresh_over_ten_thousand_broadcasts_stays_under_100_kb() {
     );
     assert!(bytes < 100_000, "{bytes} B");
     daemon.stop().await.unwrap();
+}
+
+/// The wall clock, as the daemon reads it.
+fn now() -> DateTime<Utc> {
+    onair::clock::Clock::now(&onair::clock::SystemClock)
 }
