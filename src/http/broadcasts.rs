@@ -437,8 +437,17 @@ pub async fn put(
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("not JSON: {error}")));
         }
     };
-    let exists = state.catalog.registry().current().contains(&id);
-    let expected = expected(&headers, exists)?;
+    let current = state.catalog.registry().current().get(&id).cloned();
+    if current.as_ref().is_some_and(|entry| entry.deleting) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "removing",
+            format!(
+                "broadcast {id:?} is being removed (stopped, then removed once idle); create it again once it is gone"
+            ),
+        ));
+    }
+    let expected = expected(&headers, current.is_some())?;
     let entry = state.catalog.put(&id, definition, expected, &Who(caller.name)).await.map_err(refused)?;
     // The change that created this life of the id has its revision as the incarnation.
     let status = if entry.incarnation == entry.revision { StatusCode::CREATED } else { StatusCode::OK };

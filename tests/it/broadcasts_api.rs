@@ -295,6 +295,16 @@ async fn changes_are_validated_serialized_and_never_disturb_what_runs() {
     let forced = delete(&base, "gala?force=true", Some(ADMIN)).await;
     assert_eq!(forced.status, 202, "{}", forced.body);
     assert_eq!(forced.body["removing"], true);
+    // Stopping takes the channel down first (a second at least): meanwhile it cannot be replaced.
+    let meanwhile = put(&base, "gala", Some(ADMIN), &json!({"channel": "gala"}), &[]).await;
+    assert_eq!(
+        (meanwhile.status, meanwhile.body["error"]["code"].as_str()),
+        (409, Some("removing")),
+        "{}",
+        meanwhile.body
+    );
+    let listed = get(&base, "/api/v1/broadcasts?q=gala", None).await.body;
+    assert_eq!(listed["broadcasts"][0]["removing"], true, "{listed}");
     let repeated = delete(&base, "gala?force=true", Some(ADMIN)).await;
     assert!(matches!(repeated.status, 202 | 204 | 404), "{}", repeated.status);
     let removing_seen = Instant::now();
