@@ -353,6 +353,9 @@ async fn each_role_may_do_what_it_is_for_and_the_audit_names_the_token() {
     for path in ["/healthz", "/", "/api/v1/openapi.json"] {
         assert_eq!(get(&base, path, None).await.status, 200, "{path}");
     }
+    for path in ["/%61pi/v1/broadcasts", "/api/v1/broadcasts/", "//api/v1/broadcasts", "/api/v1/./audit", "/METRICS"] {
+        assert_eq!(get(&base, path, None).await.status, 401, "{path}: no spelling of a path reads without a token");
+    }
 
     let definition = json!({"channel": "match"});
     let start_now = json!({"command": "start-now", "note": "roles"});
