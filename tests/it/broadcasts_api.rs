@@ -443,6 +443,17 @@ fn token_settings_are_checked() {
         assert!(problems.contains(expected), "{expected} in {problems}");
     }
     assert!(!problems.contains("shared-secret") && !problems.contains("carol-secret"), "no secret in errors");
+    // `onair check` says the same, and exits with the settings code.
+    let mut check = crate::broker::onair(&file);
+    check.arg("check");
+    for (name, value) in &source.env {
+        check.env(name, value);
+    }
+    let output = check.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("unknown role \"superuser\"") && stderr.contains("have the same secret"), "{stderr}");
+    assert!(!stderr.contains("shared-secret-0123456789"), "{stderr}");
 
     // Fixed: every token from the environment or a file, each its own.
     std::fs::write(
