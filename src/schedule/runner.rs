@@ -501,7 +501,10 @@ impl Track {
                 .chain(self.occurrences.clone())
                 .take(1000)
                 .find(|occurrence| {
-                    occurrence.air > air && occurrence.skipped.is_none() && !self.holds.contains_key(&occurrence.air)
+                    occurrence.air > air
+                        && occurrence.skipped.is_none()
+                        && !self.holds.contains_key(&occurrence.air)
+                        && self.held_during(occurrence.air, occurrence.end).is_none()
                 })
                 .map(|occurrence| (occurrence.air, occurrence.first_step(&self.spec))),
         };
@@ -1252,5 +1255,211 @@ mod tests {
         assert!(gaps.iter().all(|gap| *gap <= max_sleep), "{gaps:?}");
         assert_eq!(gaps[0], Duration::from_millis(100), "{gaps:?}");
         assert_eq!(gaps[7], max_sleep, "the backoff grows to max_sleep and stays there: {gaps:?}");
+    }
+
+    // === Schedule changes, holds and extend on one track ===
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    /// A one-shot show at `air`: 30 min on air, warm-up 10 min before, scale-up 2 min before,
+    /// cooldown 5 min after.
+    fn show(air: &str) -> Arc<Spec> {
+        let mut spec = Spec::new(When::Instant(at(air)), chrono_tz::UTC, TimeDelta::minutes(30));
+        (spec.lead_channel, spec.lead_scale, spec.post_roll) =
+            (TimeDelta::minutes(10), TimeDelta::minutes(2), TimeDelta::minutes(5));
+        Arc::new(spec)
+    }
+
+    /// Every step at or before `now` taken, as a pass does (the cursor follows).
+    fn fire(track: &mut Track, now: &str) -> Vec<String> {
+        take_due(track, at(now))
+            .into_iter()
+            .map(|armed| {
+                track.cursor = armed.key;
+                step_name(&armed)
+            })
+            .collect()
+    }
+
+    fn step_name(armed: &Armed) -> String {
+        let occurrence = occurrence_id(armed.key.air);
+        match armed.step {
+            Ok(step) => format!("{occurrence}/{} {}", step.name(), stamp(armed.key.at)),
+            Err(skip) => format!("{occurrence} skipped ({skip:?})"),
+        }
+    }
+
+    /// What is armed, in order (arming lazily first).
+    fn armed(track: &mut Track) -> Vec<String> {
+        let _ = track.front();
+        track.armed.iter().map(step_name).collect()
+    }
+
+    fn track(air: &str, now: &str) -> Track {
+        Track::new("news".into(), show(air), None, at(now), Held::default()).0
+    }
+
+    #[test]
+    fn a_change_before_anything_fired_arms_the_new_schedule_from_now() {
+        // A fresh cursor (air = MAX): nothing has started, nothing is held.
+        let mut track = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+        assert_eq!(armed(&mut track).len(), 5);
+        track.change(show("2026-11-24T17:05:00Z"), at("2026-11-24T17:00:00Z"));
+        assert!(track.holds.is_empty());
+        // The new air time is closer than its warm-up lead: the steps after the change are armed
+        // (the machine converges from scale-up), not the whole occurrence dropped.
+        assert_eq!(
+            armed(&mut track),
+            [
+                "20261124t1705z/scale 2026-11-24T17:03:00.000Z",
+                "20261124t1705z/air 2026-11-24T17:05:00.000Z",
+                "20261124t1705z/end 2026-11-24T17:35:00.000Z",
+                "20261124t1705z/cooldown 2026-11-24T17:40:00.000Z",
+            ]
+        );
+        assert_eq!(track.floor, Some(at("2026-11-24T17:00:00Z")));
+    }
+
+    #[test]
+    fn a_change_during_warm_up_keeps_the_started_occurrence_and_skips_what_would_overlap_it() {
+        let warming = || {
+            let mut track = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+            assert_eq!(fire(&mut track, "2026-11-24T17:50:00Z"), ["20261124t1800z/warmup 2026-11-24T17:50:00.000Z"]);
+            track
+        };
+        // Moved ten minutes later while warming up: the started occurrence keeps its times; the
+        // new one would be on air with it.
+        let mut track = warming();
+        track.change(show("2026-11-24T18:10:00Z"), at("2026-11-24T17:52:00Z"));
+        let held = &track.holds[&at("2026-11-24T18:00:00Z")];
+        assert_eq!(held.len(), 5, "every step of the held occurrence, the fired warm-up too: {held:?}");
+        assert_eq!(
+            fire(&mut track, "2026-11-25T00:00:00Z"),
+            [
+                "20261124t1800z/scale 2026-11-24T17:58:00.000Z",
+                "20261124t1800z/air 2026-11-24T18:00:00.000Z",
+                "20261124t1810z skipped (Overlap { previous: 2026-11-24T18:00:00Z })",
+                "20261124t1800z/end 2026-11-24T18:30:00.000Z",
+                "20261124t1800z/cooldown 2026-11-24T18:35:00.000Z",
+            ]
+        );
+        // Moved to after it instead: both run, each on its own times.
+        let mut track = warming();
+        track.change(show("2026-11-24T19:00:00Z"), at("2026-11-24T17:53:00Z"));
+        let steps = fire(&mut track, "2026-11-25T00:00:00Z");
+        assert_eq!(steps.len(), 9, "{steps:?}");
+        assert_eq!(steps[3], "20261124t1800z/cooldown 2026-11-24T18:35:00.000Z");
+        assert_eq!(steps[4], "20261124t1900z/warmup 2026-11-24T18:50:00.000Z");
+        assert_eq!(steps[8], "20261124t1900z/cooldown 2026-11-24T19:35:00.000Z");
+    }
+
+    #[test]
+    fn a_change_twice_keeps_the_first_times_and_only_the_last_schedule() {
+        let mut track = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+        fire(&mut track, "2026-11-24T18:01:00Z");
+        track.change(show("2026-11-24T19:00:00Z"), at("2026-11-24T18:02:00Z"));
+        track.change(show("2026-11-24T20:00:00Z"), at("2026-11-24T18:03:00Z"));
+        // The hold kept the first schedule's instants through both changes.
+        let held = &track.holds[&at("2026-11-24T18:00:00Z")];
+        assert_eq!(held[0], (StepKind::Warmup, at("2026-11-24T17:50:00Z")));
+        assert_eq!(held[4], (StepKind::Cooldown, at("2026-11-24T18:35:00Z")));
+        assert_eq!(
+            fire(&mut track, "2026-11-25T00:00:00Z"),
+            [
+                "20261124t1800z/end 2026-11-24T18:30:00.000Z",
+                "20261124t1800z/cooldown 2026-11-24T18:35:00.000Z",
+                "20261124t2000z/warmup 2026-11-24T19:50:00.000Z",
+                "20261124t2000z/scale 2026-11-24T19:58:00.000Z",
+                "20261124t2000z/air 2026-11-24T20:00:00.000Z",
+                "20261124t2000z/end 2026-11-24T20:30:00.000Z",
+                "20261124t2000z/cooldown 2026-11-24T20:35:00.000Z",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_change_to_no_schedule_lets_the_occurrence_on_air_end_and_holds_it() {
+        let mut on_air = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+        fire(&mut on_air, "2026-11-24T18:00:00Z");
+        on_air.retire();
+        assert_eq!(
+            armed(&mut on_air),
+            ["20261124t1800z/end 2026-11-24T18:30:00.000Z", "20261124t1800z/cooldown 2026-11-24T18:35:00.000Z"]
+        );
+        assert_eq!(on_air.hold_write(at("2026-11-24T18:01:00Z"), None).holds.len(), 1);
+        // Not started: nothing is left, nothing held.
+        let mut waiting = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+        waiting.retire();
+        assert!(armed(&mut waiting).is_empty());
+        assert!(waiting.holds.is_empty());
+    }
+
+    #[test]
+    fn a_restart_arms_the_hold_in_place_of_what_the_new_schedule_generates() {
+        let mut before = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+        fire(&mut before, "2026-11-24T18:00:00Z");
+        before.change(show("2026-11-24T18:05:00Z"), at("2026-11-24T18:01:00Z"));
+        before.extend(Extension::By(TimeDelta::minutes(2)), at("2026-11-24T18:02:00Z")).unwrap();
+        let write = before.hold_write(at("2026-11-24T18:02:00Z"), None);
+        // The restart: the same cursor, the new schedule, the stored holds.
+        let held = Held { holds: write.holds, floor: write.floor };
+        let (mut after, fresh) = Track::new(
+            "news".into(),
+            show("2026-11-24T18:05:00Z"),
+            Some(before.cursor),
+            at("2026-11-24T18:03:00Z"),
+            held,
+        );
+        assert!(fresh.is_none());
+        assert_eq!(armed(&mut after), armed(&mut before));
+        assert_eq!(
+            armed(&mut after)[..3],
+            [
+                "20261124t1805z skipped (Overlap { previous: 2026-11-24T18:00:00Z })",
+                "20261124t1800z/end 2026-11-24T18:32:00.000Z",
+                "20261124t1800z/cooldown 2026-11-24T18:37:00.000Z",
+            ]
+        );
+        // Once over, a hold is dropped at the next start.
+        let mut later = after;
+        fire(&mut later, "2026-11-24T18:40:00Z");
+        let write = later.hold_write(at("2026-11-24T18:40:00Z"), None);
+        let (again, _) = Track::new(
+            "news".into(),
+            show("2026-11-24T18:05:00Z"),
+            Some(later.cursor),
+            at("2026-11-24T18:41:00Z"),
+            Held { holds: write.holds, floor: write.floor },
+        );
+        assert!(again.holds.is_empty());
+    }
+
+    #[test]
+    fn extend_moves_the_end_on_air_and_refuses_what_it_cannot() {
+        let mut track = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+        let now = at("2026-11-24T17:40:00Z");
+        assert_eq!(track.extend(Extension::By(TimeDelta::minutes(2)), now), Err(ExtendError::NotOnAir("news".into())));
+        fire(&mut track, "2026-11-24T18:10:00Z");
+        let extended = track.extend(Extension::By(TimeDelta::minutes(2)), at("2026-11-24T18:10:00Z")).unwrap();
+        assert_eq!((extended.end_was, extended.end), (at("2026-11-24T18:30:00Z"), at("2026-11-24T18:32:00Z")));
+        assert_eq!(extended.cooldown, at("2026-11-24T18:37:00Z"));
+        assert_eq!(
+            armed(&mut track),
+            ["20261124t1800z/end 2026-11-24T18:32:00.000Z", "20261124t1800z/cooldown 2026-11-24T18:37:00.000Z"]
+        );
+        let early = track.extend(Extension::Until(at("2026-11-24T18:05:00Z")), at("2026-11-24T18:10:00Z"));
+        assert!(matches!(early, Err(ExtendError::TooEarly { .. })), "{early:?}");
+        // A next occurrence at 19:00 warms up at 18:50: the cooldown (end + 5 min) cannot pass it.
+        track.change(show("2026-11-24T19:00:00Z"), at("2026-11-24T18:11:00Z"));
+        let overlap = track.extend(Extension::Until(at("2026-11-24T18:50:00Z")), at("2026-11-24T18:11:00Z"));
+        let Err(ExtendError::Overlap { warmup, latest, next, .. }) = overlap else { panic!("{overlap:?}") };
+        assert_eq!(
+            (warmup, latest, next.as_str()),
+            (at("2026-11-24T18:50:00Z"), at("2026-11-24T18:45:00Z"), "20261124t1900z")
+        );
+        track.extend(Extension::Until(latest), at("2026-11-24T18:11:00Z")).unwrap();
+        assert_eq!(track.holds[&at("2026-11-24T18:00:00Z")][4], (StepKind::Cooldown, at("2026-11-24T18:50:00Z")));
     }
 }
