@@ -179,6 +179,8 @@ pub struct Daemon {
     probe: JoinHandle<()>,
     health: crate::health::Health,
     metrics: crate::metrics::Metrics,
+    /// The running set of broadcasts and its only writer.
+    catalog: Arc<crate::catalog::Manager>,
 }
 
 impl Daemon {
@@ -222,6 +224,11 @@ impl Daemon {
     /// The scheduler's counters.
     pub fn schedule_stats(&self) -> &crate::schedule::Stats {
         &self.schedule_stats
+    }
+
+    /// The running set of broadcasts, and the way to change it.
+    pub fn catalog(&self) -> &Arc<crate::catalog::Manager> {
+        &self.catalog
     }
 
     /// Stops the inputs (in-flight events finish and are acknowledged), then the engine.

@@ -97,6 +97,7 @@ impl Built {
             probe,
             health: shared.health,
             metrics: shared.metrics,
+            catalog,
         })
     }
 }
