@@ -600,9 +600,12 @@ impl<S: Sink> Scheduler<S> {
         // What is left is held by broadcasts not scheduled any more.
         for (broadcast, holds) in held {
             let cursor = cursors.get(&broadcast).copied();
-            match held_only(broadcast, cursor, now, holds) {
-                Ok(track) => tracks.push(track),
-                Err(over) => holding.push((over, None)),
+            match held_only(broadcast.clone(), cursor, now, holds) {
+                Some(track) => tracks.push(track),
+                // Over: dropped.
+                None => {
+                    holding.push((HoldWrite { broadcast, at: now, holds: Vec::new(), floor: None, audit: None }, None))
+                }
             }
         }
         if !fresh.is_empty() {
@@ -638,29 +641,10 @@ impl<S: Sink> Scheduler<S> {
                 Some(index) => {
                     self.unset_timer(index);
                     let track = &mut self.tracks[index];
-                    if track.retired {
-                        // Armed again after it was disarmed: from now on, like a new schedule;
-                        // what it still holds ends as held.
-                        let held = Held { holds: track.hold_write(now, None).holds, floor: None };
-                        let cursor = Some(track.cursor).filter(|cursor| cursor.air != DateTime::<Utc>::MAX_UTC);
-                        let (fresh, armed) = Track::new(broadcast, spec, None, now, Held::default());
-                        let previous = std::mem::replace(track, fresh);
-                        track.cursor = cursor.map_or(track.cursor, |cursor| cursor.max(track.cursor));
-                        track.holds.clear();
-                        for hold in held.holds {
-                            let steps: Vec<(StepKind, DateTime<Utc>)> = hold
-                                .steps
-                                .iter()
-                                .filter_map(|step| Some((StepKind::from_rank(step.rank)?, step.at)))
-                                .collect();
-                            track.arm_held(hold.air, &steps);
-                            track.holds.insert(hold.air, steps);
-                        }
-                        drop(previous);
-                        records.extend(armed);
-                    } else {
-                        track.change(spec, now);
-                    }
+                    // Armed again after it was disarmed, or changed: what has started keeps its
+                    // times (held), the schedule applies from now on.
+                    track.retired = false;
+                    track.change(spec, now);
                     self.holding.push((self.tracks[index].hold_write(now, None), None));
                     self.set_timer(index);
                     tracing::info!(broadcast = %self.tracks[index].broadcast, next = ?self.tracks[index].armed.front().map(|armed| armed.key.at), "Schedule changed.");
@@ -1032,10 +1016,9 @@ async fn record_holds(store: &Arc<dyn Store>, write: HoldWrite, waiting: Option<
 }
 
 /// A retired track for the holds of a broadcast no longer scheduled (its schedule was removed
-/// while an occurrence was on air); the hold write that drops them when they are over.
-fn held_only(broadcast: String, cursor: Option<Key>, now: DateTime<Utc>, held: Held) -> Result<Track, HoldWrite> {
-    let over = |broadcast: String| HoldWrite { broadcast, at: now, holds: Vec::new(), floor: None, audit: None };
-    let Some(first) = held.holds.first() else { return Err(over(broadcast)) };
+/// while an occurrence was on air); `None` when they are over.
+fn held_only(broadcast: String, cursor: Option<Key>, now: DateTime<Utc>, held: Held) -> Option<Track> {
+    let first = held.holds.first()?;
     let step = |rank: StepKind| first.step(rank.rank());
     let air = first.air;
     let end = step(StepKind::End).unwrap_or(air);
@@ -1044,12 +1027,12 @@ fn held_only(broadcast: String, cursor: Option<Key>, now: DateTime<Utc>, held: H
     let mut spec = Spec::new(When::Instant(air), chrono_tz::UTC, (end - air).max(TimeDelta::zero()));
     spec.post_roll =
         step(StepKind::Cooldown).map_or(TimeDelta::zero(), |cooldown| (cooldown - end).max(TimeDelta::zero()));
-    let Some(cursor) = cursor else { return Err(over(broadcast)) };
+    let cursor = cursor?;
     let (mut track, _) =
         Track::new(broadcast.clone(), Arc::new(spec), Some(cursor), now, Held { holds: held.holds, floor: None });
     track.next = None;
     track.retired = true;
-    if track.armed.is_empty() { Err(over(broadcast)) } else { Ok(track) }
+    (!track.armed.is_empty()).then_some(track)
 }
 
 /// Steps handed to the sink at once at most: a large burst starts leaving before all of it is
@@ -1389,6 +1372,14 @@ mod tests {
             ["20261124t1800z/end 2026-11-24T18:30:00.000Z", "20261124t1800z/cooldown 2026-11-24T18:35:00.000Z"]
         );
         assert_eq!(on_air.hold_write(at("2026-11-24T18:01:00Z"), None).holds.len(), 1);
+        // Scheduled again (as `Scheduler::apply` does): the held occurrence still ends on its
+        // times, the new schedule follows.
+        on_air.retired = false;
+        on_air.change(show("2026-11-24T19:00:00Z"), at("2026-11-24T18:02:00Z"));
+        let steps = fire(&mut on_air, "2026-11-25T00:00:00Z");
+        assert_eq!(steps.len(), 7, "{steps:?}");
+        assert_eq!(steps[1], "20261124t1800z/cooldown 2026-11-24T18:35:00.000Z");
+        assert_eq!(steps[2], "20261124t1900z/warmup 2026-11-24T18:50:00.000Z");
         // Not started: nothing is left, nothing held.
         let mut waiting = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
         waiting.retire();
