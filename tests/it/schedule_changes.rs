@@ -338,3 +338,45 @@ async fn extend_moves_the_end_on_air_through_a_restart_and_the_plan_shows_it() {
         lateness(&steps, 100).join(", ")
     );
 }
+
+#[test]
+fn plan_from_a_date_previews_next_springs_daylight_saving_change() {
+    let directory = tempfile::tempdir().unwrap();
+    let file = directory.path().join("onair.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[engine]\nstate_dir = \"{}\"\n[broadcasts.night.schedule]\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Paris\"\n\
+             duration = \"10m\"\nlead = {{ channel = \"2m\", scale = \"1m\" }}\n",
+            directory.path().display()
+        ),
+    )
+    .unwrap();
+    let plan = |from: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_onair"))
+            .arg("--config")
+            .arg(&file)
+            .env_remove("RUST_LOG")
+            .env_remove("ONAIR_CONFIG")
+            .args(["plan", "--from", from, "--hours", "24", "--json"])
+            .output()
+            .unwrap()
+    };
+    let output = plan("2027-03-28");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(rows.iter().all(|row| row["planned"].as_str().unwrap() >= "2027-03-28T00:00:00.000Z"), "{rows:?}");
+    let air = rows.iter().find(|row| row["step"] == "air").expect("the night's air time");
+    assert_eq!(air["planned"], "2027-03-28T01:00:00.000Z");
+    assert!(air["note"].as_str().unwrap().contains("does not exist"), "{air}");
+    // An instant with an offset is that instant (01:00Z, the shifted air time, included).
+    let output = plan("2027-03-28T02:00:00+01:00");
+    let rows: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let steps: Vec<(&str, &str)> =
+        rows.iter().map(|row| (row["step"].as_str().unwrap(), row["planned"].as_str().unwrap())).collect();
+    assert_eq!(steps[0], ("air", "2027-03-28T01:00:00.000Z"), "{rows:?}");
+    assert_eq!(steps[3], ("warmup", "2027-03-29T00:28:00.000Z"), "the next night's, in summer time: {rows:?}");
+    let output = plan("next spring");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a date"), "{output:?}");
+}
