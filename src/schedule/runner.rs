@@ -160,6 +160,8 @@ pub enum Control {
         broadcast: String,
         extension: Extension,
         who: String,
+        /// Why, for the audit trail.
+        note: Option<String>,
         reply: oneshot::Sender<Result<Extended, ExtendError>>,
     },
 }
@@ -537,6 +539,13 @@ pub struct Scheduler<S: Sink> {
     holding: Vec<(HoldWrite, Option<Waiting>)>,
 }
 
+/// What an `extend` asks, and who asks it.
+struct Request {
+    extension: Extension,
+    who: String,
+    note: Option<String>,
+}
+
 /// An `extend` waiting for its hold to be recorded.
 type Waiting = (Extended, oneshot::Sender<Result<Extended, ExtendError>>);
 
@@ -668,7 +677,9 @@ impl<S: Sink> Scheduler<S> {
                     tracing::info!(%broadcast, started = !self.tracks[index].armed.is_empty(), "Schedule disarmed; an occurrence already started ends as planned.");
                 }
             }
-            Control::Extend { broadcast, extension, who, reply } => self.extend(broadcast, extension, who, reply, now),
+            Control::Extend { broadcast, extension, who, note, reply } => {
+                self.extend(broadcast, Request { extension, who, note }, reply, now)
+            }
         }
         let live = self.tracks.iter().filter(|track| !track.retired).count();
         self.stats.0.tracks.store(live as u64, Ordering::Relaxed);
@@ -679,8 +690,7 @@ impl<S: Sink> Scheduler<S> {
     fn extend(
         &mut self,
         broadcast: String,
-        extension: Extension,
-        who: String,
+        Request { extension, who, note }: Request,
         reply: oneshot::Sender<Result<Extended, ExtendError>>,
         now: DateTime<Utc>,
     ) {
@@ -708,6 +718,7 @@ impl<S: Sink> Scheduler<S> {
                     "end": stamp(extended.end),
                     "cooldown_was": stamp(extended.cooldown_was),
                     "cooldown": stamp(extended.cooldown),
+                    "note": note,
                 });
                 tracing::info!(%broadcast, occurrence = %extended.occurrence, end = %stamp(extended.end), %who, "Occurrence on air extended.");
                 let write = self.tracks[index].hold_write(now, Some(CommandAudit { reason, detail }));

@@ -296,6 +296,7 @@ async fn extend_moves_the_end_on_air_through_a_restart_and_the_plan_shows_it() {
     assert_eq!(command.detail["end_was"], stamp(end_was));
     assert_eq!(command.detail["end"], stamp(end));
     assert_eq!(command.detail["by"], "api");
+    assert_eq!(command.detail["note"], "extra time");
     let offset = TimeDelta::seconds(110);
     let clock: SharedClock = Arc::new(OffsetClock::new(offset));
     let daemon = Daemon::start_with_clock(&settings, Library::built_in(), clock).await.unwrap();
