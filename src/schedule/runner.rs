@@ -647,6 +647,9 @@ impl<S: Sink> Scheduler<S> {
         let mut records = Vec::new();
         match control {
             Control::Arm { broadcast, spec } => match self.index.get(&broadcast).copied() {
+                // The same schedule (the broadcast changed otherwise): nothing to do, and a step
+                // due this instant and not yet taken still fires.
+                Some(index) if !self.tracks[index].retired && *self.tracks[index].spec == *spec => {}
                 Some(index) => {
                     self.unset_timer(index);
                     let track = &mut self.tracks[index];
@@ -1463,5 +1466,58 @@ mod tests {
         );
         track.extend(Extension::Until(latest), at("2026-11-24T18:11:00Z")).unwrap();
         assert_eq!(track.holds[&at("2026-11-24T18:00:00Z")][4], (StepKind::Cooldown, at("2026-11-24T18:50:00Z")));
+    }
+
+    #[tokio::test]
+    async fn the_same_schedule_again_changes_nothing_and_a_change_survives_a_restart() {
+        let directory = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::SqliteStore::open(&directory.path().join("onair.db")).unwrap());
+        let settings = crate::daemon::load(&crate::config::Source::default()).unwrap().scheduler;
+        let clock = Arc::new(crate::clock::ManualClock::new(at("2026-11-24T17:00:00Z")));
+        let start = |spec: Arc<Spec>| {
+            let (sink, published) = mpsc::unbounded_channel::<Event>();
+            let clock = Arc::clone(&clock) as SharedClock;
+            let new = Scheduler::new(
+                settings.clone(),
+                vec![("news".to_string(), spec)],
+                Arc::clone(&store),
+                Arc::new(sink),
+                clock,
+                Stats::default(),
+            );
+            async move { (new.await.unwrap(), published) }
+        };
+        let (mut scheduler, mut published) = start(show("2026-11-24T18:00:00Z")).await;
+        let shutdown = CancellationToken::new();
+        clock.set(at("2026-11-24T17:50:00Z"));
+        scheduler.fire(at("2026-11-24T17:50:00Z"), &shutdown).await.unwrap();
+        assert_eq!(published.try_recv().unwrap().id, "news/20261124t1800z/warmup");
+        // The same schedule (another copy of it): nothing changes, nothing is held.
+        scheduler.apply(Control::Arm { broadcast: "news".into(), spec: show("2026-11-24T18:00:00Z") });
+        assert!(scheduler.tracks[0].floor.is_none() && scheduler.holding.is_empty());
+        // Another: the occurrence warming up is held, durably (written at the next pass).
+        scheduler.apply(Control::Arm { broadcast: "news".into(), spec: show("2026-11-24T19:00:00Z") });
+        clock.set(at("2026-11-24T17:51:00Z"));
+        scheduler.fire(at("2026-11-24T17:51:00Z"), &shutdown).await.unwrap();
+        let stored = store.schedule_holds().unwrap();
+        assert_eq!(stored.holds.len(), 1, "{stored:?}");
+        assert_eq!(stored.holds[0].step(StepKind::End.rank()), Some(at("2026-11-24T18:30:00Z")));
+        assert_eq!(stored.floors.get("news"), Some(&at("2026-11-24T17:50:00Z")));
+        // A restart with the new schedule: the held occurrence goes on, then the new one.
+        drop(scheduler);
+        let (mut scheduler, mut published) = start(show("2026-11-24T19:00:00Z")).await;
+        assert_eq!(scheduler.next_due(), Some(at("2026-11-24T17:58:00Z")));
+        let mut fired = Vec::new();
+        while let Some(due) = scheduler.next_due() {
+            clock.set(due);
+            scheduler.fire(due, &shutdown).await.unwrap();
+            while let Ok(event) = published.try_recv() {
+                fired.push(event.id);
+            }
+        }
+        assert_eq!(fired.len(), 9, "{fired:?}");
+        assert_eq!(fired[3], "news/20261124t1800z/cooldown");
+        assert_eq!(fired[8], "news/20261124t1900z/cooldown");
     }
 }
