@@ -321,6 +321,9 @@ pub struct Loaded {
     pub emulator: crate::emulator::Settings,
     /// Where the demo keeps its private RabbitMQ node and store (`$TMPDIR`, else `/tmp`).
     pub temp_dir: PathBuf,
+    /// Where they were read from: a reload reads the same file and environment again, and the
+    /// API commands take their token from it (`ONAIR_API_TOKEN`).
+    pub source: crate::config::Source,
 }
 
 /// Loads the daemon's settings and the emulator's from the same layers, in one pass, so that
@@ -328,13 +331,13 @@ pub struct Loaded {
 pub fn load(source: &crate::config::Source) -> Result<Loaded, crate::config::Error> {
     crate::config::load(source, |root| {
         let emulator = crate::emulator::Settings::parse(&mut root.section("emulator"));
-        Loaded { daemon: Settings::parse(root, source), emulator, temp_dir: source.temp_dir() }
+        Loaded { daemon: Settings::parse(root, source), emulator, temp_dir: source.temp_dir(), source: source.clone() }
     })
 }
 
 /// Runs one subcommand to completion or until `shutdown`.
 pub async fn execute(command: Command, loaded: Loaded, shutdown: CancellationToken) -> Result<ExitCode, Error> {
-    let Loaded { daemon: settings, emulator, temp_dir } = loaded;
+    let Loaded { daemon: settings, emulator, temp_dir, source } = loaded;
     match command {
         Command::Emulator(args) => {
             let mut emulator = emulator;
@@ -365,7 +368,7 @@ pub async fn execute(command: Command, loaded: Loaded, shutdown: CancellationTok
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run => Ok(crate::daemon::run(settings, shutdown).await?),
+        Command::Run => Ok(crate::daemon::run(settings, &source, shutdown).await?),
         Command::Check => Ok(check(&settings)),
         Command::Status(args) => status::status(&settings, &args),
         Command::Send(args) => send::send(&settings, args).await,

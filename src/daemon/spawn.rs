@@ -70,8 +70,9 @@ impl Built {
                 .probe_media(media, shared.intake.clone())
                 .instrument(tracing::info_span!("media_probe")),
         );
+        let reloads = crate::http::reload::Reloads::default();
         let http = listeners.http.map(|bound| {
-            let router = shared.operations_router(&settings.http, store, Arc::clone(&catalog));
+            let router = shared.operations_router(&settings.http, store, Arc::clone(&catalog), reloads.clone());
             serve_http(bound, router, settings.http.connections, shared.intake.clone())
         });
         tracing::info!(
@@ -96,6 +97,8 @@ impl Built {
             probe,
             health: shared.health,
             metrics: shared.metrics,
+            catalog,
+            reloads,
         })
     }
 }
@@ -169,6 +172,7 @@ impl Shared {
         settings: &crate::http::Settings,
         store: Arc<dyn Store>,
         catalog: Arc<crate::catalog::Manager>,
+        reload: crate::http::reload::Reloads,
     ) -> axum::Router {
         crate::http::router(crate::http::Parts {
             settings: settings.clone(),
@@ -182,6 +186,7 @@ impl Shared {
             health: self.health.clone(),
             catalog,
             dead_letters: Default::default(),
+            reload,
             clock: Arc::clone(&self.clock),
             started: std::time::Instant::now(),
         })

@@ -9,6 +9,7 @@
 
 mod api;
 pub mod listener;
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,6 +87,8 @@ pub struct Parts {
     pub catalog: Arc<crate::catalog::Manager>,
     /// One dead-letter listing or replay at a time, and a short cache of the last listing.
     pub dead_letters: api::DeadLetterGate,
+    /// Asks the daemon to reload its config file (`POST /api/v1/reload`).
+    pub reload: reload::Reloads,
     pub clock: SharedClock,
     /// When the daemon started.
     pub started: std::time::Instant,
@@ -110,6 +113,7 @@ pub fn router(parts: Parts) -> Router {
         .route("/api/v1/plan", get(api::plan))
         .route("/api/v1/dead-letters", get(api::dead_letters))
         .route("/api/v1/dead-letters/replay", post(api::replay))
+        .route("/api/v1/reload", post(reload::reload))
         .fallback(|| async { api::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state)
 }
