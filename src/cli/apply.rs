@@ -284,44 +284,56 @@ fn plan_changes(
             }
         }
     }
-    let rows = |broadcasts: &[crate::broadcast::Broadcast]| -> BTreeMap<(String, String, String), Row> {
-        let scheduled: Vec<Scheduled<'_>> = broadcasts
-            .iter()
-            .filter_map(|broadcast| {
-                let spec = broadcast.schedule.as_ref()?;
-                Some(Scheduled { id: &broadcast.id, channel: &broadcast.channel, spec })
-            })
-            .collect();
-        crate::schedule::plan::plan(&scheduled, None, now, PLAN_HOURS)
-            .into_iter()
-            .map(|row| {
-                ((row.broadcast.clone(), row.occurrence.clone(), row.step.unwrap_or("(skipped)").to_string()), row)
-            })
-            .collect()
-    };
-    let (before, after) = (rows(&before), rows(&after));
-    let keys: BTreeSet<&(String, String, String)> = before.keys().chain(after.keys()).collect();
-    let mut changes: Vec<(DateTime<Utc>, String)> = keys
-        .into_iter()
-        .filter_map(|key| {
-            let (id, _, step) = key;
-            match (before.get(key), after.get(key)) {
-                (None, Some(row)) => {
-                    Some((row.planned, format!("+ {id} {step} {} ({})", stamp(row.planned), row.local)))
-                }
-                (Some(row), None) => {
-                    Some((row.planned, format!("- {id} {step} {} ({})", stamp(row.planned), row.local)))
-                }
-                (Some(old), Some(new)) if old.planned != new.planned => Some((
-                    new.planned,
-                    format!("~ {id} {step} {} -> {} ({})", stamp(old.planned), stamp(new.planned), new.local),
-                )),
-                _ => None,
-            }
-        })
-        .collect();
+    let mut changes = step_changes(&rows(&before, now), &rows(&after, now));
     changes.sort();
     (changes.into_iter().map(|(_, line)| line).collect(), problems)
+}
+
+/// Each broadcast's plan rows by step, in time order.
+type Steps = BTreeMap<(String, String), Vec<Row>>;
+
+fn rows(broadcasts: &[crate::broadcast::Broadcast], now: DateTime<Utc>) -> Steps {
+    let scheduled: Vec<Scheduled<'_>> = broadcasts
+        .iter()
+        .filter_map(|broadcast| {
+            let spec = broadcast.schedule.as_ref()?;
+            Some(Scheduled { id: &broadcast.id, channel: &broadcast.channel, spec })
+        })
+        .collect();
+    let mut steps = Steps::new();
+    for row in crate::schedule::plan::plan(&scheduled, None, now, PLAN_HOURS) {
+        let key = (row.broadcast.clone(), row.step.unwrap_or("(not on air)").to_string());
+        steps.entry(key).or_default().push(row);
+    }
+    for rows in steps.values_mut() {
+        rows.sort_by_key(|row| row.planned);
+    }
+    steps
+}
+
+/// The k-th step of a kind before and after: moved when its instant differs; the rest added or
+/// removed. Each with its instant, to sort them.
+fn step_changes(before: &Steps, after: &Steps) -> Vec<(DateTime<Utc>, String)> {
+    let empty = Vec::new();
+    let keys: BTreeSet<&(String, String)> = before.keys().chain(after.keys()).collect();
+    let mut changes = Vec::new();
+    for key in keys {
+        let (id, step) = key;
+        let (old, new) = (before.get(key).unwrap_or(&empty), after.get(key).unwrap_or(&empty));
+        for index in 0..old.len().max(new.len()) {
+            let line = match (old.get(index), new.get(index)) {
+                (None, Some(row)) => (row.planned, format!("+ {id} {step} {} ({})", stamp(row.planned), row.local)),
+                (Some(row), None) => (row.planned, format!("- {id} {step} {} ({})", stamp(row.planned), row.local)),
+                (Some(old), Some(new)) if old.planned != new.planned => (
+                    new.planned,
+                    format!("~ {id} {step} {} -> {} ({})", stamp(old.planned), stamp(new.planned), new.local),
+                ),
+                _ => continue,
+            };
+            changes.push(line);
+        }
+    }
+    changes
 }
 
 fn stamp(at: DateTime<Utc>) -> String {

@@ -300,7 +300,7 @@ async fn each_broadcast_reads_back_its_own_state_through_the_api_and_status() {
 }
 
 /// The routes the router serves, as the OpenAPI document names them.
-const ROUTES: [(&str, &str); 13] = [
+const ROUTES: [(&str, &str); 14] = [
     ("get", "/"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -314,6 +314,7 @@ const ROUTES: [(&str, &str); 13] = [
     ("get", "/api/v1/plan"),
     ("get", "/api/v1/dead-letters"),
     ("post", "/api/v1/dead-letters/replay"),
+    ("post", "/api/v1/reload"),
 ];
 
 #[test]
