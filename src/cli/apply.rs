@@ -416,6 +416,7 @@ fn summary(
 ) -> ExitCode {
     let mut counts = Counts::default();
     let mut code = 0u8;
+    let mut said_missing = false;
     for (id, step) in steps {
         match (step, outcomes.get(id)) {
             (Step::Unchanged, _) => counts.unchanged += 1,
@@ -439,7 +440,11 @@ fn summary(
             (_, Some(Err(error))) => {
                 counts.failed += 1;
                 code = code.max(error.exit_code());
-                eprintln!("error: {error}");
+                // A daemon without this API refuses them all alike: said once.
+                let missing = matches!(error, Error::Refused { status, .. } if *status == reqwest::StatusCode::METHOD_NOT_ALLOWED);
+                if !missing || !std::mem::replace(&mut said_missing, true) {
+                    eprintln!("error: {error}");
+                }
             }
             (_, None) => {
                 counts.failed += 1;

@@ -257,8 +257,11 @@ fn refusal(what: &str, status: StatusCode, body: &Value, token_given: bool) -> E
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| status.canonical_reason().unwrap_or("refused").to_lowercase());
-    let problems: Vec<Problem> =
-        body.get("problems").and_then(|problems| serde_json::from_value(problems.clone()).ok()).unwrap_or_default();
+    // In the error object, or beside it.
+    let problems: Vec<Problem> = [&body["error"]["problems"], &body["problems"]]
+        .into_iter()
+        .find_map(|problems| serde_json::from_value(problems.clone()).ok())
+        .unwrap_or_default();
     match status {
         StatusCode::UNAUTHORIZED => Error::Unauthorized { what: what.into(), token_given },
         StatusCode::FORBIDDEN => Error::Forbidden { what: what.into(), message },
@@ -335,8 +338,11 @@ mod tests {
     #[test]
     fn refusals_have_their_exit_codes_and_list_every_problem() {
         let body = serde_json::json!({
-            "error": {"code": "invalid_definition", "message": "invalid broadcast definition (2 problems)"},
-            "problems": [{"key": "broadcasts.a.schedule.cron", "reason": "bad"}, {"key": "", "reason": "clash"}],
+            "error": {
+                "code": "invalid_definition",
+                "message": "invalid broadcast definition (2 problems)",
+                "problems": [{"key": "broadcasts.a.schedule.cron", "reason": "bad"}, {"key": "", "reason": "clash"}],
+            },
         });
         let error = refusal("apply a", StatusCode::BAD_REQUEST, &body, true);
         assert_eq!(error.exit_code(), EXIT_INVALID);

@@ -71,8 +71,12 @@ fn table(broadcasts: &[Value]) -> String {
     for broadcast in broadcasts {
         let text = |key: &str| broadcast[key].as_str().unwrap_or("-").to_string();
         let state = broadcast["state"].as_str().or(broadcast["initial_state"].as_str()).unwrap_or("-");
-        let state =
-            if broadcast["deleting"].as_bool() == Some(true) { format!("{state} (deleting)") } else { state.into() };
+        let state = if [&broadcast["removing"], &broadcast["deleting"]].iter().any(|flag| flag.as_bool() == Some(true))
+        {
+            format!("{state} (deleting)")
+        } else {
+            state.into()
+        };
         let next = &broadcast["next_step"];
         let next = match (next["step"].as_str(), next["planned"].as_str()) {
             (Some(step), Some(planned)) => format!("{step} {planned}"),
@@ -236,7 +240,7 @@ mod tests {
                    "next_step": {"step": "end", "planned": "2026-12-07T20:00:00.000Z"}}),
             json!({"id": "sport", "origin": "api", "revision": 12, "state": null, "initial_state": "idle",
                    "channel": "arena", "next_step": null}),
-            json!({"id": "gone", "origin": "api", "revision": 13, "state": "live", "deleting": true, "channel": "g"}),
+            json!({"id": "gone", "origin": "api", "revision": 13, "state": "live", "removing": true, "channel": "g"}),
         ];
         let text = table(&broadcasts);
         let lines: Vec<&str> = text.lines().collect();

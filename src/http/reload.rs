@@ -104,10 +104,7 @@ pub async fn reload(State(state): State<Arc<Parts>>, headers: HeaderMap) -> Resu
                 problems.len(),
                 if problems.len() == 1 { "" } else { "s" }
             );
-            let body = json!({
-                "error": {"code": "invalid_config", "message": message},
-                "problems": problems,
-            });
+            let body = json!({"error": {"code": "invalid_config", "message": message, "problems": problems}});
             Ok((StatusCode::BAD_REQUEST, Json(body)).into_response())
         }
         Err(Refusal::Failed(reason)) => Err(ApiError::new(
