@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use chrono::{SecondsFormat, TimeDelta, Timelike, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Timelike, Utc};
 use onair::store::SqliteStore;
 use serde_json::{Value, json};
 
@@ -21,10 +21,12 @@ use crate::rabbit;
 const FIRST: &str = "[broadcasts.news.schedule]\ncron = \"0 19 * * *\"\nduration = \"30m\"\n\
                      [broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.travel]\nchannel = \"travel\"\n";
 
-/// A daemon from `config`, logging JSON to `log`; its operations listener's address.
+/// A daemon from `config`, logging JSON to `log`; its operations listener's address. The caller
+/// terminates it (the child is killed and waited for here only when it never listens).
+#[allow(clippy::zombie_processes)]
 pub(crate) fn start(config: &Path, log: &Path) -> (Child, String) {
     let file = std::fs::File::create(log).unwrap();
-    let child = onair(config)
+    let mut child = onair(config)
         .args(["--log-format", "json", "run"])
         .env("RUST_LOG", "info")
         .env("ONAIR__HTTP__API_TOKEN", TOKEN)
@@ -43,9 +45,17 @@ pub(crate) fn start(config: &Path, log: &Path) -> (Child, String) {
         if let Some(address) = address {
             return (child, format!("http://{address}"));
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no operations listener in:\n{text}");
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no operations listener in:\n{text}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn now() -> DateTime<Utc> {
+    onair::clock::Clock::now(&onair::clock::SystemClock)
 }
 
 fn hangup(child: &Child) {
@@ -115,7 +125,7 @@ async fn sighup_applies_the_file_refuses_an_invalid_one_whole_and_reports_restar
     // 1. A new broadcast (warm-up in 12 s), news re-planned, travel (standby) removed, and a
     //    listener setting changed: SIGHUP.
     // Whole seconds, as written in the file.
-    let air = (Utc::now() + TimeDelta::seconds(17)).with_nanosecond(0).unwrap();
+    let air = (now() + TimeDelta::seconds(17)).with_nanosecond(0).unwrap();
     let late = format!(
         "[broadcasts.late]\nchannel = \"late\"\n[broadcasts.late.schedule]\nat = \"{}\"\nduration = \"1m\"\n\
          lead = {{ channel = \"5s\", scale = \"2s\" }}\npost_roll = \"5s\"\n",
@@ -171,7 +181,7 @@ async fn sighup_applies_the_file_refuses_an_invalid_one_whole_and_reports_restar
             .any(|(id, _, state)| id == "late" && state.as_deref().is_some_and(|state| state != "idle"))
     })
     .await;
-    let warmed_after = (Utc::now() - warmup).num_milliseconds();
+    let warmed_after = (now() - warmup).num_milliseconds();
 
     // 2. An invalid file: nothing changes; every problem is logged and audited.
     let broken =
