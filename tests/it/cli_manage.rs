@@ -91,8 +91,18 @@ async fn apply_get_delete_audit_and_extend_through_a_running_daemon() {
     let config = directory.path().join("onair.toml");
     until_async(Duration::from_secs(20), "ready", || async { get(&base, "/readyz").await.0 == 200 }).await;
 
-    // get: the file's broadcasts, with their origin.
-    let (code, table, stderr) = text(&cli(&config, &base, &["get", "broadcasts"]));
+    get_lists_the_file_broadcasts(&config, &base).await;
+    dry_run_then_apply(&config, &base, directory.path()).await;
+    force_states(&base).await;
+    apply_changes_and_prunes(&config, &base, directory.path()).await;
+    get_one_and_delete(&config, &base).await;
+    audit_extend_and_reload(&config, &base).await;
+    daemon.stop().await.unwrap();
+}
+
+/// The file's broadcasts, with their origin.
+async fn get_lists_the_file_broadcasts(config: &Path, base: &str) {
+    let (code, table, stderr) = text(&cli(config, base, &["get", "broadcasts"]));
     assert_eq!(code, Some(0), "{stderr}");
     let rows: Vec<Vec<&str>> = table.lines().map(|line| line.split_whitespace().collect()).collect();
     assert_eq!(rows[0][..4], ["ID", "ORIGIN", "REVISION", "STATE"]);
@@ -100,12 +110,15 @@ async fn apply_get_delete_audit_and_extend_through_a_running_daemon() {
         assert_eq!((row[0], row[1], row[3]), (id, "file", "idle"), "{table}");
     }
     assert!(rows[1].contains(&"warmup"), "news has a next step: {table}");
+}
 
+/// `apply --dry-run` changes nothing; `apply` creates; again, nothing is sent.
+async fn dry_run_then_apply(config: &Path, base: &str, directory: &Path) {
     // apply --dry-run: the diff and the plan's changes; nothing changes.
     let first = "[broadcasts.a1.schedule]\ncron = \"0 21 * * *\"\nduration = \"30m\"\n\
                  [broadcasts.a2]\nchannel = \"a2\"\n[broadcasts.a3]\nchannel = \"a3\"\n[broadcasts.a4]\nchannel = \"a4\"\n";
-    let file = write(directory.path(), "broadcasts.toml", first);
-    let (code, stdout, stderr) = text(&cli(&config, &base, &["apply", "-f", &file, "--dry-run"]));
+    let file = write(directory, "broadcasts.toml", first);
+    let (code, stdout, stderr) = text(&cli(config, base, &["apply", "-f", &file, "--dry-run"]));
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     for line in ["+ a1: create", "    + schedule.cron = \"0 21 * * *\"", "+ a4: create", "    + channel = \"a4\""] {
         assert!(stdout.lines().any(|shown| shown == line), "{line:?} in:\n{stdout}");
@@ -113,16 +126,16 @@ async fn apply_get_delete_audit_and_extend_through_a_running_daemon() {
     assert!(stdout.contains("plan changes in the next 48 h: 10 added, 0 moved, 0 removed"), "{stdout}");
     assert!(stdout.contains("+ a1 warmup "), "{stdout}");
     assert!(stdout.contains("dry run: 4 to create, 0 to change, 0 unchanged, 0 to prune; nothing changed"), "{stdout}");
-    assert_eq!(listed(&base).await.len(), 3, "the dry run changed nothing");
+    assert_eq!(listed(base).await.len(), 3, "the dry run changed nothing");
 
     // apply: created; again: unchanged, nothing sent.
-    let (code, stdout, stderr) = text(&cli(&config, &base, &["apply", "-f", &file]));
+    let (code, stdout, stderr) = text(&cli(config, base, &["apply", "-f", &file]));
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains(": 4 created, 0 changed, 0 unchanged, 0 pruned"), "{stdout}");
-    let (code, stdout, _) = text(&cli(&config, &base, &["apply", "-f", &file]));
+    let (code, stdout, _) = text(&cli(config, base, &["apply", "-f", &file]));
     assert_eq!(code, Some(0));
     assert!(stdout.contains(": 0 created, 0 changed, 4 unchanged, 0 pruned"), "{stdout}");
-    let origins: Vec<(String, String)> = listed(&base).await.into_iter().map(|(id, origin, _)| (id, origin)).collect();
+    let origins: Vec<(String, String)> = listed(base).await.into_iter().map(|(id, origin, _)| (id, origin)).collect();
     assert_eq!(
         origins,
         [
@@ -136,30 +149,35 @@ async fn apply_get_delete_audit_and_extend_through_a_running_daemon() {
         ]
         .map(|(id, origin)| (id.to_string(), origin.to_string()))
     );
+}
 
-    // Three states: a1 and a4 idle, a2 standby, a3 failed.
+/// Three states: a1 and a4 idle, a2 standby, a3 failed.
+async fn force_states(base: &str) {
     for (broadcast, state) in [("a2", "standby"), ("a3", "failed")] {
         let force = json!({"command": "force-state", "state": state, "note": "cli test"});
-        assert_eq!(command(&base, broadcast, Some(TOKEN), force).await.0, 202);
+        assert_eq!(command(base, broadcast, Some(TOKEN), force).await.0, 202);
     }
     until_async(Duration::from_secs(20), "forced", || async {
-        let states: Vec<Option<String>> = listed(&base).await.into_iter().take(4).map(|(_, _, state)| state).collect();
+        let states: Vec<Option<String>> = listed(base).await.into_iter().take(4).map(|(_, _, state)| state).collect();
         states == [None, Some("standby".into()), Some("failed".into()), None]
     })
     .await;
+}
 
+/// A change applied, another refused (not idle), a file broadcast skipped, prunes.
+async fn apply_changes_and_prunes(config: &Path, base: &str, directory: &Path) {
     // A second file: a1 moved by 30 min (idle: changed), a2 on a new channel (standby: refused),
     // news (the config file's: skipped); with --prune, a3 (failed: refused) and a4 (idle: pruned).
     let second = "[broadcasts.a1.schedule]\ncron = \"30 21 * * *\"\nduration = \"30m\"\n\
                   [broadcasts.a2]\nchannel = \"a2-new\"\n[broadcasts.news]\nchannel = \"elsewhere\"\n";
-    let file = write(directory.path(), "broadcasts.toml", second);
-    let (code, stdout, stderr) = text(&cli(&config, &base, &["apply", "-f", &file, "--prune", "--dry-run"]));
+    let file = write(directory, "broadcasts.toml", second);
+    let (code, stdout, stderr) = text(&cli(config, base, &["apply", "-f", &file, "--prune", "--dry-run"]));
     assert_eq!(code, Some(2), "the config file's news is skipped: {stdout}{stderr}");
     assert!(stdout.contains("~ schedule.cron: \"0 21 * * *\" -> \"30 21 * * *\""), "{stdout}");
     assert!(stdout.contains("- a3: prune") && stdout.contains("- a4: prune"), "{stdout}");
     assert!(stdout.contains("! news: skipped: defined in the daemon's config file"), "{stdout}");
     assert!(stdout.contains("plan changes in the next 48 h: 0 added, 10 moved, 0 removed"), "{stdout}");
-    let (code, stdout, stderr) = text(&cli(&config, &base, &["apply", "-f", &file, "--prune"]));
+    let (code, stdout, stderr) = text(&cli(config, base, &["apply", "-f", &file, "--prune"]));
     assert_eq!(code, Some(2), "{stdout}{stderr}");
     assert!(stdout.contains("a1 changed (revision "), "{stdout}");
     assert!(stdout.contains("a4 pruned"), "{stdout}");
@@ -171,38 +189,45 @@ async fn apply_get_delete_audit_and_extend_through_a_running_daemon() {
         "{stdout}"
     );
     let states: Vec<(String, Option<String>)> =
-        listed(&base).await.into_iter().map(|(id, _, state)| (id, state)).collect();
+        listed(base).await.into_iter().map(|(id, _, state)| (id, state)).collect();
     assert_eq!(
         states[..3],
         [("a1".into(), None), ("a2".into(), Some("standby".into())), ("a3".into(), Some("failed".into()))]
     );
     assert!(!states.iter().any(|(id, _)| id == "a4"), "{states:?}");
+}
 
+/// One broadcast's definition; deletes refused, forced, done.
+async fn get_one_and_delete(config: &Path, base: &str) {
     // get one: its definition, as a table to apply.
-    let (code, stdout, _) = text(&cli(&config, &base, &["get", "broadcast", "a1"]));
+    let (code, stdout, _) = text(&cli(config, base, &["get", "broadcast", "a1"]));
     assert_eq!(code, Some(0));
     assert!(stdout.contains("[broadcasts.a1.schedule]") && stdout.contains("cron = \"30 21 * * *\""), "{stdout}");
-    let (code, stdout, _) = text(&cli(&config, &base, &["get", "broadcasts", "a2", "--json"]));
+    let (code, stdout, _) = text(&cli(config, base, &["get", "broadcasts", "a2", "--json"]));
     assert_eq!(code, Some(0));
     let a2: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!((a2["origin"].as_str(), a2["state"].as_str()), (Some("api"), Some("standby")));
 
-    // delete: a3 is not idle (refused), forced it is stopped first; a2 too; a1 (idle) goes now.
-    let (code, _, stderr) = text(&cli(&config, &base, &["delete", "broadcast", "a3"]));
+    // delete: a3 is not idle (refused), forced it is stopped first; a1 (idle) goes now; news is
+    // the config file's.
+    let (code, _, stderr) = text(&cli(config, base, &["delete", "broadcast", "a3"]));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.starts_with("error: delete a3: ") && stderr.contains("failed"), "{stderr}");
-    let (code, stdout, stderr) = text(&cli(&config, &base, &["delete", "broadcast", "a3", "--force"]));
+    let (code, stdout, stderr) = text(&cli(config, base, &["delete", "broadcast", "a3", "--force"]));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.starts_with("broadcast a3 is being stopped"), "{stdout}");
-    let (code, stdout, _) = text(&cli(&config, &base, &["delete", "broadcast", "a1"]));
+    let (code, stdout, _) = text(&cli(config, base, &["delete", "broadcast", "a1"]));
     assert_eq!((code, stdout.as_str()), (Some(0), "broadcast a1 deleted\n"));
-    let (code, _, stderr) = text(&cli(&config, &base, &["delete", "broadcast", "news"]));
+    let (code, _, stderr) = text(&cli(config, base, &["delete", "broadcast", "news"]));
     assert_eq!(code, Some(2));
     assert!(stderr.contains("config file"), "{stderr}");
+}
 
+/// The audit with its diffs; extend and reload refused as they should be.
+async fn audit_extend_and_reload(config: &Path, base: &str) {
     // audit: a1's changes, each with its diff.
     let (code, stdout, stderr) =
-        text(&cli(&config, &base, &["audit", "--broadcast", "a1", "--kind", "config", "--since", "1h"]));
+        text(&cli(config, base, &["audit", "--broadcast", "a1", "--kind", "config", "--since", "1h"]));
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
         stdout.lines().filter(|line| line.contains("  a1  config  ")).count(),
@@ -210,28 +235,27 @@ async fn apply_get_delete_audit_and_extend_through_a_running_daemon() {
         "created, changed, removed:\n{stdout}"
     );
     assert!(stdout.contains("    ~ schedule.cron: \"0 21 * * *\" -> \"30 21 * * *\""), "{stdout}");
-    let (code, stdout, _) = text(&cli(&config, &base, &["audit", "--broadcast", "a1", "--json", "--limit", "2"]));
+    let (code, stdout, _) = text(&cli(config, base, &["audit", "--broadcast", "a1", "--json", "--limit", "2"]));
     assert_eq!(code, Some(0));
     let entries: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(entries["entries"].as_array().map(Vec::len), Some(2), "{entries}");
 
     // extend: nothing of news is on air.
-    let (code, _, stderr) = text(&cli(&config, &base, &["extend", "news", "--by", "30m"]));
+    let (code, _, stderr) = text(&cli(config, base, &["extend", "news", "--by", "30m"]));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.starts_with("error: extend news: "), "{stderr}");
-    let (code, _, stderr) = text(&onair(&config).args(["extend", "news", "--by", "soon"]).output().unwrap());
+    let (code, _, stderr) = text(&onair(config).args(["extend", "news", "--by", "soon"]).output().unwrap());
     assert_eq!(code, Some(2), "a usage error: {stderr}");
 
     // reload: this daemon was not started by `onair run` from a file.
-    let (code, _, stderr) = text(&cli(&config, &base, &["reload"]));
+    let (code, _, stderr) = text(&cli(config, base, &["reload"]));
     assert_eq!(code, Some(1));
     assert!(stderr.contains("not started from a config file"), "{stderr}");
     // No token: 401, explained.
-    let output = onair(&config).args(["delete", "broadcast", "a2", "--api", &base]).output().unwrap();
+    let output = onair(config).args(["delete", "broadcast", "a2", "--api", base]).output().unwrap();
     let (code, _, stderr) = text(&output);
     assert_eq!(code, Some(77));
     assert!(stderr.contains("set ONAIR_API_TOKEN"), "{stderr}");
-    daemon.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
