@@ -92,10 +92,13 @@ pub async fn reload(State(state): State<Arc<Parts>>, headers: HeaderMap) -> Resu
         ));
     };
     let (answer, outcome) = oneshot::channel();
-    requests.try_send(answer).map_err(|_| busy())?;
-    let outcome = tokio::time::timeout(ANSWER_WITHIN, outcome).await.map_err(|_| busy())?.map_err(|_| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the daemon is stopping; nothing was reloaded")
+    let stopping =
+        || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the daemon is stopping; nothing was reloaded");
+    requests.try_send(answer).map_err(|error| match error {
+        mpsc::error::TrySendError::Full(_) => busy(),
+        mpsc::error::TrySendError::Closed(_) => stopping(),
     })?;
+    let outcome = tokio::time::timeout(ANSWER_WITHIN, outcome).await.map_err(|_| busy())?.map_err(|_| stopping())?;
     match outcome {
         Ok(report) => Ok(Json(report.to_json()).into_response()),
         Err(Refusal::Invalid(problems)) => {
