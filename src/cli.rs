@@ -5,9 +5,13 @@
 //!
 //! The commands that read or feed a daemon from outside live in their own files (`status`, `send`,
 //! `dlq`); `cli` imports `daemon` (to run it, and for the checks behind `check`), never the other
-//! way round.
+//! way round. Those that change a running daemon's broadcasts (`apply`, `get`, `delete`, `audit`,
+//! `extend`, `reload`) talk to its API (`client`), so they work from another host.
 
+mod apply;
+mod client;
 mod dlq;
+mod manage;
 mod send;
 mod status;
 
@@ -111,6 +115,132 @@ pub enum Command {
     /// Mint a playback token for a token-restricted broadcast (for players and rehearsals); the
     /// token alone goes to standard output.
     Token(TokenArgs),
+    /// Create and change API broadcasts from a file of [broadcasts.<id>] tables, like `kubectl apply` (through the API).
+    Apply(ApplyArgs),
+    /// Show the running broadcasts: origin, revision, state, next step (through the API).
+    #[command(subcommand)]
+    Get(GetCommand),
+    /// Delete an API broadcast (through the API).
+    #[command(subcommand)]
+    Delete(DeleteCommand),
+    /// Show the audit: decisions, commands and broadcast changes, newest first (through the API).
+    Audit(AuditArgs),
+    /// Move the end of the occurrence on air: the match goes to extra time (through the API).
+    Extend(ExtendArgs),
+    /// Make the daemon re-read its config file's broadcasts and the machines, as SIGHUP does (through the API).
+    Reload(ApiArgs),
+}
+
+/// Where the daemon's API is, for the commands that talk to it; the token is $ONAIR_API_TOKEN.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// The daemon's API, for example http://onair-1:8781 (default: http://<http.listen> of the settings).
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+}
+
+/// `onair apply` options.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The file of [broadcasts.<id>] tables (the config file's shape).
+    #[arg(short = 'f', long, value_name = "PATH")]
+    pub file: PathBuf,
+    /// Print each broadcast's diff and the plan's changes in the next 48 h; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also delete the API broadcasts the file does not name (never the config file's).
+    #[arg(long)]
+    pub prune: bool,
+    /// How many requests at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `onair get` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum GetCommand {
+    /// Every broadcast (a table), or one with its definition.
+    #[command(visible_alias = "broadcast")]
+    Broadcasts {
+        /// Only this broadcast.
+        id: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// `onair delete` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeleteCommand {
+    /// Delete an API broadcast; one that is not idle is refused unless forced.
+    #[command(visible_alias = "broadcasts")]
+    Broadcast {
+        /// The broadcast.
+        id: String,
+        /// Delete it even when it is not idle: it is stopped first (stop-now), then removed.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// `onair audit` options.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only this broadcast's entries.
+    #[arg(long, value_name = "ID")]
+    pub broadcast: Option<String>,
+    /// Only entries of this kind, for example config (broadcast changes), transition, command.
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// Only entries from this instant (RFC 3339) or this long ago (2h, 1d).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only entries before this instant (RFC 3339) or this long ago.
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// Only entries older than this one (the `next` of a previous page).
+    #[arg(long, value_name = "ENTRY")]
+    pub before: Option<String>,
+    /// Show at most this many.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `onair extend` options.
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    /// The broadcast whose occurrence is on air.
+    pub id: String,
+    /// Move the end and cooldown by this much, for example 30m.
+    #[arg(long, value_name = "DURATION", value_parser = duration_text, required_unless_present = "until", conflicts_with = "until")]
+    pub by: Option<String>,
+    /// Move the end to this instant (RFC 3339).
+    #[arg(long, value_name = "INSTANT", value_parser = instant_text)]
+    pub until: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+fn duration_text(text: &str) -> Result<String, String> {
+    humantime::parse_duration(text).map(|_| text.trim().to_string()).map_err(|error| error.to_string())
+}
+
+fn instant_text(text: &str) -> Result<String, String> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|_| text.trim().to_string())
+        .map_err(|error| format!("expected an instant such as 2026-12-07T21:30:00Z: {error}"))
 }
 
 /// `onair token` options.
@@ -329,6 +459,9 @@ pub struct Loaded {
     pub emulator: crate::emulator::Settings,
     /// Where the demo keeps its private RabbitMQ node and store (`$TMPDIR`, else `/tmp`).
     pub temp_dir: PathBuf,
+    /// Where they were read from: a reload reads the same file and environment again, and the
+    /// API commands take their token from it (`ONAIR_API_TOKEN`).
+    pub source: crate::config::Source,
 }
 
 /// Loads the daemon's settings and the emulator's from the same layers, in one pass, so that
@@ -336,13 +469,13 @@ pub struct Loaded {
 pub fn load(source: &crate::config::Source) -> Result<Loaded, crate::config::Error> {
     crate::config::load(source, |root| {
         let emulator = crate::emulator::Settings::parse(&mut root.section("emulator"));
-        Loaded { daemon: Settings::parse(root, source), emulator, temp_dir: source.temp_dir() }
+        Loaded { daemon: Settings::parse(root, source), emulator, temp_dir: source.temp_dir(), source: source.clone() }
     })
 }
 
 /// Runs one subcommand to completion or until `shutdown`.
 pub async fn execute(command: Command, loaded: Loaded, shutdown: CancellationToken) -> Result<ExitCode, Error> {
-    let Loaded { daemon: settings, emulator, temp_dir } = loaded;
+    let Loaded { daemon: settings, emulator, temp_dir, source } = loaded;
     match command {
         Command::Emulator(args) => {
             let mut emulator = emulator;
@@ -373,14 +506,55 @@ pub async fn execute(command: Command, loaded: Loaded, shutdown: CancellationTok
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run => Ok(crate::daemon::run(settings, shutdown).await?),
+        Command::Run => Ok(crate::daemon::run(settings, &source, shutdown).await?),
         Command::Check => Ok(check(&settings)),
         Command::Status(args) => status::status(&settings, &args),
         Command::Send(args) => send::send(&settings, args).await,
         Command::Dlq(command) => dlq::dlq(&settings, command).await,
         Command::Plan(args) => plan(&settings, &args),
         Command::Token(args) => token(&settings, &args).await,
+        command => Ok(over_api(command, &settings, &source).await),
     }
+}
+
+/// The commands that talk to a running daemon's API; an error is printed here, with its exit
+/// code (`client`).
+async fn over_api(command: Command, settings: &Settings, source: &crate::config::Source) -> ExitCode {
+    let api = match &command {
+        Command::Apply(ApplyArgs { api, .. })
+        | Command::Get(GetCommand::Broadcasts { api, .. })
+        | Command::Delete(DeleteCommand::Broadcast { api, .. })
+        | Command::Audit(AuditArgs { api, .. })
+        | Command::Extend(ExtendArgs { api, .. })
+        | Command::Reload(api) => api.api.clone(),
+        _ => None,
+    };
+    let client = match client::Client::new(api.as_deref(), settings.http.listen, source) {
+        Ok(client) => client,
+        Err(error) => return failed(&error),
+    };
+    let now = crate::clock::system().now();
+    let done = match &command {
+        Command::Apply(args) => {
+            let parser = crate::catalog::Parser::new(
+                settings.engine.defaults.clone(),
+                settings.engine.content_key_policies.clone(),
+            );
+            apply::apply(&client, &parser, args, now).await
+        }
+        Command::Get(GetCommand::Broadcasts { id, json, .. }) => manage::get(&client, id.as_deref(), *json).await,
+        Command::Delete(DeleteCommand::Broadcast { id, force, .. }) => manage::delete(&client, id, *force).await,
+        Command::Audit(args) => manage::audit(&client, args, now).await,
+        Command::Extend(args) => manage::extend(&client, args).await,
+        Command::Reload(_) => manage::reload(&client).await,
+        _ => Ok(ExitCode::FAILURE),
+    };
+    done.unwrap_or_else(|error| failed(&error))
+}
+
+fn failed(error: &client::Error) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(error.exit_code())
 }
 
 fn apply_emulator_args(emulator: &mut crate::emulator::Settings, args: &EmulatorArgs) {

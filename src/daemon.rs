@@ -11,10 +11,14 @@
 //! A failure while building leaves nothing running. `Daemon::stop` stops the inputs, then the
 //! engine, and reports a task that panicked or failed as an error.
 //!
+//! While it runs, `onair run` reloads its config file on SIGHUP and `POST /api/v1/reload`
+//! (`reload`): the broadcasts and the machines change, the rest is reported as needing a restart.
+//!
 //! The commands that look at a daemon from outside (`status`, `send`, `dlq`) live in `cli`;
 //! `daemon` does not know the command line.
 
 mod build;
+mod reload;
 mod spawn;
 
 mod settings;
@@ -104,8 +108,14 @@ pub fn problems(settings: &Settings, library: &Library, now: DateTime<Utc>) -> V
     problems
 }
 
-/// `onair run`.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<ExitCode, Error> {
+/// `onair run`: the daemon from the settings read from `source`, which a reload reads again.
+pub async fn run(
+    settings: Settings,
+    source: &crate::config::Source,
+    shutdown: CancellationToken,
+) -> Result<ExitCode, Error> {
+    // First: from now on a SIGHUP asks for a reload and never ends the process.
+    let hangups = crate::shutdown::Hangups::listen();
     let library = load_machines(settings.engine.machines_dir.as_deref());
     let problems = problems(&settings, &library, crate::clock::system().now());
     if !problems.is_empty() {
@@ -150,11 +160,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<Exit
         };
         tokio::spawn(notifying.instrument(tracing::info_span!("systemd_notify")))
     };
+    let reloads = reload::spawn(
+        reload::Reloader::new(source.clone(), settings.clone(), Arc::clone(&daemon.catalog)),
+        daemon.reloads.connect(),
+        hangups,
+        daemon.broker_status().clone(),
+        notifier.clone(),
+    );
     shutdown.cancelled().await;
     crate::systemd::stopping();
     notifier.cancel();
     let mut failures = Failures::default();
     failures.note(joined("systemd notifier", notify).await);
+    failures.note(joined("reload", reloads).await);
     failures.note(daemon.stop().await);
     failures.into_result()?;
     Ok(ExitCode::SUCCESS)
@@ -182,6 +200,8 @@ pub struct Daemon {
     metrics: crate::metrics::Metrics,
     /// The running set of broadcasts and its only writer.
     catalog: Arc<crate::catalog::Manager>,
+    /// Where `POST /api/v1/reload` sends its requests, once `run` serves them.
+    reloads: crate::http::reload::Reloads,
 }
 
 impl Daemon {

@@ -4,6 +4,9 @@
 //! is spawned on the tracker. On SIGTERM or SIGINT the token is cancelled, tasks stop at their next
 //! safe point, and `drain` waits for them up to the grace period before giving up with a warning.
 //! This module deliberately knows nothing about what the tasks do.
+//!
+//! SIGHUP is not a stop: `onair run` listens for it (`Hangups`) and reloads its config file; the
+//! other commands keep its default action.
 
 use std::time::Duration;
 
@@ -59,6 +62,45 @@ pub async fn signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// SIGHUP, heard: each one asks the daemon to reload. Once listening, a SIGHUP no longer ends the
+/// process (its default action); listen before anything slow, so that none comes in between.
+#[derive(Debug)]
+pub struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    /// Starts listening (within a tokio runtime); when the handler cannot be installed, says so
+    /// and never hears one.
+    pub fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup())
+                .inspect_err(|error| tracing::warn!(%error, "Cannot listen for SIGHUP; reload through the API only."))
+                .ok();
+            Self { signal }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
+    }
+
+    /// Resolves at the next SIGHUP (never, when not listening).
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal
+            && signal.recv().await.is_some()
+        {
+            tracing::info!(signal = "SIGHUP", "Reload requested.");
+            return;
+        }
+        std::future::pending::<()>().await;
     }
 }
 

@@ -14,6 +14,16 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// Tells the service manager the daemon reloads its configuration (`ready` follows when done).
+pub fn reloading() {
+    let mut states = vec![NotifyState::Reloading, NotifyState::Status("reloading")];
+    // The time of the request, which `Type=notify-reload` requires with RELOADING=1.
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    send(&states);
+}
+
 /// Tells the service manager the daemon is stopping.
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

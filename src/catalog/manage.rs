@@ -41,7 +41,7 @@ pub struct ProblemAt {
 
 impl ProblemAt {
     /// Splits a located problem (`key: reason`) as the checks write them.
-    fn from_line(line: &str) -> Self {
+    pub fn from_line(line: &str) -> Self {
         match line.split_once(": ") {
             Some((key, reason)) if !key.contains(' ') || key.starts_with("broadcasts.") => {
                 Self { key: key.to_string(), reason: reason.to_string() }
@@ -426,22 +426,7 @@ impl Manager {
             crate::schedule::plan::problems(&scheduled, self.clock.now()).iter().map(|line| ProblemAt::from_line(line)),
         );
         if !problems.is_empty() {
-            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            let note = BroadcastChange {
-                id: String::new(),
-                expected: Expected::Any,
-                change: Change::Note,
-                at: self.clock.now(),
-                reason: format!(
-                    "reload refused: {} problem{}; nothing changed",
-                    lines.len(),
-                    if lines.len() == 1 { "" } else { "s" }
-                ),
-                detail: json!({"who": Who::config_file().0, "problems": lines}),
-            };
-            if let Err(error) = self.write(vec![note]).await {
-                tracing::warn!(%error, "Cannot audit the refused reload.");
-            }
+            self.audit_refused_reload(&problems).await;
             return Err(Error::Invalid(problems));
         }
         let report = plan.report.clone();
@@ -459,6 +444,27 @@ impl Manager {
             "Config reloaded."
         );
         Ok(report)
+    }
+
+    /// Audits a reload refused with `problems` (nothing changed): by `reload` itself, or by its
+    /// caller when the config file could not even be read.
+    pub async fn audit_refused_reload(&self, problems: &[ProblemAt]) {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let note = BroadcastChange {
+            id: String::new(),
+            expected: Expected::Any,
+            change: Change::Note,
+            at: self.clock.now(),
+            reason: format!(
+                "reload refused: {} problem{}; nothing changed",
+                lines.len(),
+                if lines.len() == 1 { "" } else { "s" }
+            ),
+            detail: json!({"who": Who::config_file().0, "problems": lines}),
+        };
+        if let Err(error) = self.write(vec![note]).await {
+            tracing::warn!(%error, "Cannot audit the refused reload.");
+        }
     }
 
     /// Builds the running set from the stored records: the file's broadcasts as the file parsed

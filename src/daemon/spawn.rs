@@ -73,8 +73,15 @@ impl Built {
                 reaper.instrument(tracing::info_span!("reaper")),
             );
         });
+        let reloads = crate::http::reload::Reloads::default();
         let http = listeners.http.map(|bound| {
-            let router = shared.operations_router(&settings.http, store, Arc::clone(&catalog), schedule_control);
+            let router = shared.operations_router(
+                &settings.http,
+                store,
+                Arc::clone(&catalog),
+                schedule_control,
+                reloads.clone(),
+            );
             serve_http(bound, router, settings.http.connections, shared.intake.clone())
         });
         tracing::info!(
@@ -100,6 +107,7 @@ impl Built {
             health: shared.health,
             metrics: shared.metrics,
             catalog,
+            reloads,
         })
     }
 }
@@ -174,6 +182,7 @@ impl Shared {
         store: Arc<dyn Store>,
         catalog: Arc<crate::catalog::Manager>,
         schedule_control: Option<mpsc::UnboundedSender<crate::schedule::Control>>,
+        reload: crate::http::reload::Reloads,
     ) -> axum::Router {
         crate::http::router(crate::http::Parts {
             settings: settings.clone(),
@@ -188,6 +197,7 @@ impl Shared {
             catalog,
             dead_letters: Default::default(),
             activity: Default::default(),
+            reload,
             clock: Arc::clone(&self.clock),
             schedule_control,
             started: std::time::Instant::now(),

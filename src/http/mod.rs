@@ -13,6 +13,7 @@ pub mod auth;
 mod broadcasts;
 mod extend;
 pub mod listener;
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +98,8 @@ pub struct Parts {
     /// The broadcasts' states and pending actions, read at most once per `broadcasts::FRESH`
     /// for however many list requests.
     pub activity: broadcasts::ActivityCache,
+    /// Asks the daemon to reload its config file (`POST /api/v1/reload`).
+    pub reload: reload::Reloads,
     pub clock: SharedClock,
     /// Tells the scheduler of operator commands it handles (`extend`); `None` when it is disabled.
     pub schedule_control: Option<tokio::sync::mpsc::UnboundedSender<crate::schedule::Control>>,
@@ -123,6 +126,7 @@ pub fn router(parts: Parts) -> Router {
         .route("/api/v1/plan", get(extend::plan))
         .route("/api/v1/dead-letters", get(api::dead_letters))
         .route("/api/v1/dead-letters/replay", post(api::replay))
+        .route("/api/v1/reload", post(reload::reload))
         .fallback(|| async { api::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), read_auth))
         .with_state(state)

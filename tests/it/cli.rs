@@ -28,7 +28,13 @@ fn help_lists_exactly_the_working_subcommands() {
         .take_while(|line| line.starts_with("  "))
         .filter_map(|line| line.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["emulator", "demo", "run", "check", "status", "send", "dlq", "plan", "token", "help"]);
+    assert_eq!(
+        commands,
+        [
+            "emulator", "demo", "run", "check", "status", "send", "dlq", "plan", "token", "apply", "get", "delete",
+            "audit", "extend", "reload", "help"
+        ]
+    );
 }
 
 #[test]

@@ -301,7 +301,7 @@ async fn each_broadcast_reads_back_its_own_state_through_the_api_and_status() {
 }
 
 /// The routes the router serves, as the OpenAPI document names them.
-const ROUTES: [(&str, &str); 15] = [
+const ROUTES: [(&str, &str); 16] = [
     ("get", "/"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -317,6 +317,7 @@ const ROUTES: [(&str, &str); 15] = [
     ("get", "/api/v1/plan"),
     ("get", "/api/v1/dead-letters"),
     ("post", "/api/v1/dead-letters/replay"),
+    ("post", "/api/v1/reload"),
 ];
 
 #[test]
