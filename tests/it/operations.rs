@@ -255,6 +255,11 @@ async fn each_broadcast_reads_back_its_own_state_through_the_api_and_status() {
         states(get(&base, "/api/v1/broadcasts").await.1) == wanted
     })
     .await;
+    // news is live as soon as start-now is decided; its URL comes with its locator, an action later.
+    until_async(Duration::from_secs(30), "news published", || async {
+        get(&base, "/api/v1/broadcasts/news").await.1["vars"]["hls"].as_str().is_some_and(|hls| !hls.is_empty())
+    })
+    .await;
 
     // One by one.
     for (broadcast, state) in expected {
