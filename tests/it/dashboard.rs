@@ -1,12 +1,16 @@
 //! The dashboard in headless Chromium (Debian's `chromium`), against a real daemon: it loads,
 //! shows the broadcasts and the timeline, shows a broadcast going live, and leaves a screenshot
-//! (`target/tmp/artefacts/dashboard.png`).
+//! (`target/tmp/artefacts/dashboard.png`). Driven through WebDriver (Debian's `chromium-driver`)
+//! as an operator would use it: the broadcast pages, creating, editing, extending and deleting a
+//! broadcast, on a desktop and on a phone, with screenshots of each kept in
+//! `target/tmp/artefacts/`.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::broker::EXCLUSIVE;
 use crate::helpers::{TestEmulator, emulator_settings};
@@ -14,6 +18,7 @@ use crate::operations::{TOKEN, artefact, command, daemon_with_http, state_of, un
 use crate::rabbit;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// Runs headless Chromium on `url` with `arguments` (after the page's scripts ran for a while).
 async fn chromium(profile: &Path, url: &str, arguments: &[&str]) -> String {
@@ -78,5 +83,273 @@ async fn the_dashboard_shows_a_broadcast_going_live() {
         screenshot.display(),
         bytes.len()
     );
+    daemon.stop().await.unwrap();
+}
+
+/// A headless Chromium driven through WebDriver (Debian's `chromium-driver`): one chromedriver
+/// process (in its own process group, so that dropping it ends its browsers too) and one session.
+struct Browser {
+    driver: std::process::Child,
+    session: String,
+    http: reqwest::Client,
+}
+
+/// The page's time zone: not the daemon's (UTC) nor the broadcasts' (Europe/Paris), so that all
+/// three differ.
+const VIEWER_ZONE: &str = "America/New_York";
+
+impl Browser {
+    async fn start(profile: &Path) -> Self {
+        assert!(Path::new(CHROMEDRIVER).exists(), "{CHROMEDRIVER} is missing: install Debian's chromium-driver package");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .env("TZ", VIEWER_ZONE)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        until_async(Duration::from_secs(20), "chromedriver ready", || async {
+            let answer = http.get(format!("{base}/status")).send().await;
+            match answer {
+                Ok(answer) => answer.json::<Value>().await.is_ok_and(|body| body["value"]["ready"] == true),
+                Err(_) => false,
+            }
+        })
+        .await;
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+                         "--window-size=1400,1000", format!("--user-data-dir={}", profile.display())],
+            },
+        }}});
+        let answer: Value = http.post(format!("{base}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
+        let session = answer["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {answer}")).to_string();
+        Self { driver, session: format!("{base}/session/{session}"), http }
+    }
+
+    /// One WebDriver command; its `value`.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self.http.request(method, format!("{}{path}", self.session));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer: Value = request.send().await.unwrap().json().await.unwrap();
+        assert!(answer["value"]["error"].is_null(), "WebDriver {path}: {answer}");
+        answer["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url}))).await;
+    }
+
+    /// Runs `script` (a function body; `arguments` are `args`) in the page; what it returns.
+    async fn run(&self, script: &str, args: Value) -> Value {
+        self.call(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": args}))).await
+    }
+
+    /// Waits until `script` returns true in the page.
+    async fn until(&self, what: &str, script: &str) {
+        let limit = Duration::from_secs(30);
+        let started = std::time::Instant::now();
+        loop {
+            if self.run(script, json!([])).await == true {
+                return;
+            }
+            if started.elapsed() > limit {
+                let body = self.run("return document.body.innerText", json!([])).await;
+                panic!("{what}: not after {limit:?}; the page reads:\n{}", body.as_str().unwrap_or_default());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let found = self.call(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+        found.as_object().and_then(|found| found.values().next()).and_then(Value::as_str).unwrap().to_string()
+    }
+
+    /// Clicks `css` as a user would (scrolled into view, hit-tested).
+    async fn click(&self, css: &str) {
+        let element = self.element(css).await;
+        self.call(reqwest::Method::POST, &format!("/element/{element}/click"), Some(json!({}))).await;
+    }
+
+    /// Replaces the content of the field `css` with `text`, typed.
+    async fn fill(&self, css: &str, text: &str) {
+        let element = self.element(css).await;
+        self.call(reqwest::Method::POST, &format!("/element/{element}/clear"), Some(json!({}))).await;
+        self.call(reqwest::Method::POST, &format!("/element/{element}/value"), Some(json!({"text": text}))).await;
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let script = "const node = document.querySelector(arguments[0]); return node ? node.innerText : null";
+        self.run(script, json!([css])).await.as_str().unwrap_or_default().to_string()
+    }
+
+    /// The viewport's width and height in CSS pixels (a phone's, a desktop's).
+    async fn viewport(&self, width: u32, height: u32) {
+        let metrics = json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false});
+        self.cdp("Emulation.setDeviceMetricsOverride", metrics).await;
+        let inner = self.run("return window.innerWidth", json!([])).await;
+        assert_eq!(inner, width, "the viewport is {width} px wide");
+    }
+
+    /// A DevTools command, through chromedriver.
+    async fn cdp(&self, command: &str, params: Value) -> Value {
+        let path = "/goog/cdp/execute";
+        self.call(reqwest::Method::POST, path, Some(json!({"cmd": command, "params": params}))).await
+    }
+
+    /// The whole page (not only the viewport) as a PNG at `path`; its size in bytes.
+    async fn screenshot(&self, name: &str) -> usize {
+        let shot = self.cdp("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true})).await;
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, shot["data"].as_str().unwrap()).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "{name}: {} bytes", bytes.len());
+        std::fs::write(artefact(name), &bytes).unwrap();
+        bytes.len()
+    }
+
+    /// No horizontal page scroll: the document is no wider than the viewport.
+    async fn assert_no_horizontal_scroll(&self, what: &str) {
+        let widths = self
+            .run("return [document.documentElement.scrollWidth, window.innerWidth]", json!([]))
+            .await;
+        assert!(widths[0].as_u64() <= widths[1].as_u64(), "{what}: the page scrolls sideways: {widths}");
+    }
+
+    async fn close(mut self) {
+        let _ = self.http.delete(&self.session).send().await;
+        self.end();
+    }
+
+    fn end(&mut self) {
+        // The group chromedriver leads: chromedriver and the browsers it started.
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.driver.id())]).status();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if self.driver.try_wait().ok().flatten().is_none() {
+            self.end();
+        }
+    }
+}
+
+/// Three broadcasts in three time zones, none of them the viewer's.
+const THREE: &str = r#"
+[broadcasts.news]
+[broadcasts.news.schedule]
+cron = "0 19 * * *"
+timezone = "Europe/Paris"
+duration = "30m"
+[broadcasts.sport]
+channel = "sport"
+[broadcasts.sport.schedule]
+cron = "30 21 * * *"
+timezone = "Asia/Tokyo"
+duration = "2h"
+[broadcasts.travel]
+channel = "travel"
+"#;
+
+/// What a hostile note looks like: it must show as text, never run.
+const HOSTILE: &str = "<img src=x onerror=\"document.body.dataset.pwned='yes'\"> flooded";
+
+/// The state a broadcast's row shows on the list.
+const ROW_STATE: &str = "const row = document.getElementById('broadcast-' + arguments[0]); return row ? row.dataset.state : null";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_reads_each_broadcast_in_its_own_time_zone_on_a_desktop_and_a_phone() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let broker = rabbit::settings("dashboard-pages");
+    let directory = tempfile::tempdir().unwrap();
+    let (daemon, base, _) = daemon_with_http(directory.path(), &emulator, &broker, THREE).await;
+
+    // news on air; sport idle, paused and skipping its next occurrence; travel forced to failed.
+    for (broadcast, body) in [
+        ("news", json!({"command": "start-now"})),
+        ("sport", json!({"command": "pause"})),
+        ("sport", json!({"command": "skip-next"})),
+        ("travel", json!({"command": "force-state", "state": "failed", "note": HOSTILE})),
+    ] {
+        let (status, answer) = command(&base, broadcast, Some(TOKEN), body).await;
+        assert_eq!(status, 202, "{broadcast}: {answer}");
+    }
+    until_async(Duration::from_secs(30), "news live, travel failed", || async {
+        state_of(&base, "news").await.as_deref() == Some("live") && state_of(&base, "travel").await.as_deref() == Some("failed")
+    })
+    .await;
+
+    let browser = Browser::start(&directory.path().join("chromium")).await;
+    browser.goto(&format!("{base}/#/")).await;
+    browser.until("the list loaded", "return document.body.dataset.loaded === 'true'").await;
+    let flags = "return [...document.querySelectorAll('#broadcast-' + arguments[0] + ' [data-flag]')].map((n) => n.dataset.flag)";
+    browser.until("sport paused and skipping", "return document.querySelectorAll('#broadcast-sport [data-flag]').length === 2").await;
+    assert_eq!(browser.run(ROW_STATE, json!(["news"])).await, "live");
+    assert_eq!(browser.run(ROW_STATE, json!(["travel"])).await, "failed");
+    assert_eq!(browser.run(flags, json!(["sport"])).await, json!(["paused", "skip-next"]));
+    assert_eq!(browser.run(flags, json!(["news"])).await, json!([]));
+    assert_eq!(browser.run(flags, json!(["travel"])).await, json!([]));
+    let origins = "return [...document.querySelectorAll('[data-origin]')].map((n) => n.dataset.origin)";
+    assert_eq!(browser.run(origins, json!([])).await, json!(["file", "file", "file"]));
+    // The hostile note is shown as text, and ran nothing.
+    browser.until("the note in the audit", "return document.getElementById('audit').innerText.includes('onerror=')").await;
+    let injected = "return [document.querySelectorAll('main img').length, document.body.dataset.pwned || null]";
+    assert_eq!(browser.run(injected, json!([])).await, json!([0, null]));
+    // Without a token, nothing can be changed from the page.
+    assert_eq!(browser.run("return document.getElementById('new').disabled", json!([])).await, true);
+
+    // news's page: its next air time in Paris, and in New York (the viewer's zone), 6 hours apart.
+    browser.click("#broadcast-news a.b-link").await;
+    browser.until("news's plan", "return document.querySelectorAll('#b-plan tr[data-step=air]').length >= 7").await;
+    let air = browser.text("#b-plan tr[data-step=air]").await;
+    assert!(air.contains("19:00") && air.contains("13:00"), "Paris and New York: {air}");
+    let facts = browser.text("#b-facts").await;
+    assert!(facts.contains("Europe/Paris") && facts.contains(VIEWER_ZONE), "{facts}");
+    browser.until("news's variables", "return document.querySelector('#b-vars [data-var=hls]') !== null").await;
+    assert!(browser.text("#b-audit").await.contains("→ live"), "news's audit");
+    let desktop = [browser.screenshot("dashboard-1400-broadcast.png").await];
+
+    // sport's page: Tokyo's 21:30 is New York's 07:30.
+    browser.goto(&format!("{base}/#/broadcasts/sport")).await;
+    browser.until("sport's plan", "return document.querySelectorAll('#b-plan tr[data-step=air]').length >= 7").await;
+    let air = browser.text("#b-plan tr[data-step=air]").await;
+    assert!(air.contains("21:30") && air.contains("07:30"), "Tokyo and New York: {air}");
+    assert!(browser.text("#b-title").await.contains("paused"), "the flags on sport's page");
+    // travel's page: no schedule, failed, its audit says why (as text).
+    browser.goto(&format!("{base}/#/broadcasts/travel")).await;
+    browser.until("travel's audit", "return document.getElementById('b-audit').innerText.includes('flooded')").await;
+    assert_eq!(browser.run("return document.body.dataset.state", json!([])).await, "failed");
+    assert_eq!(browser.run(injected, json!([])).await, json!([0, null]));
+
+    // A phone: nothing scrolls sideways, on any view.
+    browser.goto(&format!("{base}/#/")).await;
+    browser.viewport(420, 900).await;
+    let mut phone = Vec::new();
+    for (view, ready, name) in [
+        ("#/", "return document.body.dataset.loaded === 'true' && document.getElementById('broadcast-news') !== null", "dashboard-420-list.png"),
+        ("#/broadcasts/news", "return document.querySelectorAll('#b-plan tr').length > 7", "dashboard-420-broadcast.png"),
+        ("#/new", "return document.body.dataset.editor === 'ready'", "dashboard-420-editor.png"),
+    ] {
+        browser.goto(&format!("{base}/{view}")).await;
+        browser.until(view, ready).await;
+        browser.assert_no_horizontal_scroll(view).await;
+        phone.push(browser.screenshot(name).await);
+    }
+    browser.viewport(1400, 1000).await;
+    browser.goto(&format!("{base}/#/")).await;
+    browser.until("the list again", "return document.getElementById('broadcast-news') !== null").await;
+    let list = browser.screenshot("dashboard-1400-list.png").await;
+    println!("dashboard pages: screenshots 1400 px list {list} B, broadcast {} B; 420 px {phone:?} B", desktop[0]);
+    browser.close().await;
     daemon.stop().await.unwrap();
 }
