@@ -22,6 +22,7 @@ mod settings;
 pub use settings::{Settings, load};
 
 mod machines;
+mod reaper;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -63,13 +63,15 @@ impl Built {
             relay(published, Arc::clone(&shared.publisher), core.clone()).instrument(tracing::info_span!("relay")),
         );
         let inputs = shared.spawn_inputs(&engine, scheduler, listeners.ingress, &settings.ingress, catalog.registry());
-        let probe = tokio::spawn(
-            shared
-                .health
-                .clone()
-                .probe_media(media, shared.intake.clone())
-                .instrument(tracing::info_span!("media_probe")),
-        );
+        let probe = shared.health.clone().probe_media(media, shared.intake.clone());
+        // The removal reaper shares the probe's task (both stop with the inputs).
+        let reaper = super::reaper::run(Arc::clone(&catalog), shared.intake.clone());
+        let probe = tokio::spawn(async move {
+            tokio::join!(
+                probe.instrument(tracing::info_span!("media_probe")),
+                reaper.instrument(tracing::info_span!("reaper")),
+            );
+        });
         let http = listeners.http.map(|bound| {
             let router = shared.operations_router(&settings.http, store, Arc::clone(&catalog));
             serve_http(bound, router, settings.http.connections, shared.intake.clone())
@@ -182,6 +184,7 @@ impl Shared {
             health: self.health.clone(),
             catalog,
             dead_letters: Default::default(),
+            activity: Default::default(),
             clock: Arc::clone(&self.clock),
             started: std::time::Instant::now(),
         })

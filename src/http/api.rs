@@ -4,18 +4,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
 use super::Parts;
+use super::auth::{self, Role};
 use crate::event::{self, Event};
-use crate::store::{AuditRow, InstanceRecord, OutboxRow};
+use crate::store::{AuditQuery, AuditRow};
 
 /// An API error: `{"error": {"code", "message"}}` with its status.
 #[derive(Debug)]
@@ -25,11 +24,19 @@ pub struct ApiError {
     message: String,
     /// `Retry-After`, in seconds, when the caller should come back.
     retry_after: Option<u64>,
+    /// More members of the error object (`problems`, `state`, `revision`).
+    extra: serde_json::Map<String, Value>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self { status, code, message: message.into(), retry_after: None, extra: serde_json::Map::new() }
+    }
+
+    /// Adds `key` to the error object.
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_string(), value);
+        self
     }
 
     fn retry_after(mut self, after: std::time::Duration) -> Self {
@@ -37,15 +44,18 @@ impl ApiError {
         self
     }
 
-    fn store(error: impl std::fmt::Display) -> Self {
+    pub(super) fn store(error: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("cannot read the store: {error}"))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response =
-            (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response();
+        let mut error = serde_json::Map::new();
+        error.insert("code".into(), json!(self.code));
+        error.insert("message".into(), json!(self.message));
+        error.extend(self.extra);
+        let mut response = (self.status, Json(json!({"error": error}))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -58,12 +68,12 @@ impl IntoResponse for ApiError {
 
 type Answer = Result<Response, ApiError>;
 
-fn stamp(at: DateTime<Utc>) -> String {
+pub(super) fn stamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Runs a store read off the async threads.
-async fn read<T: Send + 'static>(
+pub(super) async fn read<T: Send + 'static>(
     state: &Arc<Parts>,
     work: impl FnOnce(&dyn crate::store::Store) -> Result<T, crate::store::Error> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -75,78 +85,12 @@ async fn read<T: Send + 'static>(
         .map_err(ApiError::store)
 }
 
-fn broadcast_json(
-    state: &Parts,
-    id: &str,
-    instance: Option<&InstanceRecord>,
-    pending: &[&OutboxRow],
-    now: DateTime<Utc>,
-) -> Value {
-    let catalog = state.catalog.registry().current();
-    let Some(entry) = catalog.get(id) else { return Value::Null };
-    let broadcast = &entry.broadcast;
-    let next_step = broadcast
-        .schedule
-        .as_ref()
-        .and_then(|spec| crate::schedule::plan::next_step(id, spec, now))
-        .and_then(|row| serde_json::to_value(row).ok());
-    json!({
-        "id": id,
-        "machine": broadcast.machine,
-        "channel": broadcast.channel,
-        "protection": broadcast.protection.mode.name(),
-        "state": instance.map(|instance| instance.state.clone()),
-        "initial_state": entry.machine.initial,
-        "origin": entry.origin.name(),
-        "revision": entry.revision,
-        "since": instance.map(|instance| stamp(instance.since)),
-        "vars": instance.map_or_else(|| json!({}), |instance| Value::Object(instance.vars.clone())),
-        "timers": instance.map_or_else(Vec::new, |instance| {
-            instance.timers.iter().map(|(name, due)| json!({"name": name, "due": stamp(*due)})).collect()
-        }),
-        "pending_actions": pending.iter().map(|row| json!({
-            "id": row.id, "kind": row.kind, "params": row.params, "attempts": row.attempts, "created": stamp(row.created),
-        })).collect::<Vec<_>>(),
-        "next_step": next_step,
-        "scheduled": broadcast.schedule.is_some(),
-    })
-}
-
-/// `GET /api/v1/broadcasts`
-pub async fn broadcasts(State(state): State<Arc<Parts>>) -> Answer {
-    let (instances, pending) = read(&state, |store| Ok((store.load_instances()?, store.pending_actions()?))).await?;
-    let now = state.clock.now();
-    let catalog = state.catalog.registry().current();
-    let list: Vec<Value> = catalog
-        .iter()
-        .map(|(id, _)| {
-            let instance = instances.iter().find(|instance| &instance.broadcast == id);
-            let pending: Vec<&OutboxRow> = pending.iter().filter(|row| &row.broadcast == id).collect();
-            broadcast_json(&state, id, instance, &pending, now)
-        })
-        .collect();
-    Ok(Json(json!({"generated_at": stamp(now), "broadcasts": list})).into_response())
-}
-
 fn known(state: &Parts, id: &str) -> Result<(), ApiError> {
     if state.catalog.registry().current().contains(id) {
         Ok(())
     } else {
         Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_broadcast", format!("no broadcast {id:?} in the settings")))
     }
-}
-
-/// `GET /api/v1/broadcasts/{id}`
-pub async fn broadcast(State(state): State<Arc<Parts>>, Path(id): Path<String>) -> Answer {
-    known(&state, &id)?;
-    let wanted = id.clone();
-    let (instance, pending) = read(&state, move |store| {
-        let pending = store.pending_actions()?.into_iter().filter(|row| row.broadcast == wanted).collect::<Vec<_>>();
-        Ok((store.load_instance(&wanted)?, pending))
-    })
-    .await?;
-    let pending: Vec<&OutboxRow> = pending.iter().collect();
-    Ok(Json(broadcast_json(&state, &id, instance.as_ref(), &pending, state.clock.now())).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,21 +129,59 @@ pub async fn audit(State(state): State<Arc<Parts>>, Path(id): Path<String>, Quer
     Ok(Json(json!({"broadcast": id, "entries": rows.iter().map(audit_json).collect::<Vec<_>>()})).into_response())
 }
 
-/// `GET /api/v1/audit?limit=`: the latest entries of every broadcast, newest first.
-pub async fn recent_audit(State(state): State<Arc<Parts>>, Query(limit): Query<Limit>) -> Answer {
-    let limit = limit.get(50, 1000)?;
-    let ids: Vec<String> = state.catalog.registry().current().iter().map(|(id, _)| id.clone()).collect();
-    let mut rows = read(&state, move |store| {
-        let mut rows = Vec::new();
-        for id in &ids {
-            rows.extend(store.audit(id, limit)?);
-        }
-        Ok(rows)
-    })
-    .await?;
-    rows.sort_by(|a, b| b.at.cmp(&a.at).then(b.id.cmp(&a.id)));
-    rows.truncate(limit);
-    Ok(Json(json!({"entries": rows.iter().map(audit_json).collect::<Vec<_>>()})).into_response())
+/// The audit kinds a filter may name.
+const AUDIT_KINDS: [&str; 6] = ["decision", "duplicate", "action", "schedule", "config", "command"];
+
+/// `GET /api/v1/audit?broadcast=&kind=&since=&until=&before=&limit=`: newest first, a page at a
+/// time (`next` is the `before` of the next page). The audit of a removed broadcast stays.
+pub async fn recent_audit(State(state): State<Arc<Parts>>, RawQuery(query): RawQuery) -> Answer {
+    let query = audit_query(query.as_deref())?;
+    let limit = query.limit;
+    let selected = query.clone();
+    let rows = read(&state, move |store| store.audit_query(&selected)).await?;
+    let next = (rows.len() == limit).then(|| rows.last().map(|row| row.id)).flatten();
+    Ok(Json(json!({"entries": rows.iter().map(audit_json).collect::<Vec<_>>(), "next": next})).into_response())
+}
+
+/// The audit query a request asks for; every bad parameter is a 400.
+fn audit_query(query: Option<&str>) -> Result<AuditQuery, ApiError> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", message);
+    let parameters = super::broadcasts::parameters(query, &["broadcast", "kind", "since", "until", "before", "limit"])?;
+    let instant = |key: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
+        parameters
+            .get(key)
+            .map(|text| {
+                DateTime::parse_from_rfc3339(text)
+                    .map(|at| at.with_timezone(&Utc))
+                    .map_err(|_| bad(format!("{key} is an RFC 3339 instant (2026-11-24T18:00:00Z), not {text:?}")))
+            })
+            .transpose()
+    };
+    let broadcast = parameters.get("broadcast").cloned();
+    if let Some(id) = broadcast.as_deref().filter(|id| !crate::broadcast::valid_id(id)) {
+        return Err(bad(format!("{id:?} is not a broadcast id")));
+    }
+    let kind = parameters.get("kind").cloned();
+    if let Some(kind) = kind.as_deref().filter(|kind| !AUDIT_KINDS.contains(kind)) {
+        return Err(bad(format!("unknown kind {kind:?}; one of {}", AUDIT_KINDS.join(", "))));
+    }
+    let before = match parameters.get("before") {
+        None => None,
+        Some(text) => Some(
+            text.parse::<i64>()
+                .ok()
+                .filter(|before| *before > 0)
+                .ok_or_else(|| bad(format!("before is an audit entry id (a positive number), not {text:?}")))?,
+        ),
+    };
+    let (since, until) = (instant("since")?, instant("until")?);
+    if let (Some(since), Some(until)) = (since, until)
+        && since >= until
+    {
+        return Err(bad("since must be before until".into()));
+    }
+    let limit = super::broadcasts::limit(&parameters, 50, 1000)?;
+    Ok(AuditQuery { broadcast, kind, since, until, before, limit })
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,30 +290,6 @@ pub async fn dead_letters(State(state): State<Arc<Parts>>, Query(limit): Query<L
     Ok(answer)
 }
 
-/// Commands need the configured bearer token.
-fn authorize(state: &Parts, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &state.settings.api_token else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "commands_disabled",
-            "no API token is configured (http.api_token_file): commands are disabled",
-        ));
-    };
-    // Exactly `Bearer <token>`: no padding around the token and nothing inside it is forgiven,
-    // so a token with spaces (inner, leading or trailing) is another token.
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let expected = token.expose_secret().trim();
-    if !given.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is needed"))
-    }
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Replay {
@@ -340,7 +298,7 @@ pub struct Replay {
 
 /// `POST /api/v1/dead-letters/replay`
 pub async fn replay(State(state): State<Arc<Parts>>, headers: HeaderMap, body: axum::body::Bytes) -> Answer {
-    authorize(&state, &headers)?;
+    let caller = auth::require(&state.settings, &headers, Role::Operator)?;
     let request: Replay = if body.iter().all(u8::is_ascii_whitespace) {
         Replay::default()
     } else {
@@ -356,7 +314,7 @@ pub async fn replay(State(state): State<Arc<Parts>>, headers: HeaderMap, body: a
         .map_err(|_| broker_unavailable(format!("no replay within {work:?}")).retry_after(work))?
         .map_err(broker_unavailable)?;
     drop(last);
-    tracing::info!(id = ?request.id, replayed = report.replayed, kept = report.kept, "Dead letters replayed through the API.");
+    tracing::info!(id = ?request.id, replayed = report.replayed, kept = report.kept, who = %caller.name, "Dead letters replayed through the API.");
     Ok(Json(report).into_response())
 }
 
@@ -376,7 +334,7 @@ pub async fn command(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Answer {
-    authorize(&state, &headers)?;
+    let caller = auth::require(&state.settings, &headers, Role::Operator)?;
     known(&state, &id)?;
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_command", message);
     let request: Command = serde_json::from_slice(&body).map_err(|error| bad(format!("not a command: {error}")))?;
@@ -387,7 +345,7 @@ pub async fn command(
     if note.is_some_and(|note| note.chars().count() > 500) {
         return Err(bad("the note is longer than 500 characters".into()));
     }
-    let mut data = json!({"by": "api"});
+    let mut data = json!({"by": caller.name});
     if let Some(note) = note {
         data["note"] = json!(note);
     }

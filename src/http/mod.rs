@@ -3,11 +3,14 @@
 //! document, and the dashboard at `/`.
 //!
 //! It is separate from the webhook ingress on purpose: the ingress may face the internet (Event
-//! Grid must reach it), this one is for the operations network. Reads need no credentials;
-//! every `POST` needs the bearer token of `http.api_token`, compared in constant time, and is
-//! refused outright when no token is configured.
+//! Grid must reach it), this one is for the operations network. Reads need no credentials
+//! unless `http.read_auth` is on (then a viewer token); commands and dead-letter replay need an
+//! operator token, broadcast changes (`PUT`, `DELETE`) an admin token (`auth`). Changes and
+//! commands are refused outright when no token is configured.
 
 mod api;
+pub mod auth;
+mod broadcasts;
 pub mod listener;
 
 use std::net::SocketAddr;
@@ -40,33 +43,36 @@ pub struct Settings {
     /// Whether `onair run` serves the operations listener.
     pub enabled: bool,
     pub listen: SocketAddr,
-    /// The bearer token operator commands need; commands are refused without one.
+    /// The admin token of earlier versions (named `api_token` in the audit).
     pub api_token: Option<SecretString>,
+    /// `[http.tokens.<name>]`: named tokens with their roles.
+    pub tokens: Vec<auth::NamedToken>,
+    /// Whether reads (the API and `/metrics`) need a viewer token or better.
+    pub read_auth: bool,
     /// Slow and idle clients, connections at once.
     pub connections: Limits,
 }
 
 impl Settings {
     pub(crate) fn parse(section: &mut crate::config::Section<'_>) -> Self {
-        let settings = Self {
-            enabled: section.value("enabled"),
-            listen: section.value::<String>("listen").parse().unwrap_or_else(|_| {
-                section.problem("listen", "expected an address such as 127.0.0.1:8781");
-                SocketAddr::from(([127, 0, 0, 1], 8781))
-            }),
-            api_token: section.secret("api_token"),
-            connections: Limits::parse(section),
-        };
-        if let Some(token) = &settings.api_token {
-            let token = secrecy::ExposeSecret::expose_secret(token).trim();
-            section.check("api_token", token.len() >= 16, "must be at least 16 characters");
-            section.check(
-                "api_token",
-                !token.chars().any(char::is_whitespace),
-                "must not contain spaces (a bearer token is one word)",
-            );
+        let enabled = section.value("enabled");
+        let listen = section.value::<String>("listen").parse().unwrap_or_else(|_| {
+            section.problem("listen", "expected an address such as 127.0.0.1:8781");
+            SocketAddr::from(([127, 0, 0, 1], 8781))
+        });
+        let api_token = section.secret("api_token");
+        if let Some(reason) =
+            api_token.as_ref().and_then(|token| auth::weakness(secrecy::ExposeSecret::expose_secret(token)))
+        {
+            section.check("api_token", false, reason);
         }
-        settings
+        let tokens = auth::parse_tokens(section, api_token.as_ref());
+        let read_auth = section.value("read_auth");
+        let connections = Limits::parse(section);
+        if read_auth && api_token.is_none() && tokens.is_empty() {
+            section.problem("read_auth", "needs at least one token (api_token or [http.tokens.<name>]) to read with");
+        }
+        Self { enabled, listen, api_token, tokens, read_auth, connections }
     }
 }
 
@@ -86,6 +92,9 @@ pub struct Parts {
     pub catalog: Arc<crate::catalog::Manager>,
     /// One dead-letter listing or replay at a time, and a short cache of the last listing.
     pub dead_letters: api::DeadLetterGate,
+    /// The broadcasts' states and pending actions, read at most once per `broadcasts::FRESH`
+    /// for however many list requests.
+    pub activity: broadcasts::ActivityCache,
     pub clock: SharedClock,
     /// When the daemon started.
     pub started: std::time::Instant,
@@ -102,8 +111,8 @@ pub fn router(parts: Parts) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/broadcasts", get(api::broadcasts))
-        .route("/api/v1/broadcasts/{id}", get(api::broadcast))
+        .route("/api/v1/broadcasts", get(broadcasts::list))
+        .route("/api/v1/broadcasts/{id}", get(broadcasts::one).put(broadcasts::put).delete(broadcasts::delete))
         .route("/api/v1/broadcasts/{id}/audit", get(api::audit))
         .route("/api/v1/broadcasts/{id}/commands", post(api::command))
         .route("/api/v1/audit", get(api::recent_audit))
@@ -111,7 +120,25 @@ pub fn router(parts: Parts) -> Router {
         .route("/api/v1/dead-letters", get(api::dead_letters))
         .route("/api/v1/dead-letters/replay", post(api::replay))
         .fallback(|| async { api::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), read_auth))
         .with_state(state)
+}
+
+/// Under `http.read_auth`, a read of the API or the metrics needs a viewer token or better.
+async fn read_auth(
+    axum::extract::State(state): axum::extract::State<State>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let reads = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if state.settings.read_auth
+        && reads
+        && auth::read_guarded(request.uri().path())
+        && let Err(error) = auth::require(&state.settings, request.headers(), auth::Role::Viewer)
+    {
+        return error.into_response();
+    }
+    next.run(request).await
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown`.

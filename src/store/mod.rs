@@ -41,6 +41,8 @@ pub trait Store: Send + Sync + 'static {
     fn action_started(&self, outbox_id: i64, attempt: u32, at: DateTime<Utc>) -> Result<(), Error>;
     /// The most recent audit rows of a broadcast, oldest first.
     fn audit(&self, broadcast: &str, limit: usize) -> Result<Vec<AuditRow>, Error>;
+    /// The audit rows `query` selects, newest first (by id), at most `query.limit`.
+    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRow>, Error>;
     /// Forgets processed event ids recorded before `before`; returns how many.
     fn purge_processed(&self, before: DateTime<Utc>) -> Result<usize, Error>;
     /// `PRAGMA integrity_check` or its equivalent: `"ok"` when sound.
@@ -312,6 +314,22 @@ pub struct ScheduleRecord {
     pub outcome: Option<String>,
     pub reason: String,
     pub detail: Value,
+}
+
+/// Which audit rows to read (`Store::audit_query`); every filter is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// One broadcast's rows.
+    pub broadcast: Option<String>,
+    /// One kind (`decision`, `config`, ...).
+    pub kind: Option<String>,
+    /// Rows at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Rows before this instant.
+    pub until: Option<DateTime<Utc>>,
+    /// Rows with a smaller id (the paging cursor: the last id of the previous page).
+    pub before: Option<i64>,
+    pub limit: usize,
 }
 
 /// One line of a broadcast's timeline.

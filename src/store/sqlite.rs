@@ -16,8 +16,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use serde_json::{Map, Value};
 
 use super::{
-    AuditRow, BroadcastChange, BroadcastRecord, Change, Commit, Committed, Completion, Cursor, Error, Expected, Fault,
-    InstanceRecord, OutboxRow, ScheduleRecord, Store,
+    AuditQuery, AuditRow, BroadcastChange, BroadcastRecord, Change, Commit, Committed, Completion, Cursor, Error,
+    Expected, Fault, InstanceRecord, OutboxRow, ScheduleRecord, Store,
 };
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
@@ -226,6 +226,10 @@ impl Store for SqliteStore {
 
     fn audit(&self, broadcast: &str, limit: usize) -> Result<Vec<AuditRow>, Error> {
         audit(&self.reader(), broadcast, limit)
+    }
+
+    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRow>, Error> {
+        audit_query(&self.reader(), query)
     }
 
     fn purge_processed(&self, before: DateTime<Utc>) -> Result<usize, Error> {
@@ -1052,6 +1056,37 @@ fn audit(connection: &Connection, broadcast: &str, limit: usize) -> Result<Vec<A
     )?;
     rows.reverse();
     Ok(rows)
+}
+
+/// `Store::audit_query`: only the filters given reach the SQL, so that SQLite walks the index
+/// that fits (`audit_broadcast`, `audit_kind` or the ids) backwards from the cursor.
+fn audit_query(connection: &Connection, query: &AuditQuery) -> Result<Vec<AuditRow>, Error> {
+    use rusqlite::types::Value as Sql;
+    let mut conditions = Vec::new();
+    let mut values: Vec<Sql> = Vec::new();
+    let mut filter = |condition: &str, value: Sql| {
+        values.push(value);
+        conditions.push(format!("{condition} ?{}", values.len()));
+    };
+    if let Some(broadcast) = &query.broadcast {
+        filter("broadcast =", Sql::Text(broadcast.clone()));
+    }
+    if let Some(kind) = &query.kind {
+        filter("kind =", Sql::Text(kind.clone()));
+    }
+    if let Some(since) = query.since {
+        filter("at_ms >=", Sql::Integer(since.timestamp_millis()));
+    }
+    if let Some(until) = query.until {
+        filter("at_ms <", Sql::Integer(until.timestamp_millis()));
+    }
+    if let Some(before) = query.before {
+        filter("id <", Sql::Integer(before));
+    }
+    let clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+    values.push(Sql::Integer(i64::try_from(query.limit).unwrap_or(i64::MAX)));
+    let sql = format!("SELECT * FROM audit {clause} ORDER BY id DESC LIMIT ?{}", values.len());
+    query_audit(connection, &sql, rusqlite::params_from_iter(values))
 }
 
 fn query_audit(

@@ -256,6 +256,9 @@ impl onair::store::Store for Faulty {
     fn audit(&self, broadcast: &str, limit: usize) -> Result<Vec<store::AuditRow>, store::Error> {
         self.store.audit(broadcast, limit)
     }
+    fn audit_query(&self, query: &store::AuditQuery) -> Result<Vec<store::AuditRow>, store::Error> {
+        self.store.audit_query(query)
+    }
     fn purge_processed(&self, before: chrono::DateTime<chrono::Utc>) -> Result<usize, store::Error> {
         self.store.purge_processed(before)
     }

@@ -6,6 +6,7 @@
 mod actions;
 mod architecture;
 mod bad_input;
+mod broadcasts_api;
 mod broker;
 mod cli;
 mod conformance;
