@@ -137,9 +137,17 @@ pub struct PlanArgs {
     /// Only this broadcast.
     #[arg(long, value_name = "ID")]
     pub broadcast: Option<String>,
+    /// Start there instead of now: a date (2027-03-28, its 00:00 UTC) or an RFC 3339 instant.
+    #[arg(long, value_name = "DATE", value_parser = parse_plan_from)]
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_plan_from(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    crate::http::parse_plan_from(text)
+        .ok_or_else(|| format!("{text:?} is not a date (2027-03-28) or an RFC 3339 instant (2027-03-28T01:00:00Z)"))
 }
 
 /// `onair dlq` subcommands.
@@ -410,12 +418,18 @@ fn plan(settings: &Settings, args: &PlanArgs) -> Result<ExitCode, Error> {
             Some(_) => {}
         }
     }
-    let now = crate::clock::system().now();
-    let rows = crate::schedule::plan::plan(
+    let from = args.from.unwrap_or_else(|| crate::clock::system().now());
+    // What the running daemon holds (extended ends, occurrences kept through a schedule change).
+    let holds = match crate::store::SqliteStore::open_read_only(&settings.engine.store) {
+        Ok(store) => store.schedule_holds().map(|holds| holds.holds).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let rows = crate::schedule::plan::plan_with(
         &crate::broadcast::scheduled(broadcasts),
         args.broadcast.as_deref(),
-        now,
+        from,
         args.hours,
+        &holds,
     );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

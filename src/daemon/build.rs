@@ -60,6 +60,8 @@ pub(super) struct Scheduling {
     pub(super) scheduler: Scheduler<Publisher>,
     pub(super) sink: Arc<Publisher>,
     pub(super) follow: Follow,
+    /// Operator commands for the scheduler (`extend`), from the API.
+    pub(super) controls: tokio::sync::mpsc::UnboundedSender<crate::schedule::Control>,
 }
 
 /// Turns each new snapshot of the running set into the scheduler's changes.
@@ -162,5 +164,5 @@ async fn scheduler(
     for broadcast in catalog.deleting() {
         scheduler.apply(crate::schedule::Control::Disarm { broadcast });
     }
-    Ok(Some(Scheduling { scheduler, sink, follow: Follow { catalog, catalogs, controls } }))
+    Ok(Some(Scheduling { scheduler, sink, controls: controls.clone(), follow: Follow { catalog, catalogs, controls } }))
 }

@@ -62,6 +62,7 @@ impl Built {
         let relay = tokio::spawn(
             relay(published, Arc::clone(&shared.publisher), core.clone()).instrument(tracing::info_span!("relay")),
         );
+        let schedule_control = scheduler.as_ref().map(|scheduling| scheduling.controls.clone());
         let inputs = shared.spawn_inputs(&engine, scheduler, listeners.ingress, &settings.ingress, catalog.registry());
         let probe = shared.health.clone().probe_media(media, shared.intake.clone());
         // The removal reaper shares the probe's task (both stop with the inputs).
@@ -73,7 +74,7 @@ impl Built {
             );
         });
         let http = listeners.http.map(|bound| {
-            let router = shared.operations_router(&settings.http, store, Arc::clone(&catalog));
+            let router = shared.operations_router(&settings.http, store, Arc::clone(&catalog), schedule_control);
             serve_http(bound, router, settings.http.connections, shared.intake.clone())
         });
         tracing::info!(
@@ -144,7 +145,7 @@ impl Shared {
             inbox::run(self.engine.inbox.clone(), self.engine.inbox_poll, engine.input(), self.intake.clone())
                 .instrument(tracing::info_span!("inbox")),
         );
-        let scheduler = scheduler.map(|super::build::Scheduling { scheduler, sink, follow }| {
+        let scheduler = scheduler.map(|super::build::Scheduling { scheduler, sink, follow, .. }| {
             let stop = self.intake.clone();
             let following = follow.run(stop.clone());
             let scheduling = async move {
@@ -171,6 +172,7 @@ impl Shared {
         settings: &crate::http::Settings,
         store: Arc<dyn Store>,
         catalog: Arc<crate::catalog::Manager>,
+        schedule_control: Option<mpsc::UnboundedSender<crate::schedule::Control>>,
     ) -> axum::Router {
         crate::http::router(crate::http::Parts {
             settings: settings.clone(),
@@ -186,6 +188,7 @@ impl Shared {
             dead_letters: Default::default(),
             activity: Default::default(),
             clock: Arc::clone(&self.clock),
+            schedule_control,
             started: std::time::Instant::now(),
         })
     }

@@ -184,32 +184,6 @@ fn audit_query(query: Option<&str>) -> Result<AuditQuery, ApiError> {
     Ok(AuditQuery { broadcast, kind, since, until, before, limit })
 }
 
-#[derive(Debug, Deserialize)]
-pub struct PlanQuery {
-    hours: Option<u32>,
-    broadcast: Option<String>,
-}
-
-/// `GET /api/v1/plan?hours=&broadcast=`
-pub async fn plan(State(state): State<Arc<Parts>>, Query(query): Query<PlanQuery>) -> Answer {
-    let hours = query.hours.unwrap_or(24);
-    if !(1..=168).contains(&hours) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", "hours must be between 1 and 168"));
-    }
-    if let Some(id) = &query.broadcast {
-        known(&state, id)?;
-    }
-    let now = state.clock.now();
-    let catalog = state.catalog.registry().current();
-    let rows = crate::schedule::plan::plan(&catalog.scheduled(), query.broadcast.as_deref(), now, hours);
-    Ok(Json(json!({
-        "from": stamp(now),
-        "to": stamp(now + chrono::TimeDelta::hours(i64::from(hours))),
-        "rows": rows,
-    }))
-    .into_response())
-}
-
 /// How long a dead-letter listing is answered again without asking RabbitMQ.
 pub const LISTING_CACHE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -336,6 +310,9 @@ pub async fn command(
 ) -> Answer {
     let caller = auth::require(&state.settings, &headers, Role::Operator)?;
     known(&state, &id)?;
+    if super::extend::is_extend(&body) {
+        return super::extend::command(&state, &id, &body).await;
+    }
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_command", message);
     let request: Command = serde_json::from_slice(&body).map_err(|error| bad(format!("not a command: {error}")))?;
     if !event::COMMANDS.contains(&request.command.as_str()) {

@@ -11,6 +11,7 @@
 mod api;
 pub mod auth;
 mod broadcasts;
+mod extend;
 pub mod listener;
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::store::Store;
 pub use api::{LISTING_CACHE, dead_letter_budget};
+pub use extend::parse_from as parse_plan_from;
 pub use listener::Limits;
 
 /// The dashboard, one self-contained page (no external assets).
@@ -96,6 +98,8 @@ pub struct Parts {
     /// for however many list requests.
     pub activity: broadcasts::ActivityCache,
     pub clock: SharedClock,
+    /// Tells the scheduler of operator commands it handles (`extend`); `None` when it is disabled.
+    pub schedule_control: Option<tokio::sync::mpsc::UnboundedSender<crate::schedule::Control>>,
     /// When the daemon started.
     pub started: std::time::Instant,
 }
@@ -116,7 +120,7 @@ pub fn router(parts: Parts) -> Router {
         .route("/api/v1/broadcasts/{id}/audit", get(api::audit))
         .route("/api/v1/broadcasts/{id}/commands", post(api::command))
         .route("/api/v1/audit", get(api::recent_audit))
-        .route("/api/v1/plan", get(api::plan))
+        .route("/api/v1/plan", get(extend::plan))
         .route("/api/v1/dead-letters", get(api::dead_letters))
         .route("/api/v1/dead-letters/replay", post(api::replay))
         .fallback(|| async { api::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })

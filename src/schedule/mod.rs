@@ -30,7 +30,9 @@ use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, Offset, TimeDelta,
 use chrono_tz::Tz;
 
 pub use self::cron::CronExpr;
-pub use runner::{Control, Error as SchedulerError, Progress, Scheduler, Sink, Stats};
+pub use runner::{
+    Control, Error as SchedulerError, ExtendError, Extended, Extension, Progress, Scheduler, Sink, Stats,
+};
 
 /// What a local time that does not exist (spring forward) does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::{
     Anchor, Dst, Occurrence, Skip, Spec, StepKind, When, anchor_before, format_local, occurrence_id, runner::stamp,
 };
+use crate::store::ScheduleHold;
 
 /// What the plan and the checks need of one scheduled broadcast.
 #[derive(Debug, Clone, Copy)]
@@ -45,22 +46,70 @@ fn serialize_stamp<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> R
 
 /// The steps of every scheduled broadcast (or only `only`) planned in `[from, from + hours)`.
 pub fn plan(scheduled: &[Scheduled<'_>], only: Option<&str>, from: DateTime<Utc>, hours: u32) -> Vec<Row> {
-    let to = from + TimeDelta::hours(i64::from(hours));
+    plan_with(scheduled, only, from, hours, &[])
+}
+
+/// The plan with the schedule holds (`store::ScheduleHold`): a held occurrence shows its own
+/// step instants (an extended end, the times of a schedule since changed) in place of what its
+/// schedule generates, and an occurrence that would be on air with it is shown skipped, as the
+/// scheduler does. A broadcast no longer scheduled shows what it holds.
+pub fn plan_with(
+    scheduled: &[Scheduled<'_>],
+    only: Option<&str>,
+    from: DateTime<Utc>,
+    hours: u32,
+    holds: &[ScheduleHold],
+) -> Vec<Row> {
+    let to = from.checked_add_signed(TimeDelta::hours(i64::from(hours))).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let in_window = |row: &Row| row.planned >= from && row.planned < to;
     let mut rows = Vec::new();
     for &Scheduled { id, spec, .. } in scheduled {
         if only.is_some_and(|only| only != id) {
             continue;
         }
+        let held: Vec<&ScheduleHold> = holds.iter().filter(|hold| hold.broadcast == id).collect();
         // Occurrences that started earlier may still have steps in the window.
-        for occurrence in spec.occurrences(from - spec.duration - spec.post_roll) {
+        for mut occurrence in spec.occurrences(from - spec.duration - spec.post_roll) {
             if occurrence.first_step(spec) >= to {
                 break;
             }
-            rows.extend(
-                occurrence_rows(id, spec, &occurrence)
-                    .into_iter()
-                    .filter(|row| row.planned >= from && row.planned < to),
-            );
+            if let Some(hold) = held.iter().find(|hold| hold.air == occurrence.air) {
+                rows.extend(held_rows(id, spec, hold, Some(&occurrence)).into_iter().filter(in_window));
+                continue;
+            }
+            if occurrence.skipped.is_none()
+                && let Some(hold) = held.iter().find(|hold| {
+                    let end = hold.step(StepKind::End.rank()).unwrap_or(hold.air);
+                    occurrence.air < end && hold.air < occurrence.end
+                })
+            {
+                occurrence.skipped = Some(Skip::Overlap { previous: hold.air });
+                let note = format!(
+                    "skipped: {} is held on air until {}",
+                    occurrence_id(hold.air),
+                    format_local(spec, hold.step(StepKind::End.rank()).unwrap_or(hold.air))
+                );
+                let mut skipped = occurrence_rows(id, spec, &occurrence);
+                skipped.iter_mut().for_each(|row| row.note = note.clone());
+                rows.extend(skipped.into_iter().filter(in_window));
+                continue;
+            }
+            rows.extend(occurrence_rows(id, spec, &occurrence).into_iter().filter(in_window));
+        }
+        // Held occurrences the schedule does not generate (any more).
+        for hold in held {
+            let generated = spec.occurrences(hold.air).next().is_some_and(|occurrence| occurrence.air == hold.air);
+            if !generated && hold.steps.iter().any(|step| step.at >= from) {
+                rows.extend(held_rows(id, spec, hold, None).into_iter().filter(in_window));
+            }
+        }
+    }
+    // Broadcasts no longer scheduled: what they hold.
+    let utc = Spec::new(When::Instant(from), chrono_tz::UTC, TimeDelta::zero());
+    for hold in holds {
+        let listed = scheduled.iter().any(|entry| entry.id == hold.broadcast);
+        if !listed && only.is_none_or(|only| only == hold.broadcast) {
+            rows.extend(held_rows(&hold.broadcast, &utc, hold, None).into_iter().filter(in_window));
         }
     }
     rows.sort_by(|a, b| (a.planned, &a.broadcast, &a.occurrence).cmp(&(b.planned, &b.broadcast, &b.occurrence)));
@@ -73,6 +122,32 @@ pub fn next_step(broadcast: &str, spec: &Arc<Spec>, now: DateTime<Utc>) -> Optio
         .take(1000)
         .flat_map(|occurrence| occurrence_rows(broadcast, spec, &occurrence))
         .find(|row| row.step.is_some() && row.planned >= now)
+}
+
+/// The rows of a held occurrence: its own instants, each moved one saying from where.
+fn held_rows(broadcast: &str, spec: &Spec, hold: &ScheduleHold, generated: Option<&Occurrence>) -> Vec<Row> {
+    let planned = generated.map(|occurrence| occurrence.steps(spec)).unwrap_or_default();
+    hold.steps
+        .iter()
+        .filter_map(|step| {
+            let kind = StepKind::from_rank(step.rank)?;
+            let was = planned.iter().find(|(other, _)| *other == kind).map(|(_, at)| *at);
+            let note = match was {
+                Some(was) if was != step.at => format!("held: moved from {}", format_local(spec, was)),
+                Some(_) => "held".to_string(),
+                None => "held: kept from the schedule before a change".to_string(),
+            };
+            Some(Row {
+                broadcast: broadcast.to_string(),
+                occurrence: occurrence_id(hold.air),
+                step: Some(kind.name()),
+                planned: step.at,
+                local: format_local(spec, step.at),
+                timezone: spec.timezone.name().to_string(),
+                note,
+            })
+        })
+        .collect()
 }
 
 fn occurrence_rows(broadcast: &str, spec: &Spec, occurrence: &Occurrence) -> Vec<Row> {

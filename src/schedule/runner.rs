@@ -12,7 +12,7 @@
 //! its schedule's catch-up policy; every step not published is audited (`missed` or `skipped`)
 //! and counted.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,14 +20,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{CatchUp, Occurrence, Occurrences, Settings, Skip, Spec, StepKind, occurrence_id};
+use super::{CatchUp, Occurrence, Occurrences, Settings, Skip, Spec, StepKind, When, occurrence_id};
 use crate::clock::SharedClock;
 use crate::event::{self, Event};
-use crate::store::{Cursor, ScheduleRecord, Store};
+use crate::store::{CommandAudit, Cursor, HeldStep, HoldWrite, ScheduleHold, ScheduleRecord, Store};
 
 /// Where published steps go: the broker in the daemon, a channel in benchmarks.
 pub trait Sink: Send + Sync + 'static {
@@ -133,19 +133,20 @@ struct Track {
     next: Option<Occurrence>,
     armed: VecDeque<Armed>,
     cursor: Key,
-    /// After a schedule change: occurrences whose warm-up comes before this instant are not
-    /// armed (the change applies to occurrences whose warm-up has not fired).
+    /// After a schedule change: the instant of the change. The schedule's steps at or before it
+    /// are not armed (the change applies to what has not fired, from then on); durable.
     floor: Option<DateTime<Utc>>,
-    /// The air instants of the occurrences kept from the schedule before a change (on air, or
-    /// warming up): the new schedule does not arm them again.
-    held: Vec<DateTime<Utc>>,
+    /// Occurrences kept on their own step instants (started before a schedule change, or
+    /// extended), by air instant: armed in place of what the schedule generates at the same air;
+    /// durable (`store::ScheduleHold`).
+    holds: BTreeMap<DateTime<Utc>, Vec<(StepKind, DateTime<Utc>)>>,
     /// The broadcast is being removed, or its schedule was: only the steps already armed of an
     /// occurrence already started are left; nothing new is armed.
     retired: bool,
 }
 
 /// A change to the scheduled set while the scheduler runs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Control {
     /// Arms `broadcast` with `spec`, or changes its schedule: occurrences whose warm-up fired
     /// keep their steps; the new schedule applies to the later ones.
@@ -153,6 +154,65 @@ pub enum Control {
     /// Disarms `broadcast` (being removed, or no longer scheduled): an occurrence already started
     /// (its warm-up fired) keeps its steps and ends as planned; no later occurrence is armed.
     Disarm { broadcast: String },
+    /// Moves the end (and the cooldown with it) of `broadcast`'s occurrence on air, durably and
+    /// audited as a command of `who`; `reply` hears the new times once they are recorded.
+    Extend {
+        broadcast: String,
+        extension: Extension,
+        who: String,
+        reply: oneshot::Sender<Result<Extended, ExtendError>>,
+    },
+}
+
+/// How far an `extend` moves the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// From the current end.
+    By(TimeDelta),
+    /// To this instant.
+    Until(DateTime<Utc>),
+}
+
+/// What an `extend` did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Extended {
+    pub broadcast: String,
+    pub occurrence: String,
+    #[serde(serialize_with = "serialize_stamp")]
+    pub air: DateTime<Utc>,
+    #[serde(serialize_with = "serialize_stamp")]
+    pub end_was: DateTime<Utc>,
+    #[serde(serialize_with = "serialize_stamp")]
+    pub end: DateTime<Utc>,
+    #[serde(serialize_with = "serialize_stamp")]
+    pub cooldown_was: DateTime<Utc>,
+    #[serde(serialize_with = "serialize_stamp")]
+    pub cooldown: DateTime<Utc>,
+}
+
+fn serialize_stamp<S: serde::Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&stamp(*at))
+}
+
+/// Why an `extend` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExtendError {
+    #[error("broadcast {0:?} has no scheduled occurrence")]
+    NotScheduled(String),
+    #[error("nothing of broadcast {0:?} is on air: no occurrence has started and not yet ended")]
+    NotOnAir(String),
+    #[error("the new end {} must be after now ({}) and after the air time {}", stamp(*.end), stamp(*.now), stamp(*.air))]
+    TooEarly { end: DateTime<Utc>, now: DateTime<Utc>, air: DateTime<Utc> },
+    #[error(
+        "the cooldown would come at {}, after the warm-up of the next occurrence {next} at {}; extend the end to {} at \
+         the latest",
+        stamp(*.cooldown), stamp(*.warmup), stamp(*.latest)
+    )]
+    Overlap { cooldown: DateTime<Utc>, next: String, warmup: DateTime<Utc>, latest: DateTime<Utc> },
+    #[error("the extension could not be recorded (it holds until the next restart): {0}")]
+    Store(String),
+    #[error("the scheduler is not running")]
+    Stopped,
 }
 
 impl Track {
@@ -177,30 +237,123 @@ impl Track {
         self.armed.front().map(|armed| armed.key)
     }
 
+    /// Steps at or before this key are not armed from the schedule: the cursor's, or the
+    /// floor's when later.
+    fn bound(&self) -> Key {
+        match self.floor {
+            Some(floor) if floor > self.cursor.at => Key { at: floor, air: DateTime::<Utc>::MAX_UTC, rank: u8::MAX },
+            _ => self.cursor,
+        }
+    }
+
+    /// Inserts `armed` in order (nothing at or before `bound`).
+    fn insert(&mut self, armed: Armed, bound: Key) {
+        if armed.key > bound {
+            let index = self.armed.partition_point(|other| other.key < armed.key);
+            self.armed.insert(index, armed);
+        }
+    }
+
+    /// The air instant of a held occurrence on air at some point of `[air, end)`.
+    fn held_during(&self, air: DateTime<Utc>, end: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.holds.iter().find_map(|(held, steps)| {
+            let held_end = steps.iter().find(|(step, _)| *step == StepKind::End).map_or(*held, |(_, at)| *at);
+            (air < held_end && *held < end).then_some(*held)
+        })
+    }
+
     fn arm(&mut self, occurrence: &Occurrence) {
-        if self.held.contains(&occurrence.air)
-            || self.floor.is_some_and(|floor| occurrence.air - self.spec.lead_channel < floor)
-        {
+        if self.holds.contains_key(&occurrence.air) {
             return;
         }
+        let bound = self.bound();
         let closes = occurrence.end + self.spec.post_roll;
-        let mut insert = |armed: Armed| {
-            if armed.key > self.cursor {
-                let index = self.armed.partition_point(|other| other.key < armed.key);
-                self.armed.insert(index, armed);
-            }
-        };
-        match occurrence.skipped {
-            Some(skip) => insert(Armed {
-                key: Key { at: occurrence.air, air: occurrence.air, rank: StepKind::Air.rank() },
-                step: Err(skip),
-                closes,
-            }),
+        // An occurrence that would be on air while a held one is does not go on air.
+        let skipped = occurrence
+            .skipped
+            .or_else(|| self.held_during(occurrence.air, occurrence.end).map(|previous| Skip::Overlap { previous }));
+        match skipped {
+            Some(skip) => self.insert(
+                Armed {
+                    key: Key { at: occurrence.air, air: occurrence.air, rank: StepKind::Air.rank() },
+                    step: Err(skip),
+                    closes,
+                },
+                bound,
+            ),
             None => {
                 for (step, at) in occurrence.steps(&self.spec) {
-                    insert(Armed { key: Key { at, air: occurrence.air, rank: step.rank() }, step: Ok(step), closes });
+                    let key = Key { at, air: occurrence.air, rank: step.rank() };
+                    self.insert(Armed { key, step: Ok(step), closes }, bound);
                 }
             }
+        }
+    }
+
+    /// Arms a held occurrence's steps after the cursor.
+    fn arm_held(&mut self, air: DateTime<Utc>, steps: &[(StepKind, DateTime<Utc>)]) {
+        let closes = steps.iter().map(|(_, at)| *at).max().unwrap_or(air);
+        let cursor = self.cursor;
+        self.armed.retain(|armed| armed.key.air != air);
+        for &(step, at) in steps {
+            self.insert(Armed { key: Key { at, air, rank: step.rank() }, step: Ok(step), closes }, cursor);
+        }
+    }
+
+    /// Whether an occurrence (by its air instant) has started: a step of it, or of a later one,
+    /// was handled.
+    fn started(&self, air: DateTime<Utc>) -> bool {
+        self.cursor.air != DateTime::<Utc>::MAX_UTC && air <= self.cursor.air
+    }
+
+    /// The step instants of the occurrence at `air`: held, or as its schedule generates them.
+    fn steps_of(&self, air: DateTime<Utc>) -> Vec<(StepKind, DateTime<Utc>)> {
+        if let Some(steps) = self.holds.get(&air) {
+            return steps.clone();
+        }
+        let generated = self.spec.occurrences(air).next().filter(|occurrence| occurrence.air == air);
+        match generated {
+            Some(occurrence) if occurrence.skipped.is_none() => occurrence.steps(&self.spec),
+            // Not generated any more: what is armed of it.
+            _ => self
+                .armed
+                .iter()
+                .filter(|armed| armed.key.air == air)
+                .filter_map(|armed| Some((armed.step.ok()?, armed.key.at)))
+                .collect(),
+        }
+    }
+
+    /// Holds the occurrences already started that still have steps armed (they keep their
+    /// times), and only those.
+    fn hold_started(&mut self) {
+        let mut airs: Vec<DateTime<Utc>> = self
+            .armed
+            .iter()
+            .filter(|armed| armed.step.is_ok() && self.started(armed.key.air))
+            .map(|armed| armed.key.air)
+            .collect();
+        airs.sort();
+        airs.dedup();
+        self.holds = airs.into_iter().map(|air| (air, self.steps_of(air))).collect();
+    }
+
+    /// Its holds and floor as the store keeps them, with the audit row of what changed them.
+    fn hold_write(&self, at: DateTime<Utc>, audit: Option<CommandAudit>) -> HoldWrite {
+        HoldWrite {
+            broadcast: self.broadcast.clone(),
+            at,
+            holds: self
+                .holds
+                .iter()
+                .map(|(air, steps)| ScheduleHold {
+                    broadcast: self.broadcast.clone(),
+                    air: *air,
+                    steps: steps.iter().map(|(step, at)| HeldStep { rank: step.rank(), at: *at }).collect(),
+                })
+                .collect(),
+            floor: self.floor,
+            audit,
         }
     }
 }
@@ -208,11 +361,14 @@ impl Track {
 impl Track {
     /// A track for `spec` after `cursor`; without one (a schedule seen for the first time) it
     /// starts at `now` (nothing before counts as missed), with the record of its new cursor.
+    /// Its `holds` with a step after the cursor are armed in place of the schedule's occurrences
+    /// at the same air; the others are over and left out.
     fn new(
         broadcast: String,
         spec: Arc<Spec>,
         cursor: Option<Key>,
         now: DateTime<Utc>,
+        held: Held,
     ) -> (Self, Option<ScheduleRecord>) {
         let (cursor, fresh) = match cursor {
             Some(cursor) => (cursor, None),
@@ -235,47 +391,132 @@ impl Track {
         let occurrences = spec.occurrences(from);
         // Five steps per armed occurrence; one occurrence at a time is usual.
         let armed = VecDeque::with_capacity(StepKind::ALL.len());
-        let track = Track {
+        let mut track = Track {
             broadcast,
             spec,
             occurrences,
             next: None,
             armed,
             cursor,
-            floor: None,
-            held: Vec::new(),
+            floor: held.floor,
+            holds: BTreeMap::new(),
             retired: false,
         };
+        for hold in held.holds {
+            let steps: Vec<(StepKind, DateTime<Utc>)> =
+                hold.steps.iter().filter_map(|step| Some((StepKind::from_rank(step.rank)?, step.at))).collect();
+            if steps.iter().any(|&(step, at)| Key { at, air: hold.air, rank: step.rank() } > cursor) {
+                track.arm_held(hold.air, &steps);
+                track.holds.insert(hold.air, steps);
+            }
+        }
         (track, fresh)
     }
 
     /// Keeps only the occurrences already started (their warm-up fired): they end as planned,
     /// and nothing later is armed.
     fn retire(&mut self) {
-        let started = self.cursor.air != DateTime::<Utc>::MAX_UTC;
-        let cursor = self.cursor;
         // The next step of a started occurrence may not be armed yet (`front` arms lazily).
         let _ = self.front();
+        let cursor = self.cursor;
+        let started = cursor.air != DateTime::<Utc>::MAX_UTC;
         self.armed.retain(|armed| started && armed.key.air <= cursor.air);
+        self.hold_started();
         self.next = None;
         self.retired = true;
     }
 
     /// Changes the schedule: the occurrences already started (their warm-up fired) keep their
-    /// armed steps; the new schedule's occurrences whose warm-up is still to come are armed.
+    /// armed steps and times (held); the new schedule applies to the steps after now, and none
+    /// of its occurrences goes on air while a held one is on air.
     fn change(&mut self, spec: Arc<Spec>, now: DateTime<Utc>) {
-        let started = |armed: &Armed| armed.key.air <= self.cursor.air && self.cursor.air != DateTime::<Utc>::MAX_UTC;
-        let kept: VecDeque<Armed> = self.armed.iter().copied().filter(started).collect();
-        let mut held: Vec<DateTime<Utc>> = kept.iter().map(|armed| armed.key.air).collect();
-        held.dedup();
-        let from = self.cursor.at.max(now) - spec.duration - spec.post_roll - spec.lead_channel;
+        // A started occurrence's steps are all armed once its first step was (`arm` arms whole
+        // occurrences), so what is armed of it is all that is left of it.
+        let _ = self.front();
+        let cursor = self.cursor;
+        let started = cursor.air != DateTime::<Utc>::MAX_UTC;
+        self.armed.retain(|armed| started && armed.key.air <= cursor.air);
+        self.hold_started();
+        let floor = cursor.at.max(now);
+        let from = floor - spec.duration - spec.post_roll - spec.lead_channel;
         self.occurrences = spec.occurrences(from);
         self.spec = spec;
         self.next = None;
-        self.armed = kept;
-        self.held = held;
-        self.floor = Some(self.cursor.at.max(now));
+        self.floor = Some(floor);
     }
+
+    /// Moves the end and cooldown of the occurrence on air; see `Control::Extend`.
+    fn extend(&mut self, extension: Extension, now: DateTime<Utc>) -> Result<Extended, ExtendError> {
+        let on_air = self
+            .armed
+            .iter()
+            .find(|armed| armed.step == Ok(StepKind::End) && self.started(armed.key.air))
+            .map(|armed| (armed.key.air, armed.key.at));
+        let Some((air, end_was)) = on_air else { return Err(ExtendError::NotOnAir(self.broadcast.clone())) };
+        let mut steps = self.steps_of(air);
+        let at = |steps: &[(StepKind, DateTime<Utc>)], kind| steps.iter().find(|(step, _)| *step == kind).map(|s| s.1);
+        let cooldown_was = at(&steps, StepKind::Cooldown).unwrap_or(end_was);
+        let post_roll = (cooldown_was - end_was).max(TimeDelta::zero());
+        let end = match extension {
+            Extension::By(by) => end_was.checked_add_signed(by).unwrap_or(DateTime::<Utc>::MAX_UTC),
+            Extension::Until(until) => until,
+        };
+        if end <= now || end <= air {
+            return Err(ExtendError::TooEarly { end, now, air });
+        }
+        let cooldown = end.checked_add_signed(post_roll).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        if let Some((next, warmup)) = self.next_warmup(air)
+            && cooldown > warmup
+        {
+            let next = occurrence_id(next);
+            return Err(ExtendError::Overlap { cooldown, next, warmup, latest: warmup - post_roll });
+        }
+        for (step, at) in &mut steps {
+            match step {
+                StepKind::End => *at = end,
+                StepKind::Cooldown => *at = cooldown,
+                _ => {}
+            }
+        }
+        self.arm_held(air, &steps);
+        self.holds.insert(air, steps);
+        let broadcast = self.broadcast.clone();
+        Ok(Extended { broadcast, occurrence: occurrence_id(air), air, end_was, end, cooldown_was, cooldown })
+    }
+
+    /// The next occurrence after the one at `air` that goes on air, and its first step.
+    fn next_warmup(&self, air: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        let armed = self
+            .armed
+            .iter()
+            .filter(|armed| armed.key.air > air && armed.step.is_ok())
+            .map(|armed| (armed.key.air, armed.key.at))
+            .min_by_key(|(_, at)| *at);
+        let generated = match self.retired {
+            true => None,
+            false => self
+                .next
+                .iter()
+                .cloned()
+                .chain(self.occurrences.clone())
+                .take(1000)
+                .find(|occurrence| {
+                    occurrence.air > air
+                        && occurrence.skipped.is_none()
+                        && !self.holds.contains_key(&occurrence.air)
+                        && self.held_during(occurrence.air, occurrence.end).is_none()
+                })
+                .map(|occurrence| (occurrence.air, occurrence.first_step(&self.spec))),
+        };
+        [armed, generated].into_iter().flatten().min_by_key(|(_, at)| *at)
+    }
+}
+
+/// A broadcast's holds and floor, as the store keeps them.
+#[derive(Debug, Default)]
+struct Held {
+    holds: Vec<ScheduleHold>,
+    floor: Option<DateTime<Utc>>,
 }
 
 /// The scheduler task.
@@ -292,6 +533,17 @@ pub struct Scheduler<S: Sink> {
     timers: BTreeSet<(DateTime<Utc>, usize)>,
     /// Changes to the scheduled set (`following`).
     controls: Option<mpsc::UnboundedReceiver<Control>>,
+    /// Hold writes not yet handed to the recorder, each with the `extend` waiting for it.
+    holding: Vec<(HoldWrite, Option<Waiting>)>,
+}
+
+/// An `extend` waiting for its hold to be recorded.
+type Waiting = (Extended, oneshot::Sender<Result<Extended, ExtendError>>);
+
+/// What the recorder task writes, in order.
+enum Record {
+    Progress(Vec<ScheduleRecord>),
+    Holds(Box<HoldWrite>, Option<Waiting>),
 }
 
 /// Why the scheduler could not start.
@@ -304,9 +556,10 @@ pub enum Error {
 }
 
 impl<S: Sink> Scheduler<S> {
-    /// Loads the cursors and arms every schedule. A schedule seen for the first time starts at
-    /// the current instant (nothing before it counts as missed); its cursor is recorded at once,
-    /// so that a restart after downtime knows what it missed.
+    /// Loads the cursors and holds and arms every schedule. A schedule seen for the first time
+    /// starts at the current instant (nothing before it counts as missed); its cursor is recorded
+    /// at once, so that a restart after downtime knows what it missed. An occurrence held by a
+    /// broadcast no longer scheduled still ends as held.
     pub async fn new(
         settings: Settings,
         schedules: Vec<(String, Arc<Spec>)>,
@@ -317,15 +570,40 @@ impl<S: Sink> Scheduler<S> {
     ) -> Result<Self, Error> {
         let reader = Arc::clone(&store);
         let span = tracing::info_span!("store.schedule_cursors");
-        let cursors = tokio::task::spawn_blocking(move || span.in_scope(|| reader.schedule_cursors())).await??;
+        let (cursors, stored) = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| Ok::<_, crate::store::Error>((reader.schedule_cursors()?, reader.schedule_holds()?)))
+        })
+        .await??;
+        let mut held: BTreeMap<String, Held> = BTreeMap::new();
+        for hold in stored.holds {
+            held.entry(hold.broadcast.clone()).or_default().holds.push(hold);
+        }
+        for (broadcast, floor) in stored.floors {
+            held.entry(broadcast).or_default().floor = Some(floor);
+        }
         let now = clock.now();
         let mut fresh = Vec::new();
         let mut tracks = Vec::with_capacity(schedules.len());
+        let mut holding = Vec::new();
         for (broadcast, spec) in schedules {
             let cursor = cursors.get(&broadcast).copied();
-            let (track, armed) = Track::new(broadcast, spec, cursor, now);
+            let holds = held.remove(&broadcast).unwrap_or_default();
+            let stored_holds = holds.holds.len();
+            let (track, armed) = Track::new(broadcast, spec, cursor, now, holds);
+            if track.holds.len() != stored_holds {
+                // Holds that are over are dropped.
+                holding.push((track.hold_write(now, None), None));
+            }
             fresh.extend(armed);
             tracks.push(track);
+        }
+        // What is left is held by broadcasts not scheduled any more.
+        for (broadcast, holds) in held {
+            let cursor = cursors.get(&broadcast).copied();
+            match held_only(broadcast, cursor, now, holds) {
+                Ok(track) => tracks.push(track),
+                Err(over) => holding.push((over, None)),
+            }
         }
         if !fresh.is_empty() {
             let writer = Arc::clone(&store);
@@ -339,8 +617,9 @@ impl<S: Sink> Scheduler<S> {
             }
         }
         let index = tracks.iter().enumerate().map(|(index, track)| (track.broadcast.clone(), index)).collect();
-        stats.0.tracks.store(tracks.len() as u64, Ordering::Relaxed);
-        Ok(Self { settings, store, sink, clock, stats, tracks, index, timers, controls: None })
+        let live = tracks.iter().filter(|track| !track.retired).count();
+        stats.0.tracks.store(live as u64, Ordering::Relaxed);
+        Ok(Self { settings, store, sink, clock, stats, tracks, index, timers, controls: None, holding })
     }
 
     /// Follows `controls`: schedules armed, changed and disarmed while it runs.
@@ -350,6 +629,7 @@ impl<S: Sink> Scheduler<S> {
     }
 
     /// Applies one change to the scheduled set; the progress to record (a new track's cursor).
+    /// Holds to record are kept for the recorder (`run`, `fire`).
     pub fn apply(&mut self, control: Control) -> Vec<ScheduleRecord> {
         let now = self.clock.now();
         let mut records = Vec::new();
@@ -359,18 +639,34 @@ impl<S: Sink> Scheduler<S> {
                     self.unset_timer(index);
                     let track = &mut self.tracks[index];
                     if track.retired {
-                        // Armed again after it was disarmed: from now on, like a new schedule.
-                        let (fresh, armed) = Track::new(broadcast, spec, None, now);
-                        *track = fresh;
+                        // Armed again after it was disarmed: from now on, like a new schedule;
+                        // what it still holds ends as held.
+                        let held = Held { holds: track.hold_write(now, None).holds, floor: None };
+                        let cursor = Some(track.cursor).filter(|cursor| cursor.air != DateTime::<Utc>::MAX_UTC);
+                        let (fresh, armed) = Track::new(broadcast, spec, None, now, Held::default());
+                        let previous = std::mem::replace(track, fresh);
+                        track.cursor = cursor.map_or(track.cursor, |cursor| cursor.max(track.cursor));
+                        track.holds.clear();
+                        for hold in held.holds {
+                            let steps: Vec<(StepKind, DateTime<Utc>)> = hold
+                                .steps
+                                .iter()
+                                .filter_map(|step| Some((StepKind::from_rank(step.rank)?, step.at)))
+                                .collect();
+                            track.arm_held(hold.air, &steps);
+                            track.holds.insert(hold.air, steps);
+                        }
+                        drop(previous);
                         records.extend(armed);
                     } else {
                         track.change(spec, now);
                     }
+                    self.holding.push((self.tracks[index].hold_write(now, None), None));
                     self.set_timer(index);
                     tracing::info!(broadcast = %self.tracks[index].broadcast, next = ?self.tracks[index].armed.front().map(|armed| armed.key.at), "Schedule changed.");
                 }
                 None => {
-                    let (track, armed) = Track::new(broadcast.clone(), spec, None, now);
+                    let (track, armed) = Track::new(broadcast.clone(), spec, None, now, Held::default());
                     records.extend(armed);
                     let index = self.tracks.len();
                     self.tracks.push(track);
@@ -383,14 +679,60 @@ impl<S: Sink> Scheduler<S> {
                 if let Some(index) = self.index.get(&broadcast).copied() {
                     self.unset_timer(index);
                     self.tracks[index].retire();
+                    self.holding.push((self.tracks[index].hold_write(now, None), None));
                     self.set_timer(index);
                     tracing::info!(%broadcast, started = !self.tracks[index].armed.is_empty(), "Schedule disarmed; an occurrence already started ends as planned.");
                 }
             }
+            Control::Extend { broadcast, extension, who, reply } => self.extend(broadcast, extension, who, reply, now),
         }
         let live = self.tracks.iter().filter(|track| !track.retired).count();
         self.stats.0.tracks.store(live as u64, Ordering::Relaxed);
         records
+    }
+
+    /// `Control::Extend`: validated and applied at once; answered once recorded.
+    fn extend(
+        &mut self,
+        broadcast: String,
+        extension: Extension,
+        who: String,
+        reply: oneshot::Sender<Result<Extended, ExtendError>>,
+        now: DateTime<Utc>,
+    ) {
+        let Some(index) = self.index.get(&broadcast).copied() else {
+            let _ = reply.send(Err(ExtendError::NotScheduled(broadcast)));
+            return;
+        };
+        self.unset_timer(index);
+        let extended = self.tracks[index].extend(extension, now);
+        self.set_timer(index);
+        match extended {
+            Ok(extended) => {
+                let reason = format!(
+                    "extend: the end of {} moved from {} to {} (cooldown {}), by {who}",
+                    extended.occurrence,
+                    stamp(extended.end_was),
+                    stamp(extended.end),
+                    stamp(extended.cooldown)
+                );
+                let detail = json!({
+                    "command": "extend",
+                    "by": who,
+                    "occurrence": extended.occurrence,
+                    "end_was": stamp(extended.end_was),
+                    "end": stamp(extended.end),
+                    "cooldown_was": stamp(extended.cooldown_was),
+                    "cooldown": stamp(extended.cooldown),
+                });
+                tracing::info!(%broadcast, occurrence = %extended.occurrence, end = %stamp(extended.end), %who, "Occurrence on air extended.");
+                let write = self.tracks[index].hold_write(now, Some(CommandAudit { reason, detail }));
+                self.holding.push((write, Some((extended, reply))));
+            }
+            Err(error) => {
+                let _ = reply.send(Err(error));
+            }
+        }
     }
 
     fn unset_timer(&mut self, index: usize) {
@@ -422,11 +764,14 @@ impl<S: Sink> Scheduler<S> {
         // Progress is recorded by a task of its own, in order, so that the timer never waits for a
         // commit's fsync; what is not recorded when the process dies is published again at the
         // next start (a duplicate the engine absorbs).
-        let (recorder, mut pending) = mpsc::unbounded_channel::<Vec<ScheduleRecord>>();
+        let (recorder, mut pending) = mpsc::unbounded_channel::<Record>();
         let store = Arc::clone(&self.store);
         let recording = async move {
-            while let Some(records) = pending.recv().await {
-                record(&store, records).await;
+            while let Some(next) = pending.recv().await {
+                match next {
+                    Record::Progress(records) => record(&store, records).await,
+                    Record::Holds(write, waiting) => record_holds(&store, *write, waiting).await,
+                }
             }
         };
         let writer = tokio::spawn(recording.instrument(tracing::info_span!("schedule_recorder")));
@@ -435,8 +780,11 @@ impl<S: Sink> Scheduler<S> {
         let _ = writer.await;
     }
 
-    async fn tick_loop(&mut self, shutdown: &CancellationToken, recorder: &mpsc::UnboundedSender<Vec<ScheduleRecord>>) {
+    async fn tick_loop(&mut self, shutdown: &CancellationToken, recorder: &mpsc::UnboundedSender<Record>) {
         loop {
+            for (write, waiting) in self.holding.drain(..) {
+                let _ = recorder.send(Record::Holds(Box::new(write), waiting));
+            }
             if shutdown.is_cancelled() {
                 return;
             }
@@ -444,7 +792,7 @@ impl<S: Sink> Scheduler<S> {
             if self.next_due().is_some_and(|due| due <= now) {
                 let Some((_, records)) = self.take(now, shutdown).await else { return };
                 if !records.is_empty() {
-                    let _ = recorder.send(records);
+                    let _ = recorder.send(Record::Progress(records));
                 }
                 continue;
             }
@@ -465,7 +813,7 @@ impl<S: Sink> Scheduler<S> {
                     Some(control) => {
                         let records = self.apply(control);
                         if !records.is_empty() {
-                            let _ = recorder.send(records);
+                            let _ = recorder.send(Record::Progress(records));
                         }
                     }
                     None => self.controls = None,
@@ -477,6 +825,9 @@ impl<S: Sink> Scheduler<S> {
     /// Takes every step due at `now`, publishes what is to be published, then records the
     /// progress. `None` when shut down before the publish was confirmed (nothing recorded).
     pub async fn fire(&mut self, now: DateTime<Utc>, shutdown: &CancellationToken) -> Option<Progress> {
+        for (write, waiting) in std::mem::take(&mut self.holding) {
+            record_holds(&self.store, write, waiting).await;
+        }
         let (progress, records) = self.take(now, shutdown).await?;
         record(&self.store, records).await;
         Some(progress)
@@ -659,6 +1010,46 @@ async fn record(store: &Arc<dyn Store>, records: Vec<ScheduleRecord>) {
         }
         Err(error) => tracing::error!(%error, "The store task failed."),
     }
+}
+
+/// Records a broadcast's holds; answers the `extend` waiting for them, if any. A failure is
+/// logged (and told to the `extend`): the holds are in force until the next restart.
+async fn record_holds(store: &Arc<dyn Store>, write: HoldWrite, waiting: Option<Waiting>) {
+    let store = Arc::clone(store);
+    let span = tracing::info_span!("store.schedule_holds");
+    let broadcast = write.broadcast.clone();
+    let written = match tokio::task::spawn_blocking(move || span.in_scope(|| store.write_schedule_holds(write))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    if let Err(error) = &written {
+        tracing::error!(%broadcast, %error, "Cannot record schedule holds; they hold until the next restart.");
+    }
+    if let Some((extended, reply)) = waiting {
+        let _ = reply.send(written.map(|()| extended).map_err(ExtendError::Store));
+    }
+}
+
+/// A retired track for the holds of a broadcast no longer scheduled (its schedule was removed
+/// while an occurrence was on air); the hold write that drops them when they are over.
+fn held_only(broadcast: String, cursor: Option<Key>, now: DateTime<Utc>, held: Held) -> Result<Track, HoldWrite> {
+    let over = |broadcast: String| HoldWrite { broadcast, at: now, holds: Vec::new(), floor: None, audit: None };
+    let Some(first) = held.holds.first() else { return Err(over(broadcast)) };
+    let step = |rank: StepKind| first.step(rank.rank());
+    let air = first.air;
+    let end = step(StepKind::End).unwrap_or(air);
+    // The schedule is gone: a stand-in with the held occurrence's shape, for the catch-up policy
+    // and the audit's words.
+    let mut spec = Spec::new(When::Instant(air), chrono_tz::UTC, (end - air).max(TimeDelta::zero()));
+    spec.post_roll =
+        step(StepKind::Cooldown).map_or(TimeDelta::zero(), |cooldown| (cooldown - end).max(TimeDelta::zero()));
+    let Some(cursor) = cursor else { return Err(over(broadcast)) };
+    let (mut track, _) =
+        Track::new(broadcast.clone(), Arc::new(spec), Some(cursor), now, Held { holds: held.holds, floor: None });
+    track.next = None;
+    track.retired = true;
+    if track.armed.is_empty() { Err(over(broadcast)) } else { Ok(track) }
 }
 
 /// Steps handed to the sink at once at most: a large burst starts leaving before all of it is
@@ -864,5 +1255,211 @@ mod tests {
         assert!(gaps.iter().all(|gap| *gap <= max_sleep), "{gaps:?}");
         assert_eq!(gaps[0], Duration::from_millis(100), "{gaps:?}");
         assert_eq!(gaps[7], max_sleep, "the backoff grows to max_sleep and stays there: {gaps:?}");
+    }
+
+    // === Schedule changes, holds and extend on one track ===
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    /// A one-shot show at `air`: 30 min on air, warm-up 10 min before, scale-up 2 min before,
+    /// cooldown 5 min after.
+    fn show(air: &str) -> Arc<Spec> {
+        let mut spec = Spec::new(When::Instant(at(air)), chrono_tz::UTC, TimeDelta::minutes(30));
+        (spec.lead_channel, spec.lead_scale, spec.post_roll) =
+            (TimeDelta::minutes(10), TimeDelta::minutes(2), TimeDelta::minutes(5));
+        Arc::new(spec)
+    }
+
+    /// Every step at or before `now` taken, as a pass does (the cursor follows).
+    fn fire(track: &mut Track, now: &str) -> Vec<String> {
+        take_due(track, at(now))
+            .into_iter()
+            .map(|armed| {
+                track.cursor = armed.key;
+                step_name(&armed)
+            })
+            .collect()
+    }
+
+    fn step_name(armed: &Armed) -> String {
+        let occurrence = occurrence_id(armed.key.air);
+        match armed.step {
+            Ok(step) => format!("{occurrence}/{} {}", step.name(), stamp(armed.key.at)),
+            Err(skip) => format!("{occurrence} skipped ({skip:?})"),
+        }
+    }
+
+    /// What is armed, in order (arming lazily first).
+    fn armed(track: &mut Track) -> Vec<String> {
+        let _ = track.front();
+        track.armed.iter().map(step_name).collect()
+    }
+
+    fn track(air: &str, now: &str) -> Track {
+        Track::new("news".into(), show(air), None, at(now), Held::default()).0
+    }
+
+    #[test]
+    fn a_change_before_anything_fired_arms_the_new_schedule_from_now() {
+        // A fresh cursor (air = MAX): nothing has started, nothing is held.
+        let mut track = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+        assert_eq!(armed(&mut track).len(), 5);
+        track.change(show("2026-11-24T17:05:00Z"), at("2026-11-24T17:00:00Z"));
+        assert!(track.holds.is_empty());
+        // The new air time is closer than its warm-up lead: the steps after the change are armed
+        // (the machine converges from scale-up), not the whole occurrence dropped.
+        assert_eq!(
+            armed(&mut track),
+            [
+                "20261124t1705z/scale 2026-11-24T17:03:00.000Z",
+                "20261124t1705z/air 2026-11-24T17:05:00.000Z",
+                "20261124t1705z/end 2026-11-24T17:35:00.000Z",
+                "20261124t1705z/cooldown 2026-11-24T17:40:00.000Z",
+            ]
+        );
+        assert_eq!(track.floor, Some(at("2026-11-24T17:00:00Z")));
+    }
+
+    #[test]
+    fn a_change_during_warm_up_keeps_the_started_occurrence_and_skips_what_would_overlap_it() {
+        let warming = || {
+            let mut track = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+            assert_eq!(fire(&mut track, "2026-11-24T17:50:00Z"), ["20261124t1800z/warmup 2026-11-24T17:50:00.000Z"]);
+            track
+        };
+        // Moved ten minutes later while warming up: the started occurrence keeps its times; the
+        // new one would be on air with it.
+        let mut track = warming();
+        track.change(show("2026-11-24T18:10:00Z"), at("2026-11-24T17:52:00Z"));
+        let held = &track.holds[&at("2026-11-24T18:00:00Z")];
+        assert_eq!(held.len(), 5, "every step of the held occurrence, the fired warm-up too: {held:?}");
+        assert_eq!(
+            fire(&mut track, "2026-11-25T00:00:00Z"),
+            [
+                "20261124t1800z/scale 2026-11-24T17:58:00.000Z",
+                "20261124t1800z/air 2026-11-24T18:00:00.000Z",
+                "20261124t1810z skipped (Overlap { previous: 2026-11-24T18:00:00Z })",
+                "20261124t1800z/end 2026-11-24T18:30:00.000Z",
+                "20261124t1800z/cooldown 2026-11-24T18:35:00.000Z",
+            ]
+        );
+        // Moved to after it instead: both run, each on its own times.
+        let mut track = warming();
+        track.change(show("2026-11-24T19:00:00Z"), at("2026-11-24T17:53:00Z"));
+        let steps = fire(&mut track, "2026-11-25T00:00:00Z");
+        assert_eq!(steps.len(), 9, "{steps:?}");
+        assert_eq!(steps[3], "20261124t1800z/cooldown 2026-11-24T18:35:00.000Z");
+        assert_eq!(steps[4], "20261124t1900z/warmup 2026-11-24T18:50:00.000Z");
+        assert_eq!(steps[8], "20261124t1900z/cooldown 2026-11-24T19:35:00.000Z");
+    }
+
+    #[test]
+    fn a_change_twice_keeps_the_first_times_and_only_the_last_schedule() {
+        let mut track = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+        fire(&mut track, "2026-11-24T18:01:00Z");
+        track.change(show("2026-11-24T19:00:00Z"), at("2026-11-24T18:02:00Z"));
+        track.change(show("2026-11-24T20:00:00Z"), at("2026-11-24T18:03:00Z"));
+        // The hold kept the first schedule's instants through both changes.
+        let held = &track.holds[&at("2026-11-24T18:00:00Z")];
+        assert_eq!(held[0], (StepKind::Warmup, at("2026-11-24T17:50:00Z")));
+        assert_eq!(held[4], (StepKind::Cooldown, at("2026-11-24T18:35:00Z")));
+        assert_eq!(
+            fire(&mut track, "2026-11-25T00:00:00Z"),
+            [
+                "20261124t1800z/end 2026-11-24T18:30:00.000Z",
+                "20261124t1800z/cooldown 2026-11-24T18:35:00.000Z",
+                "20261124t2000z/warmup 2026-11-24T19:50:00.000Z",
+                "20261124t2000z/scale 2026-11-24T19:58:00.000Z",
+                "20261124t2000z/air 2026-11-24T20:00:00.000Z",
+                "20261124t2000z/end 2026-11-24T20:30:00.000Z",
+                "20261124t2000z/cooldown 2026-11-24T20:35:00.000Z",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_change_to_no_schedule_lets_the_occurrence_on_air_end_and_holds_it() {
+        let mut on_air = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+        fire(&mut on_air, "2026-11-24T18:00:00Z");
+        on_air.retire();
+        assert_eq!(
+            armed(&mut on_air),
+            ["20261124t1800z/end 2026-11-24T18:30:00.000Z", "20261124t1800z/cooldown 2026-11-24T18:35:00.000Z"]
+        );
+        assert_eq!(on_air.hold_write(at("2026-11-24T18:01:00Z"), None).holds.len(), 1);
+        // Not started: nothing is left, nothing held.
+        let mut waiting = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+        waiting.retire();
+        assert!(armed(&mut waiting).is_empty());
+        assert!(waiting.holds.is_empty());
+    }
+
+    #[test]
+    fn a_restart_arms_the_hold_in_place_of_what_the_new_schedule_generates() {
+        let mut before = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+        fire(&mut before, "2026-11-24T18:00:00Z");
+        before.change(show("2026-11-24T18:05:00Z"), at("2026-11-24T18:01:00Z"));
+        before.extend(Extension::By(TimeDelta::minutes(2)), at("2026-11-24T18:02:00Z")).unwrap();
+        let write = before.hold_write(at("2026-11-24T18:02:00Z"), None);
+        // The restart: the same cursor, the new schedule, the stored holds.
+        let held = Held { holds: write.holds, floor: write.floor };
+        let (mut after, fresh) = Track::new(
+            "news".into(),
+            show("2026-11-24T18:05:00Z"),
+            Some(before.cursor),
+            at("2026-11-24T18:03:00Z"),
+            held,
+        );
+        assert!(fresh.is_none());
+        assert_eq!(armed(&mut after), armed(&mut before));
+        assert_eq!(
+            armed(&mut after)[..3],
+            [
+                "20261124t1805z skipped (Overlap { previous: 2026-11-24T18:00:00Z })",
+                "20261124t1800z/end 2026-11-24T18:32:00.000Z",
+                "20261124t1800z/cooldown 2026-11-24T18:37:00.000Z",
+            ]
+        );
+        // Once over, a hold is dropped at the next start.
+        let mut later = after;
+        fire(&mut later, "2026-11-24T18:40:00Z");
+        let write = later.hold_write(at("2026-11-24T18:40:00Z"), None);
+        let (again, _) = Track::new(
+            "news".into(),
+            show("2026-11-24T18:05:00Z"),
+            Some(later.cursor),
+            at("2026-11-24T18:41:00Z"),
+            Held { holds: write.holds, floor: write.floor },
+        );
+        assert!(again.holds.is_empty());
+    }
+
+    #[test]
+    fn extend_moves_the_end_on_air_and_refuses_what_it_cannot() {
+        let mut track = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
+        let now = at("2026-11-24T17:40:00Z");
+        assert_eq!(track.extend(Extension::By(TimeDelta::minutes(2)), now), Err(ExtendError::NotOnAir("news".into())));
+        fire(&mut track, "2026-11-24T18:10:00Z");
+        let extended = track.extend(Extension::By(TimeDelta::minutes(2)), at("2026-11-24T18:10:00Z")).unwrap();
+        assert_eq!((extended.end_was, extended.end), (at("2026-11-24T18:30:00Z"), at("2026-11-24T18:32:00Z")));
+        assert_eq!(extended.cooldown, at("2026-11-24T18:37:00Z"));
+        assert_eq!(
+            armed(&mut track),
+            ["20261124t1800z/end 2026-11-24T18:32:00.000Z", "20261124t1800z/cooldown 2026-11-24T18:37:00.000Z"]
+        );
+        let early = track.extend(Extension::Until(at("2026-11-24T18:05:00Z")), at("2026-11-24T18:10:00Z"));
+        assert!(matches!(early, Err(ExtendError::TooEarly { .. })), "{early:?}");
+        // A next occurrence at 19:00 warms up at 18:50: the cooldown (end + 5 min) cannot pass it.
+        track.change(show("2026-11-24T19:00:00Z"), at("2026-11-24T18:11:00Z"));
+        let overlap = track.extend(Extension::Until(at("2026-11-24T18:50:00Z")), at("2026-11-24T18:11:00Z"));
+        let Err(ExtendError::Overlap { warmup, latest, next, .. }) = overlap else { panic!("{overlap:?}") };
+        assert_eq!(
+            (warmup, latest, next.as_str()),
+            (at("2026-11-24T18:50:00Z"), at("2026-11-24T18:45:00Z"), "20261124t1900z")
+        );
+        track.extend(Extension::Until(latest), at("2026-11-24T18:11:00Z")).unwrap();
+        assert_eq!(track.holds[&at("2026-11-24T18:00:00Z")][4], (StepKind::Cooldown, at("2026-11-24T18:50:00Z")));
     }
 }

@@ -57,6 +57,11 @@ pub trait Store: Send + Sync + 'static {
     /// a change whose expected revision is not the stored one fails the whole batch with
     /// `Error::Conflict`. Returns the records as written (`None` for a removal).
     fn change_broadcasts(&self, changes: Vec<BroadcastChange>) -> Result<Vec<Option<BroadcastRecord>>, Error>;
+    /// Every schedule hold and floor (see `ScheduleHolds`).
+    fn schedule_holds(&self) -> Result<ScheduleHolds, Error>;
+    /// Replaces one broadcast's holds and floor, with its audit row when there is one, all or
+    /// nothing.
+    fn write_schedule_holds(&self, write: HoldWrite) -> Result<(), Error>;
 }
 
 /// Store failures. The messages name the file and the operation, never data.
@@ -330,6 +335,65 @@ pub struct AuditQuery {
     /// Rows with a smaller id (the paging cursor: the last id of the previous page).
     pub before: Option<i64>,
     pub limit: usize,
+}
+
+/// An occurrence kept on its own step instants, whatever the broadcast's schedule says now: one
+/// already started when its schedule changed (it ends as first planned), or one extended by an
+/// operator. The scheduler arms it in place of the occurrence its schedule generates at the same
+/// air instant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleHold {
+    pub broadcast: String,
+    /// The occurrence's air instant (its id).
+    pub air: DateTime<Utc>,
+    /// Its steps' planned instants, by rank (`schedule::StepKind::rank`), in order.
+    pub steps: Vec<HeldStep>,
+}
+
+/// One step of a held occurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldStep {
+    pub rank: u8,
+    pub at: DateTime<Utc>,
+}
+
+impl ScheduleHold {
+    /// The instant of the step of `rank`, when it has one.
+    pub fn step(&self, rank: u8) -> Option<DateTime<Utc>> {
+        self.steps.iter().find(|step| step.rank == rank).map(|step| step.at)
+    }
+
+    /// Its last step's instant (when the occurrence closes).
+    pub fn closes(&self) -> DateTime<Utc> {
+        self.steps.iter().map(|step| step.at).max().unwrap_or(self.air)
+    }
+}
+
+/// The schedule holds, and each broadcast's floor: after a schedule change, the new schedule's
+/// steps at or before its floor (the instant of the change) do not fire, even after a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScheduleHolds {
+    pub holds: Vec<ScheduleHold>,
+    pub floors: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// One broadcast's holds and floor as they are now (replacing what was stored), and the audit
+/// row of what changed them (an operator's `extend`), written together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldWrite {
+    pub broadcast: String,
+    /// When it is written.
+    pub at: DateTime<Utc>,
+    pub holds: Vec<ScheduleHold>,
+    pub floor: Option<DateTime<Utc>>,
+    pub audit: Option<CommandAudit>,
+}
+
+/// An audit row of kind `command`: an operator command handled by onair itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandAudit {
+    pub reason: String,
+    pub detail: Value,
 }
 
 /// One line of a broadcast's timeline.

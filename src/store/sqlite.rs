@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::{
     AuditQuery, AuditRow, BroadcastChange, BroadcastRecord, Change, Commit, Committed, Completion, Cursor, Error,
-    Expected, Fault, InstanceRecord, OutboxRow, ScheduleRecord, Store,
+    Expected, Fault, HeldStep, HoldWrite, InstanceRecord, OutboxRow, ScheduleHold, ScheduleHolds, ScheduleRecord, Store,
 };
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
@@ -95,6 +95,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE revisions (last INTEGER NOT NULL);
     INSERT INTO revisions (last) VALUES (0);
     CREATE INDEX audit_kind ON audit (kind, id);",
+    // 4: schedule holds (occurrences kept on their own times) and floors (the instant of the last
+    // schedule change, before which the new schedule fires nothing).
+    "CREATE TABLE schedule_holds (
+        broadcast TEXT NOT NULL,
+        air_ms INTEGER NOT NULL,
+        steps TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (broadcast, air_ms)
+    );
+    CREATE TABLE schedule_floors (
+        broadcast TEXT PRIMARY KEY,
+        floor_ms INTEGER NOT NULL
+    );",
 ];
 
 /// Commits written in one transaction at most.
@@ -122,6 +135,7 @@ enum Request {
     Purge { before: DateTime<Utc>, reply: Sender<Result<usize, Error>> },
     Schedule(Vec<ScheduleRecord>, Sender<Result<(), Error>>),
     Broadcasts(Vec<BroadcastChange>, Sender<Result<Vec<Option<BroadcastRecord>>, Error>>),
+    Holds(Box<HoldWrite>, Sender<Result<(), Error>>),
 }
 
 impl SqliteStore {
@@ -255,6 +269,14 @@ impl Store for SqliteStore {
     fn change_broadcasts(&self, changes: Vec<BroadcastChange>) -> Result<Vec<Option<BroadcastRecord>>, Error> {
         self.ask(|reply| Request::Broadcasts(changes, reply))
     }
+
+    fn schedule_holds(&self) -> Result<ScheduleHolds, Error> {
+        schedule_holds(&self.reader())
+    }
+
+    fn write_schedule_holds(&self, write: HoldWrite) -> Result<(), Error> {
+        self.ask(|reply| Request::Holds(Box::new(write), reply))
+    }
 }
 
 /// Whether the store at `path` takes a write now: a write transaction begins (and is rolled
@@ -302,6 +324,11 @@ impl ReadOnly {
 
     pub fn schedule_cursors(&self) -> Result<BTreeMap<String, Cursor>, Error> {
         schedule_cursors(&self.connection)
+    }
+
+    /// The schedule holds and floors (empty in a store older than migration 4).
+    pub fn schedule_holds(&self) -> Result<ScheduleHolds, Error> {
+        schedule_holds(&self.connection)
     }
 
     /// Decisions recorded, distinct events decided, and duplicates absorbed.
@@ -591,6 +618,11 @@ fn apply(transaction: &mut Transaction<'_>, request: Request) -> (Answer, Option
                 None => (answer(reply, result, "broadcast change"), failure),
             }
         }
+        Request::Holds(write, reply) => {
+            let result = in_savepoint(transaction, |savepoint| write_holds(savepoint, &write));
+            let failure = failure_code(&result);
+            (answer(reply, result, "schedule holds"), failure)
+        }
     }
 }
 
@@ -612,6 +644,7 @@ fn fail(request: Request, error: Error) {
         Request::Purge { reply, .. } => drop(reply.send(Err(error))),
         Request::Schedule(_, reply) => drop(reply.send(Err(error))),
         Request::Broadcasts(_, reply) => drop(reply.send(Err(error))),
+        Request::Holds(_, reply) => drop(reply.send(Err(error))),
     }
 }
 
@@ -912,6 +945,8 @@ fn write_broadcast(
             db.prepare_cached("DELETE FROM instances WHERE broadcast = ?1")?.execute(params![change.id])?;
             db.prepare_cached("DELETE FROM timers WHERE broadcast = ?1")?.execute(params![change.id])?;
             db.prepare_cached("DELETE FROM schedule_cursors WHERE broadcast = ?1")?.execute(params![change.id])?;
+            db.prepare_cached("DELETE FROM schedule_holds WHERE broadcast = ?1")?.execute(params![change.id])?;
+            db.prepare_cached("DELETE FROM schedule_floors WHERE broadcast = ?1")?.execute(params![change.id])?;
             None
         }
     };
@@ -922,6 +957,42 @@ fn write_broadcast(
     db.prepare_cached("INSERT INTO audit (broadcast, at_ms, kind, reason, detail) VALUES (?1, ?2, 'config', ?3, ?4)")?
         .execute(params![change.id, at, change.reason, detail.to_string()])?;
     Ok(Ok(written))
+}
+
+/// Replaces one broadcast's holds and floor; writes the audit row of what changed them.
+fn write_holds(db: &rusqlite::Savepoint<'_>, write: &HoldWrite) -> rusqlite::Result<()> {
+    let now = write.at.timestamp_millis();
+    db.prepare_cached("DELETE FROM schedule_holds WHERE broadcast = ?1")?.execute(params![write.broadcast])?;
+    let mut insert = db.prepare_cached(
+        "INSERT INTO schedule_holds (broadcast, air_ms, steps, updated_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (broadcast, air_ms) DO UPDATE SET steps = ?3, updated_ms = ?4",
+    )?;
+    for hold in write.holds.iter().filter(|hold| hold.broadcast == write.broadcast) {
+        let steps: Vec<Value> = hold
+            .steps
+            .iter()
+            .map(|step| serde_json::json!({"rank": step.rank, "at_ms": step.at.timestamp_millis()}))
+            .collect();
+        insert.execute(params![write.broadcast, hold.air.timestamp_millis(), Value::Array(steps).to_string(), now])?;
+    }
+    match write.floor {
+        Some(floor) => db
+            .prepare_cached(
+                "INSERT INTO schedule_floors (broadcast, floor_ms) VALUES (?1, ?2)
+                 ON CONFLICT (broadcast) DO UPDATE SET floor_ms = ?2",
+            )?
+            .execute(params![write.broadcast, floor.timestamp_millis()])?,
+        None => {
+            db.prepare_cached("DELETE FROM schedule_floors WHERE broadcast = ?1")?.execute(params![write.broadcast])?
+        }
+    };
+    if let Some(audit) = &write.audit {
+        db.prepare_cached(
+            "INSERT INTO audit (broadcast, at_ms, kind, reason, detail) VALUES (?1, ?2, 'command', ?3, ?4)",
+        )?
+        .execute(params![write.broadcast, now, audit.reason, audit.detail.to_string()])?;
+    }
+    Ok(())
 }
 
 // === Reads ===
@@ -1130,6 +1201,47 @@ fn schedule_cursors(connection: &Connection) -> Result<BTreeMap<String, Cursor>,
         })
         .map_err(sql)?;
     rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(sql)
+}
+
+fn schedule_holds(connection: &Connection) -> Result<ScheduleHolds, Error> {
+    let sql = |error: rusqlite::Error| Error::Sql { operation: "read schedule holds", reason: error.to_string() };
+    // A read-only view of a store not yet migrated to 4 has no holds.
+    let migrated: bool = connection
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schedule_holds'", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .map_err(sql)?
+        > 0;
+    if !migrated {
+        return Ok(ScheduleHolds::default());
+    }
+    let mut statement = connection
+        .prepare_cached("SELECT broadcast, air_ms, steps FROM schedule_holds ORDER BY broadcast, air_ms")
+        .map_err(sql)?;
+    let holds = statement
+        .query_map([], |row| {
+            let steps = match json(&row.get::<_, String>(2)?) {
+                Value::Array(steps) => steps
+                    .iter()
+                    .filter_map(|step| {
+                        let rank = u8::try_from(step["rank"].as_u64()?).ok()?;
+                        Some(HeldStep { rank, at: time(step["at_ms"].as_i64()?) })
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Ok(ScheduleHold { broadcast: row.get(0)?, air: time(row.get(1)?), steps })
+        })
+        .map_err(sql)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql)?;
+    let mut statement = connection.prepare_cached("SELECT broadcast, floor_ms FROM schedule_floors").map_err(sql)?;
+    let floors = statement
+        .query_map([], |row| Ok((row.get::<_, String>(0)?, time(row.get(1)?))))
+        .map_err(sql)?
+        .collect::<Result<BTreeMap<_, _>, _>>()
+        .map_err(sql)?;
+    Ok(ScheduleHolds { holds, floors })
 }
 
 fn integrity_check(connection: &Connection) -> Result<String, Error> {

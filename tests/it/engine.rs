@@ -280,6 +280,12 @@ impl onair::store::Store for Faulty {
     ) -> Result<Vec<Option<store::BroadcastRecord>>, store::Error> {
         self.store.change_broadcasts(changes)
     }
+    fn schedule_holds(&self) -> Result<store::ScheduleHolds, store::Error> {
+        self.store.schedule_holds()
+    }
+    fn write_schedule_holds(&self, write: store::HoldWrite) -> Result<(), store::Error> {
+        self.store.write_schedule_holds(write)
+    }
 }
 
 /// news live, sport failed and weather standby, sharing one lane (as many broadcasts share a lane
