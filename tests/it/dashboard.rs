@@ -12,10 +12,15 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use onair::daemon::Daemon;
+use onair::machine::Library;
+use secrecy::SecretString;
+
 use crate::broker::EXCLUSIVE;
 use crate::helpers::{TestEmulator, emulator_settings};
 use crate::operations::{TOKEN, artefact, command, daemon_with_http, state_of, until_async};
 use crate::rabbit;
+use crate::schedule::daemon_settings;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -184,7 +189,9 @@ impl Browser {
     async fn fill(&self, css: &str, text: &str) {
         let element = self.element(css).await;
         self.call(reqwest::Method::POST, &format!("/element/{element}/clear"), Some(json!({}))).await;
-        self.call(reqwest::Method::POST, &format!("/element/{element}/value"), Some(json!({"text": text}))).await;
+        if !text.is_empty() {
+            self.call(reqwest::Method::POST, &format!("/element/{element}/value"), Some(json!({"text": text}))).await;
+        }
     }
 
     async fn text(&self, css: &str) -> String {
@@ -243,7 +250,53 @@ impl Drop for Browser {
     }
 }
 
-/// Three broadcasts in three time zones, none of them the viewer's.
+const ADMIN: &str = "admin-alice-secret-0123456789";
+const OPERATOR: &str = "operator-olga-secret-0123456789";
+const VIEWER: &str = "viewer-vera-secret-0123456789";
+
+/// A daemon with the operations listener and three named tokens (alice admin, olga operator,
+/// vera viewer); reads need one of them when `read_auth`.
+async fn daemon_with_tokens(
+    directory: &Path,
+    emulator: &TestEmulator,
+    broker: &onair::broker::Settings,
+    broadcasts: &str,
+    read_auth: bool,
+) -> (Daemon, String) {
+    use onair::http::auth::{NamedToken, Role};
+    let mut settings = daemon_settings(directory, emulator, broker, broadcasts);
+    settings.http.enabled = true;
+    settings.http.listen = "127.0.0.1:0".parse().unwrap();
+    let token = |name: &str, role, secret: &str| NamedToken { name: name.into(), role, secret: SecretString::from(secret) };
+    settings.http.tokens =
+        vec![token("alice", Role::Admin, ADMIN), token("olga", Role::Operator, OPERATOR), token("vera", Role::Viewer, VIEWER)];
+    settings.http.read_auth = read_auth;
+    let daemon = Daemon::start(&settings, Library::built_in()).await.unwrap();
+    let base = format!("http://{}", daemon.http_address().unwrap());
+    until_async(Duration::from_secs(20), "consumer ready", || async { daemon.broker_status().is_ready() }).await;
+    (daemon, base)
+}
+
+/// A command with `token`; its status and body.
+async fn send(base: &str, broadcast: &str, token: &str, body: Value) -> (u16, Value) {
+    command(base, broadcast, Some(token), body).await
+}
+
+/// The next spring-forward day of Europe/Paris (the last Sunday of March) at least two days ahead.
+fn next_spring_forward() -> chrono::NaiveDate {
+    use chrono::Datelike;
+    let today = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()).date_naive();
+    (today.year()..)
+        .map(|year| {
+            let last = chrono::NaiveDate::from_ymd_opt(year, 3, 31).unwrap();
+            last - chrono::TimeDelta::days(i64::from(last.weekday().num_days_from_sunday()))
+        })
+        .find(|day| *day > today + chrono::TimeDelta::days(2))
+        .unwrap()
+}
+
+/// Three broadcasts in three time zones, none of them the viewer's; travel airs at 02:30 in
+/// Paris, a time that does not exist on the spring-forward day.
 const THREE: &str = r#"
 [broadcasts.news]
 [broadcasts.news.schedule]
@@ -258,6 +311,10 @@ timezone = "Asia/Tokyo"
 duration = "2h"
 [broadcasts.travel]
 channel = "travel"
+[broadcasts.travel.schedule]
+cron = "30 2 * * *"
+timezone = "Europe/Paris"
+duration = "1h"
 "#;
 
 /// What a hostile note looks like: it must show as text, never run.
@@ -266,13 +323,17 @@ const HOSTILE: &str = "<img src=x onerror=\"document.body.dataset.pwned='yes'\">
 /// The state a broadcast's row shows on the list.
 const ROW_STATE: &str = "const row = document.getElementById('broadcast-' + arguments[0]); return row ? row.dataset.state : null";
 
+/// Whether the page let a token do what its role allows: [admin, operator] buttons enabled.
+const ALLOWED: &str = "return [!document.getElementById('new').disabled, \
+    !document.querySelector('#broadcasts button[data-command=pause]').disabled]";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_reads_each_broadcast_in_its_own_time_zone_on_a_desktop_and_a_phone() {
     let _exclusive = EXCLUSIVE.lock().await;
     let emulator = TestEmulator::start(emulator_settings()).await;
     let broker = rabbit::settings("dashboard-pages");
     let directory = tempfile::tempdir().unwrap();
-    let (daemon, base, _) = daemon_with_http(directory.path(), &emulator, &broker, THREE).await;
+    let (daemon, base) = daemon_with_tokens(directory.path(), &emulator, &broker, THREE, true).await;
 
     // news on air; sport idle, paused and skipping its next occurrence; travel forced to failed.
     for (broadcast, body) in [
@@ -280,33 +341,74 @@ async fn an_operator_reads_each_broadcast_in_its_own_time_zone_on_a_desktop_and_
         ("sport", json!({"command": "pause"})),
         ("sport", json!({"command": "skip-next"})),
         ("travel", json!({"command": "force-state", "state": "failed", "note": HOSTILE})),
+        // More audit entries for news than a page holds.
+        ("news", json!({"command": "pause"})),
+        ("news", json!({"command": "resume"})),
+        ("news", json!({"command": "pause"})),
+        ("news", json!({"command": "resume"})),
     ] {
-        let (status, answer) = command(&base, broadcast, Some(TOKEN), body).await;
+        let (status, answer) = send(&base, broadcast, OPERATOR, body).await;
         assert_eq!(status, 202, "{broadcast}: {answer}");
     }
+    let state = |id: &'static str| {
+        let base = base.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .get(format!("{base}/api/v1/broadcasts/{id}"))
+                .bearer_auth(VIEWER)
+                .send()
+                .await
+                .unwrap();
+            response.json::<Value>().await.unwrap()["state"].as_str().map(str::to_string)
+        }
+    };
     until_async(Duration::from_secs(30), "news live, travel failed", || async {
-        state_of(&base, "news").await.as_deref() == Some("live") && state_of(&base, "travel").await.as_deref() == Some("failed")
+        state("news").await.as_deref() == Some("live") && state("travel").await.as_deref() == Some("failed")
     })
     .await;
 
     let browser = Browser::start(&directory.path().join("chromium")).await;
     browser.goto(&format!("{base}/#/")).await;
-    browser.until("the list loaded", "return document.body.dataset.loaded === 'true'").await;
+    // Reads need a token here: the page says so, and reads once given one.
+    browser.until("the page asks for a token", "return document.getElementById('banner').innerText.includes('token')").await;
+    browser.fill("#token", VIEWER).await;
+    browser.until("the list loaded", "return document.body.dataset.loaded === 'true' && document.body.dataset.role === 'viewer'").await;
+    browser.until("every row", "return document.querySelectorAll('#broadcasts tr[data-id]').length === 3").await;
+    assert_eq!(browser.run(ALLOWED, json!([])).await, json!([false, false]), "a viewer changes nothing");
+    browser.fill("#token", OPERATOR).await;
+    browser.until("an operator token", "return document.body.dataset.role === 'operator'").await;
+    assert_eq!(browser.run(ALLOWED, json!([])).await, json!([false, true]), "an operator sends commands only");
+    browser.fill("#token", ADMIN).await;
+    browser.until("an admin token", "return document.body.dataset.role === 'admin'").await;
+    assert_eq!(browser.run(ALLOWED, json!([])).await, json!([true, true]), "an admin does everything");
+    let stored = "return [sessionStorage.getItem('onair.token') === arguments[0], location.href.includes(arguments[0])]";
+    assert_eq!(browser.run(stored, json!([ADMIN])).await, json!([true, false]), "in the session, never in the URL");
+
     let flags = "return [...document.querySelectorAll('#broadcast-' + arguments[0] + ' [data-flag]')].map((n) => n.dataset.flag)";
     browser.until("sport paused and skipping", "return document.querySelectorAll('#broadcast-sport [data-flag]').length === 2").await;
     assert_eq!(browser.run(ROW_STATE, json!(["news"])).await, "live");
     assert_eq!(browser.run(ROW_STATE, json!(["travel"])).await, "failed");
+    assert_eq!(browser.run(ROW_STATE, json!(["sport"])).await, "idle");
     assert_eq!(browser.run(flags, json!(["sport"])).await, json!(["paused", "skip-next"]));
     assert_eq!(browser.run(flags, json!(["news"])).await, json!([]));
     assert_eq!(browser.run(flags, json!(["travel"])).await, json!([]));
-    let origins = "return [...document.querySelectorAll('[data-origin]')].map((n) => n.dataset.origin)";
+    let origins = "return [...document.querySelectorAll('#broadcasts [data-origin]')].map((n) => n.dataset.origin)";
     assert_eq!(browser.run(origins, json!([])).await, json!(["file", "file", "file"]));
+    // On air or due within the hour first: news (on air) and travel (failed), not sport.
+    browser.run("const s = document.getElementById('window'); s.value = '1h'; s.dispatchEvent(new Event('change'))", json!([])).await;
+    browser.until("the hour's list", "return [...document.querySelectorAll('#soon tr[data-id]')].map((r) => r.dataset.id).join().startsWith('news,travel')").await;
+    // Search and state filter.
+    browser.fill("#q", "spo").await;
+    browser.until("the search", "return [...document.querySelectorAll('#broadcasts tr[data-id]')].map((r) => r.dataset.id).join() === 'sport'").await;
+    browser.fill("#q", "").await;
+    browser.run("const s = document.getElementById('state-filter'); s.value = 'failed'; s.dispatchEvent(new Event('change'))", json!([])).await;
+    browser.until("the state filter", "return [...document.querySelectorAll('#broadcasts tr[data-id]')].map((r) => r.dataset.id).join() === 'travel'").await;
+    browser.run("const s = document.getElementById('state-filter'); s.value = ''; s.dispatchEvent(new Event('change'))", json!([])).await;
+    browser.until("every row again", "return document.querySelectorAll('#broadcasts tr[data-id]').length === 3").await;
     // The hostile note is shown as text, and ran nothing.
     browser.until("the note in the audit", "return document.getElementById('audit').innerText.includes('onerror=')").await;
     let injected = "return [document.querySelectorAll('main img').length, document.body.dataset.pwned || null]";
     assert_eq!(browser.run(injected, json!([])).await, json!([0, null]));
-    // Without a token, nothing can be changed from the page.
-    assert_eq!(browser.run("return document.getElementById('new').disabled", json!([])).await, true);
 
     // news's page: its next air time in Paris, and in New York (the viewer's zone), 6 hours apart.
     browser.click("#broadcast-news a.b-link").await;
@@ -316,8 +418,26 @@ async fn an_operator_reads_each_broadcast_in_its_own_time_zone_on_a_desktop_and_
     let facts = browser.text("#b-facts").await;
     assert!(facts.contains("Europe/Paris") && facts.contains(VIEWER_ZONE), "{facts}");
     browser.until("news's variables", "return document.querySelector('#b-vars [data-var=hls]') !== null").await;
-    assert!(browser.text("#b-audit").await.contains("→ live"), "news's audit");
-    let desktop = [browser.screenshot("dashboard-1400-broadcast.png").await];
+    browser.until("news's audit", "return document.getElementById('b-audit').innerText.includes('→ live')").await;
+    let others = "return [...document.querySelectorAll('#b-audit tr[data-id]')].length";
+    assert!(browser.run(others, json!([])).await.as_u64().unwrap() > 0);
+    assert!(!browser.text("#b-audit").await.contains("flooded"), "news's audit is news's only");
+    // A file broadcast is changed in the file: no edit, no delete.
+    let blocked = "return [document.getElementById('edit').disabled, document.getElementById('delete').disabled]";
+    assert_eq!(browser.run(blocked, json!([])).await, json!([true, true]));
+    let desktop = browser.screenshot("dashboard-1400-broadcast.png").await;
+
+    // Audit paging: older entries load below, none twice.
+    let shown = "return [...document.querySelectorAll('#b-audit tr[data-id]')].map((r) => r.dataset.id)";
+    let first = browser.run(shown, json!([])).await.as_array().unwrap().len();
+    browser.click("#b-audit-older").await;
+    browser.until("older entries", &format!("return document.querySelectorAll('#b-audit tr[data-id]').length > {first}")).await;
+    let ids: Vec<i64> = serde_json::from_value::<Vec<String>>(browser.run(shown, json!([])).await)
+        .unwrap()
+        .iter()
+        .map(|id| id.parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|pair| pair[0] > pair[1]), "newest first, no entry twice: {ids:?}");
 
     // sport's page: Tokyo's 21:30 is New York's 07:30.
     browser.goto(&format!("{base}/#/broadcasts/sport")).await;
@@ -325,11 +445,22 @@ async fn an_operator_reads_each_broadcast_in_its_own_time_zone_on_a_desktop_and_
     let air = browser.text("#b-plan tr[data-step=air]").await;
     assert!(air.contains("21:30") && air.contains("07:30"), "Tokyo and New York: {air}");
     assert!(browser.text("#b-title").await.contains("paused"), "the flags on sport's page");
-    // travel's page: no schedule, failed, its audit says why (as text).
+    // travel's page: failed, its audit says why (as text); its plan from two days before the
+    // spring-forward day marks the 02:30 that does not exist that day.
     browser.goto(&format!("{base}/#/broadcasts/travel")).await;
     browser.until("travel's audit", "return document.getElementById('b-audit').innerText.includes('flooded')").await;
     assert_eq!(browser.run("return document.body.dataset.state", json!([])).await, "failed");
     assert_eq!(browser.run(injected, json!([])).await, json!([0, null]));
+    let spring = next_spring_forward();
+    let from = (spring - chrono::TimeDelta::days(2)).format("%Y-%m-%d").to_string();
+    browser.until("travel's plan", "return document.querySelectorAll('#b-plan tr[data-step=air]').length >= 7").await;
+    browser
+        .run("const i = document.getElementById('plan-from'); i.value = arguments[0]; i.dispatchEvent(new Event('change'))", json!([from]))
+        .await;
+    browser.until("the DST mark", "return document.querySelectorAll('#b-plan tr.dst').length > 0").await;
+    let marked = browser.text("#b-plan tr.dst").await;
+    assert!(marked.contains("DST") && marked.contains("02:30"), "{marked}");
+    let dst = browser.screenshot("dashboard-1400-dst.png").await;
 
     // A phone: nothing scrolls sideways, on any view.
     browser.goto(&format!("{base}/#/")).await;
@@ -348,8 +479,12 @@ async fn an_operator_reads_each_broadcast_in_its_own_time_zone_on_a_desktop_and_
     browser.viewport(1400, 1000).await;
     browser.goto(&format!("{base}/#/")).await;
     browser.until("the list again", "return document.getElementById('broadcast-news') !== null").await;
+    browser.assert_no_horizontal_scroll("the list at 1400 px").await;
     let list = browser.screenshot("dashboard-1400-list.png").await;
-    println!("dashboard pages: screenshots 1400 px list {list} B, broadcast {} B; 420 px {phone:?} B", desktop[0]);
+    println!(
+        "dashboard pages: viewer/operator/admin tokens gate the buttons; DST marked on {spring}; screenshots 1400 px \
+         list {list} B, broadcast {desktop} B, plan with DST {dst} B; 420 px list/broadcast/editor {phone:?} B"
+    );
     browser.close().await;
     daemon.stop().await.unwrap();
 }
