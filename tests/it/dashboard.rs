@@ -160,7 +160,10 @@ impl Browser {
 
     /// Waits until `script` returns true in the page.
     async fn until(&self, what: &str, script: &str) {
-        let limit = Duration::from_secs(30);
+        self.until_within(Duration::from_secs(30), what, script).await;
+    }
+
+    async fn until_within(&self, limit: Duration, what: &str, script: &str) {
         let started = std::time::Instant::now();
         loop {
             if self.run(script, json!([])).await == true {
@@ -487,4 +490,159 @@ async fn an_operator_reads_each_broadcast_in_its_own_time_zone_on_a_desktop_and_
     );
     browser.close().await;
     daemon.stop().await.unwrap();
+}
+
+/// The keys the editor shows problems at.
+const PROBLEM_KEYS: &str = "return [...document.querySelectorAll('#problems li')].map((li) => li.dataset.key)";
+
+/// An admin creates a one-off broadcast through the page (after the page showed every problem of
+/// a bad definition, and saved none of it), sees it scheduled, loses an edit race with a 412 and
+/// redoes the edit, sees extend refused before air, extends it on air, and deletes it (busy,
+/// then forced). Three file broadcasts stay as they were meanwhile: one live, one paused, one idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_creates_edits_extends_and_deletes_a_broadcast_through_the_page() {
+    let _exclusive = EXCLUSIVE.lock().await;
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let broker = rabbit::settings("dashboard-changes");
+    let directory = tempfile::tempdir().unwrap();
+    let (daemon, base) = daemon_with_tokens(directory.path(), &emulator, &broker, THREE, false).await;
+    for (broadcast, body) in [("news", json!({"command": "start-now"})), ("sport", json!({"command": "pause"}))] {
+        assert_eq!(send(&base, broadcast, OPERATOR, body).await.0, 202);
+    }
+    until_async(Duration::from_secs(30), "news live", || async { state_of(&base, "news").await.as_deref() == Some("live") })
+        .await;
+
+    let browser = Browser::start(&directory.path().join("chromium")).await;
+    browser.goto(&format!("{base}/#/")).await;
+    browser.until("the list", "return document.body.dataset.loaded === 'true'").await;
+    assert_eq!(browser.run("return document.getElementById('new').disabled", json!([])).await, true, "no token");
+    browser.fill("#token", ADMIN).await;
+    browser.until("an admin token", "return document.body.dataset.role === 'admin'").await;
+    browser.click("#new").await;
+    browser.until("the editor", "return document.body.dataset.editor === 'ready'").await;
+
+    // What the page tells by itself, then every problem the daemon finds, each at its key.
+    browser.fill("#editor-id", "oneoff").await;
+    browser.fill("#editor-text", "{\"channel\": ").await;
+    browser.click("#editor-check").await;
+    browser.until("not JSON", "return document.getElementById('problems').innerText.includes('not JSON')").await;
+    let bad = json!({"channel": "not a channel!", "protocol": "SRT", "units": {"on_air": -1},
+        "schedule": {"cron": "every day", "timezone": "Mars/Olympus", "duration": "1h"}});
+    browser.fill("#editor-text", &serde_json::to_string_pretty(&bad).unwrap()).await;
+    browser.click("#editor-save").await;
+    browser.until("the problems", "return document.querySelectorAll('#problems li[data-key]').length >= 3").await;
+    let keys: Vec<String> = serde_json::from_value(browser.run(PROBLEM_KEYS, json!([])).await).unwrap();
+    for key in ["channel", "protocol", "schedule.timezone"] {
+        assert!(keys.iter().any(|shown| shown == key), "{key} in {keys:?}");
+    }
+    let lines = "return [...document.querySelectorAll('#problems li .where')].length";
+    assert!(browser.run(lines, json!([])).await.as_u64().unwrap() >= 3, "each problem names its line");
+    assert!(browser.text("#editor-outcome").await.contains("nothing saved"));
+    assert_eq!(crate::operations::get(&base, "/api/v1/broadcasts/oneoff").await.0, 404, "nothing saved");
+    let editor = browser.screenshot("dashboard-1400-editor-problems.png").await;
+    browser.viewport(420, 900).await;
+    browser.assert_no_horizontal_scroll("the editor with problems").await;
+    let editor_phone = browser.screenshot("dashboard-420-editor-problems.png").await;
+    browser.viewport(1400, 1000).await;
+
+    // A one-off 45 s ahead, warming 10 s before.
+    let air = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()) + chrono::TimeDelta::seconds(45);
+    let air_text = air.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let air: chrono::DateTime<chrono::Utc> = air_text.parse().unwrap();
+    let definition = |duration: &str| {
+        json!({"channel": "oneoff", "schedule": {"at": air_text, "timezone": "Europe/Paris", "duration": duration,
+            "lead": {"channel": "10s", "scale": "5s"}, "post_roll": "5s"}})
+    };
+    let created = std::time::Instant::now();
+    browser.fill("#editor-text", &serde_json::to_string_pretty(&definition("10m")).unwrap()).await;
+    browser.click("#editor-save").await;
+    browser.until("its page", "return document.body.dataset.view === 'broadcast' && document.getElementById('b-id').innerText === 'oneoff'").await;
+    browser.until("it is scheduled", "return document.querySelectorAll('#b-plan tr[data-step=air]').length === 1").await;
+    assert!(browser.text("#b-outcome").await.contains("created"), "{}", browser.text("#b-outcome").await);
+    assert_eq!(browser.run("return document.querySelector('#b-title [data-origin]').dataset.origin", json!([])).await, "api");
+    assert!(browser.text("#b-facts").await.contains("warmup"), "the next step");
+
+    // Two admins: the page's edit started from revision 1, the API's change made revision 2.
+    browser.click("#edit").await;
+    browser.until("the definition", "return document.body.dataset.editor === 'ready' && document.getElementById('editor-text').value.includes('10m')").await;
+    let (_, record) = crate::operations::get(&base, "/api/v1/broadcasts/oneoff").await;
+    let revision = format!("\"{}\"", record["revision"]);
+    let (status, answer) = put(&base, "oneoff", &definition("15m"), &revision).await;
+    assert_eq!(status, 200, "{answer}");
+    browser.fill("#editor-text", &serde_json::to_string_pretty(&definition("20m")).unwrap()).await;
+    browser.click("#editor-save").await;
+    browser.until("the 412", "return document.getElementById('editor-outcome').innerText.includes('changed this broadcast')").await;
+    assert!(crate::operations::get(&base, "/api/v1/broadcasts/oneoff").await.1["definition"].to_string().contains("15m"));
+    browser.click("#editor-reload").await;
+    browser.until("revision 2", "return document.body.dataset.editor === 'ready' && document.getElementById('editor-text').value.includes('15m')").await;
+    browser.fill("#editor-text", &serde_json::to_string_pretty(&definition("20m")).unwrap()).await;
+    browser.click("#editor-save").await;
+    browser.until("saved", "return document.body.dataset.view === 'broadcast' && document.getElementById('b-outcome').innerText.includes('saved')").await;
+    let (_, record) = crate::operations::get(&base, "/api/v1/broadcasts/oneoff").await;
+    assert_eq!(record["revision"].as_i64(), revision.trim_matches('"').parse::<i64>().ok().map(|first| first + 2), "{record}");
+    let edited = created.elapsed();
+
+    // Extend before air: refused, and the page says why.
+    browser.fill("#extend-by", "30m").await;
+    browser.click("#extend").await;
+    browser.until("the refusal", "return document.getElementById('b-outcome').innerText.includes('refused (409)')").await;
+    let refusal = browser.text("#b-outcome").await;
+    // On air through the schedule, then extended from the page.
+    browser.until_within(Duration::from_secs(120), "oneoff live", "return document.body.dataset.state === 'live'").await;
+    let live_after = created.elapsed();
+    browser.click("#extend").await;
+    browser.until("extended", "return document.getElementById('b-outcome').innerText.includes('the end moved')").await;
+    let extended = browser.text("#b-outcome").await;
+    browser.until("the held end", "return document.querySelectorAll('#b-plan tr.held[data-step=end]').length === 1").await;
+    let (_, plan) = crate::operations::get(&base, "/api/v1/plan?hours=2&broadcast=oneoff").await;
+    let end = plan["rows"].as_array().unwrap().iter().find(|row| row["step"] == "end").cloned().unwrap();
+    let end_at: chrono::DateTime<chrono::Utc> = end["planned"].as_str().unwrap().parse().unwrap();
+    assert_eq!(end_at - air, chrono::TimeDelta::minutes(50), "20 min, extended by 30: {end}");
+    let on_air = browser.screenshot("dashboard-1400-extended.png").await;
+    browser.viewport(420, 900).await;
+    browser.assert_no_horizontal_scroll("a broadcast on air").await;
+    let on_air_phone = browser.screenshot("dashboard-420-extended.png").await;
+    browser.viewport(1400, 1000).await;
+
+    // Delete: confirmed, refused while live, then forced; gone from the list.
+    browser.click("#delete").await;
+    browser.until("the question", "return !document.getElementById('delete-confirm').hidden").await;
+    browser.click("#delete-yes").await;
+    browser.until("busy", "return !document.getElementById('delete-force').hidden").await;
+    let busy = browser.text("#delete-question").await;
+    assert!(busy.contains("live"), "{busy}");
+    browser.click("#delete-force").await;
+    browser.until("being removed", "return document.getElementById('b-outcome').innerText.includes('being stopped')").await;
+    until_async(Duration::from_secs(60), "oneoff removed", || async {
+        crate::operations::get(&base, "/api/v1/broadcasts/oneoff").await.0 == 404
+    })
+    .await;
+    browser.until("the page says so", "return document.body.dataset.state === 'removed'").await;
+    browser.goto(&format!("{base}/#/")).await;
+    browser.until("the list without it", "return document.body.dataset.loaded === 'true' && document.querySelectorAll('#broadcasts tr[data-id]').length === 3 && !document.getElementById('broadcast-oneoff')").await;
+    // The file broadcasts went on meanwhile, each in its own state.
+    assert_eq!(browser.run(ROW_STATE, json!(["news"])).await, "live");
+    assert_eq!(browser.run(ROW_STATE, json!(["travel"])).await, "none");
+    assert_eq!(browser.run(ROW_STATE, json!(["sport"])).await, "idle");
+    println!(
+        "dashboard changes: problems at {keys:?}; created and edited twice (one 412) in {edited:?}, live {live_after:?} \
+         after creation; before air: {refusal:?}; on air: {extended:?}; delete: {busy:?} then forced; screenshots \
+         editor {editor}/{editor_phone} B, extended {on_air}/{on_air_phone} B (1400/420 px)"
+    );
+    browser.close().await;
+    daemon.stop().await.unwrap();
+}
+
+/// `PUT /api/v1/broadcasts/{id}` as the admin, with `If-Match`.
+async fn put(base: &str, id: &str, definition: &Value, revision: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .put(format!("{base}/api/v1/broadcasts/{id}"))
+        .bearer_auth(ADMIN)
+        .header("if-match", revision)
+        .json(definition)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
