@@ -17,7 +17,8 @@ use serde_json::{Map, Value};
 
 use super::{
     AuditQuery, AuditRow, BroadcastChange, BroadcastRecord, Change, Commit, Committed, Completion, Cursor, Error,
-    Expected, Fault, HeldStep, HoldWrite, InstanceRecord, OutboxRow, ScheduleHold, ScheduleHolds, ScheduleRecord, Store,
+    Expected, Fault, HeldStep, HoldWrite, InstanceRecord, OutboxRow, ScheduleHold, ScheduleHolds, ScheduleRecord,
+    Store,
 };
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
