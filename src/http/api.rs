@@ -33,6 +33,11 @@ impl ApiError {
         Self { status, code, message: message.into(), retry_after: None, extra: serde_json::Map::new() }
     }
 
+    /// The status it answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// Adds `key` to the error object.
     pub fn with(mut self, key: &str, value: Value) -> Self {
         self.extra.insert(key.to_string(), value);

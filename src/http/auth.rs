@@ -214,3 +214,80 @@ pub fn require(settings: &super::Settings, headers: &HeaderMap, role: Role) -> R
 pub fn read_guarded(path: &str) -> bool {
     (path.starts_with("/api/") && path != "/api/v1/openapi.json") || path == "/metrics"
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(tokens: Vec<NamedToken>, legacy: Option<&str>) -> super::super::Settings {
+        super::super::Settings {
+            enabled: true,
+            listen: ([127, 0, 0, 1], 0).into(),
+            api_token: legacy.map(SecretString::from),
+            tokens,
+            read_auth: false,
+            connections: crate::http::Limits {
+                header_read_timeout: std::time::Duration::from_secs(1),
+                idle_timeout: std::time::Duration::from_secs(1),
+                request_timeout: std::time::Duration::from_secs(1),
+                max_connections: 1,
+            },
+        }
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn each_token_is_found_by_its_secret_alone_and_roles_are_ordered() {
+        let token = |name: &str, role, secret: &str| NamedToken { name: name.into(), role, secret: secret.into() };
+        let settings = settings(
+            vec![
+                token("vera", Role::Viewer, "vera-0123456789abcdef"),
+                token("olga", Role::Operator, "olga-0123456789abcdef"),
+                token("alice", Role::Admin, "alice-0123456789abcdef"),
+            ],
+            Some("legacy-0123456789abcdef"),
+        );
+        for (secret, name, role) in [
+            ("vera-0123456789abcdef", "vera", Role::Viewer),
+            ("olga-0123456789abcdef", "olga", Role::Operator),
+            ("alice-0123456789abcdef", "alice", Role::Admin),
+            ("legacy-0123456789abcdef", LEGACY_NAME, Role::Admin),
+        ] {
+            assert_eq!(authenticate(&settings, &bearer(secret)), Some(Caller { name: name.into(), role }));
+        }
+        for wrong in ["vera-0123456789abcde", "vera-0123456789abcdefg", "VERA-0123456789abcdef", "x"] {
+            assert_eq!(authenticate(&settings, &bearer(wrong)), None, "{wrong}");
+        }
+        assert_eq!(authenticate(&settings, &HeaderMap::new()), None);
+        let status = |secret: &str, role| require(&settings, &bearer(secret), role).err().map(|error| error.status());
+        assert_eq!(status("vera-0123456789abcdef", Role::Operator), Some(StatusCode::FORBIDDEN));
+        assert_eq!(status("olga-0123456789abcdef", Role::Operator), None);
+        assert_eq!(status("olga-0123456789abcdef", Role::Admin), Some(StatusCode::FORBIDDEN));
+        assert_eq!(status("nobody-0123456789abcdef", Role::Viewer), Some(StatusCode::UNAUTHORIZED));
+        let none = super::tests::settings(Vec::new(), None);
+        let disabled = require(&none, &bearer("anything-0123456789"), Role::Operator).err().map(|e| e.status());
+        assert_eq!(disabled, Some(StatusCode::FORBIDDEN));
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+    }
+
+    #[test]
+    fn reads_guarded_are_the_api_and_the_metrics() {
+        for path in ["/api/v1/broadcasts", "/api/v1/audit", "/metrics", "/api/v1/nope"] {
+            assert!(read_guarded(path), "{path}");
+        }
+        for path in ["/", "/healthz", "/readyz", "/api/v1/openapi.json"] {
+            assert!(!read_guarded(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let token = NamedToken { name: "alice".into(), role: Role::Admin, secret: "alice-0123456789abcdef".into() };
+        assert!(!format!("{token:?}").contains("0123456789"));
+    }
+}

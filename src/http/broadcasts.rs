@@ -43,10 +43,49 @@ struct Activity {
     pending: HashMap<String, Vec<OutboxRow>>,
 }
 
-/// The last `Activity` read, for `FRESH`.
+/// The last `Activity` read, for `FRESH`; and each scheduled broadcast's next step, which holds
+/// until it passes or the broadcast changes.
 #[derive(Debug, Default)]
 pub struct ActivityCache {
     last: tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<Activity>)>>,
+    next_steps: std::sync::Mutex<HashMap<String, NextStep>>,
+}
+
+/// A broadcast's next planned step, as computed for one revision of it.
+#[derive(Debug, Clone, Copy)]
+struct NextStep {
+    revision: i64,
+    incarnation: i64,
+    /// `None`: no step to come (a one-shot schedule that has passed).
+    planned: Option<DateTime<Utc>>,
+}
+
+impl ActivityCache {
+    /// When `entry`'s next step is planned (at or after `now`), computed again only when the
+    /// cached one has passed or the broadcast changed since.
+    fn next_planned(&self, entry: &Entry, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let spec = entry.broadcast.schedule.as_ref()?;
+        let id = &entry.broadcast.id;
+        let mut cache = crate::sync::lock(&self.next_steps);
+        if let Some(known) = cache.get(id)
+            && known.revision == entry.revision
+            && known.incarnation == entry.incarnation
+            && known.planned.is_none_or(|planned| planned >= now)
+        {
+            return known.planned;
+        }
+        let planned = crate::schedule::plan::next_step(id, spec, now).map(|row| row.planned);
+        cache.insert(id.clone(), NextStep { revision: entry.revision, incarnation: entry.incarnation, planned });
+        planned
+    }
+
+    /// Forgets the next steps of broadcasts no longer in `catalog` (once they are many).
+    fn prune(&self, catalog: &crate::catalog::Catalog) {
+        let mut cache = crate::sync::lock(&self.next_steps);
+        if cache.len() > catalog.len() + 1024 {
+            cache.retain(|id, _| catalog.contains(id));
+        }
+    }
 }
 
 async fn activity(state: &Arc<Parts>) -> Result<Arc<Activity>, ApiError> {
@@ -214,6 +253,7 @@ struct Selected<'a> {
 fn select<'a>(
     catalog: &'a crate::catalog::Catalog,
     activity: &Activity,
+    cache: &ActivityCache,
     query: &ListQuery,
     now: DateTime<Utc>,
 ) -> (Vec<Selected<'a>>, BTreeMap<String, usize>) {
@@ -231,13 +271,7 @@ fn select<'a>(
             None => (0, None),
             Some(_) if busy => (0, None),
             Some(within) => {
-                let due = entry
-                    .broadcast
-                    .schedule
-                    .as_ref()
-                    .and_then(|spec| crate::schedule::plan::next_step(id, spec, now))
-                    .map(|row| row.planned)
-                    .filter(|planned| *planned <= now + within);
+                let due = cache.next_planned(entry, now).filter(|planned| *planned <= now + within);
                 match due {
                     Some(due) => (1, Some(due)),
                     None => continue,
@@ -251,6 +285,7 @@ fn select<'a>(
         selected.push(Selected { rank, due, entry });
     }
     if query.due_within.is_some() {
+        cache.prune(catalog);
         selected.sort_by(|a, b| (a.rank, a.due, &a.entry.broadcast.id).cmp(&(b.rank, b.due, &b.entry.broadcast.id)));
     }
     (selected, counts)
@@ -262,7 +297,7 @@ pub async fn list(State(state): State<Arc<Parts>>, RawQuery(query): RawQuery) ->
     let activity = activity(&state).await?;
     let now = state.clock.now();
     let catalog = state.catalog.registry().current();
-    let (selected, counts) = select(&catalog, &activity, &query, now);
+    let (selected, counts) = select(&catalog, &activity, &state.activity, &query, now);
     let start = match (&query.after, query.due_within) {
         (None, _) => 0,
         (Some(after), None) => selected.partition_point(|one| one.entry.broadcast.id.as_str() <= after.as_str()),
@@ -437,8 +472,17 @@ pub async fn put(
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("not JSON: {error}")));
         }
     };
-    let exists = state.catalog.registry().current().contains(&id);
-    let expected = expected(&headers, exists)?;
+    let current = state.catalog.registry().current().get(&id).cloned();
+    if current.as_ref().is_some_and(|entry| entry.deleting) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "removing",
+            format!(
+                "broadcast {id:?} is being removed (stopped, then removed once idle); create it again once it is gone"
+            ),
+        ));
+    }
+    let expected = expected(&headers, current.is_some())?;
     let entry = state.catalog.put(&id, definition, expected, &Who(caller.name)).await.map_err(refused)?;
     // The change that created this life of the id has its revision as the incarnation.
     let status = if entry.incarnation == entry.revision { StatusCode::CREATED } else { StatusCode::OK };
