@@ -180,6 +180,8 @@ pub struct Daemon {
     probe: JoinHandle<()>,
     health: crate::health::Health,
     metrics: crate::metrics::Metrics,
+    /// The running set of broadcasts and its only writer.
+    catalog: Arc<crate::catalog::Manager>,
 }
 
 impl Daemon {
@@ -223,6 +225,11 @@ impl Daemon {
     /// The scheduler's counters.
     pub fn schedule_stats(&self) -> &crate::schedule::Stats {
         &self.schedule_stats
+    }
+
+    /// The running set of broadcasts, and the way to change it.
+    pub fn catalog(&self) -> &Arc<crate::catalog::Manager> {
+        &self.catalog
     }
 
     /// Stops the inputs (in-flight events finish and are acknowledged), then the engine.

@@ -99,6 +99,7 @@ impl Built {
             probe,
             health: shared.health,
             metrics: shared.metrics,
+            catalog,
         })
     }
 }

@@ -46,14 +46,15 @@ fn bad(message: impl Into<String>) -> ApiError {
 
 /// What an `extend` body asks for, read strictly: exactly one of `by` (a positive duration such as
 /// `30m`, at most a week) and `until` (an RFC 3339 instant, at most a week from `now`).
-fn extension(body: &[u8], now: DateTime<Utc>) -> Result<Extension, ApiError> {
+fn extension(body: &[u8], now: DateTime<Utc>) -> Result<(Extension, Option<String>), ApiError> {
     let request: Extend =
         serde_json::from_slice(body).map_err(|error| bad(format!("not an extend command: {error}")))?;
     debug_assert_eq!(request.command, "extend");
-    if request.note.as_deref().is_some_and(|note| note.chars().count() > 500) {
+    let note = request.note.as_deref().map(str::trim).filter(|note| !note.is_empty()).map(str::to_string);
+    if note.as_deref().is_some_and(|note| note.chars().count() > 500) {
         return Err(bad("the note is longer than 500 characters"));
     }
-    match (request.by.as_deref().map(str::trim), request.until.as_deref().map(str::trim)) {
+    let extension = match (request.by.as_deref().map(str::trim), request.until.as_deref().map(str::trim)) {
         (Some(by), None) => {
             let by = humantime::parse_duration(by)
                 .ok()
@@ -75,7 +76,8 @@ fn extension(body: &[u8], now: DateTime<Utc>) -> Result<Extension, ApiError> {
         }
         (Some(_), Some(_)) => Err(bad("extend takes one of by and until, not both")),
         (None, None) => Err(bad("extend needs by (a duration such as \"30m\") or until (an RFC 3339 instant)")),
-    }
+    }?;
+    Ok((extension, note))
 }
 
 /// `POST /api/v1/broadcasts/{id}/commands` with `{"command": "extend", ...}`, once the caller is
@@ -83,7 +85,7 @@ fn extension(body: &[u8], now: DateTime<Utc>) -> Result<Extension, ApiError> {
 /// nothing is on air, the broadcast has no scheduled occurrence, or the new cooldown would run into
 /// the next occurrence's warm-up.
 pub async fn command(state: &Arc<Parts>, id: &str, body: &[u8]) -> Result<Response, ApiError> {
-    let extension = extension(body, state.clock.now())?;
+    let (extension, note) = extension(body, state.clock.now())?;
     let conflict =
         |code: &'static str, error: ExtendError| ApiError::new(StatusCode::CONFLICT, code, error.to_string());
     let Some(controls) = &state.schedule_control else {
@@ -96,7 +98,7 @@ pub async fn command(state: &Arc<Parts>, id: &str, body: &[u8]) -> Result<Respon
     let stopped =
         || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "scheduler_stopped", "the scheduler is not running");
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let control = Control::Extend { broadcast: id.to_string(), extension, who: "api".into(), reply };
+    let control = Control::Extend { broadcast: id.to_string(), extension, who: "api".into(), note, reply };
     controls.send(control).map_err(|_| stopped())?;
     match answer.await.map_err(|_| stopped())? {
         Ok(extended) => {

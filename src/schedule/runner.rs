@@ -160,6 +160,8 @@ pub enum Control {
         broadcast: String,
         extension: Extension,
         who: String,
+        /// Why, for the audit trail.
+        note: Option<String>,
         reply: oneshot::Sender<Result<Extended, ExtendError>>,
     },
 }
@@ -537,6 +539,13 @@ pub struct Scheduler<S: Sink> {
     holding: Vec<(HoldWrite, Option<Waiting>)>,
 }
 
+/// What an `extend` asks, and who asks it.
+struct Request {
+    extension: Extension,
+    who: String,
+    note: Option<String>,
+}
+
 /// An `extend` waiting for its hold to be recorded.
 type Waiting = (Extended, oneshot::Sender<Result<Extended, ExtendError>>);
 
@@ -600,9 +609,12 @@ impl<S: Sink> Scheduler<S> {
         // What is left is held by broadcasts not scheduled any more.
         for (broadcast, holds) in held {
             let cursor = cursors.get(&broadcast).copied();
-            match held_only(broadcast, cursor, now, holds) {
-                Ok(track) => tracks.push(track),
-                Err(over) => holding.push((over, None)),
+            match held_only(broadcast.clone(), cursor, now, holds) {
+                Some(track) => tracks.push(track),
+                // Over: dropped.
+                None => {
+                    holding.push((HoldWrite { broadcast, at: now, holds: Vec::new(), floor: None, audit: None }, None))
+                }
             }
         }
         if !fresh.is_empty() {
@@ -635,32 +647,16 @@ impl<S: Sink> Scheduler<S> {
         let mut records = Vec::new();
         match control {
             Control::Arm { broadcast, spec } => match self.index.get(&broadcast).copied() {
+                // The same schedule (the broadcast changed otherwise): nothing to do, and a step
+                // due this instant and not yet taken still fires.
+                Some(index) if !self.tracks[index].retired && *self.tracks[index].spec == *spec => {}
                 Some(index) => {
                     self.unset_timer(index);
                     let track = &mut self.tracks[index];
-                    if track.retired {
-                        // Armed again after it was disarmed: from now on, like a new schedule;
-                        // what it still holds ends as held.
-                        let held = Held { holds: track.hold_write(now, None).holds, floor: None };
-                        let cursor = Some(track.cursor).filter(|cursor| cursor.air != DateTime::<Utc>::MAX_UTC);
-                        let (fresh, armed) = Track::new(broadcast, spec, None, now, Held::default());
-                        let previous = std::mem::replace(track, fresh);
-                        track.cursor = cursor.map_or(track.cursor, |cursor| cursor.max(track.cursor));
-                        track.holds.clear();
-                        for hold in held.holds {
-                            let steps: Vec<(StepKind, DateTime<Utc>)> = hold
-                                .steps
-                                .iter()
-                                .filter_map(|step| Some((StepKind::from_rank(step.rank)?, step.at)))
-                                .collect();
-                            track.arm_held(hold.air, &steps);
-                            track.holds.insert(hold.air, steps);
-                        }
-                        drop(previous);
-                        records.extend(armed);
-                    } else {
-                        track.change(spec, now);
-                    }
+                    // Armed again after it was disarmed, or changed: what has started keeps its
+                    // times (held), the schedule applies from now on.
+                    track.retired = false;
+                    track.change(spec, now);
                     self.holding.push((self.tracks[index].hold_write(now, None), None));
                     self.set_timer(index);
                     tracing::info!(broadcast = %self.tracks[index].broadcast, next = ?self.tracks[index].armed.front().map(|armed| armed.key.at), "Schedule changed.");
@@ -684,7 +680,9 @@ impl<S: Sink> Scheduler<S> {
                     tracing::info!(%broadcast, started = !self.tracks[index].armed.is_empty(), "Schedule disarmed; an occurrence already started ends as planned.");
                 }
             }
-            Control::Extend { broadcast, extension, who, reply } => self.extend(broadcast, extension, who, reply, now),
+            Control::Extend { broadcast, extension, who, note, reply } => {
+                self.extend(broadcast, Request { extension, who, note }, reply, now)
+            }
         }
         let live = self.tracks.iter().filter(|track| !track.retired).count();
         self.stats.0.tracks.store(live as u64, Ordering::Relaxed);
@@ -695,8 +693,7 @@ impl<S: Sink> Scheduler<S> {
     fn extend(
         &mut self,
         broadcast: String,
-        extension: Extension,
-        who: String,
+        Request { extension, who, note }: Request,
         reply: oneshot::Sender<Result<Extended, ExtendError>>,
         now: DateTime<Utc>,
     ) {
@@ -724,6 +721,7 @@ impl<S: Sink> Scheduler<S> {
                     "end": stamp(extended.end),
                     "cooldown_was": stamp(extended.cooldown_was),
                     "cooldown": stamp(extended.cooldown),
+                    "note": note,
                 });
                 tracing::info!(%broadcast, occurrence = %extended.occurrence, end = %stamp(extended.end), %who, "Occurrence on air extended.");
                 let write = self.tracks[index].hold_write(now, Some(CommandAudit { reason, detail }));
@@ -1032,10 +1030,9 @@ async fn record_holds(store: &Arc<dyn Store>, write: HoldWrite, waiting: Option<
 }
 
 /// A retired track for the holds of a broadcast no longer scheduled (its schedule was removed
-/// while an occurrence was on air); the hold write that drops them when they are over.
-fn held_only(broadcast: String, cursor: Option<Key>, now: DateTime<Utc>, held: Held) -> Result<Track, HoldWrite> {
-    let over = |broadcast: String| HoldWrite { broadcast, at: now, holds: Vec::new(), floor: None, audit: None };
-    let Some(first) = held.holds.first() else { return Err(over(broadcast)) };
+/// while an occurrence was on air); `None` when they are over.
+fn held_only(broadcast: String, cursor: Option<Key>, now: DateTime<Utc>, held: Held) -> Option<Track> {
+    let first = held.holds.first()?;
     let step = |rank: StepKind| first.step(rank.rank());
     let air = first.air;
     let end = step(StepKind::End).unwrap_or(air);
@@ -1044,12 +1041,12 @@ fn held_only(broadcast: String, cursor: Option<Key>, now: DateTime<Utc>, held: H
     let mut spec = Spec::new(When::Instant(air), chrono_tz::UTC, (end - air).max(TimeDelta::zero()));
     spec.post_roll =
         step(StepKind::Cooldown).map_or(TimeDelta::zero(), |cooldown| (cooldown - end).max(TimeDelta::zero()));
-    let Some(cursor) = cursor else { return Err(over(broadcast)) };
+    let cursor = cursor?;
     let (mut track, _) =
         Track::new(broadcast.clone(), Arc::new(spec), Some(cursor), now, Held { holds: held.holds, floor: None });
     track.next = None;
     track.retired = true;
-    if track.armed.is_empty() { Err(over(broadcast)) } else { Ok(track) }
+    (!track.armed.is_empty()).then_some(track)
 }
 
 /// Steps handed to the sink at once at most: a large burst starts leaving before all of it is
@@ -1389,6 +1386,14 @@ mod tests {
             ["20261124t1800z/end 2026-11-24T18:30:00.000Z", "20261124t1800z/cooldown 2026-11-24T18:35:00.000Z"]
         );
         assert_eq!(on_air.hold_write(at("2026-11-24T18:01:00Z"), None).holds.len(), 1);
+        // Scheduled again (as `Scheduler::apply` does): the held occurrence still ends on its
+        // times, the new schedule follows.
+        on_air.retired = false;
+        on_air.change(show("2026-11-24T19:00:00Z"), at("2026-11-24T18:02:00Z"));
+        let steps = fire(&mut on_air, "2026-11-25T00:00:00Z");
+        assert_eq!(steps.len(), 7, "{steps:?}");
+        assert_eq!(steps[1], "20261124t1800z/cooldown 2026-11-24T18:35:00.000Z");
+        assert_eq!(steps[2], "20261124t1900z/warmup 2026-11-24T18:50:00.000Z");
         // Not started: nothing is left, nothing held.
         let mut waiting = track("2026-11-24T18:00:00Z", "2026-11-24T17:00:00Z");
         waiting.retire();
@@ -1461,5 +1466,58 @@ mod tests {
         );
         track.extend(Extension::Until(latest), at("2026-11-24T18:11:00Z")).unwrap();
         assert_eq!(track.holds[&at("2026-11-24T18:00:00Z")][4], (StepKind::Cooldown, at("2026-11-24T18:50:00Z")));
+    }
+
+    #[tokio::test]
+    async fn the_same_schedule_again_changes_nothing_and_a_change_survives_a_restart() {
+        let directory = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::SqliteStore::open(&directory.path().join("onair.db")).unwrap());
+        let settings = crate::daemon::load(&crate::config::Source::default()).unwrap().scheduler;
+        let clock = Arc::new(crate::clock::ManualClock::new(at("2026-11-24T17:00:00Z")));
+        let start = |spec: Arc<Spec>| {
+            let (sink, published) = mpsc::unbounded_channel::<Event>();
+            let clock = Arc::clone(&clock) as SharedClock;
+            let new = Scheduler::new(
+                settings.clone(),
+                vec![("news".to_string(), spec)],
+                Arc::clone(&store),
+                Arc::new(sink),
+                clock,
+                Stats::default(),
+            );
+            async move { (new.await.unwrap(), published) }
+        };
+        let (mut scheduler, mut published) = start(show("2026-11-24T18:00:00Z")).await;
+        let shutdown = CancellationToken::new();
+        clock.set(at("2026-11-24T17:50:00Z"));
+        scheduler.fire(at("2026-11-24T17:50:00Z"), &shutdown).await.unwrap();
+        assert_eq!(published.try_recv().unwrap().id, "news/20261124t1800z/warmup");
+        // The same schedule (another copy of it): nothing changes, nothing is held.
+        scheduler.apply(Control::Arm { broadcast: "news".into(), spec: show("2026-11-24T18:00:00Z") });
+        assert!(scheduler.tracks[0].floor.is_none() && scheduler.holding.is_empty());
+        // Another: the occurrence warming up is held, durably (written at the next pass).
+        scheduler.apply(Control::Arm { broadcast: "news".into(), spec: show("2026-11-24T19:00:00Z") });
+        clock.set(at("2026-11-24T17:51:00Z"));
+        scheduler.fire(at("2026-11-24T17:51:00Z"), &shutdown).await.unwrap();
+        let stored = store.schedule_holds().unwrap();
+        assert_eq!(stored.holds.len(), 1, "{stored:?}");
+        assert_eq!(stored.holds[0].step(StepKind::End.rank()), Some(at("2026-11-24T18:30:00Z")));
+        assert_eq!(stored.floors.get("news"), Some(&at("2026-11-24T17:50:00Z")));
+        // A restart with the new schedule: the held occurrence goes on, then the new one.
+        drop(scheduler);
+        let (mut scheduler, mut published) = start(show("2026-11-24T19:00:00Z")).await;
+        assert_eq!(scheduler.next_due(), Some(at("2026-11-24T17:58:00Z")));
+        let mut fired = Vec::new();
+        while let Some(due) = scheduler.next_due() {
+            clock.set(due);
+            scheduler.fire(due, &shutdown).await.unwrap();
+            while let Ok(event) = published.try_recv() {
+                fired.push(event.id);
+            }
+        }
+        assert_eq!(fired.len(), 9, "{fired:?}");
+        assert_eq!(fired[3], "news/20261124t1800z/cooldown");
+        assert_eq!(fired[8], "news/20261124t1900z/cooldown");
     }
 }

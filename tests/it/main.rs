@@ -32,6 +32,7 @@ mod property;
 mod protection;
 mod rabbit;
 mod schedule;
+mod schedule_changes;
 mod slow_clients;
 mod store_model;
 mod systemd;
