@@ -353,6 +353,9 @@ async fn each_role_may_do_what_it_is_for_and_the_audit_names_the_token() {
     for path in ["/healthz", "/", "/api/v1/openapi.json"] {
         assert_eq!(get(&base, path, None).await.status, 200, "{path}");
     }
+    for path in ["/%61pi/v1/broadcasts", "/api/v1/broadcasts/", "//api/v1/broadcasts", "/api/v1/./audit", "/METRICS"] {
+        assert_eq!(get(&base, path, None).await.status, 401, "{path}: no spelling of a path reads without a token");
+    }
 
     let definition = json!({"channel": "match"});
     let start_now = json!({"command": "start-now", "note": "roles"});
@@ -440,6 +443,17 @@ fn token_settings_are_checked() {
         assert!(problems.contains(expected), "{expected} in {problems}");
     }
     assert!(!problems.contains("shared-secret") && !problems.contains("carol-secret"), "no secret in errors");
+    // `onair check` says the same, and exits with the settings code.
+    let mut check = crate::broker::onair(&file);
+    check.arg("check");
+    for (name, value) in &source.env {
+        check.env(name, value);
+    }
+    let output = check.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("unknown role \"superuser\"") && stderr.contains("have the same secret"), "{stderr}");
+    assert!(!stderr.contains("shared-secret-0123456789"), "{stderr}");
 
     // Fixed: every token from the environment or a file, each its own.
     std::fs::write(
