@@ -145,13 +145,18 @@ impl Browser {
 
     /// One WebDriver command; its `value`.
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let answer = self.attempt(method, path, body).await;
+        assert!(answer["value"]["error"].is_null(), "WebDriver {path}: {answer}");
+        answer["value"].clone()
+    }
+
+    /// One WebDriver command; its whole answer, an error included.
+    async fn attempt(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut request = self.http.request(method, format!("{}{path}", self.session));
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let answer: Value = request.send().await.unwrap().json().await.unwrap();
-        assert!(answer["value"]["error"].is_null(), "WebDriver {path}: {answer}");
-        answer["value"].clone()
+        request.send().await.unwrap().json().await.unwrap()
     }
 
     async fn goto(&self, url: &str) {
@@ -188,10 +193,20 @@ impl Browser {
         found.as_object().and_then(|found| found.values().next()).and_then(Value::as_str).unwrap().to_string()
     }
 
-    /// Clicks `css` as a user would (scrolled into view, hit-tested).
+    /// Clicks `css` as a user would (scrolled into view, hit-tested). The page re-renders its
+    /// lists every 2 s: an element replaced between finding and clicking it is found again.
     async fn click(&self, css: &str) {
-        let element = self.element(css).await;
-        self.call(reqwest::Method::POST, &format!("/element/{element}/click"), Some(json!({}))).await;
+        for _ in 0..5 {
+            let element = self.element(css).await;
+            let path = format!("/element/{element}/click");
+            let answer = self.attempt(reqwest::Method::POST, &path, Some(json!({}))).await;
+            match answer["value"]["error"].as_str() {
+                None => return,
+                Some("stale element reference") => continue,
+                Some(_) => panic!("WebDriver {path}: {answer}"),
+            }
+        }
+        panic!("{css}: replaced five times in a row");
     }
 
     /// Replaces the content of the field `css` with `text`, typed.
@@ -336,6 +351,9 @@ const HOSTILE: &str = "<img src=x onerror=\"document.body.dataset.pwned='yes'\">
 const ROW_STATE: &str =
     "const row = document.getElementById('broadcast-' + arguments[0]); return row ? row.dataset.state : null";
 
+/// Whether a hostile note ran: images injected, and what its handler would have set.
+const INJECTED: &str = "return [document.querySelectorAll('main img').length, document.body.dataset.pwned || null]";
+
 /// Whether the page let a token do what its role allows: [admin, operator] buttons enabled.
 const ALLOWED: &str = "return [!document.getElementById('new').disabled, \
     !document.querySelector('#broadcasts button[data-command=pause]').disabled]";
@@ -382,153 +400,10 @@ async fn an_operator_reads_each_broadcast_in_its_own_time_zone_on_a_desktop_and_
 
     let browser = Browser::start(&directory.path().join("chromium")).await;
     browser.goto(&format!("{base}/#/")).await;
-    // Reads need a token here: the page says so, and reads once given one.
-    browser
-        .until("the page asks for a token", "return document.getElementById('banner').innerText.includes('token')")
-        .await;
-    browser.fill("#token", VIEWER).await;
-    browser
-        .until(
-            "the list loaded",
-            "return document.body.dataset.loaded === 'true' && document.body.dataset.role === 'viewer'",
-        )
-        .await;
-    browser.until("every row", "return document.querySelectorAll('#broadcasts tr[data-id]').length === 3").await;
-    assert_eq!(browser.run(ALLOWED, json!([])).await, json!([false, false]), "a viewer changes nothing");
-    browser.fill("#token", OPERATOR).await;
-    browser.until("an operator token", "return document.body.dataset.role === 'operator'").await;
-    assert_eq!(browser.run(ALLOWED, json!([])).await, json!([false, true]), "an operator sends commands only");
-    browser.fill("#token", ADMIN).await;
-    browser.until("an admin token", "return document.body.dataset.role === 'admin'").await;
-    assert_eq!(browser.run(ALLOWED, json!([])).await, json!([true, true]), "an admin does everything");
-    let stored =
-        "return [sessionStorage.getItem('onair.token') === arguments[0], location.href.includes(arguments[0])]";
-    assert_eq!(browser.run(stored, json!([ADMIN])).await, json!([true, false]), "in the session, never in the URL");
-
-    let flags = "return [...document.querySelectorAll('#broadcast-' + arguments[0] + ' [data-flag]')].map((n) => n.dataset.flag)";
-    browser
-        .until(
-            "sport paused and skipping",
-            "return document.querySelectorAll('#broadcast-sport [data-flag]').length === 2",
-        )
-        .await;
-    assert_eq!(browser.run(ROW_STATE, json!(["news"])).await, "live");
-    assert_eq!(browser.run(ROW_STATE, json!(["travel"])).await, "failed");
-    assert_eq!(browser.run(ROW_STATE, json!(["sport"])).await, "idle");
-    assert_eq!(browser.run(flags, json!(["sport"])).await, json!(["paused", "skip-next"]));
-    assert_eq!(browser.run(flags, json!(["news"])).await, json!([]));
-    assert_eq!(browser.run(flags, json!(["travel"])).await, json!([]));
-    let origins = "return [...document.querySelectorAll('#broadcasts [data-origin]')].map((n) => n.dataset.origin)";
-    assert_eq!(browser.run(origins, json!([])).await, json!(["file", "file", "file"]));
-    // On air or due within the hour first: news (on air) and travel (failed), not sport.
-    browser
-        .run(
-            "const s = document.getElementById('window'); s.value = '1h'; s.dispatchEvent(new Event('change'))",
-            json!([]),
-        )
-        .await;
-    browser.until("the hour's list", "return [...document.querySelectorAll('#soon tr[data-id]')].map((r) => r.dataset.id).join().startsWith('news,travel')").await;
-    // Search and state filter.
-    browser.fill("#q", "spo").await;
-    browser.until("the search", "return [...document.querySelectorAll('#broadcasts tr[data-id]')].map((r) => r.dataset.id).join() === 'sport'").await;
-    browser.fill("#q", "").await;
-    browser.run("const s = document.getElementById('state-filter'); s.value = 'failed'; s.dispatchEvent(new Event('change'))", json!([])).await;
-    browser.until("the state filter", "return [...document.querySelectorAll('#broadcasts tr[data-id]')].map((r) => r.dataset.id).join() === 'travel'").await;
-    browser
-        .run(
-            "const s = document.getElementById('state-filter'); s.value = ''; s.dispatchEvent(new Event('change'))",
-            json!([]),
-        )
-        .await;
-    browser.until("every row again", "return document.querySelectorAll('#broadcasts tr[data-id]').length === 3").await;
-    // The hostile note is shown as text, and ran nothing.
-    browser
-        .until("the note in the audit", "return document.getElementById('audit').innerText.includes('onerror=')")
-        .await;
-    let injected = "return [document.querySelectorAll('main img').length, document.body.dataset.pwned || null]";
-    assert_eq!(browser.run(injected, json!([])).await, json!([0, null]));
-
-    // news's page: its next air time in Paris, and in New York (the viewer's zone), 6 hours apart.
-    browser.click("#broadcast-news a.b-link").await;
-    browser.until("news's plan", "return document.querySelectorAll('#b-plan tr[data-step=air]').length >= 7").await;
-    let air = browser.text("#b-plan tr[data-step=air]").await;
-    assert!(air.contains("19:00") && air.contains("13:00"), "Paris and New York: {air}");
-    let facts = browser.text("#b-facts").await;
-    assert!(facts.contains("Europe/Paris") && facts.contains(VIEWER_ZONE), "{facts}");
-    browser.until("news's variables", "return document.querySelector('#b-vars [data-var=hls]') !== null").await;
-    browser.until("news's audit", "return document.getElementById('b-audit').innerText.includes('→ live')").await;
-    let others = "return [...document.querySelectorAll('#b-audit tr[data-id]')].length";
-    assert!(browser.run(others, json!([])).await.as_u64().unwrap() > 0);
-    assert!(!browser.text("#b-audit").await.contains("flooded"), "news's audit is news's only");
-    // A file broadcast is changed in the file: no edit, no delete.
-    let blocked = "return [document.getElementById('edit').disabled, document.getElementById('delete').disabled]";
-    assert_eq!(browser.run(blocked, json!([])).await, json!([true, true]));
-    let desktop = browser.screenshot("dashboard-1400-broadcast.png").await;
-
-    // Audit paging: older entries load below, none twice.
-    let shown = "return [...document.querySelectorAll('#b-audit tr[data-id]')].map((r) => r.dataset.id)";
-    let first = browser.run(shown, json!([])).await.as_array().unwrap().len();
-    browser.click("#b-audit-older").await;
-    browser
-        .until("older entries", &format!("return document.querySelectorAll('#b-audit tr[data-id]').length > {first}"))
-        .await;
-    let ids: Vec<i64> = serde_json::from_value::<Vec<String>>(browser.run(shown, json!([])).await)
-        .unwrap()
-        .iter()
-        .map(|id| id.parse().unwrap())
-        .collect();
-    assert!(ids.windows(2).all(|pair| pair[0] > pair[1]), "newest first, no entry twice: {ids:?}");
-
-    // sport's page: Tokyo's 21:30 is New York's 07:30.
-    browser.goto(&format!("{base}/#/broadcasts/sport")).await;
-    browser.until("sport's plan", "return document.querySelectorAll('#b-plan tr[data-step=air]').length >= 7").await;
-    let air = browser.text("#b-plan tr[data-step=air]").await;
-    assert!(air.contains("21:30") && air.contains("07:30"), "Tokyo and New York: {air}");
-    assert!(browser.text("#b-title").await.contains("paused"), "the flags on sport's page");
-    // travel's page: failed, its audit says why (as text); its plan from two days before the
-    // spring-forward day marks the 02:30 that does not exist that day.
-    browser.goto(&format!("{base}/#/broadcasts/travel")).await;
-    browser.until("travel's audit", "return document.getElementById('b-audit').innerText.includes('flooded')").await;
-    assert_eq!(browser.run("return document.body.dataset.state", json!([])).await, "failed");
-    assert_eq!(browser.run(injected, json!([])).await, json!([0, null]));
-    let spring = next_spring_forward();
-    let from = (spring - chrono::TimeDelta::days(2)).format("%Y-%m-%d").to_string();
-    browser.until("travel's plan", "return document.querySelectorAll('#b-plan tr[data-step=air]').length >= 7").await;
-    browser
-        .run("const i = document.getElementById('plan-from'); i.value = arguments[0]; i.dispatchEvent(new Event('change'))", json!([from]))
-        .await;
-    browser.until("the DST mark", "return document.querySelectorAll('#b-plan tr.dst').length > 0").await;
-    let marked = browser.text("#b-plan tr.dst").await;
-    assert!(marked.contains("DST") && marked.contains("02:30"), "{marked}");
-    let dst = browser.screenshot("dashboard-1400-dst.png").await;
-
-    // A phone: nothing scrolls sideways, on any view.
-    browser.goto(&format!("{base}/#/")).await;
-    browser.viewport(420, 900).await;
-    let mut phone = Vec::new();
-    for (view, ready, name) in [
-        (
-            "#/",
-            "return document.body.dataset.loaded === 'true' && document.getElementById('broadcast-news') !== null",
-            "dashboard-420-list.png",
-        ),
-        (
-            "#/broadcasts/news",
-            "return document.querySelectorAll('#b-plan tr').length > 7",
-            "dashboard-420-broadcast.png",
-        ),
-        ("#/new", "return document.body.dataset.editor === 'ready'", "dashboard-420-editor.png"),
-    ] {
-        browser.goto(&format!("{base}/{view}")).await;
-        browser.until(view, ready).await;
-        browser.assert_no_horizontal_scroll(view).await;
-        phone.push(browser.screenshot(name).await);
-    }
-    browser.viewport(1400, 1000).await;
-    browser.goto(&format!("{base}/#/")).await;
-    browser.until("the list again", "return document.getElementById('broadcast-news') !== null").await;
-    browser.assert_no_horizontal_scroll("the list at 1400 px").await;
-    let list = browser.screenshot("dashboard-1400-list.png").await;
+    tokens_gate_what_the_page_offers(&browser).await;
+    the_lists_show_flags_origins_and_filter(&browser).await;
+    let (desktop, dst, spring) = each_broadcast_in_its_own_zone(&browser, &base).await;
+    let (phone, list) = no_sideways_scroll(&browser, &base).await;
     println!(
         "dashboard pages: viewer/operator/admin tokens gate the buttons; DST marked on {spring}; screenshots 1400 px \
          list {list} B, broadcast {desktop} B, plan with DST {dst} B; 420 px list/broadcast/editor {phone:?} B"
@@ -568,29 +443,7 @@ async fn an_admin_creates_edits_extends_and_deletes_a_broadcast_through_the_page
     browser.click("#new").await;
     browser.until("the editor", "return document.body.dataset.editor === 'ready'").await;
 
-    // What the page tells by itself, then every problem the daemon finds, each at its key.
-    browser.fill("#editor-id", "oneoff").await;
-    browser.fill("#editor-text", "{\"channel\": ").await;
-    browser.click("#editor-check").await;
-    browser.until("not JSON", "return document.getElementById('problems').innerText.includes('not JSON')").await;
-    let bad = json!({"channel": "not a channel!", "protocol": "SRT", "units": {"on_air": -1},
-        "schedule": {"cron": "every day", "timezone": "Mars/Olympus", "duration": "1h"}});
-    browser.fill("#editor-text", &serde_json::to_string_pretty(&bad).unwrap()).await;
-    browser.click("#editor-save").await;
-    browser.until("the problems", "return document.querySelectorAll('#problems li[data-key]').length >= 3").await;
-    let keys: Vec<String> = serde_json::from_value(browser.run(PROBLEM_KEYS, json!([])).await).unwrap();
-    for key in ["channel", "protocol", "schedule.timezone"] {
-        assert!(keys.iter().any(|shown| shown == key), "{key} in {keys:?}");
-    }
-    let lines = "return [...document.querySelectorAll('#problems li .where')].length";
-    assert!(browser.run(lines, json!([])).await.as_u64().unwrap() >= 3, "each problem names its line");
-    assert!(browser.text("#editor-outcome").await.contains("nothing saved"));
-    assert_eq!(crate::operations::get(&base, "/api/v1/broadcasts/oneoff").await.0, 404, "nothing saved");
-    let editor = browser.screenshot("dashboard-1400-editor-problems.png").await;
-    browser.viewport(420, 900).await;
-    browser.assert_no_horizontal_scroll("the editor with problems").await;
-    let editor_phone = browser.screenshot("dashboard-420-editor-problems.png").await;
-    browser.viewport(1400, 1000).await;
+    let (keys, editor, editor_phone) = every_problem_at_its_key(&browser, &base).await;
 
     // A one-off 45 s ahead, warming 10 s before.
     let air = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()) + chrono::TimeDelta::seconds(45);
@@ -614,87 +467,12 @@ async fn an_admin_creates_edits_extends_and_deletes_a_broadcast_through_the_page
     );
     assert!(browser.text("#b-facts").await.contains("warmup"), "the next step");
 
-    // Two admins: the page's edit started from revision 1, the API's change made revision 2.
-    browser.click("#edit").await;
-    browser.until("the definition", "return document.body.dataset.editor === 'ready' && document.getElementById('editor-text').value.includes('10m')").await;
-    let (_, record) = crate::operations::get(&base, "/api/v1/broadcasts/oneoff").await;
-    let revision = format!("\"{}\"", record["revision"]);
-    let (status, answer) = put(&base, "oneoff", &definition("15m"), &revision).await;
-    assert_eq!(status, 200, "{answer}");
-    browser.fill("#editor-text", &serde_json::to_string_pretty(&definition("20m")).unwrap()).await;
-    browser.click("#editor-save").await;
-    browser
-        .until(
-            "the 412",
-            "return document.getElementById('editor-outcome').innerText.includes('changed this broadcast')",
-        )
-        .await;
-    assert!(
-        crate::operations::get(&base, "/api/v1/broadcasts/oneoff").await.1["definition"].to_string().contains("15m")
-    );
-    browser.click("#editor-reload").await;
-    browser.until("revision 2", "return document.body.dataset.editor === 'ready' && document.getElementById('editor-text').value.includes('15m')").await;
-    browser.fill("#editor-text", &serde_json::to_string_pretty(&definition("20m")).unwrap()).await;
-    browser.click("#editor-save").await;
-    browser.until("saved", "return document.body.dataset.view === 'broadcast' && document.getElementById('b-outcome').innerText.includes('saved')").await;
-    let (_, record) = crate::operations::get(&base, "/api/v1/broadcasts/oneoff").await;
-    assert_eq!(
-        record["revision"].as_i64(),
-        revision.trim_matches('"').parse::<i64>().ok().map(|first| first + 2),
-        "{record}"
-    );
+    lose_an_edit_race_then_edit(&browser, &base, &definition).await;
     let edited = created.elapsed();
 
-    // Extend before air: refused, and the page says why.
-    browser.fill("#extend-by", "30m").await;
-    browser.click("#extend").await;
-    browser
-        .until("the refusal", "return document.getElementById('b-outcome').innerText.includes('refused (409)')")
-        .await;
-    let refusal = browser.text("#b-outcome").await;
-    // On air through the schedule, then extended from the page.
-    browser
-        .until_within(Duration::from_secs(120), "oneoff live", "return document.body.dataset.state === 'live'")
-        .await;
-    let live_after = created.elapsed();
-    browser.click("#extend").await;
-    browser.until("extended", "return document.getElementById('b-outcome').innerText.includes('the end moved')").await;
-    let extended = browser.text("#b-outcome").await;
-    browser
-        .until("the held end", "return document.querySelectorAll('#b-plan tr.held[data-step=end]').length === 1")
-        .await;
-    let (_, plan) = crate::operations::get(&base, "/api/v1/plan?hours=2&broadcast=oneoff").await;
-    let end = plan["rows"].as_array().unwrap().iter().find(|row| row["step"] == "end").cloned().unwrap();
-    let end_at: chrono::DateTime<chrono::Utc> = end["planned"].as_str().unwrap().parse().unwrap();
-    assert_eq!(end_at - air, chrono::TimeDelta::minutes(50), "20 min, extended by 30: {end}");
-    let on_air = browser.screenshot("dashboard-1400-extended.png").await;
-    browser.viewport(420, 900).await;
-    browser.assert_no_horizontal_scroll("a broadcast on air").await;
-    let on_air_phone = browser.screenshot("dashboard-420-extended.png").await;
-    browser.viewport(1400, 1000).await;
-
-    // Delete: confirmed, refused while live, then forced; gone from the list.
-    browser.click("#delete").await;
-    browser.until("the question", "return !document.getElementById('delete-confirm').hidden").await;
-    browser.click("#delete-yes").await;
-    browser.until("busy", "return !document.getElementById('delete-force').hidden").await;
-    let busy = browser.text("#delete-question").await;
-    assert!(busy.contains("live"), "{busy}");
-    browser.click("#delete-force").await;
-    browser
-        .until("being removed", "return document.getElementById('b-outcome').innerText.includes('being stopped')")
-        .await;
-    until_async(Duration::from_secs(60), "oneoff removed", || async {
-        crate::operations::get(&base, "/api/v1/broadcasts/oneoff").await.0 == 404
-    })
-    .await;
-    browser.until("the page says so", "return document.body.dataset.state === 'removed'").await;
-    browser.goto(&format!("{base}/#/")).await;
-    browser.until("the list without it", "return document.body.dataset.loaded === 'true' && document.querySelectorAll('#broadcasts tr[data-id]').length === 3 && !document.getElementById('broadcast-oneoff')").await;
-    // The file broadcasts went on meanwhile, each in its own state.
-    assert_eq!(browser.run(ROW_STATE, json!(["news"])).await, "live");
-    assert_eq!(browser.run(ROW_STATE, json!(["travel"])).await, "none");
-    assert_eq!(browser.run(ROW_STATE, json!(["sport"])).await, "idle");
+    let (refusal, extended, live_after, on_air, on_air_phone) =
+        extend_before_and_on_air(&browser, &base, air, created).await;
+    let busy = delete_it_forced(&browser, &base).await;
     println!(
         "dashboard changes: problems at {keys:?}; created and edited twice (one 412) in {edited:?}, live {live_after:?} \
          after creation; before air: {refusal:?}; on air: {extended:?}; delete: {busy:?} then forced; screenshots \
@@ -803,4 +581,291 @@ async fn with_ten_thousand_broadcasts_a_refresh_transfers_under_100_kb() {
     );
     browser.close().await;
     daemon.stop().await.unwrap();
+}
+
+/// Reads need a token here: the page says so, reads once given one, and offers what the token's
+/// role allows; the token stays in the tab's session, never in the URL.
+async fn tokens_gate_what_the_page_offers(browser: &Browser) {
+    browser
+        .until("the page asks for a token", "return document.getElementById('banner').innerText.includes('token')")
+        .await;
+    browser.fill("#token", VIEWER).await;
+    browser
+        .until(
+            "the list loaded",
+            "return document.body.dataset.loaded === 'true' && document.body.dataset.role === 'viewer'",
+        )
+        .await;
+    browser.until("every row", "return document.querySelectorAll('#broadcasts tr[data-id]').length === 3").await;
+    assert_eq!(browser.run(ALLOWED, json!([])).await, json!([false, false]), "a viewer changes nothing");
+    browser.fill("#token", OPERATOR).await;
+    browser.until("an operator token", "return document.body.dataset.role === 'operator'").await;
+    assert_eq!(browser.run(ALLOWED, json!([])).await, json!([false, true]), "an operator sends commands only");
+    browser.fill("#token", ADMIN).await;
+    browser.until("an admin token", "return document.body.dataset.role === 'admin'").await;
+    assert_eq!(browser.run(ALLOWED, json!([])).await, json!([true, true]), "an admin does everything");
+    let stored =
+        "return [sessionStorage.getItem('onair.token') === arguments[0], location.href.includes(arguments[0])]";
+    assert_eq!(browser.run(stored, json!([ADMIN])).await, json!([true, false]), "in the session, never in the URL");
+}
+
+/// The lists: each broadcast's state, flags and origin; on air or due first; search and state
+/// filter; a hostile note shown as text.
+async fn the_lists_show_flags_origins_and_filter(browser: &Browser) {
+    let flags = "return [...document.querySelectorAll('#broadcast-' + arguments[0] + ' [data-flag]')].map((n) => n.dataset.flag)";
+    browser
+        .until(
+            "sport paused and skipping",
+            "return document.querySelectorAll('#broadcast-sport [data-flag]').length === 2",
+        )
+        .await;
+    assert_eq!(browser.run(ROW_STATE, json!(["news"])).await, "live");
+    assert_eq!(browser.run(ROW_STATE, json!(["travel"])).await, "failed");
+    assert_eq!(browser.run(ROW_STATE, json!(["sport"])).await, "idle");
+    assert_eq!(browser.run(flags, json!(["sport"])).await, json!(["paused", "skip-next"]));
+    assert_eq!(browser.run(flags, json!(["news"])).await, json!([]));
+    assert_eq!(browser.run(flags, json!(["travel"])).await, json!([]));
+    let origins = "return [...document.querySelectorAll('#broadcasts [data-origin]')].map((n) => n.dataset.origin)";
+    assert_eq!(browser.run(origins, json!([])).await, json!(["file", "file", "file"]));
+    // On air or due within the hour first: news (on air) and travel (failed), not sport.
+    browser
+        .run(
+            "const s = document.getElementById('window'); s.value = '1h'; s.dispatchEvent(new Event('change'))",
+            json!([]),
+        )
+        .await;
+    browser.until("the hour's list", "return [...document.querySelectorAll('#soon tr[data-id]')].map((r) => r.dataset.id).join().startsWith('news,travel')").await;
+    // Search and state filter.
+    browser.fill("#q", "spo").await;
+    browser.until("the search", "return [...document.querySelectorAll('#broadcasts tr[data-id]')].map((r) => r.dataset.id).join() === 'sport'").await;
+    browser.fill("#q", "").await;
+    browser.run("const s = document.getElementById('state-filter'); s.value = 'failed'; s.dispatchEvent(new Event('change'))", json!([])).await;
+    browser.until("the state filter", "return [...document.querySelectorAll('#broadcasts tr[data-id]')].map((r) => r.dataset.id).join() === 'travel'").await;
+    browser
+        .run(
+            "const s = document.getElementById('state-filter'); s.value = ''; s.dispatchEvent(new Event('change'))",
+            json!([]),
+        )
+        .await;
+    browser.until("every row again", "return document.querySelectorAll('#broadcasts tr[data-id]').length === 3").await;
+    // The hostile note is shown as text, and ran nothing.
+    browser
+        .until("the note in the audit", "return document.getElementById('audit').innerText.includes('onerror=')")
+        .await;
+    assert_eq!(browser.run(INJECTED, json!([])).await, json!([0, null]));
+}
+
+/// Each broadcast's page in its own time zone and the viewer's; audit paging; a plan from a
+/// date with the DST change marked. The sizes of two screenshots, and the DST day.
+async fn each_broadcast_in_its_own_zone(browser: &Browser, base: &str) -> (usize, usize, chrono::NaiveDate) {
+    // news's page: its next air time in Paris, and in New York (the viewer's zone), 6 hours apart.
+    browser.click("#broadcast-news a.b-link").await;
+    browser.until("news's plan", "return document.querySelectorAll('#b-plan tr[data-step=air]').length >= 7").await;
+    let air = browser.text("#b-plan tr[data-step=air]").await;
+    assert!(air.contains("19:00") && air.contains("13:00"), "Paris and New York: {air}");
+    let facts = browser.text("#b-facts").await;
+    assert!(facts.contains("Europe/Paris") && facts.contains(VIEWER_ZONE), "{facts}");
+    browser.until("news's variables", "return document.querySelector('#b-vars [data-var=hls]') !== null").await;
+    browser.until("news's audit", "return document.getElementById('b-audit').innerText.includes('→ live')").await;
+    let others = "return [...document.querySelectorAll('#b-audit tr[data-id]')].length";
+    assert!(browser.run(others, json!([])).await.as_u64().unwrap() > 0);
+    assert!(!browser.text("#b-audit").await.contains("flooded"), "news's audit is news's only");
+    // A file broadcast is changed in the file: no edit, no delete.
+    let blocked = "return [document.getElementById('edit').disabled, document.getElementById('delete').disabled]";
+    assert_eq!(browser.run(blocked, json!([])).await, json!([true, true]));
+    let desktop = browser.screenshot("dashboard-1400-broadcast.png").await;
+
+    // Audit paging: older entries load below, none twice.
+    let shown = "return [...document.querySelectorAll('#b-audit tr[data-id]')].map((r) => r.dataset.id)";
+    let first = browser.run(shown, json!([])).await.as_array().unwrap().len();
+    browser.click("#b-audit-older").await;
+    browser
+        .until("older entries", &format!("return document.querySelectorAll('#b-audit tr[data-id]').length > {first}"))
+        .await;
+    let ids: Vec<i64> = serde_json::from_value::<Vec<String>>(browser.run(shown, json!([])).await)
+        .unwrap()
+        .iter()
+        .map(|id| id.parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|pair| pair[0] > pair[1]), "newest first, no entry twice: {ids:?}");
+
+    // sport's page: Tokyo's 21:30 is New York's 07:30.
+    browser.goto(&format!("{base}/#/broadcasts/sport")).await;
+    browser.until("sport's plan", "return document.querySelectorAll('#b-plan tr[data-step=air]').length >= 7").await;
+    let air = browser.text("#b-plan tr[data-step=air]").await;
+    assert!(air.contains("21:30") && air.contains("07:30"), "Tokyo and New York: {air}");
+    assert!(browser.text("#b-title").await.contains("paused"), "the flags on sport's page");
+    // travel's page: failed, its audit says why (as text); its plan from two days before the
+    // spring-forward day marks the 02:30 that does not exist that day.
+    browser.goto(&format!("{base}/#/broadcasts/travel")).await;
+    browser.until("travel's audit", "return document.getElementById('b-audit').innerText.includes('flooded')").await;
+    assert_eq!(browser.run("return document.body.dataset.state", json!([])).await, "failed");
+    assert_eq!(browser.run(INJECTED, json!([])).await, json!([0, null]));
+    let spring = next_spring_forward();
+    let from = (spring - chrono::TimeDelta::days(2)).format("%Y-%m-%d").to_string();
+    browser.until("travel's plan", "return document.querySelectorAll('#b-plan tr[data-step=air]').length >= 7").await;
+    browser
+        .run("const i = document.getElementById('plan-from'); i.value = arguments[0]; i.dispatchEvent(new Event('change'))", json!([from]))
+        .await;
+    browser.until("the DST mark", "return document.querySelectorAll('#b-plan tr.dst').length > 0").await;
+    let marked = browser.text("#b-plan tr.dst").await;
+    assert!(marked.contains("DST") && marked.contains("02:30"), "{marked}");
+    let dst = browser.screenshot("dashboard-1400-dst.png").await;
+    (desktop, dst, spring)
+}
+
+/// A phone: nothing scrolls sideways, on any view; then the desktop list. The screenshots' sizes.
+async fn no_sideways_scroll(browser: &Browser, base: &str) -> (Vec<usize>, usize) {
+    browser.goto(&format!("{base}/#/")).await;
+    browser.viewport(420, 900).await;
+    let mut phone = Vec::new();
+    for (view, ready, name) in [
+        (
+            "#/",
+            "return document.body.dataset.loaded === 'true' && document.getElementById('broadcast-news') !== null",
+            "dashboard-420-list.png",
+        ),
+        (
+            "#/broadcasts/news",
+            "return document.querySelectorAll('#b-plan tr').length > 7",
+            "dashboard-420-broadcast.png",
+        ),
+        ("#/new", "return document.body.dataset.editor === 'ready'", "dashboard-420-editor.png"),
+    ] {
+        browser.goto(&format!("{base}/{view}")).await;
+        browser.until(view, ready).await;
+        browser.assert_no_horizontal_scroll(view).await;
+        phone.push(browser.screenshot(name).await);
+    }
+    browser.viewport(1400, 1000).await;
+    browser.goto(&format!("{base}/#/")).await;
+    browser.until("the list again", "return document.getElementById('broadcast-news') !== null").await;
+    browser.assert_no_horizontal_scroll("the list at 1400 px").await;
+    let list = browser.screenshot("dashboard-1400-list.png").await;
+    (phone, list)
+}
+
+/// What the page tells by itself, then every problem the daemon finds, each at its key, nothing
+/// saved. The keys, and the screenshots' sizes (1400 and 420 px).
+async fn every_problem_at_its_key(browser: &Browser, base: &str) -> (Vec<String>, usize, usize) {
+    browser.fill("#editor-id", "oneoff").await;
+    browser.fill("#editor-text", "{\"channel\": ").await;
+    browser.click("#editor-check").await;
+    browser.until("not JSON", "return document.getElementById('problems').innerText.includes('not JSON')").await;
+    let bad = json!({"channel": "not a channel!", "protocol": "SRT", "units": {"on_air": -1},
+        "schedule": {"cron": "every day", "timezone": "Mars/Olympus", "duration": "1h"}});
+    browser.fill("#editor-text", &serde_json::to_string_pretty(&bad).unwrap()).await;
+    browser.click("#editor-save").await;
+    browser.until("the problems", "return document.querySelectorAll('#problems li[data-key]').length >= 3").await;
+    let keys: Vec<String> = serde_json::from_value(browser.run(PROBLEM_KEYS, json!([])).await).unwrap();
+    for key in ["channel", "protocol", "schedule.timezone"] {
+        assert!(keys.iter().any(|shown| shown == key), "{key} in {keys:?}");
+    }
+    let lines = "return [...document.querySelectorAll('#problems li .where')].length";
+    assert!(browser.run(lines, json!([])).await.as_u64().unwrap() >= 3, "each problem names its line");
+    assert!(browser.text("#editor-outcome").await.contains("nothing saved"));
+    assert_eq!(crate::operations::get(base, "/api/v1/broadcasts/oneoff").await.0, 404, "nothing saved");
+    let editor = browser.screenshot("dashboard-1400-editor-problems.png").await;
+    browser.viewport(420, 900).await;
+    browser.assert_no_horizontal_scroll("the editor with problems").await;
+    let editor_phone = browser.screenshot("dashboard-420-editor-problems.png").await;
+    browser.viewport(1400, 1000).await;
+    (keys, editor, editor_phone)
+}
+
+/// Extend refused before air, then, on air, extended by 30 minutes from the page. What the page
+/// said each time, when it went live, and the screenshots' sizes.
+async fn extend_before_and_on_air(
+    browser: &Browser,
+    base: &str,
+    air: chrono::DateTime<chrono::Utc>,
+    created: std::time::Instant,
+) -> (String, String, Duration, usize, usize) {
+    browser.fill("#extend-by", "30m").await;
+    browser.click("#extend").await;
+    browser
+        .until("the refusal", "return document.getElementById('b-outcome').innerText.includes('refused (409)')")
+        .await;
+    let refusal = browser.text("#b-outcome").await;
+    // On air through the schedule, then extended from the page.
+    browser
+        .until_within(Duration::from_secs(120), "oneoff live", "return document.body.dataset.state === 'live'")
+        .await;
+    let live_after = created.elapsed();
+    browser.click("#extend").await;
+    browser.until("extended", "return document.getElementById('b-outcome').innerText.includes('the end moved')").await;
+    let extended = browser.text("#b-outcome").await;
+    browser
+        .until("the held end", "return document.querySelectorAll('#b-plan tr.held[data-step=end]').length === 1")
+        .await;
+    let (_, plan) = crate::operations::get(base, "/api/v1/plan?hours=2&broadcast=oneoff").await;
+    let end = plan["rows"].as_array().unwrap().iter().find(|row| row["step"] == "end").cloned().unwrap();
+    let end_at: chrono::DateTime<chrono::Utc> = end["planned"].as_str().unwrap().parse().unwrap();
+    assert_eq!(end_at - air, chrono::TimeDelta::minutes(50), "20 min, extended by 30: {end}");
+    let on_air = browser.screenshot("dashboard-1400-extended.png").await;
+    browser.viewport(420, 900).await;
+    browser.assert_no_horizontal_scroll("a broadcast on air").await;
+    let on_air_phone = browser.screenshot("dashboard-420-extended.png").await;
+    browser.viewport(1400, 1000).await;
+    (refusal, extended, live_after, on_air, on_air_phone)
+}
+
+/// Delete: confirmed, refused while live, then forced; gone from the list, the file broadcasts
+/// as they were. What the page said of the refusal.
+async fn delete_it_forced(browser: &Browser, base: &str) -> String {
+    browser.click("#delete").await;
+    browser.until("the question", "return !document.getElementById('delete-confirm').hidden").await;
+    browser.click("#delete-yes").await;
+    browser.until("busy", "return !document.getElementById('delete-force').hidden").await;
+    let busy = browser.text("#delete-question").await;
+    assert!(busy.contains("live"), "{busy}");
+    browser.click("#delete-force").await;
+    browser
+        .until("being removed", "return document.getElementById('b-outcome').innerText.includes('being stopped')")
+        .await;
+    until_async(Duration::from_secs(60), "oneoff removed", || async {
+        crate::operations::get(base, "/api/v1/broadcasts/oneoff").await.0 == 404
+    })
+    .await;
+    browser.until("the page says so", "return document.body.dataset.state === 'removed'").await;
+    browser.goto(&format!("{base}/#/")).await;
+    browser.until("the list without it", "return document.body.dataset.loaded === 'true' && document.querySelectorAll('#broadcasts tr[data-id]').length === 3 && !document.getElementById('broadcast-oneoff')").await;
+    // The file broadcasts went on meanwhile, each in its own state.
+    assert_eq!(browser.run(ROW_STATE, json!(["news"])).await, "live");
+    assert_eq!(browser.run(ROW_STATE, json!(["travel"])).await, "none");
+    assert_eq!(browser.run(ROW_STATE, json!(["sport"])).await, "idle");
+    busy
+}
+
+/// Two admins: the page's edit started from one revision, the API's change made the next; the
+/// page's save is refused (412), the page loads the current definition, and the edit is made again.
+async fn lose_an_edit_race_then_edit(browser: &Browser, base: &str, definition: &dyn Fn(&str) -> Value) {
+    browser.click("#edit").await;
+    browser.until("the definition", "return document.body.dataset.editor === 'ready' && document.getElementById('editor-text').value.includes('10m')").await;
+    let (_, record) = crate::operations::get(base, "/api/v1/broadcasts/oneoff").await;
+    let revision = format!("\"{}\"", record["revision"]);
+    let (status, answer) = put(base, "oneoff", &definition("15m"), &revision).await;
+    assert_eq!(status, 200, "{answer}");
+    browser.fill("#editor-text", &serde_json::to_string_pretty(&definition("20m")).unwrap()).await;
+    browser.click("#editor-save").await;
+    browser
+        .until(
+            "the 412",
+            "return document.getElementById('editor-outcome').innerText.includes('changed this broadcast')",
+        )
+        .await;
+    assert!(
+        crate::operations::get(base, "/api/v1/broadcasts/oneoff").await.1["definition"].to_string().contains("15m")
+    );
+    browser.click("#editor-reload").await;
+    browser.until("revision 2", "return document.body.dataset.editor === 'ready' && document.getElementById('editor-text').value.includes('15m')").await;
+    browser.fill("#editor-text", &serde_json::to_string_pretty(&definition("20m")).unwrap()).await;
+    browser.click("#editor-save").await;
+    browser.until("saved", "return document.body.dataset.view === 'broadcast' && document.getElementById('b-outcome').innerText.includes('saved')").await;
+    let (_, record) = crate::operations::get(base, "/api/v1/broadcasts/oneoff").await;
+    assert_eq!(
+        record["revision"].as_i64(),
+        revision.trim_matches('"').parse::<i64>().ok().map(|first| first + 2),
+        "{record}"
+    );
 }
