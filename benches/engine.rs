@@ -62,14 +62,14 @@ async fn run(broadcasts: usize) -> (f64, u64) {
     let clock = onair::clock::system();
     let runner = Arc::new(Runner::new(None, outbound, Arc::clone(&clock)));
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let parts = Parts {
-        settings: Arc::new(settings.engine.clone()),
-        registry: onair::catalog::Registry::fixed(&settings.engine.broadcasts, &Library::built_in()).expect("machines"),
-        store,
-        runner,
-        clock,
-        metrics: Default::default(),
-    };
+    // As in the daemon: the running set holds the broadcasts, the engine's settings do not.
+    let registry =
+        onair::catalog::Registry::fixed(&settings.engine.broadcasts, &Library::built_in()).expect("machines");
+    let mut engine_settings = settings.engine;
+    engine_settings.broadcasts.clear();
+    engine_settings.sources.clear();
+    let parts =
+        Parts { settings: Arc::new(engine_settings), registry, store, runner, clock, metrics: Default::default() };
     let engine = Engine::start(parts, shutdown.clone()).await.expect("engine");
     let input = engine.input();
     let now = onair::clock::Clock::now(&onair::clock::SystemClock);

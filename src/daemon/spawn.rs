@@ -26,7 +26,11 @@ impl Built {
     pub async fn spawn(self) -> Result<Daemon, Error> {
         let Built { settings, clock, media, store, catalog, listeners, scheduler, schedule_stats } = self;
         let broker_settings = Arc::new(settings.broker.clone());
-        let engine_settings = Arc::new(settings.engine.clone());
+        // The running set (the catalog) holds the broadcasts; the engine's settings need not.
+        let mut engine_settings = settings.engine.clone();
+        engine_settings.broadcasts.clear();
+        engine_settings.sources.clear();
+        let engine_settings = Arc::new(engine_settings);
         let metrics = crate::metrics::Metrics::default();
         let status = broker::Status::default();
         status.watch_commits(metrics.commits().clone());

@@ -126,7 +126,8 @@ struct Armed {
 
 #[derive(Debug)]
 struct Track {
-    broadcast: String,
+    /// Shared with the scheduler's index of tracks by broadcast.
+    broadcast: Arc<str>,
     spec: Arc<Spec>,
     occurrences: Occurrences,
     /// The next occurrence, not armed yet.
@@ -343,13 +344,13 @@ impl Track {
     /// Its holds and floor as the store keeps them, with the audit row of what changed them.
     fn hold_write(&self, at: DateTime<Utc>, audit: Option<CommandAudit>) -> HoldWrite {
         HoldWrite {
-            broadcast: self.broadcast.clone(),
+            broadcast: self.broadcast.to_string(),
             at,
             holds: self
                 .holds
                 .iter()
                 .map(|(air, steps)| ScheduleHold {
-                    broadcast: self.broadcast.clone(),
+                    broadcast: self.broadcast.to_string(),
                     air: *air,
                     steps: steps.iter().map(|(step, at)| HeldStep { rank: step.rank(), at: *at }).collect(),
                 })
@@ -394,7 +395,7 @@ impl Track {
         // Five steps per armed occurrence; one occurrence at a time is usual.
         let armed = VecDeque::with_capacity(StepKind::ALL.len());
         let mut track = Track {
-            broadcast,
+            broadcast: Arc::from(broadcast),
             spec,
             occurrences,
             next: None,
@@ -454,7 +455,7 @@ impl Track {
             .iter()
             .find(|armed| armed.step == Ok(StepKind::End) && self.started(armed.key.air))
             .map(|armed| (armed.key.air, armed.key.at));
-        let Some((air, end_was)) = on_air else { return Err(ExtendError::NotOnAir(self.broadcast.clone())) };
+        let Some((air, end_was)) = on_air else { return Err(ExtendError::NotOnAir(self.broadcast.to_string())) };
         let mut steps = self.steps_of(air);
         let at = |steps: &[(StepKind, DateTime<Utc>)], kind| steps.iter().find(|(step, _)| *step == kind).map(|s| s.1);
         let cooldown_was = at(&steps, StepKind::Cooldown).unwrap_or(end_was);
@@ -483,7 +484,15 @@ impl Track {
         self.arm_held(air, &steps);
         self.holds.insert(air, steps);
         let broadcast = self.broadcast.clone();
-        Ok(Extended { broadcast, occurrence: occurrence_id(air), air, end_was, end, cooldown_was, cooldown })
+        Ok(Extended {
+            broadcast: broadcast.to_string(),
+            occurrence: occurrence_id(air),
+            air,
+            end_was,
+            end,
+            cooldown_was,
+            cooldown,
+        })
     }
 
     /// The next occurrence after the one at `air` that goes on air, and its first step.
@@ -530,7 +539,7 @@ pub struct Scheduler<S: Sink> {
     stats: Stats,
     tracks: Vec<Track>,
     /// Each broadcast's track index.
-    index: std::collections::HashMap<String, usize>,
+    index: std::collections::HashMap<Arc<str>, usize>,
     /// (next step instant, track index): one entry per track with something armed.
     timers: BTreeSet<(DateTime<Utc>, usize)>,
     /// Changes to the scheduled set (`following`).
@@ -628,7 +637,7 @@ impl<S: Sink> Scheduler<S> {
                 timers.insert((key.at, index));
             }
         }
-        let index = tracks.iter().enumerate().map(|(index, track)| (track.broadcast.clone(), index)).collect();
+        let index = tracks.iter().enumerate().map(|(index, track)| (Arc::clone(&track.broadcast), index)).collect();
         let live = tracks.iter().filter(|track| !track.retired).count();
         stats.0.tracks.store(live as u64, Ordering::Relaxed);
         Ok(Self { settings, store, sink, clock, stats, tracks, index, timers, controls: None, holding })
@@ -646,7 +655,7 @@ impl<S: Sink> Scheduler<S> {
         let now = self.clock.now();
         let mut records = Vec::new();
         match control {
-            Control::Arm { broadcast, spec } => match self.index.get(&broadcast).copied() {
+            Control::Arm { broadcast, spec } => match self.index.get(broadcast.as_str()).copied() {
                 // The same schedule (the broadcast changed otherwise): nothing to do, and a step
                 // due this instant and not yet taken still fires.
                 Some(index) if !self.tracks[index].retired && *self.tracks[index].spec == *spec => {}
@@ -666,13 +675,13 @@ impl<S: Sink> Scheduler<S> {
                     records.extend(armed);
                     let index = self.tracks.len();
                     self.tracks.push(track);
-                    self.index.insert(broadcast.clone(), index);
+                    self.index.insert(Arc::clone(&self.tracks[index].broadcast), index);
                     self.set_timer(index);
                     tracing::info!(%broadcast, next = ?self.tracks[index].armed.front().map(|armed| armed.key.at), "Schedule armed.");
                 }
             },
             Control::Disarm { broadcast } => {
-                if let Some(index) = self.index.get(&broadcast).copied() {
+                if let Some(index) = self.index.get(broadcast.as_str()).copied() {
                     self.unset_timer(index);
                     self.tracks[index].retire();
                     self.holding.push((self.tracks[index].hold_write(now, None), None));
@@ -697,7 +706,7 @@ impl<S: Sink> Scheduler<S> {
         reply: oneshot::Sender<Result<Extended, ExtendError>>,
         now: DateTime<Utc>,
     ) {
-        let Some(index) = self.index.get(&broadcast).copied() else {
+        let Some(index) = self.index.get(broadcast.as_str()).copied() else {
             let _ = reply.send(Err(ExtendError::NotScheduled(broadcast)));
             return;
         };
@@ -901,7 +910,7 @@ impl<S: Sink> Scheduler<S> {
 /// The record of the missed steps of `track` that were not audited one by one.
 fn missed_summary(track: &Track, now: DateTime<Utc>, missed_unaudited: usize) -> ScheduleRecord {
     ScheduleRecord {
-        broadcast: track.broadcast.clone(),
+        broadcast: track.broadcast.to_string(),
         cursor: track.cursor,
         at: now,
         event_id: None,
