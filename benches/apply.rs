@@ -29,17 +29,8 @@ async fn run() {
         .expect("RabbitMQ node (is rabbitmq-server installed?)");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("address").port();
     let config = directory.path().join("onair.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[media]\narm_url = \"http://127.0.0.1:9\"\ntoken_url = \"http://127.0.0.1:9/t/oauth2/v2.0/token\"\n\
-             subscription_id = \"s\"\nresource_group = \"g\"\naccount = \"a\"\nclient_id = \"onair\"\n\
-             [engine]\nstate_dir = \"{dir}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[broker]\nurl = \"{url}\"\n",
-            dir = directory.path().join("state").display(),
-            url = node.url(),
-        ),
-    )
-    .expect("config");
+    let settings = support::base_config(&directory.path().join("state"), &node.url());
+    std::fs::write(&config, format!("{settings}[http]\nlisten = \"127.0.0.1:{port}\"\n")).expect("config");
     let log = std::fs::File::create(directory.path().join("onair.log")).expect("log");
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_onair"))
         .arg("--config")

@@ -32,17 +32,13 @@ async fn run() {
         .expect("RabbitMQ node (is rabbitmq-server installed?)");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("address").port();
     let config = directory.path().join("onair.toml");
+    let settings = support::base_config(&directory.path().join("state"), &node.url());
     std::fs::write(
         &config,
         format!(
-            "[media]\narm_url = \"http://127.0.0.1:9\"\ntoken_url = \"http://127.0.0.1:9/t/oauth2/v2.0/token\"\n\
-             subscription_id = \"s\"\nresource_group = \"g\"\naccount = \"a\"\nclient_id = \"onair\"\n\
-             [engine]\nstate_dir = \"{dir}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [broker]\nurl = \"{url}\"\n\
+            "{settings}[http]\nlisten = \"127.0.0.1:0\"\n\
              [ingress]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nmax_body_bytes = {MAX_BODY}\n\
-             [broadcasts.news]\n[broadcasts.sport]\n[broadcasts.weather]\n",
-            dir = directory.path().join("state").display(),
-            url = node.url(),
+             [broadcasts.news]\n[broadcasts.sport]\n[broadcasts.weather]\n"
         ),
     )
     .expect("config");

@@ -117,14 +117,7 @@ impl Problems {
 /// The loader knows no module: the composition (which section each module parses) is the
 /// caller's, `daemon::load` for the daemon's settings.
 pub fn load<T>(source: &Source, parse: impl FnOnce(&mut Section<'_>) -> T) -> Result<T, Error> {
-    let layers = Layers::read(source)?;
-    let context = Context { layers, problems: RefCell::new(Vec::new()) };
-    let settings = {
-        let mut root = context.root();
-        parse(&mut root)
-    };
-    let problems = context.problems.into_inner();
-    if problems.is_empty() { Ok(settings) } else { Err(Error::Invalid(Problems(problems))) }
+    parse_layers(Layers::read(source)?, parse)
 }
 
 /// Parses `root`, a table given as data (a broadcast's definition sent to the API) rather than read
@@ -137,6 +130,11 @@ pub fn parse_value<T>(origin: &str, root: Value, parse: impl FnOnce(&mut Section
         credentials_directory: None,
         origin: Some(origin.to_string()),
     };
+    parse_layers(layers, parse)
+}
+
+/// Hands the merged root of `layers` to `parse`; every problem it recorded, or what it returned.
+fn parse_layers<T>(layers: Layers, parse: impl FnOnce(&mut Section<'_>) -> T) -> Result<T, Error> {
     let context = Context { layers, problems: RefCell::new(Vec::new()) };
     let settings = {
         let mut root = context.root();

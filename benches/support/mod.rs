@@ -3,6 +3,17 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// The settings every benchmark's `onair run` starts from: a media API that is not there (no step
+/// reaches it), the state under `state`, the broker at `broker`; the caller adds its sections.
+pub fn base_config(state: &std::path::Path, broker: &str) -> String {
+    format!(
+        "[media]\narm_url = \"http://127.0.0.1:9\"\ntoken_url = \"http://127.0.0.1:9/t/oauth2/v2.0/token\"\n\
+         subscription_id = \"s\"\nresource_group = \"g\"\naccount = \"a\"\nclient_id = \"onair\"\n\
+         [engine]\nstate_dir = \"{}\"\n[broker]\nurl = \"{broker}\"\n",
+        state.display()
+    )
+}
+
 /// The process's resident set, in MB, from /proc.
 pub fn rss_mb(daemon: &Child) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap_or_default();

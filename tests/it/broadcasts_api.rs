@@ -670,18 +670,9 @@ async fn a_dashboard_refresh_over_ten_thousand_broadcasts_stays_under_100_kb() {
     let emulator = TestEmulator::start(emulator_settings()).await;
     let broker = rabbit::settings("api-10k");
     let directory = tempfile::tempdir().unwrap();
-    let mut broadcasts = String::new();
-    for index in 0..10_000 {
-        broadcasts.push_str(&format!("[broadcasts.b{index:05}]\n"));
-        // One in ten is scheduled, at a minute of its own.
-        if index % 10 == 0 {
-            let (hour, minute) = ((index / 10) / 60 % 24, (index / 10) % 60);
-            broadcasts.push_str(&format!(
-                "[broadcasts.b{index:05}.schedule]\ncron = \"0 {minute} {hour} * * *\"\nduration = \"30s\"\n\
-                 lead = {{ channel = \"10s\", scale = \"5s\" }}\npost_roll = \"5s\"\n"
-            ));
-        }
-    }
+    let broadcasts = crate::helpers::ten_thousand_broadcasts(
+        "duration = \"30s\"\nlead = { channel = \"10s\", scale = \"5s\" }\npost_roll = \"5s\"\n",
+    );
     let started = Instant::now();
     let (daemon, base, _) = start(directory.path(), &emulator, &broker, &broadcasts, false).await;
     let startup = started.elapsed();

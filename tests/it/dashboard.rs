@@ -506,17 +506,7 @@ async fn with_ten_thousand_broadcasts_a_refresh_transfers_under_100_kb() {
     let emulator = TestEmulator::start(emulator_settings()).await;
     let broker = rabbit::settings("dashboard-10k");
     let directory = tempfile::tempdir().unwrap();
-    let mut broadcasts = String::new();
-    for index in 0..10_000 {
-        broadcasts.push_str(&format!("[broadcasts.b{index:05}]\n"));
-        if index % 10 == 0 {
-            let (hour, minute) = ((index / 10) / 60 % 24, (index / 10) % 60);
-            broadcasts.push_str(&format!(
-                "[broadcasts.b{index:05}.schedule]\ncron = \"0 {minute} {hour} * * *\"\ntimezone = \"Europe/Paris\"\n\
-                 duration = \"30m\"\n"
-            ));
-        }
-    }
+    let broadcasts = crate::helpers::ten_thousand_broadcasts("timezone = \"Europe/Paris\"\nduration = \"30m\"\n");
     let (daemon, base) = daemon_with_tokens(directory.path(), &emulator, &broker, &broadcasts, false).await;
     let live: Vec<String> = (5..10_000).step_by(500).map(|index| format!("b{index:05}")).collect();
     for id in &live {

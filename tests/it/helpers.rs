@@ -155,3 +155,19 @@ pub fn pending_actions_of(store: &std::path::Path, broadcast: &str) -> usize {
         .and_then(|store| store.pending_actions().ok())
         .map_or(0, |rows| rows.iter().filter(|row| row.broadcast == broadcast).count())
 }
+
+/// 10,000 broadcasts `b00000`..`b09999`, one in ten scheduled daily at a minute of its own with
+/// `schedule` (the rest of its schedule table: duration, leads, time zone).
+pub(crate) fn ten_thousand_broadcasts(schedule: &str) -> String {
+    let mut broadcasts = String::new();
+    for index in 0..10_000 {
+        broadcasts.push_str(&format!("[broadcasts.b{index:05}]\n"));
+        if index % 10 == 0 {
+            let (hour, minute) = ((index / 10) / 60 % 24, (index / 10) % 60);
+            broadcasts.push_str(&format!(
+                "[broadcasts.b{index:05}.schedule]\ncron = \"0 {minute} {hour} * * *\"\n{schedule}"
+            ));
+        }
+    }
+    broadcasts
+}
