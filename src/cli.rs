@@ -584,7 +584,13 @@ fn apply_emulator_args(emulator: &mut crate::emulator::Settings, args: &Emulator
 
 /// `onair plan`.
 fn plan(settings: &Settings, args: &PlanArgs) -> Result<ExitCode, Error> {
-    let broadcasts = &settings.engine.broadcasts;
+    // The config file's broadcasts and, from the store when there is one, those created through
+    // the API and what the running daemon holds (extended ends, occurrences kept through a
+    // schedule change).
+    let store = crate::store::SqliteStore::open_read_only(&settings.engine.store).ok();
+    let broadcasts: std::collections::BTreeMap<String, crate::broadcast::Broadcast> =
+        status::broadcasts(settings, store.as_ref())?.into_iter().map(|(id, (_, broadcast))| (id, broadcast)).collect();
+    let broadcasts = &broadcasts;
     if let Some(id) = &args.broadcast {
         match broadcasts.get(id) {
             None => return Err(Error::UnknownBroadcast(id.clone())),
@@ -593,11 +599,7 @@ fn plan(settings: &Settings, args: &PlanArgs) -> Result<ExitCode, Error> {
         }
     }
     let from = args.from.unwrap_or_else(|| crate::clock::system().now());
-    // What the running daemon holds (extended ends, occurrences kept through a schedule change).
-    let holds = match crate::store::SqliteStore::open_read_only(&settings.engine.store) {
-        Ok(store) => store.schedule_holds().map(|holds| holds.holds).unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
+    let holds = store.and_then(|store| store.schedule_holds().ok()).map(|holds| holds.holds).unwrap_or_default();
     let rows = crate::schedule::plan::plan_with(
         &crate::broadcast::scheduled(broadcasts),
         args.broadcast.as_deref(),

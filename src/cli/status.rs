@@ -55,7 +55,7 @@ fn open(settings: &Settings) -> Result<Option<ReadOnly>, crate::store::Error> {
 
 /// The broadcasts to show: the config file's, and those the API created (from the store), each
 /// with its origin. An API definition that no longer reads is shown by its id alone.
-fn broadcasts(
+pub(super) fn broadcasts(
     settings: &Settings,
     store: Option<&ReadOnly>,
 ) -> Result<BTreeMap<String, (&'static str, Broadcast)>, crate::store::Error> {

@@ -352,9 +352,14 @@ fn store_with_three_states(path: &std::path::Path) {
 
 /// Stores `id` as a broadcast created through the API, on channel `<id>-ch`.
 fn api_broadcast(path: &std::path::Path, id: &str) {
+    api_broadcast_with(path, id, serde_json::json!({"channel": format!("{id}-ch")}));
+}
+
+/// Stores `id` as a broadcast created through the API with `definition`.
+fn api_broadcast_with(path: &std::path::Path, id: &str, definition: serde_json::Value) {
     use onair::store::{BroadcastChange, BroadcastRecord, Change, Expected, SqliteStore, Store};
     let store = SqliteStore::open(path).unwrap();
-    let definition = serde_json::json!({"channel": format!("{id}-ch")}).as_object().unwrap().clone();
+    let definition = definition.as_object().unwrap().clone();
     let at = chrono::DateTime::parse_from_rfc3339("2026-11-24T17:00:00Z").unwrap().with_timezone(&chrono::Utc);
     let record = BroadcastRecord {
         id: id.into(),
@@ -375,6 +380,52 @@ fn api_broadcast(path: &std::path::Path, id: &str) {
         detail: serde_json::json!({}),
     };
     store.change_broadcasts(vec![change]).unwrap();
+}
+
+#[test]
+fn plan_shows_the_broadcasts_created_through_the_api_next_to_the_files() {
+    let directory = tempfile::tempdir().unwrap();
+    let file = complete_settings(
+        "[broadcasts.news.schedule]\ncron = \"0 19 * * *\"\ntimezone = \"Europe/Paris\"\nduration = \"30m\"\n\
+         [broadcasts.sport]\nchannel = \"sport\"\n",
+        directory.path(),
+    );
+    let store = directory.path().join("onair.db");
+    let schedule = serde_json::json!({"at": "2026-11-25T20:45:00Z", "duration": "2h", "timezone": "Europe/Paris"});
+    api_broadcast_with(&store, "match", serde_json::json!({"channel": "match", "schedule": schedule}));
+    api_broadcast(&store, "rain");
+    let output = onair()
+        .arg("--config")
+        .arg(file.path())
+        .args(["plan", "--from", "2026-11-25", "--hours", "48", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let steps = |broadcast: &str| -> Vec<String> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| row["broadcast"] == broadcast)
+            .map(|row| format!("{} {}", row["step"].as_str().unwrap(), row["planned"].as_str().unwrap()))
+            .collect()
+    };
+    // news (the file's) twice in 48 hours; match (the API's) once; sport and rain have no schedule.
+    assert_eq!(steps("news").len(), 10, "{rows}");
+    assert_eq!(
+        steps("match"),
+        [
+            "warmup 2026-11-25T20:35:00.000Z",
+            "scale 2026-11-25T20:43:00.000Z",
+            "air 2026-11-25T20:45:00.000Z",
+            "end 2026-11-25T22:45:00.000Z",
+            "cooldown 2026-11-25T22:50:00.000Z"
+        ],
+        "{rows}"
+    );
+    assert!(steps("sport").is_empty() && steps("rain").is_empty(), "{rows}");
+    let one = onair().arg("--config").arg(file.path()).args(["plan", "--broadcast", "match"]).output().unwrap();
+    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
 }
 
 const FOUR: &str = "[broadcasts.news]\n[broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.travel]\nchannel = \"travel\"\n[broadcasts.weather]\nchannel = \"weather\"\n";
