@@ -19,9 +19,9 @@ use crate::operations::until_async;
 use crate::rabbit;
 use crate::schedule::daemon_settings;
 
-const ADMIN: &str = "admin-alice-secret-0123456789";
-const OPERATOR: &str = "operator-olga-secret-0123456789";
-const VIEWER: &str = "viewer-vera-secret-0123456789";
+pub(crate) const ADMIN: &str = "admin-alice-secret-0123456789";
+pub(crate) const OPERATOR: &str = "operator-olga-secret-0123456789";
+pub(crate) const VIEWER: &str = "viewer-vera-secret-0123456789";
 const LEGACY: &str = "legacy-api-token-0123456789";
 
 const FILE_BROADCASTS: &str = "[broadcasts.news]\n[broadcasts.sport]\nchannel = \"sport\"\n";
@@ -31,8 +31,9 @@ fn token(name: &str, role: Role, secret: &str) -> NamedToken {
 }
 
 /// A daemon with the operations listener, three named tokens (alice admin, olga operator, vera
-/// viewer) and the legacy `api_token`.
-async fn start(
+/// viewer) and the legacy `api_token`; reads need one of them when `read_auth`. The dashboard's
+/// tests start theirs here too.
+pub(crate) async fn start(
     directory: &Path,
     emulator: &TestEmulator,
     broker: &onair::broker::Settings,

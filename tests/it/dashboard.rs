@@ -13,14 +13,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use onair::daemon::Daemon;
-use onair::machine::Library;
-use secrecy::SecretString;
 
 use crate::broker::EXCLUSIVE;
 use crate::helpers::{TestEmulator, emulator_settings};
 use crate::operations::{TOKEN, artefact, command, daemon_with_http, state_of, until_async};
 use crate::rabbit;
-use crate::schedule::daemon_settings;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -273,12 +270,10 @@ impl Drop for Browser {
     }
 }
 
-const ADMIN: &str = "admin-alice-secret-0123456789";
-const OPERATOR: &str = "operator-olga-secret-0123456789";
-const VIEWER: &str = "viewer-vera-secret-0123456789";
+use crate::broadcasts_api::{ADMIN, OPERATOR, VIEWER};
 
-/// A daemon with the operations listener and three named tokens (alice admin, olga operator,
-/// vera viewer); reads need one of them when `read_auth`.
+/// A daemon with the operations listener and the API tests' named tokens (alice admin, olga
+/// operator, vera viewer); reads need one of them when `read_auth`.
 async fn daemon_with_tokens(
     directory: &Path,
     emulator: &TestEmulator,
@@ -286,21 +281,7 @@ async fn daemon_with_tokens(
     broadcasts: &str,
     read_auth: bool,
 ) -> (Daemon, String) {
-    use onair::http::auth::{NamedToken, Role};
-    let mut settings = daemon_settings(directory, emulator, broker, broadcasts);
-    settings.http.enabled = true;
-    settings.http.listen = "127.0.0.1:0".parse().unwrap();
-    let token =
-        |name: &str, role, secret: &str| NamedToken { name: name.into(), role, secret: SecretString::from(secret) };
-    settings.http.tokens = vec![
-        token("alice", Role::Admin, ADMIN),
-        token("olga", Role::Operator, OPERATOR),
-        token("vera", Role::Viewer, VIEWER),
-    ];
-    settings.http.read_auth = read_auth;
-    let daemon = Daemon::start(&settings, Library::built_in()).await.unwrap();
-    let base = format!("http://{}", daemon.http_address().unwrap());
-    until_async(Duration::from_secs(20), "consumer ready", || async { daemon.broker_status().is_ready() }).await;
+    let (daemon, base, _) = crate::broadcasts_api::start(directory, emulator, broker, broadcasts, read_auth).await;
     (daemon, base)
 }
 
