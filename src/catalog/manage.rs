@@ -415,16 +415,20 @@ impl Manager {
             .map(|(id, entry)| (id.clone(), Arc::clone(&entry.broadcast)))
             .collect();
         candidate.extend(file_set);
-        let scheduled: Vec<_> = candidate
-            .values()
-            .filter_map(|broadcast| {
-                let spec = broadcast.schedule.as_ref()?;
-                Some(crate::schedule::plan::Scheduled { id: &broadcast.id, channel: &broadcast.channel, spec })
-            })
-            .collect();
-        problems.extend(
-            crate::schedule::plan::problems(&scheduled, self.clock.now()).iter().map(|line| ProblemAt::from_line(line)),
-        );
+        // A year of every schedule: off the async threads.
+        let now = self.clock.now();
+        let year = tokio::task::spawn_blocking(move || {
+            let scheduled: Vec<_> = candidate
+                .values()
+                .filter_map(|broadcast| {
+                    let spec = broadcast.schedule.as_ref()?;
+                    Some(crate::schedule::plan::Scheduled { id: &broadcast.id, channel: &broadcast.channel, spec })
+                })
+                .collect();
+            crate::schedule::plan::problems(&scheduled, now)
+        });
+        let year = year.await.map_err(|_| Error::Store(store::Error::Stopped))?;
+        problems.extend(year.iter().map(|line| ProblemAt::from_line(line)));
         if !problems.is_empty() {
             self.audit_refused_reload(&problems).await;
             return Err(Error::Invalid(problems));

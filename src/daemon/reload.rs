@@ -75,14 +75,18 @@ impl Reloader {
         };
         // The machines directory the daemon runs with (a new `engine.machines_dir` needs a restart).
         let library = super::load_machines(self.running.engine.machines_dir.as_deref());
-        // `onair check`'s problems with the file's broadcasts (the manager adds those of the set
-        // they make with the API's broadcasts).
-        let problems: Vec<ProblemAt> = super::problems(&settings, &library, crate::clock::system().now())
-            .iter()
-            .map(|line| ProblemAt::from_line(line))
+        // What `onair check` would refuse and the manager does not look at: a file this daemon
+        // could not start from. The manager checks the rest as `onair check` would (the machines'
+        // problems, each broadcast's machine, a year of every schedule, file and API broadcasts
+        // together) and audits a refusal.
+        let missing: Vec<ProblemAt> = settings
+            .media
+            .missing()
+            .into_iter()
+            .map(|key| ProblemAt { key: key.to_string(), reason: "required to run (no default)".into() })
             .collect();
-        if !problems.is_empty() {
-            return Err(self.refuse(problems).await);
+        if !missing.is_empty() {
+            return Err(self.refuse(missing).await);
         }
         let file = FileBroadcasts { broadcasts: &settings.engine.broadcasts, sources: &settings.engine.sources };
         match self.catalog.reload(&file, Arc::new(library)).await {
