@@ -74,12 +74,16 @@ impl Row {
         self
     }
 
-    /// `met`, `MISSED` or `-` (no bar).
+    /// Against the bar, then the goal: `goal met`, `bar met`, `MISSED` (the bar), `goal missed`
+    /// (a figure with a goal only), or `-` (neither).
     pub fn verdict(&self) -> &'static str {
-        match self.bar {
-            Some(bar) if bar.met(self.measured) => "met",
-            Some(_) => "MISSED",
-            None => "-",
+        let goal_met = self.goal.map(|goal| goal.met(self.measured));
+        match (self.bar.map(|bar| bar.met(self.measured)), goal_met) {
+            (Some(false), _) => "MISSED",
+            (_, Some(true)) => "goal met",
+            (Some(true), _) => "bar met",
+            (None, Some(false)) => "goal missed",
+            (None, None) => "-",
         }
     }
 }
@@ -97,8 +101,12 @@ pub struct Throughput {
 /// Everything one run measured.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// When the run started (UTC).
     pub date: String,
+    /// CPU model, cores, memory.
     pub machine: String,
+    /// `ONAIR_BENCH_SCALE` (1 for the docs' figures).
+    pub scale: f64,
     pub rows: Vec<Row>,
     pub throughput: Vec<Throughput>,
     /// Schedule lateness of every fired step (ms), with 100,000 armed schedules.

@@ -1,12 +1,14 @@
-//! Scheduler benchmark: how late steps fire (fire instant minus planned instant, p50/p99/max,
-//! and how many out of order) with 1,000 and 100,000 armed schedules and with 10,000 steps due
-//! in the same second; and the resident memory per armed schedule. The scheduler runs for real
-//! (system clock, SQLite store with `synchronous=FULL`); its sink is an in-process channel, so the
-//! figures are the scheduler's own, not RabbitMQ's (benches/broker.rs measures publishing).
+//! The scheduler: how late steps fire (fire instant minus planned instant, p50/p99/max, and how
+//! many out of order) with 1,000 and 100,000 armed schedules (1,000 steps spread over 20 s, the
+//! others daily cron expressions that do not fire during the run) and with 10,000 steps due in the
+//! same second; and the resident memory per armed schedule. The scheduler runs for real (system
+//! clock, SQLite store with `synchronous=FULL`); its sink is an in-process channel, so the figures
+//! are the scheduler's own, not RabbitMQ's (the throughput section measures the broker).
 //!
-//! `cargo bench --bench schedule`. The design's bar: p99 under 10 ms.
+//! Fired: the timer takes the step (the event's `time`). Handed: the step reaches the sink (the
+//! publisher's input). Memory: a child process (`--child schedule-memory <count> [shared]`) arms
+//! the schedules and reports its resident set before and after.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,9 @@ use onair::clock::{Clock, SystemClock};
 use onair::schedule::{CronExpr, Scheduler, Spec, When};
 use onair::store::{SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
+
+use crate::report::{Report, Row, Target, trim};
+use crate::{in_child, rss_kib, scaled, thousands};
 
 const LEAD: TimeDelta = TimeDelta::minutes(10);
 
@@ -35,14 +40,6 @@ fn idle_cron(index: usize, now: DateTime<Utc>) -> Spec {
     spec(When::Cron(Arc::new(CronExpr::parse(&expression).expect("cron"))))
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| status.lines().find(|line| line.starts_with("VmRSS:")).map(str::to_string))
-        .and_then(|line| line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()))
-        .unwrap_or(0)
-}
-
 /// Quantiles of a set of lateness figures, in milliseconds.
 struct Quantiles {
     p50: f64,
@@ -51,7 +48,8 @@ struct Quantiles {
 }
 
 impl Quantiles {
-    fn of(mut values: Vec<f64>) -> Self {
+    fn of(values: &[f64]) -> Self {
+        let mut values = values.to_vec();
         values.sort_by(f64::total_cmp);
         let at = |quantile: f64| {
             values.get(((values.len() as f64 * quantile) as usize).min(values.len().saturating_sub(1))).copied()
@@ -66,10 +64,10 @@ impl Quantiles {
 
 struct Figures {
     fired: usize,
-    /// When the timer took the step (the event's `time`) minus the planned instant.
-    timer: Quantiles,
-    /// When the step reached the sink minus the planned instant.
-    handed: Quantiles,
+    /// When the timer took the step (the event's `time`) minus the planned instant, in ms.
+    timer: Vec<f64>,
+    /// When the step reached the sink minus the planned instant, in ms.
+    handed: Vec<f64>,
     out_of_order: usize,
 }
 
@@ -118,8 +116,8 @@ async fn scenario(armed: usize, firing: usize, spread: Duration) -> Figures {
     let _ = task.await;
     Figures {
         fired: handed.len(),
-        timer: Quantiles::of(timer),
-        handed: Quantiles::of(handed),
+        timer,
+        handed,
         out_of_order: planned_order.windows(2).filter(|pair| pair[1] < pair[0]).count(),
     }
 }
@@ -127,7 +125,7 @@ async fn scenario(armed: usize, firing: usize, spread: Duration) -> Figures {
 /// Arms `count` cron schedules in a fresh process and reports the resident memory they take:
 /// each with its own expression, or sharing `shared` expressions (as broadcasts with the same
 /// cron text do: the settings parse each text once).
-async fn memory(count: usize, shared: Option<usize>) -> (u64, u64) {
+async fn memory(count: usize, shared: Option<usize>) -> (f64, f64) {
     let directory = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&directory.path().join("onair.db")).expect("store"));
     let (sink, _published) = tokio::sync::mpsc::unbounded_channel();
@@ -153,64 +151,115 @@ async fn memory(count: usize, shared: Option<usize>) -> (u64, u64) {
     (before, after)
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(position) = args.iter().position(|arg| arg == "--memory") {
-        let count: usize = args[position + 1].parse().expect("count");
-        let shared: Option<usize> = args.get(position + 2).and_then(|shared| shared.parse().ok());
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-        let (before, after) = runtime.block_on(memory(count, shared));
-        println!("RESULT {before} {after}");
-        return;
-    }
+pub fn run(report: &mut Report) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    println!("onair scheduler benchmark: lateness = fire instant - planned instant (system clock, SQLite store)");
-    println!("  fired: the timer takes the step (the event's time); handed off: the step reaches the sink");
-    println!(
-        "{:<38} {:>7} {:>6} {:>16} {:>16} {:>16} {:>6}",
-        "scenario", "armed", "fired", "fired p50/p99", "handed p50/p99", "max fired/hand", "order"
-    );
-    for (label, armed, firing, spread) in [
-        ("1,000 armed, 1,000 steps over 20 s", 1_000, 1_000, Duration::from_secs(20)),
-        ("100,000 armed, 1,000 steps over 20 s", 100_000, 1_000, Duration::from_secs(20)),
-        ("10,000 steps due in the same second", 10_000, 10_000, Duration::ZERO),
+    let (one, hundred, burst) = (scaled(1_000), scaled(100_000), scaled(10_000));
+    for (key, armed, firing, spread) in [
+        ("1k", one, one, Duration::from_secs(20)),
+        ("100k", hundred, one, Duration::from_secs(20)),
+        ("burst", burst, burst, Duration::ZERO),
     ] {
         let figures = runtime.block_on(scenario(armed, firing, spread));
-        let pair = |a: f64, b: f64| format!("{a:.2}/{b:.2}");
+        let (timer, handed) = (Quantiles::of(&figures.timer), Quantiles::of(&figures.handed));
+        let order = if figures.out_of_order == 0 {
+            "in order".to_string()
+        } else {
+            format!("{} out of order", figures.out_of_order)
+        };
+        let fired = if figures.fired == firing {
+            format!("{} fired", thousands(firing))
+        } else {
+            format!("ONLY {} of {} fired", thousands(figures.fired), thousands(firing))
+        };
         println!(
-            "{label:<38} {armed:>7} {:>6} {:>16} {:>16} {:>16} {:>6}",
-            figures.fired,
-            pair(figures.timer.p50, figures.timer.p99),
-            pair(figures.handed.p50, figures.handed.p99),
-            pair(figures.timer.max, figures.handed.max),
-            if figures.out_of_order == 0 { "ok".to_string() } else { format!("{} late", figures.out_of_order) },
+            "  {} armed, {} due{}: fired p50/p99/max {:.2}/{:.2}/{:.2} ms, handed {:.2}/{:.2}/{:.2} ms, {fired}, {order}",
+            thousands(armed),
+            thousands(firing),
+            if spread.is_zero() { " in the same second".to_string() } else { format!(" over {} s", spread.as_secs()) },
+            timer.p50,
+            timer.p99,
+            timer.max,
+            handed.p50,
+            handed.p99,
+            handed.max
         );
-    }
-    println!();
-    println!("Resident memory per armed schedule (daily cron, armed, in a fresh process):");
-    for (count, shared) in [(1_000usize, None), (100_000, None), (100_000, Some(100usize))] {
-        let mut command = Command::new(&args[0]);
-        command.args(["--memory", &count.to_string()]);
-        if let Some(shared) = shared {
-            command.arg(shared.to_string());
+        let row = if key == "burst" {
+            Row::new(
+                "schedule_burst_handed_p99",
+                &format!("{} steps due in the same second handed to the publisher, p99", thousands(firing)),
+                handed.p99,
+                "ms",
+            )
+            .goal(Target::AtMost(20.0))
+            .reference(format!(
+                "p50 {} ms, max {} ms; fired p99 {} ms; {fired}, {order}",
+                trim(handed.p50),
+                trim(handed.max),
+                trim(timer.p99)
+            ))
+        } else {
+            Row::new(
+                &format!("schedule_lateness_p99_{key}"),
+                &format!("schedule lateness p99 (fired), {} armed", thousands(armed)),
+                timer.p99,
+                "ms",
+            )
+            .bar(Target::AtMost(10.0))
+            .goal(Target::AtMost(5.0))
+            .reference(format!(
+                "p50 {} ms, max {} ms; handed p99 {} ms; {} steps over {} s, {fired}, {order}",
+                trim(timer.p50),
+                trim(timer.max),
+                trim(handed.p99),
+                thousands(firing),
+                spread.as_secs()
+            ))
+        };
+        report.push(row);
+        if key == "100k" {
+            report.lateness_ms = figures.timer;
         }
-        let output = command.output().expect("run");
-        let text = String::from_utf8_lossy(&output.stdout);
-        let line = text.lines().find(|line| line.starts_with("RESULT")).unwrap_or_else(|| panic!("no result: {text}"));
-        let numbers: Vec<u64> = line.split_whitespace().skip(1).filter_map(|value| value.parse().ok()).collect();
-        let (before, after) = (numbers[0], numbers[1]);
-        let expressions =
-            shared.map_or("each its own expression".to_string(), |shared| format!("{shared} expressions shared"));
-        println!(
-            "  {count:>7} schedules, {expressions:<26}: {:>6.1} MiB more resident, {:>5} bytes per schedule",
-            (after.saturating_sub(before)) as f64 / 1024.0,
-            after.saturating_sub(before) * 1024 / count as u64
-        );
     }
-    println!();
-    println!("References: the design's bar p99 < 10 ms; a bare tokio BinaryHeap timer loop p99 1-4 ms on this kind of");
+    // Resident memory per armed schedule, each count in a fresh process.
+    let per_schedule = |count: usize, shared: Option<usize>| {
+        let mut args = vec!["schedule-memory".to_string(), count.to_string()];
+        args.extend(shared.map(|shared| shared.to_string()));
+        let result = in_child(&args);
+        let grown_kib = (result[1] - result[0]).max(0.0);
+        (grown_kib, grown_kib / count as f64)
+    };
+    let (distinct_kib, distinct) = per_schedule(hundred, None);
+    let (_, shared) = per_schedule(hundred, Some(100));
     println!(
-        "machine (reference/scheduling-and-performance.md 3); tokio-cron-scheduler ~500 ms, Kubernetes CronJob 10 s."
+        "  {} daily cron schedules armed: {:.1} MiB more resident, {:.0} bytes each ({:.0} bytes each with 100 expressions shared)",
+        thousands(hundred),
+        distinct_kib / 1024.0,
+        distinct * 1024.0,
+        shared * 1024.0
     );
-    println!("Memory target: under 1 KB per schedule with its parsed cron and time zone; 100,000 under 100 MB.");
+    report.push(
+        Row::new(
+            "rss_per_schedule",
+            &format!("RSS per armed schedule, every expression distinct ({})", thousands(hundred)),
+            distinct,
+            "KB",
+        )
+        .bar(Target::AtMost(1.0))
+        .goal(Target::AtMost(0.5))
+        .reference(format!(
+            "{} MB for {}; {} KB each when 100 expressions are shared",
+            trim(distinct_kib / 1024.0),
+            thousands(hundred),
+            trim(shared)
+        )),
+    );
+}
+
+/// `--child schedule-memory <count> [shared]`: prints `RESULT <RSS KiB before> <RSS KiB after>`.
+pub fn child(args: &[String]) {
+    let count: usize = args[0].parse().expect("count");
+    let shared: Option<usize> = args.get(1).and_then(|shared| shared.parse().ok());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let (before, after) = runtime.block_on(memory(count, shared));
+    println!("RESULT {before} {after}");
 }
