@@ -124,7 +124,13 @@ pub fn lateness(report: &Report, path: &Path) -> Drawn {
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(low..high, 0f64..tallest)?;
-    chart.configure_mesh().x_desc("lateness (ms)").y_desc("steps").y_label_formatter(&|value| trim(*value)).draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("lateness (ms)")
+        .y_desc("steps")
+        .x_label_formatter(&|value| trim(*value))
+        .y_label_formatter(&|value| trim(*value))
+        .draw()?;
     chart.draw_series(counts.iter().enumerate().map(|(bin, count)| {
         let start = low + width * bin as f64;
         Rectangle::new([(start, 0.0), (start + width, f64::from(*count))], ONAIR.mix(0.6).filled())
