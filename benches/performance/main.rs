@@ -5,7 +5,11 @@
 //! `cargo bench --bench performance` (needs rabbitmq-server); `-- --only daemon,schedule` runs
 //! some sections only. See docs/performance.md.
 
+#[path = "../support/mod.rs"]
+mod support;
+
 mod daemon;
+mod latency;
 // Until every section is in (issue 15 is being built in parts).
 #[allow(dead_code)]
 mod report;
@@ -20,6 +24,10 @@ fn main() {
     if wanted("daemon") {
         println!("== the daemon with 100,000 broadcasts");
         daemon::run(&mut report);
+    }
+    if wanted("latency") {
+        println!("== publish to first REST call at 1,000 events/s");
+        latency::run(&mut report);
     }
     println!("\n{}", report.table());
     let json = serde_json::to_string_pretty(&report).expect("report as JSON");
