@@ -11,9 +11,13 @@
 //! Sections that measure the memory of their own structures run in a child process: this binary
 //! re-runs itself with `--child <section> <arguments>` and reads the child's `RESULT` line.
 
+#[path = "../support/mod.rs"]
+mod support;
+
 mod chart;
 mod daemon;
 mod engine;
+mod latency;
 mod report;
 mod schedule;
 mod throughput;
@@ -58,6 +62,10 @@ fn main() {
     if wanted("daemon") {
         println!("\n== the daemon with 100,000 broadcasts");
         daemon::run(&mut report);
+    }
+    if wanted("latency") {
+        println!("== publish to first REST call at 1,000 events/s");
+        latency::run(&mut report);
     }
     println!("\n{}", report.table());
     let json = serde_json::to_string_pretty(&report).expect("report as JSON");

@@ -25,6 +25,18 @@ pub fn rss_mb(daemon: &Child) -> f64 {
     kb / 1024.0
 }
 
+/// The process's peak resident set so far (VmHWM), in MB, from /proc.
+#[allow(dead_code)] // Not every bench reads it.
+pub fn peak_rss_mb(daemon: &Child) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
 /// SIGTERM, up to 20 s to stop, then SIGKILL.
 pub fn stop(daemon: &mut Child) {
     let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();

@@ -1,0 +1,201 @@
+//! Publish → first REST call at a steady 1,000 events/s: `onair run` (a separate process,
+//! release build) with 10,000 idle broadcasts, the emulator in this process behind a layer that
+//! notes when the first request naming each live event arrives, and one `onair.command.start-now`
+//! per broadcast published through RabbitMQ at 1,000/s (16 confirmed publishers, each taking the
+//! next event as it comes due). The figure for an event: the instant the first request whose path
+//! names its channel (`…/liveEvents/<channel>…`) reached the emulator's router, minus the instant
+//! its publish began; both from this process's monotonic clock.
+//!
+//! The `live` machine answers start-now with `endpoint.start` (the shared streaming endpoint,
+//! which names no channel) then `channel.start`, whose first request is the GET of the live
+//! event: that request is the "first REST call" for the broadcast.
+//! `ONAIR_BENCH_LATENCY_EVENTS` changes the count (10,000, i.e. 10 s).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use onair::clock::{Clock, SystemClock};
+use onair::event::Event;
+
+use crate::daemon::process::{self, Daemon, Quantiles, Setup};
+use crate::report::{Report, Row, Target};
+
+/// Events published per second.
+const RATE: u64 = 1000;
+/// Publishers, each with its own connection and channel (one confirmed publish at a time each).
+const PUBLISHERS: usize = 16;
+
+pub fn run(report: &mut Report) {
+    process::runtime().block_on(measure(report));
+}
+
+/// When the first request naming each live event (lower case) arrived, and how many requests
+/// arrived in all.
+#[derive(Clone, Default)]
+struct Arrivals {
+    first: Arc<Mutex<HashMap<String, Instant>>>,
+    requests: Arc<AtomicUsize>,
+}
+
+async fn measure(report: &mut Report) {
+    // A bench is not the daemon, whose environment config.rs alone reads.
+    #[allow(clippy::disallowed_methods)]
+    let count: usize =
+        std::env::var("ONAIR_BENCH_LATENCY_EVENTS").ok().and_then(|count| count.parse().ok()).unwrap_or(10_000);
+    let directory = tempfile::tempdir().expect("temp dir");
+    let node = process::rabbitmq(directory.path());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let arrivals = Arrivals::default();
+    let media = emulator(count, arrivals.clone(), shutdown.clone()).await;
+
+    let mut broadcasts = String::with_capacity(count * 24);
+    for index in 0..count {
+        broadcasts.push_str(&format!("[broadcasts.{}]\n", name(index)));
+    }
+    let port = process::free_port();
+    let config = directory.path().join("onair.toml");
+    std::fs::write(&config, process::config(&directory.path().join("state"), &node.url(), port, &broadcasts))
+        .expect("config");
+    let setup = Setup { config, port, media, queue: "onair.events.latency".into() };
+    let http = reqwest::Client::new();
+    let mut daemon = Daemon::spawn(&setup, &directory.path().join("onair.log"));
+    daemon.ready(&http).await;
+
+    let (began, lag) = publish(&setup, count).await;
+    let published = Instant::now();
+    let deadline = Duration::from_secs(120);
+    loop {
+        let arrived = arrivals.first.lock().expect("arrivals").len();
+        if arrived >= count {
+            break;
+        }
+        if published.elapsed() > deadline {
+            panic!(
+                "only {arrived} of {count} broadcasts had a REST call {deadline:?} after the last publish; the log ends \
+                 with:\n{}",
+                daemon.tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = published.elapsed();
+    let requests = arrivals.requests.load(Ordering::Relaxed);
+    let window = published.duration_since(began[0]) + took;
+    let arrivals = arrivals.first.lock().expect("arrivals");
+    let latencies: Vec<f64> = (0..count)
+        .map(|index| {
+            let arrived = arrivals[&name(index)];
+            arrived.saturating_duration_since(began[index]).as_secs_f64() * 1000.0
+        })
+        .collect();
+    let quantiles = Quantiles::of(latencies);
+    let lag = Quantiles::of(lag);
+    report.push(
+        Row::new(
+            "latency_publish_first_rest_p99",
+            "p99 publish → first REST call at 1,000 events/s",
+            quantiles.p99,
+            "ms",
+        )
+        .bar(Target::AtMost(20.0))
+        .goal(Target::AtMost(5.0))
+        .reference(format!(
+            "p50 {:.1} ms, max {:.0} ms; {count} start-now commands, one per idle broadcast (live machine), \
+             published at {RATE}/s by {PUBLISHERS} confirmed publishers (publish began p99 {:.1} ms, max {:.0} ms \
+             after due), to the first request naming the live event at the emulator (in this process); the last \
+             arrived {:.2} s after the last publish; the emulator answered {requests} requests in {:.1} s",
+            quantiles.p50,
+            quantiles.max,
+            lag.p99,
+            lag.max,
+            took.as_secs_f64(),
+            window.as_secs_f64()
+        )),
+    );
+    drop(arrivals);
+    // It is still running the actions the commands started: a stop by force is no failure here.
+    daemon.stop_busy();
+    shutdown.cancel();
+    drop(node);
+}
+
+fn name(index: usize) -> String {
+    format!("b{index:05}")
+}
+
+/// The emulator on a free port of this process, behind a layer that notes the first arrival of a
+/// request naming each live event; its base URL.
+async fn emulator(live_events: usize, arrivals: Arrivals, shutdown: tokio_util::sync::CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("emulator port");
+    let base = format!("http://{}", listener.local_addr().expect("emulator address"));
+    let emulator = onair::emulator::Emulator::new(process::emulator_settings(live_events), onair::clock::system());
+    let note = move |request: axum::extract::Request| {
+        let at = Instant::now();
+        arrivals.requests.fetch_add(1, Ordering::Relaxed);
+        let path = request.uri().path().to_ascii_lowercase();
+        if let Some((_, rest)) = path.split_once("/liveevents/") {
+            let channel = rest.split('/').next().unwrap_or_default().to_string();
+            arrivals.first.lock().expect("arrivals").entry(channel).or_insert(at);
+        }
+        request
+    };
+    let router = emulator.router().layer(tower::util::MapRequestLayer::new(note));
+    tokio::spawn(async move {
+        let serving = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+        serving.await.expect("the emulator serves");
+    });
+    base
+}
+
+/// Publishes one start-now per broadcast, the i-th due at i ms; when each publish began, and how
+/// late it began after it was due (ms).
+async fn publish(setup: &Setup, count: usize) -> (Vec<Instant>, Vec<f64>) {
+    let settings = Arc::new(setup.broker());
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant, Instant)>();
+    // One queue of due events, taken by whichever publisher is free.
+    let (due, waiting) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let queue = Arc::new(tokio::sync::Mutex::new(waiting));
+    let mut tasks = Vec::new();
+    for _ in 0..PUBLISHERS {
+        let publisher = onair::broker::Publisher::new(Arc::clone(&settings));
+        // Connects before the clock starts.
+        publisher.publish_many(&[]).await.expect("publisher connection");
+        let (queue, done) = (Arc::clone(&queue), done.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = queue.lock().await.recv().await;
+                let Some((index, due)) = next else { break };
+                let began = Instant::now();
+                let event = Event::new(
+                    format!("bench-start-{index}"),
+                    "onair.command.start-now",
+                    name(index),
+                    serde_json::json!({}),
+                    SystemClock.now(),
+                );
+                publisher.publish(&event).await.expect("publish start-now");
+                let _ = done.send((index, due, began));
+            }
+            publisher.close().await;
+        }));
+    }
+    drop(done);
+    let mut interval = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    for index in 0..count {
+        interval.tick().await;
+        due.send((index, Instant::now())).expect("publishers running");
+    }
+    drop(due);
+    for task in tasks {
+        task.await.expect("publisher task");
+    }
+    let mut began = vec![Instant::now(); count];
+    let mut lag = Vec::with_capacity(count);
+    while let Some((index, due, at)) = finished.recv().await {
+        began[index] = at;
+        lag.push(at.saturating_duration_since(due).as_secs_f64() * 1000.0);
+    }
+    (began, lag)
+}
