@@ -57,7 +57,8 @@ async fn measure(report: &mut Report) {
     let rss = daemon.rss_mb();
     let settled = daemon.settled_mb().await;
     daemon.stop();
-    report.push(
+    process::push(
+        report,
         Row::new(
             "rss_configured_100k",
             &format!("RSS, {thousands}k broadcasts configured, nothing decided yet"),
@@ -99,7 +100,8 @@ async fn measure(report: &mut Report) {
     let ready = daemon.ready(&http).await;
     let rss = daemon.rss_mb();
     let settled = daemon.settled_mb().await;
-    report.push(
+    process::push(
+        report,
         Row::new("rss_stored_100k", &format!("RSS, {thousands}k broadcasts each with a stored machine"), rss, "MB")
             .bar(Target::AtMost(300.0))
             .goal(Target::AtMost(150.0))
@@ -149,7 +151,8 @@ async fn measure(report: &mut Report) {
     let how = format!(
         "{count} broadcasts, each a daily cron schedule of its own text (6 fields, air 2 to 22 h away), fresh store"
     );
-    report.push(
+    process::push(
+        report,
         Row::new(
             "ready_scheduled_100k",
             &format!("{thousands}k broadcasts each with its own daily schedule: ready after start"),
@@ -163,7 +166,8 @@ async fn measure(report: &mut Report) {
             armed.as_secs_f64()
         )),
     );
-    report.push(
+    process::push(
+        report,
         Row::new(
             "rss_scheduled_100k",
             &format!("{thousands}k broadcasts each with its own daily schedule: RSS when ready"),
@@ -174,7 +178,7 @@ async fn measure(report: &mut Report) {
         .goal(Target::AtMost(150.0))
         .reference(format!("{how}: VmRSS at /readyz 200 (once all armed: {settled})")),
     );
-    report.push(ready_after_kill);
+    process::push(report, ready_after_kill);
     shutdown.cancel();
     drop(node);
 }

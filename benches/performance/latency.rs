@@ -92,7 +92,8 @@ async fn measure(report: &mut Report) {
         .collect();
     let quantiles = Quantiles::of(latencies);
     let lag = Quantiles::of(lag);
-    report.push(
+    process::push(
+        report,
         Row::new(
             "latency_publish_first_rest_p99",
             "p99 publish → first REST call at 1,000 events/s",
@@ -115,8 +116,8 @@ async fn measure(report: &mut Report) {
         )),
     );
     drop(arrivals);
-    // It is still running the actions the commands started: a stop by force is no failure here.
-    daemon.stop_busy();
+    // It may still be running the actions the commands started.
+    daemon.stop();
     shutdown.cancel();
     drop(node);
 }

@@ -165,20 +165,13 @@ impl Daemon {
             .map_or(0, |value| value as u64)
     }
 
-    /// SIGTERM (support::stop); panics with the log's tail when it did not stop by itself.
+    /// SIGTERM (support::stop); says so when it did not stop by itself within its grace period
+    /// (a finding about the daemon, not a reason to lose the run's other figures).
     pub fn stop(mut self) {
         support::stop(&mut self.child);
         let status = self.child.wait().expect("wait for onair run");
-        assert!(status.success(), "onair run did not stop cleanly ({status}); its log ends with:\n{}", self.tail());
-    }
-
-    /// SIGTERM (support::stop), for a daemon still busy with work it was given: says so when it
-    /// did not stop by itself within its grace period.
-    pub fn stop_busy(mut self) {
-        support::stop(&mut self.child);
-        let status = self.child.wait().expect("wait for onair run");
         if !status.success() {
-            println!("  (onair run, still busy, stopped with {status} after its grace period)");
+            println!("  NOTE: onair run did not stop cleanly ({status}); its log ends with:\n{}", self.tail());
         }
     }
 
@@ -204,6 +197,13 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Pushes `row` on `report`, its reference printed under it (how it was measured).
+pub fn push(report: &mut crate::report::Report, row: crate::report::Row) {
+    let reference = row.reference.clone();
+    report.push(row);
+    println!("    {reference}");
 }
 
 /// Quantiles of a set of figures (nearest rank).
