@@ -672,6 +672,7 @@ async fn a_dashboard_refresh_over_ten_thousand_broadcasts_stays_under_100_kb() {
     let broker = rabbit::settings("api-10k");
     let directory = tempfile::tempdir().unwrap();
     let broadcasts = crate::helpers::ten_thousand_broadcasts(
+        chrono_tz::UTC,
         "duration = \"30s\"\nlead = { channel = \"10s\", scale = \"5s\" }\npost_roll = \"5s\"\n",
     );
     let started = Instant::now();

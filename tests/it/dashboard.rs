@@ -487,7 +487,7 @@ async fn with_ten_thousand_broadcasts_a_refresh_transfers_under_100_kb() {
     let emulator = TestEmulator::start(emulator_settings()).await;
     let broker = rabbit::settings("dashboard-10k");
     let directory = tempfile::tempdir().unwrap();
-    let broadcasts = crate::helpers::ten_thousand_broadcasts("timezone = \"Europe/Paris\"\nduration = \"30m\"\n");
+    let broadcasts = crate::helpers::ten_thousand_broadcasts(chrono_tz::Europe::Paris, "duration = \"30m\"\n");
     let (daemon, base) = daemon_with_tokens(directory.path(), &emulator, &broker, &broadcasts, false).await;
     let live: Vec<String> = (5..10_000).step_by(500).map(|index| format!("b{index:05}")).collect();
     for id in &live {

@@ -156,16 +156,22 @@ pub fn pending_actions_of(store: &std::path::Path, broadcast: &str) -> usize {
         .map_or(0, |rows| rows.iter().filter(|row| row.broadcast == broadcast).count())
 }
 
-/// 10,000 broadcasts `b00000`..`b09999`, one in ten scheduled daily at a minute of its own with
-/// `schedule` (the rest of its schedule table: duration, leads, time zone).
-pub(crate) fn ten_thousand_broadcasts(schedule: &str) -> String {
+/// 10,000 broadcasts `b00000`..`b09999`, one in ten scheduled daily at a minute of its own in
+/// `zone` with `schedule` (the rest of its schedule table: duration, leads). The thousand minutes
+/// start an hour from now, so that none is on air or warming up while a test runs, whatever the
+/// time of day, and the next six hours have some due.
+pub(crate) fn ten_thousand_broadcasts(zone: chrono_tz::Tz, schedule: &str) -> String {
+    let first = onair::clock::Clock::now(&onair::clock::SystemClock).with_timezone(&zone) + chrono::TimeDelta::hours(1);
     let mut broadcasts = String::new();
     for index in 0..10_000 {
         broadcasts.push_str(&format!("[broadcasts.b{index:05}]\n"));
         if index % 10 == 0 {
-            let (hour, minute) = ((index / 10) / 60 % 24, (index / 10) % 60);
+            let at = first + chrono::TimeDelta::minutes(index as i64 / 10);
             broadcasts.push_str(&format!(
-                "[broadcasts.b{index:05}.schedule]\ncron = \"0 {minute} {hour} * * *\"\n{schedule}"
+                "[broadcasts.b{index:05}.schedule]\ncron = \"0 {} {} * * *\"\ntimezone = \"{}\"\n{schedule}",
+                chrono::Timelike::minute(&at),
+                chrono::Timelike::hour(&at),
+                zone.name()
             ));
         }
     }
