@@ -23,6 +23,7 @@ mod spawn;
 
 mod settings;
 
+pub use reload::Baseline;
 pub use settings::{Settings, load};
 
 mod machines;
@@ -108,9 +109,19 @@ pub fn problems(settings: &Settings, library: &Library, now: DateTime<Utc>) -> V
     problems
 }
 
+/// What `run` calls once the daemon has started (`after_start`).
+static AFTER_START: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what `run` calls (on a blocking thread) once the daemon has started and what only
+/// start-up needed is freed: the binary gives the allocator's free memory back to the system
+/// there (the library uses no unsafe code). Only the first call counts.
+pub fn after_start(hook: fn()) {
+    let _ = AFTER_START.set(hook);
+}
+
 /// `onair run`: the daemon from the settings read from `source`, which a reload reads again.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     source: &crate::config::Source,
     shutdown: CancellationToken,
 ) -> Result<ExitCode, Error> {
@@ -136,6 +147,8 @@ pub async fn run(
             None => return Err(error),
         },
     };
+    // The running set holds the file's broadcasts from now on (a reload reads the file again).
+    settings = settings.without_broadcasts();
     // READY=1 once the store is open (start did it) and the consumer is registered; then the
     // watchdog, fed only while events get committed.
     let status = daemon.broker_status().clone();
@@ -167,6 +180,11 @@ pub async fn run(
         daemon.broker_status().clone(),
         notifier.clone(),
     );
+    // What start-up needed for a while only (the config file's trees, the store's rows read to
+    // build the running set) is freed by now; give it back (`after_start`).
+    if let Some(hook) = AFTER_START.get().copied() {
+        tokio::task::spawn_blocking(hook);
+    }
     shutdown.cancelled().await;
     crate::systemd::stopping();
     notifier.cancel();

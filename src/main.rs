@@ -12,6 +12,7 @@ use onair::cli::Cli;
 use onair::{config, shutdown, telemetry};
 
 fn main() -> ExitCode {
+    onair::daemon::after_start(release_free_memory);
     let cli = Cli::parse();
     let source = config::Source::from_process(cli.config.clone());
     let filter = source.var("RUST_LOG").map(str::to_string);
@@ -39,6 +40,18 @@ fn main() -> ExitCode {
     // Tasks still running after a forced stop are abandoned here, not awaited.
     runtime.shutdown_background();
     code
+}
+
+/// Gives the memory glibc's allocator holds free back to the system. Start-up with many broadcasts
+/// parses the config file and reads the store into short-lived trees; once they are freed, glibc
+/// keeps their pages (freed chunks between live ones are not returned by `free`): 100,000
+/// broadcasts left 1.09 GB mapped for 0.65 GB in use. `malloc_trim(0)` releases every free page.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer and only walks glibc's own free lists under its locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Runs the command under the shutdown root: on SIGTERM/SIGINT it gets the grace period to stop.

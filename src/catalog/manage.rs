@@ -269,8 +269,8 @@ impl Manager {
             }
         }
         let now = self.clock.now();
-        let before = existing.as_ref().map(|entry| &entry.definition);
-        let lines = diff(before, Some(&definition));
+        let before = existing.as_ref().map(|entry| entry.definition());
+        let lines = diff(before.as_ref(), Some(&definition));
         let record = BroadcastRecord {
             id: id.to_string(),
             origin: Origin::Api.name().into(),
@@ -494,17 +494,18 @@ impl Manager {
                 Some(broadcast) => Ok(broadcast.clone()),
                 None => self.parser.parse(&record.id, &record.definition),
             };
+            let id = record.id.clone();
             let entry = parsed
                 .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
                 .and_then(|broadcast| {
-                    entry_of(record.clone(), Arc::new(broadcast), library).map_err(|problem| problem.to_string())
+                    entry_of(record, Arc::new(broadcast), library).map_err(|problem| problem.to_string())
                 });
             match entry {
                 Ok(entry) => {
-                    entries.insert(record.id.clone(), Arc::new(entry));
+                    entries.insert(id, Arc::new(entry));
                 }
                 Err(problems) => {
-                    tracing::error!(broadcast = %record.id, %problems, starting, "Stored broadcast definition does not validate; it is kept in the store but does not run.");
+                    tracing::error!(broadcast = %id, %problems, starting, "Stored broadcast definition does not validate; it is kept in the store but does not run.");
                 }
             }
         }
@@ -525,7 +526,7 @@ impl Manager {
             origin: entry.origin.name().into(),
             revision: 0,
             incarnation: 0,
-            definition: entry.definition.clone(),
+            definition: entry.definition(),
             updated: now,
             updated_by: who.0.clone(),
             deleting: true,
@@ -579,10 +580,10 @@ impl Manager {
 
     /// Every stored instance's state and whether it has pending actions.
     async fn activity(&self) -> Result<BTreeMap<String, Activity>, Error> {
-        let (instances, pending) = self.read(|store| Ok((store.load_instances()?, store.pending_actions()?))).await?;
+        let (instances, pending) = self.read(|store| Ok((store.instance_states()?, store.pending_actions()?))).await?;
         let mut activity: BTreeMap<String, Activity> = instances
             .into_iter()
-            .map(|instance| (instance.broadcast, Activity { state: Some(instance.state), pending: false }))
+            .map(|(broadcast, state)| (broadcast, Activity { state: Some(state), pending: false }))
             .collect();
         for row in pending {
             activity.entry(row.broadcast).or_insert(Activity { state: None, pending: false }).pending = true;
@@ -756,7 +757,7 @@ fn removal(entry: &Entry, expected: Expected, now: DateTime<Utc>, who: &Who, ver
         change: Change::Remove,
         at: now,
         reason: format!("broadcast {verb} by {} ({})", who.0, entry.origin.name()),
-        detail: json!({"who": who.0, "origin": entry.origin.name(), "change": "removed", "diff": diff(Some(&entry.definition), None)}),
+        detail: json!({"who": who.0, "origin": entry.origin.name(), "change": "removed", "diff": diff(Some(&entry.definition()), None)}),
     }
 }
 
@@ -771,7 +772,7 @@ fn entry_of(record: BroadcastRecord, broadcast: Arc<Broadcast>, library: &Librar
         origin: Origin::parse(&record.origin),
         revision: record.revision,
         incarnation: record.incarnation,
-        definition: record.definition,
+        written: super::Written::of(&record.definition),
         updated: record.updated,
         updated_by: record.updated_by,
         deleting: record.deleting,

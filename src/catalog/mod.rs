@@ -62,12 +62,43 @@ pub struct Entry {
     pub revision: i64,
     /// Which life of its id this is (see `store::BroadcastRecord::incarnation`).
     pub incarnation: i64,
-    /// Its definition as written (a `[broadcasts.<id>]` table as JSON).
-    pub definition: Map<String, Value>,
+    /// Its definition as written (a `[broadcasts.<id>]` table), kept as compact JSON text:
+    /// `definition()` gives the table.
+    pub written: Written,
     pub updated: DateTime<Utc>,
     pub updated_by: String,
     /// Being taken to idle before it is removed (a forced delete).
     pub deleting: bool,
+}
+
+impl Entry {
+    /// Its definition as written (a `[broadcasts.<id>]` table as JSON).
+    pub fn definition(&self) -> Map<String, Value> {
+        self.written.table()
+    }
+}
+
+/// A definition as written, held as its JSON text: a table in memory costs a map node of a few
+/// hundred bytes per level even for one key, and it is read only when shown or compared (the API,
+/// changes), never per event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written(Box<str>);
+
+impl Written {
+    /// The text of `table`.
+    pub fn of(table: &Map<String, Value>) -> Self {
+        // A map of JSON values always serializes (its keys are strings).
+        Self(serde_json::to_string(table).unwrap_or_default().into_boxed_str())
+    }
+
+    /// The table again.
+    pub fn table(&self) -> Map<String, Value> {
+        if self.0.is_empty() {
+            return Map::new();
+        }
+        // Written from a `Map` by `of`, so it always parses back to one.
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
 }
 
 /// A snapshot of the running set.
@@ -220,7 +251,7 @@ impl Registry {
                     origin: Origin::File,
                     revision: 0,
                     incarnation: 0,
-                    definition: Map::new(),
+                    written: Written::default(),
                     updated: DateTime::<Utc>::UNIX_EPOCH,
                     updated_by: String::new(),
                     deleting: false,

@@ -272,3 +272,20 @@ async fn start_and_reload_reconcile_the_file() {
     assert!(manager.finish_removal("sport").await.unwrap());
     assert_eq!(manager.registry().current().get("weather").unwrap().updated_by, "alice", "the API's untouched");
 }
+
+/// A definition as written is kept as text and given back as the same table: nested tables,
+/// arrays, numbers, booleans and strings; an empty one too.
+#[test]
+fn a_definition_as_written_comes_back_as_written() {
+    let tables = [
+        json!({}),
+        json!({"channel": "news"}),
+        json!({"channel": "sport", "units": {"on_air": 3, "off_air": 0}, "settings": {"reset_after": "90s", "ratio": 0.5}}),
+        json!({"schedule": {"cron": "0 19 * * 1-5", "exclude": ["2026-12-25"], "lead": {"channel": "10m"}}, "paused": false}),
+    ];
+    for table in tables {
+        let table = table.as_object().cloned().unwrap();
+        assert_eq!(Written::of(&table).table(), table);
+    }
+    assert_eq!(Written::default().table(), Map::new());
+}

@@ -38,16 +38,12 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Reads the settings as written once, as the baseline of the restart-needed keys.
+    /// The settings the daemon started with are the baseline of the restart-needed keys (read in
+    /// the same pass as the settings, `Settings::written`); the file's broadcasts are not kept
+    /// (a reload reads them again).
     pub fn new(source: Source, running: Settings, catalog: Arc<Manager>) -> Self {
-        let baseline = match read(&source) {
-            Ok((_, written)) => Some(written),
-            Err(error) => {
-                tracing::warn!(%error, "Cannot read the settings again; reloads will not tell which settings need a restart until one succeeds.");
-                None
-            }
-        };
-        Self { source, running, baseline, catalog }
+        let baseline = Some(BTreeMap::clone(&running.written.0));
+        Self { source, running: running.without_broadcasts(), baseline, catalog }
     }
 
     /// Re-reads the config file and the machines and applies them, or refuses with every problem.
@@ -126,15 +122,35 @@ fn log_refused(problems: &[ProblemAt]) {
 /// environment merged) by dotted key, but those a reload applies.
 fn read(source: &Source) -> Result<(Settings, BTreeMap<String, Value>), crate::config::Error> {
     crate::config::load(source, |root| {
+        root.ignore("emulator");
+        let settings = Settings::parse(root, source);
+        let written = BTreeMap::clone(&settings.written.0);
+        (settings, written)
+    })
+}
+
+/// Every setting as written by dotted key, but those a reload applies. Values may be secrets:
+/// `Debug` shows only how many there are.
+#[derive(Clone, Default)]
+pub struct Baseline(Arc<BTreeMap<String, Value>>);
+
+impl Baseline {
+    /// The settings of `root`.
+    pub(super) fn of(root: &crate::config::Section<'_>) -> Self {
         let mut written = BTreeMap::new();
         for key in root.keys().into_iter().filter(|key| !APPLIED.contains(&key.as_str())) {
             if let Some(value) = root.peek(&key) {
                 flatten(&key, value, &mut written);
             }
         }
-        root.ignore("emulator");
-        (Settings::parse(root, source), written)
-    })
+        Self(Arc::new(written))
+    }
+}
+
+impl std::fmt::Debug for Baseline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Baseline({} settings)", self.0.len())
+    }
 }
 
 fn flatten(prefix: &str, value: &Value, into: &mut BTreeMap<String, Value>) {

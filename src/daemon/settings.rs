@@ -27,6 +27,10 @@ pub struct Settings {
     pub health: crate::health::Settings,
     /// The systemd watchdog interval, when the service manager asks for one (`$WATCHDOG_USEC`).
     pub watchdog: Option<std::time::Duration>,
+    /// Every setting as written (defaults, file and environment merged) by dotted key, but those
+    /// a reload applies: what a reload compares to tell which settings need a restart, read in
+    /// the same pass (the file is not read twice at start).
+    pub written: super::reload::Baseline,
 }
 
 /// Loads, merges and validates every layer; returns all problems at once.
@@ -41,6 +45,7 @@ impl Settings {
     /// Each module parses its own section of `root`; sections nobody reads are problems. The
     /// service manager's variables come from `source`'s environment.
     pub fn parse(root: &mut Section<'_>, source: &Source) -> Self {
+        let written = super::reload::Baseline::of(root);
         let shutdown = crate::shutdown::Settings::parse(&mut root.section("shutdown"));
         let media = crate::media::Settings::parse(&mut root.section("media"));
         let mut defaults = root.section("defaults");
@@ -64,7 +69,15 @@ impl Settings {
             source.var("WATCHDOG_PID"),
             std::process::id(),
         );
-        Settings { shutdown, media, engine, broker, scheduler, ingress, http, health, watchdog }
+        Settings { shutdown, media, engine, broker, scheduler, ingress, http, health, watchdog, written }
+    }
+
+    /// These settings without the config file's broadcasts, for what runs after start: the
+    /// running set (`catalog`) holds them then, and a reload reads the file again.
+    pub fn without_broadcasts(mut self) -> Settings {
+        self.engine.broadcasts = Default::default();
+        self.engine.sources = Default::default();
+        self
     }
 }
 

@@ -321,18 +321,20 @@ struct Lane {
     timers: timers::Timers,
     clock: SharedClock,
     metrics: crate::metrics::Metrics,
-    /// The instances of this lane's broadcasts, all loaded at start. Only this task touches them.
+    /// The instances of this lane's broadcasts, each read from the store on its first event. Only
+    /// this task touches them.
     cache: HashMap<String, Cached>,
     /// Broadcasts whose cached instance was dropped after a failed commit: read again from the store.
     stale: std::collections::HashSet<String>,
 }
 
-/// The stored instances and the pending outbox rows, read before anything starts.
-async fn load_state(store: &Arc<dyn Store>) -> Result<(Vec<InstanceRecord>, Vec<store::OutboxRow>), Error> {
-    let loaded = {
+/// The stored timers and the pending outbox rows, read before anything starts. Instances are
+/// not: each is read on its broadcast's first event (`Lane::current`).
+async fn load_state(store: &Arc<dyn Store>) -> Result<(Vec<store::TimerRecord>, Vec<store::OutboxRow>), Error> {
+    let timers = {
         let store = Arc::clone(store);
-        let span = tracing::info_span!("store.load_instances");
-        tokio::task::spawn_blocking(move || span.in_scope(|| store.load_instances()))
+        let span = tracing::info_span!("store.load_timers");
+        tokio::task::spawn_blocking(move || span.in_scope(|| store.load_timers()))
             .await
             .unwrap_or(Err(store::Error::Stopped))?
     };
@@ -343,31 +345,30 @@ async fn load_state(store: &Arc<dyn Store>) -> Result<(Vec<InstanceRecord>, Vec<
             .await
             .unwrap_or(Err(store::Error::Stopped))?
     };
-    Ok((loaded, pending))
+    Ok((timers, pending))
 }
 
-/// The stored instances of the running broadcasts, cached per lane, with their timers re-armed;
-/// and how many timers that was.
+/// The stored timers of the running broadcasts re-armed, and how many that was; the lanes'
+/// caches start empty.
 fn resume_instances(
-    loaded: Vec<InstanceRecord>,
+    loaded: Vec<store::TimerRecord>,
     catalog: &crate::catalog::Catalog,
     timers: &timers::Timers,
     lane_count: usize,
 ) -> (Vec<HashMap<String, Cached>>, usize) {
-    let mut caches: Vec<HashMap<String, Cached>> = (0..lane_count).map(|_| HashMap::new()).collect();
+    let caches: Vec<HashMap<String, Cached>> = (0..lane_count).map(|_| HashMap::new()).collect();
     let mut resumed_timers = 0;
-    for record in loaded {
-        let Some(entry) = catalog.get(&record.broadcast) else {
-            tracing::warn!(broadcast = %record.broadcast, "The store has a broadcast the settings no longer have; it is left alone.");
+    let mut left_alone = None;
+    for timer in loaded {
+        if !catalog.contains(&timer.broadcast) {
+            if left_alone.as_ref() != Some(&timer.broadcast) {
+                tracing::warn!(broadcast = %timer.broadcast, "The store has a broadcast the settings no longer have; it is left alone.");
+                left_alone = Some(timer.broadcast);
+            }
             continue;
-        };
-        let incarnation = entry.incarnation;
-        for (name, due) in &record.timers {
-            timers.set(&record.broadcast, name, *due);
-            resumed_timers += 1;
         }
-        let lane = lane_of(&record.broadcast, lane_count);
-        caches[lane].insert(record.broadcast.clone(), Cached::from_record(record, incarnation));
+        timers.set(&timer.broadcast, &timer.name, timer.due);
+        resumed_timers += 1;
     }
     (caches, resumed_timers)
 }
@@ -616,9 +617,9 @@ impl Lane {
         }
     }
 
-    /// The broadcast's instance: cached; or new, when the store has none (every instance was
-    /// loaded at start, and this lane is the only writer of its broadcasts); or read again after
-    /// a failed commit.
+    /// The broadcast's instance: cached; or read from the store on the broadcast's first event
+    /// (instances are not loaded at start) and after a failed commit; new when the store has none.
+    /// A failed read leaves it uncached, so it is read again rather than started afresh.
     async fn current(
         &mut self,
         broadcast: &str,
@@ -628,21 +629,14 @@ impl Lane {
         let (definition, incarnation) = (&*entry.machine, entry.incarnation);
         match self.cache.get(broadcast) {
             Some(cached) if cached.incarnation == incarnation => return Ok(cached.clone()),
+            // The broadcast was removed and created again: its old instance went with it.
             Some(_) => {
-                // The broadcast was removed and created again: its old instance went with it.
                 self.cache.remove(broadcast);
-                self.stale.insert(broadcast.to_string());
             }
             None => {}
         }
-        if !self.stale.contains(broadcast) {
-            let cached = Cached::new(definition, now, incarnation);
-            self.cache.insert(broadcast.to_string(), cached.clone());
-            return Ok(cached);
-        }
         let store = Arc::clone(&self.store);
         let id = broadcast.to_string();
-        // Stale until the read succeeds: a failed read must not turn the broadcast into a new one.
         let span = tracing::info_span!("store.load_instance");
         let loaded = tokio::task::spawn_blocking(move || span.in_scope(|| store.load_instance(&id)))
             .await

@@ -150,7 +150,7 @@ fn broadcast_json(
         "timezone": broadcast.schedule.as_ref().map(|spec| spec.timezone.name()),
     });
     if full {
-        shown["definition"] = Value::Object(entry.definition.clone());
+        shown["definition"] = Value::Object(entry.definition());
     }
     shown
 }

@@ -28,6 +28,22 @@ pub trait Store: Send + Sync + 'static {
     fn load_instances(&self) -> Result<Vec<InstanceRecord>, Error>;
     /// One broadcast's instance, if it has one.
     fn load_instance(&self, broadcast: &str) -> Result<Option<InstanceRecord>, Error>;
+    /// Every armed timer, by broadcast: what start-up re-arms (instances are read one at a time,
+    /// on their broadcast's first event). By default from `load_instances`.
+    fn load_timers(&self) -> Result<Vec<TimerRecord>, Error> {
+        let mut timers = Vec::new();
+        for record in self.load_instances()? {
+            for (name, due) in record.timers {
+                timers.push(TimerRecord { broadcast: record.broadcast.clone(), name, due });
+            }
+        }
+        Ok(timers)
+    }
+    /// Every stored instance's broadcast and state (without its variables). By default from
+    /// `load_instances`.
+    fn instance_states(&self) -> Result<Vec<(String, String)>, Error> {
+        Ok(self.load_instances()?.into_iter().map(|record| (record.broadcast, record.state)).collect())
+    }
     /// Which of these (event id, broadcast) pairs were already processed.
     fn processed(&self, events: &[(String, String)]) -> Result<Vec<bool>, Error>;
     /// Records a batch of decisions, in order, all or nothing: the decisions of one lane, each
@@ -215,6 +231,14 @@ pub struct InstanceRecord {
     pub since: DateTime<Utc>,
     /// Decisions recorded so far; the next decision's sequence number is `seq + 1`.
     pub seq: i64,
+}
+
+/// One armed timer of a broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerRecord {
+    pub broadcast: String,
+    pub name: String,
+    pub due: DateTime<Utc>,
 }
 
 /// One decision to record.

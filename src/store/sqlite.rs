@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::{
     AuditQuery, AuditRow, BroadcastChange, BroadcastRecord, Change, Commit, Committed, Completion, Cursor, Error,
     Expected, Fault, HeldStep, HoldWrite, InstanceRecord, OutboxRow, ScheduleHold, ScheduleHolds, ScheduleRecord,
-    Store,
+    Store, TimerRecord,
 };
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
@@ -206,6 +206,31 @@ impl Store for SqliteStore {
     fn load_instance(&self, broadcast: &str) -> Result<Option<InstanceRecord>, Error> {
         // `broadcast` is the primary key: at most one row, and it is this broadcast's.
         Ok(query_instances(&self.reader(), Some(broadcast))?.pop())
+    }
+
+    fn load_timers(&self) -> Result<Vec<TimerRecord>, Error> {
+        let sql = |error: rusqlite::Error| Error::Sql { operation: "load timers", reason: error.to_string() };
+        let reader = self.reader();
+        let mut statement = reader
+            .prepare_cached("SELECT broadcast, name, due_ms FROM timers ORDER BY broadcast, name")
+            .map_err(sql)?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?)))
+            .map_err(sql)?;
+        rows.map(|row| {
+            let (broadcast, name, due) = row.map_err(sql)?;
+            Ok(TimerRecord { broadcast, name, due: time(due) })
+        })
+        .collect()
+    }
+
+    fn instance_states(&self) -> Result<Vec<(String, String)>, Error> {
+        let sql = |error: rusqlite::Error| Error::Sql { operation: "load instances", reason: error.to_string() };
+        let reader = self.reader();
+        let mut statement = reader.prepare_cached("SELECT broadcast, state FROM instances").map_err(sql)?;
+        let rows =
+            statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))).map_err(sql)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(sql)
     }
 
     fn processed(&self, events: &[(String, String)]) -> Result<Vec<bool>, Error> {
@@ -1304,6 +1329,48 @@ mod tests {
 
     fn fixed_now() -> DateTime<Utc> {
         DateTime::from_timestamp_millis(1_795_000_000_000).unwrap()
+    }
+
+    /// What start-up reads instead of every instance: the timers (each with its broadcast) and
+    /// each instance's state, equal to what `load_instances` says. Three broadcasts in three
+    /// states, with two, one and no timers.
+    #[test]
+    fn start_up_reads_timers_and_states_as_the_instances_have_them() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&directory.path().join("onair.db")).unwrap();
+        let now = fixed_now();
+        let mut batch = Vec::new();
+        for (broadcast, state, timers) in [("news", "live", 2), ("sport", "failed", 1), ("weather", "standby", 0)] {
+            let mut commit = commit(&format!("{broadcast}-1"), 1, &[], None);
+            commit.broadcast = broadcast.into();
+            let instance = commit.instance.as_mut().unwrap();
+            instance.broadcast = broadcast.into();
+            instance.state = state.into();
+            instance.timers = (0..timers).map(|n| (format!("t{n}"), now + chrono::TimeDelta::seconds(n))).collect();
+            batch.push(commit);
+        }
+        store.commit(batch).unwrap();
+        let instances = store.load_instances().unwrap();
+        assert_eq!(instances.len(), 3);
+        let mut states = store.instance_states().unwrap();
+        states.sort();
+        let expected: Vec<(String, String)> =
+            instances.iter().map(|record| (record.broadcast.clone(), record.state.clone())).collect();
+        assert_eq!(states, expected);
+        let timers = store.load_timers().unwrap();
+        let expected: Vec<TimerRecord> = instances
+            .iter()
+            .flat_map(|record| {
+                record.timers.iter().map(|(name, due)| TimerRecord {
+                    broadcast: record.broadcast.clone(),
+                    name: name.clone(),
+                    due: *due,
+                })
+            })
+            .collect();
+        assert_eq!(timers, expected);
+        assert_eq!(timers.iter().filter(|timer| timer.broadcast == "news").count(), 2);
+        assert_eq!(timers.iter().filter(|timer| timer.broadcast == "weather").count(), 0);
     }
 
     /// A batch whose write fills the store: every request is answered as it was written. A
