@@ -257,7 +257,12 @@ pub fn problems(scheduled: &[Scheduled<'_>], now: DateTime<Utc>) -> Vec<String> 
     let mut windows: BTreeMap<&str, Vec<Window>> = BTreeMap::new();
     // Broadcasts with the same schedule share the answer.
     let mut gaps: HashMap<String, Option<Gap>> = HashMap::new();
-    for &Scheduled { id, spec, .. } in scheduled {
+    // Only broadcasts sharing a channel can clash on it.
+    let mut on_channel: HashMap<&str, usize> = HashMap::new();
+    for &Scheduled { channel, .. } in scheduled {
+        *on_channel.entry(channel).or_default() += 1;
+    }
+    for &Scheduled { id, channel, spec } in scheduled {
         if let When::Cron(cron) = &spec.when
             && cron.next_after(spec.local(now)).is_none()
         {
@@ -267,6 +272,10 @@ pub fn problems(scheduled: &[Scheduled<'_>], now: DateTime<Utc>) -> Vec<String> 
                  days; April, June, September and November have 30)",
                 cron.source(),
             ));
+            continue;
+        }
+        let shares_channel = on_channel.get(channel).is_some_and(|count| *count > 1);
+        if !shares_channel && spaced(spec, now) {
             continue;
         }
         let occurrences: Vec<Occurrence> = horizon(spec, now);
@@ -300,6 +309,9 @@ pub fn problems(scheduled: &[Scheduled<'_>], now: DateTime<Utc>) -> Vec<String> 
                 super::OVERLAP_LOOKBACK.num_days(),
                 occurrence_id(overlapped.air),
             ));
+        }
+        if !shares_channel {
+            continue;
         }
         windows.insert(
             id,
@@ -345,6 +357,48 @@ fn channel_clashes(scheduled: &[Scheduled<'_>], windows: &BTreeMap<&str, Vec<Win
     problems
 }
 
+/// How much daylight saving (or any offset change in the time zone database) can shorten the
+/// real time between two wall-clock times: two hours at most today (Antarctica/Troll), with room.
+const OFFSET_CHANGE_MARGIN: TimeDelta = TimeDelta::hours(3);
+
+/// Times of day a cron expression may match before `spaced` gives up and the year is walked.
+const SPACED_MAX_TIMES: usize = 48;
+
+/// Whether `spec`'s occurrences are surely far enough apart that neither year check can find
+/// anything: no warm-up before the previous air time (`lead.channel` no longer than any gap), no
+/// occurrence overlapping the previous one (`duration` no longer than any gap). Found from the
+/// times of day the expression matches, which are the same on every day it matches, so the
+/// year need not be walked; a schedule that fires through both passes of a repeated hour, or
+/// matches many times a day, is walked.
+pub(crate) fn spaced(spec: &Spec, now: DateTime<Utc>) -> bool {
+    let When::Cron(cron) = &spec.when else { return false };
+    if cron.is_interval() || spec.dst_fold == super::FoldPolicy::Both {
+        return false;
+    }
+    let Some(least) = least_wall_gap(cron, spec.local(now)) else { return false };
+    let bound = least - OFFSET_CHANGE_MARGIN;
+    spec.lead_channel <= bound && spec.duration <= bound
+}
+
+/// The least wall-clock time between two matches of `cron`: between its times of day, or from
+/// its last time of day to its first on the next day. `None` when it matches no date after
+/// `from`, or more than `SPACED_MAX_TIMES` times a day.
+fn least_wall_gap(cron: &super::CronExpr, from: chrono::NaiveDateTime) -> Option<TimeDelta> {
+    let day = cron.next_after(from)?.date();
+    let mut cursor = day.and_hms_opt(0, 0, 0)? - TimeDelta::seconds(1);
+    let mut times = Vec::new();
+    while let Some(next) = cron.next_after(cursor).filter(|next| next.date() == day) {
+        if times.len() == SPACED_MAX_TIMES {
+            return None;
+        }
+        times.push(next);
+        cursor = next;
+    }
+    let (first, last) = (times.first()?, times.last()?);
+    let across = TimeDelta::days(1) - (*last - *first);
+    Some(times.windows(2).map(|pair| pair[1] - pair[0]).fold(across, TimeDelta::min))
+}
+
 fn horizon(spec: &Arc<Spec>, now: DateTime<Utc>) -> Vec<Occurrence> {
     spec.occurrences(now)
         .take_while(|occurrence| occurrence.air < now + CHECK_HORIZON)
@@ -379,4 +433,101 @@ fn first_clash(a: &[Window], b: &[Window]) -> Option<(Window, Window)> {
 
 fn humanize(delta: TimeDelta) -> String {
     humantime::format_duration(delta.to_std().unwrap_or_default()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::{CronExpr, FoldPolicy, GapPolicy};
+
+    /// `spaced` is a shortcut: wherever it says a schedule cannot trouble the year checks, the
+    /// year walked from several instants (across the 2026 transitions of three time zones)
+    /// finds no gap shorter than the warm-up and no overlap; and it does not claim the
+    /// schedules that do have such problems.
+    #[test]
+    fn a_spaced_schedule_has_no_year_problem_and_troubled_ones_are_walked() {
+        let expressions = [
+            "30 19 * * *",
+            "0 2 * * *",
+            "30 2 * * *",
+            "0 1 * * *",
+            "0 8,20 * * *",
+            "0 0,23 * * *",
+            "15 9 * * 1-5",
+            "0 12 1 * *",
+            "0 12 29 2 *",
+            "0 12 13 * 5",
+            "0 0 */2 * *",
+            "0 9-17/4 * * *",
+            "45 23 * * 0",
+        ];
+        let zones = ["Europe/Paris", "America/New_York", "Australia/Lord_Howe", "UTC"];
+        let leads = [TimeDelta::minutes(10), TimeDelta::hours(10), TimeDelta::hours(21), TimeDelta::hours(23)];
+        let durations = [TimeDelta::minutes(30), TimeDelta::hours(11), TimeDelta::hours(22), TimeDelta::hours(26)];
+        let starts = ["2026-01-15T00:00:00Z", "2026-03-28T12:00:00Z", "2026-10-24T12:00:00Z"];
+        let (mut shortcut, mut walked, mut troubled) = (0, 0, 0);
+        for expression in expressions {
+            let cron = Arc::new(CronExpr::parse(expression).unwrap());
+            for zone in zones {
+                for fold in [FoldPolicy::First, FoldPolicy::Last, FoldPolicy::Both] {
+                    for (lead, duration) in leads.iter().zip(durations.iter().rev()).chain(leads.iter().zip(&durations))
+                    {
+                        let mut spec = Spec::new(When::Cron(Arc::clone(&cron)), zone.parse().unwrap(), *duration);
+                        (spec.dst_gap, spec.dst_fold, spec.lead_channel) = (GapPolicy::Shift, fold, *lead);
+                        let spec = Arc::new(spec);
+                        for start in starts {
+                            let now: DateTime<Utc> = start.parse().unwrap();
+                            let occurrences = horizon(&spec, now);
+                            let gap_problem =
+                                smallest_gap(&occurrences).is_some_and(|(gap, _, _)| spec.lead_channel > gap);
+                            let overlap = occurrences
+                                .iter()
+                                .any(|occurrence| matches!(occurrence.skipped, Some(Skip::Overlap { .. })));
+                            if spaced(&spec, now) {
+                                shortcut += 1;
+                                assert!(
+                                    !gap_problem && !overlap,
+                                    "{expression} in {zone} ({fold:?}, lead {lead}, duration {duration}) from {start}"
+                                );
+                            } else {
+                                walked += 1;
+                            }
+                            troubled += usize::from(gap_problem || overlap);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(shortcut > 500 && walked > 1000 && troubled > 500, "{shortcut} {walked} {troubled}");
+    }
+
+    /// Broadcasts alone on their channel are not walked, yet each one's problems are still found,
+    /// and two broadcasts on one channel are still checked against each other.
+    #[test]
+    fn problems_are_found_with_the_shortcut_for_three_broadcasts() {
+        let now: DateTime<Utc> = "2026-06-01T00:00:00Z".parse().unwrap();
+        let daily = |expression: &str, lead: TimeDelta, duration: TimeDelta| {
+            let cron = Arc::new(CronExpr::parse(expression).unwrap());
+            let mut spec = Spec::new(When::Cron(cron), chrono_tz::Europe::Paris, duration);
+            spec.lead_channel = lead;
+            Arc::new(spec)
+        };
+        let spaced_alone = daily("0 19 * * *", TimeDelta::minutes(10), TimeDelta::hours(1));
+        let lead_too_long = daily("0 8,20 * * *", TimeDelta::hours(13), TimeDelta::hours(1));
+        let same_channel = daily("30 19 * * *", TimeDelta::minutes(10), TimeDelta::hours(1));
+        let scheduled = [
+            Scheduled { id: "news", channel: "news", spec: &spaced_alone },
+            Scheduled { id: "sport", channel: "sport", spec: &lead_too_long },
+            Scheduled { id: "late", channel: "news", spec: &same_channel },
+        ];
+        let found = problems(&scheduled, now);
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(
+            found[0].starts_with("broadcasts.sport.schedule.lead.channel: 13h is longer than the 11h"),
+            "{found:#?}"
+        );
+        assert!(found[1].starts_with("broadcasts.news and broadcasts.late: both use channel \"news\""), "{found:#?}");
+        let alone = [scheduled[0], Scheduled { id: "late", channel: "late", spec: &same_channel }];
+        assert!(problems(&alone, now).is_empty());
+    }
 }
