@@ -46,7 +46,6 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 use url::Url;
 
 use crate::engine::{Delivery, Outcome};
@@ -736,6 +735,9 @@ async fn session(
     }
     let in_flight = TaskTracker::new();
     let dead = Arc::new(DeadLetters { channel: dead_channel, settings: settings.clone(), status: status.clone() });
+    let (handed, acker_input) = mpsc::unbounded_channel();
+    let acker = Acker { window: Window::default(), dead, tracker: in_flight.clone(), status: status.clone() };
+    in_flight.spawn(acker.run(acker_input));
     let mut liveness = tokio::time::interval(settings.liveness_interval);
     let outcome = loop {
         tokio::select! {
@@ -749,13 +751,15 @@ async fn session(
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
                     status.received();
-                    handle(delivery, input, &in_flight, &dead, status, shutdown).await;
+                    handle(delivery, input, &handed, shutdown).await;
                 }
                 Some(Err(error)) => break Err(Error::ConsumerEnded(error.to_string())),
                 None => break Err(Error::ConsumerEnded("the broker cancelled the consumer".into())),
             },
         }
     };
+    // The acker finishes once every delivery handed to it is settled.
+    drop(handed);
     status.set_down(match &outcome {
         Ok(()) => "stopping",
         Err(_) => "connection lost",
@@ -784,7 +788,7 @@ async fn drain(
             () = tokio::time::sleep(Duration::from_millis(100)) => {
                 if status.commits_failing() {
                     tracing::warn!(
-                        in_hand = in_flight.len(),
+                        in_hand = status.work().outstanding,
                         "Store commits fail; deliveries in hand go back to the queue when the channel closes."
                     );
                     break;
@@ -797,33 +801,43 @@ async fn drain(
     tracing::info!("Consumer stopped; in-flight events acknowledged or returned.");
 }
 
-/// Hands one delivery to the engine; its acknowledgement waits for the outcome in a task, so
-/// that up to `prefetch` deliveries are decided concurrently.
+/// A delivery on its way to the acker, in the order the broker delivered it, with what settles it.
+struct Handed {
+    delivery: lapin::message::Delivery,
+    settle: Settle,
+}
+
+enum Settle {
+    /// The engine decides it; this is its outcome.
+    Decide(oneshot::Receiver<Outcome>),
+    /// onair's own output: acknowledged without a decision.
+    Output,
+    /// Not a valid event: dead-lettered with this reason.
+    Invalid(String),
+    /// Not handed to the engine (stopping): left unacknowledged, it goes back to the queue.
+    Leave,
+}
+
+/// Hands one delivery to the engine, and to the acker with the engine's outcome to wait for.
 async fn handle(
     delivery: lapin::message::Delivery,
     input: &mpsc::Sender<Delivery>,
-    in_flight: &TaskTracker,
-    dead: &Arc<DeadLetters>,
-    status: &Status,
+    acker: &mpsc::UnboundedSender<Handed>,
     shutdown: &CancellationToken,
 ) {
-    let span = tracing::info_span!("delivery", delivery_tag = delivery.delivery_tag, event_id = tracing::field::Empty);
+    // The acker lives as long as the session; should it be gone, the delivery stays
+    // unacknowledged and goes back to the queue when the channel closes.
+    let hand = |delivery, settle| drop(acker.send(Handed { delivery, settle }));
     let is_output =
         delivery.properties.headers().as_ref().is_some_and(|headers| headers.inner().contains_key(OUTPUT_HEADER));
     if is_output {
-        let status = status.clone();
-        in_flight.spawn(async move { status.settled(ack(&delivery).await) }.instrument(span));
-        return;
+        return hand(delivery, Settle::Output);
     }
     let event = match Event::parse(&delivery.data) {
         Ok(event) => event,
-        Err(error) => {
-            let dead = Arc::clone(dead);
-            in_flight.spawn(async move { dead.dead_letter(delivery, &error.to_string()).await }.instrument(span));
-            return;
-        }
+        Err(error) => return hand(delivery, Settle::Invalid(error.to_string())),
     };
-    span.record("event_id", event.id.as_str());
+    let span = tracing::info_span!("delivery", delivery_tag = delivery.delivery_tag, event_id = %event.id);
     span.in_scope(|| tracing::debug!(kind = %event.kind, subject = %event.subject, "Delivery received."));
     let (reply, outcome) = oneshot::channel();
     // While the engine takes nothing (its commits fail and its queues are full) this waits, and
@@ -834,41 +848,252 @@ async fn handle(
     };
     let Some(permit) = permit else {
         // Stopping: leave the message unacknowledged; it goes back to the queue.
-        status.settled(false);
-        return;
+        return hand(delivery, Settle::Leave);
     };
     permit.send(Delivery { event, reply: Some(reply) });
-    let dead = Arc::clone(dead);
-    let status = status.clone();
-    in_flight.spawn(async move {
-        match outcome.await.unwrap_or_else(|_| Outcome::Failed("the engine stopped before deciding".into())) {
-            outcome @ (Outcome::Committed | Outcome::Duplicate) => {
-                let acked = ack(&delivery).await;
-                if acked {
-                    tracing::debug!(outcome = ?outcome, "Delivery acknowledged.");
-                    status.inner.acked.fetch_add(1, Ordering::Relaxed);
-                    if outcome == Outcome::Duplicate {
-                        status.inner.deduplicated.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                status.settled(acked);
+    hand(delivery, Settle::Decide(outcome));
+}
+
+/// What became of a delivery handed to the acker, as the acker learns it.
+enum Resolution {
+    /// The engine's outcome.
+    Decided(Outcome),
+    /// The dead-letter task finished: the delivery was acknowledged or returned to the queue
+    /// (`true`), or the task died with it in hand (`false`).
+    DeadLettered(bool),
+}
+
+type Resolving = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Resolution)> + Send>>;
+
+/// Acknowledges the deliveries of one channel, in one task: once per batch, with `multiple`,
+/// up to the highest delivery tag below which every delivery is settled (decided and committed,
+/// a duplicate, onair's output, or dead-lettered). A delivery left unacknowledged (the engine
+/// stopped before its commit) stays outstanding on the channel, and a `multiple` ack would cover
+/// it: after one, the rest of the channel's deliveries are acknowledged one by one.
+struct Acker {
+    window: Window,
+    dead: Arc<DeadLetters>,
+    tracker: TaskTracker,
+    status: Status,
+}
+
+impl Acker {
+    async fn run(mut self, mut input: mpsc::UnboundedReceiver<Handed>) {
+        let mut resolving: futures_util::stream::FuturesUnordered<Resolving> = Default::default();
+        let mut open = true;
+        while open || !resolving.is_empty() {
+            tokio::select! {
+                handed = input.recv(), if open => match handed {
+                    Some(handed) => self.admit(handed, &resolving),
+                    None => open = false,
+                },
+                Some((tag, resolution)) = resolving.next() => self.resolve(tag, resolution, &resolving),
             }
-            Outcome::Unroutable(reason) => dead.dead_letter(delivery, &reason).await,
-            Outcome::Failed(reason) => {
+            // Take in what is already there, without waiting for more, then acknowledge it.
+            loop {
+                if open && let Ok(handed) = input.try_recv() {
+                    self.admit(handed, &resolving);
+                    continue;
+                }
+                match futures_lite::future::poll_once(resolving.next()).await {
+                    Some(Some((tag, resolution))) => self.resolve(tag, resolution, &resolving),
+                    _ => break,
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    fn admit(&mut self, handed: Handed, resolving: &futures_util::stream::FuturesUnordered<Resolving>) {
+        let Handed { delivery, settle } = handed;
+        let tag = delivery.delivery_tag;
+        match settle {
+            Settle::Decide(outcome) => {
+                self.window.push(tag, Some(delivery), Slot::Waiting);
+                resolving.push(Box::pin(async move {
+                    let outcome =
+                        outcome.await.unwrap_or_else(|_| Outcome::Failed("the engine stopped before deciding".into()));
+                    (tag, Resolution::Decided(outcome))
+                }));
+            }
+            Settle::Output => self.window.push(tag, Some(delivery), Slot::Ack(Kind::Output)),
+            Settle::Invalid(reason) => {
+                self.window.push(tag, None, Slot::Waiting);
+                self.dead_letter(delivery, reason, resolving);
+            }
+            Settle::Leave => {
+                self.status.settled(false);
+                self.window.push(tag, None, Slot::Held);
+            }
+        }
+    }
+
+    fn resolve(
+        &mut self,
+        tag: u64,
+        resolution: Resolution,
+        resolving: &futures_util::stream::FuturesUnordered<Resolving>,
+    ) {
+        let Some((delivery, slot)) = self.window.get_mut(tag) else { return };
+        match resolution {
+            Resolution::Decided(Outcome::Committed) => *slot = Slot::Ack(Kind::Committed),
+            Resolution::Decided(Outcome::Duplicate) => *slot = Slot::Ack(Kind::Duplicate),
+            Resolution::Decided(Outcome::Unroutable(reason)) => {
+                if let Some(delivery) = delivery.take() {
+                    self.dead_letter(delivery, reason, resolving);
+                }
+            }
+            Resolution::Decided(Outcome::Failed(reason)) => {
                 // Only when the engine stops before its commit (store failures are retried, not
                 // reported). Not rejected: a requeue counts towards the delivery limit. The
                 // delivery stays unacknowledged until the channel closes, which returns it.
-                tracing::debug!(%reason, delivery_tag = delivery.delivery_tag, "Event not committed; left unacknowledged, it goes back to the queue when the channel closes.");
-                drop(delivery);
-                status.settled(false);
+                tracing::debug!(%reason, delivery_tag = tag, "Event not committed; left unacknowledged, it goes back to the queue when the channel closes.");
+                *delivery = None;
+                *slot = Slot::Held;
+                self.status.settled(false);
+            }
+            Resolution::DeadLettered(finished) => *slot = if finished { Slot::Done } else { Slot::Held },
+        }
+    }
+
+    /// Dead-letters in a task of its own (a confirmed publish, then the ack of that delivery
+    /// alone); the window waits for it.
+    fn dead_letter(
+        &self,
+        delivery: lapin::message::Delivery,
+        reason: String,
+        resolving: &futures_util::stream::FuturesUnordered<Resolving>,
+    ) {
+        let tag = delivery.delivery_tag;
+        let dead = Arc::clone(&self.dead);
+        let task = self.tracker.spawn(async move { dead.dead_letter(delivery, &reason).await });
+        resolving.push(Box::pin(async move { (tag, Resolution::DeadLettered(task.await.is_ok())) }));
+    }
+
+    /// Acknowledges what the window allows: the settled run at its front with one `multiple`
+    /// ack; after a delivery left unacknowledged, each settled delivery by itself.
+    async fn flush(&mut self) {
+        let (run, last) = self.window.settled_run();
+        if let Some(last) = last {
+            let acked = ack(&last, true).await;
+            self.account(&run, acked);
+        }
+        if self.window.single {
+            for (delivery, kind) in self.window.settled_anywhere() {
+                let acked = ack(&delivery, false).await;
+                self.account(&[kind], acked);
             }
         }
-    }.instrument(span));
+    }
+
+    /// Counts acknowledged deliveries (or, when the ack could not be sent, deliveries the broker
+    /// will deliver again).
+    fn account(&self, kinds: &[Kind], acked: bool) {
+        let inner = &self.status.inner;
+        for kind in kinds {
+            if acked && *kind != Kind::Output {
+                inner.acked.fetch_add(1, Ordering::Relaxed);
+                if *kind == Kind::Duplicate {
+                    inner.deduplicated.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.status.settled(acked);
+        }
+        if acked {
+            tracing::debug!(deliveries = kinds.len(), "Deliveries acknowledged.");
+        }
+    }
 }
 
-/// Acknowledges; false when the ack could not be sent (the broker will redeliver).
-async fn ack(delivery: &lapin::message::Delivery) -> bool {
-    match delivery.ack(BasicAckOptions::default()).await {
+/// What an acknowledged delivery counts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Committed,
+    Duplicate,
+    Output,
+}
+
+/// Where one delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Its outcome, or its dead-lettering, is not known yet.
+    Waiting,
+    /// To acknowledge.
+    Ack(Kind),
+    /// Settled by another (dead-lettered: acknowledged or returned by that task).
+    Done,
+    /// Left unacknowledged on the channel until it closes.
+    Held,
+}
+
+/// The deliveries of one channel not settled yet, in delivery-tag order.
+#[derive(Default)]
+struct Window {
+    slots: std::collections::VecDeque<(u64, Option<lapin::message::Delivery>, Slot)>,
+    /// A delivery was left unacknowledged: no `multiple` ack any more on this channel.
+    single: bool,
+}
+
+impl Window {
+    fn push(&mut self, tag: u64, delivery: Option<lapin::message::Delivery>, slot: Slot) {
+        self.slots.push_back((tag, delivery, slot));
+    }
+
+    fn get_mut(&mut self, tag: u64) -> Option<(&mut Option<lapin::message::Delivery>, &mut Slot)> {
+        let index = self.slots.binary_search_by_key(&tag, |(tag, ..)| *tag).ok()?;
+        self.slots.get_mut(index).map(|(_, delivery, slot)| (delivery, slot))
+    }
+
+    /// Takes the run at the front in which every delivery is settled or to acknowledge: the kinds
+    /// to acknowledge, and the delivery with the highest tag among them, whose `multiple` ack
+    /// covers them all (every lower tag is settled). Stops at a delivery still waiting; one left
+    /// unacknowledged switches the window to single acks.
+    fn settled_run(&mut self) -> (Vec<Kind>, Option<lapin::message::Delivery>) {
+        let mut kinds = Vec::new();
+        let mut last = None;
+        if self.single {
+            return (kinds, last);
+        }
+        while let Some((_, _, slot)) = self.slots.front() {
+            match *slot {
+                Slot::Waiting => break,
+                Slot::Held => {
+                    self.single = true;
+                    break;
+                }
+                Slot::Done => drop(self.slots.pop_front()),
+                Slot::Ack(kind) => {
+                    let Some((_, delivery, _)) = self.slots.pop_front() else { break };
+                    kinds.push(kind);
+                    last = delivery.or(last);
+                }
+            }
+        }
+        (kinds, last)
+    }
+
+    /// After a delivery was left unacknowledged: takes every delivery to acknowledge, wherever it
+    /// stands, and forgets the settled ones.
+    fn settled_anywhere(&mut self) -> Vec<(lapin::message::Delivery, Kind)> {
+        let mut acks = Vec::new();
+        self.slots.retain_mut(|(_, delivery, slot)| match *slot {
+            Slot::Waiting => true,
+            Slot::Held | Slot::Done => false,
+            Slot::Ack(kind) => {
+                if let Some(delivery) = delivery.take() {
+                    acks.push((delivery, kind));
+                }
+                false
+            }
+        });
+        acks
+    }
+}
+
+/// Acknowledges (with `multiple`, this delivery and every earlier one of its channel); false when
+/// the ack could not be sent (the broker will redeliver).
+async fn ack(delivery: &lapin::message::Delivery, multiple: bool) -> bool {
+    match delivery.ack(BasicAckOptions { multiple }).await {
         Ok(true) => true,
         Ok(false) => {
             tracing::warn!(
@@ -915,7 +1140,7 @@ impl DeadLetters {
         match published {
             Ok(()) => {
                 tracing::warn!(%reason, delivery_tag = delivery.delivery_tag, "Message dead-lettered.");
-                let acked = ack(&delivery).await;
+                let acked = ack(&delivery, false).await;
                 if acked {
                     self.status.inner.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 }
@@ -933,6 +1158,96 @@ impl DeadLetters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn delivery(tag: u64) -> lapin::message::Delivery {
+        lapin::message::Delivery::mock(tag, "onair.events".into(), "b".into(), false, Vec::new())
+    }
+
+    fn window(slots: &[Slot]) -> Window {
+        let mut window = Window::default();
+        for (index, slot) in slots.iter().enumerate() {
+            let tag = index as u64 + 1;
+            let delivery = (!matches!(slot, Slot::Held | Slot::Done)).then(|| delivery(tag));
+            window.push(tag, delivery, *slot);
+        }
+        window
+    }
+
+    fn tags(window: &Window) -> Vec<u64> {
+        window.slots.iter().map(|(tag, ..)| *tag).collect()
+    }
+
+    #[test]
+    fn a_multiple_ack_covers_only_a_settled_run_and_never_a_delivery_still_waiting() {
+        use Slot::*;
+        // Broadcast a committed (1, 2), b waiting for its commit (3), c a duplicate (4).
+        let mut window = window(&[Ack(Kind::Committed), Ack(Kind::Committed), Waiting, Ack(Kind::Duplicate)]);
+        let (kinds, last) = window.settled_run();
+        assert_eq!(kinds, [Kind::Committed, Kind::Committed]);
+        assert_eq!(last.map(|delivery| delivery.delivery_tag), Some(2), "not beyond the delivery still waiting");
+        assert_eq!(tags(&window), [3, 4]);
+        assert_eq!(window.settled_run().0, [], "nothing while the front waits");
+        // 3 is being dead-lettered: still waiting, then settled by its own task.
+        let (_, slot) = window.get_mut(3).unwrap();
+        assert_eq!(*slot, Waiting);
+        *slot = Done;
+        let (kinds, last) = window.settled_run();
+        assert_eq!(kinds, [Kind::Duplicate]);
+        assert_eq!(
+            last.map(|delivery| delivery.delivery_tag),
+            Some(4),
+            "over a dead-lettered delivery once it is settled"
+        );
+        assert!(window.slots.is_empty() && !window.single);
+        // A run of dead letters alone acknowledges nothing.
+        let mut window = window_of_done();
+        let (kinds, last) = window.settled_run();
+        assert!(kinds.is_empty() && last.is_none() && window.slots.is_empty());
+    }
+
+    fn window_of_done() -> Window {
+        window(&[Slot::Done, Slot::Done])
+    }
+
+    #[test]
+    fn after_a_delivery_left_unacknowledged_each_delivery_is_acknowledged_by_itself() {
+        use Slot::*;
+        // 1 committed, 2 left unacknowledged (the engine stopped), 3 committed, 4 waiting, 5 output.
+        let mut window = window(&[Ack(Kind::Committed), Held, Ack(Kind::Committed), Waiting, Ack(Kind::Output)]);
+        let (kinds, last) = window.settled_run();
+        assert_eq!((kinds.len(), last.map(|delivery| delivery.delivery_tag)), (1, Some(1)), "up to the held one only");
+        assert!(window.single, "a multiple ack above 2 would acknowledge it");
+        assert_eq!(window.settled_run().0, [], "no multiple ack any more");
+        let single: Vec<(u64, Kind)> =
+            window.settled_anywhere().into_iter().map(|(delivery, kind)| (delivery.delivery_tag, kind)).collect();
+        assert_eq!(single, [(3, Kind::Committed), (5, Kind::Output)]);
+        assert_eq!(tags(&window), [4], "the waiting one stays");
+        let (_, slot) = window.get_mut(4).unwrap();
+        *slot = Ack(Kind::Duplicate);
+        assert_eq!(window.settled_anywhere().len(), 1);
+        assert!(window.slots.is_empty());
+    }
+
+    #[test]
+    fn a_failed_batch_leaves_its_whole_range_unacknowledged() {
+        use Slot::*;
+        // Broadcasts a, b, c: a's event committed before, b's and c's in the batch whose commit
+        // failed (still waiting, the lane retries), and a later one of a committed.
+        let mut window = window(&[Ack(Kind::Committed), Waiting, Waiting, Ack(Kind::Committed)]);
+        assert_eq!(window.settled_run().1.map(|delivery| delivery.delivery_tag), Some(1));
+        assert_eq!(window.settled_run().1.map(|delivery| delivery.delivery_tag), None);
+        assert_eq!(tags(&window), [2, 3, 4], "nothing of the failed range nor after it is acknowledged");
+        // The engine stops before the retry succeeds: both are left for the channel's close.
+        for tag in [2, 3] {
+            let (delivery, slot) = window.get_mut(tag).unwrap();
+            *delivery = None;
+            *slot = Held;
+        }
+        assert_eq!(window.settled_run().1.map(|delivery| delivery.delivery_tag), None);
+        let single: Vec<u64> =
+            window.settled_anywhere().into_iter().map(|(delivery, _)| delivery.delivery_tag).collect();
+        assert_eq!(single, [4]);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_consumer_is_stalled_only_while_deliveries_go_uncommitted() {

@@ -55,7 +55,8 @@ pub fn check(definition: &Definition) -> Vec<Problem> {
         if let Some(guard) = &transition.guard
             && guard.variables().is_empty()
         {
-            let scope = Scope::new(&Value::Null, &Value::Null, &Map::new(), "", chrono::DateTime::UNIX_EPOCH);
+            let no_vars = Map::new();
+            let scope = Scope::new(&Value::Null, &Value::Null, &no_vars, "", chrono::DateTime::UNIX_EPOCH);
             match guard.eval_bool(&scope) {
                 Ok(false) => problems.push(Problem::new(
                     transition.location.clone(),

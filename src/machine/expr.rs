@@ -3,7 +3,13 @@
 //! Guards and template parts are compiled once, when a definition is loaded, and evaluated in a
 //! `Scope` that exposes `event`, `broadcast`, `vars`, `state` and `now`. Evaluation is pure: the
 //! same scope always gives the same value.
+//!
+//! A scope converts a variable to CEL only when an expression that reads it is first evaluated
+//! (each expression knows the variables it reads from its compilation): a decision whose
+//! transition has no guard and only literal values builds no CEL value at all, and a guard on
+//! `vars` does not pay for converting the event or the broadcast.
 
+use std::cell::{Cell, RefCell};
 use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
@@ -22,6 +28,32 @@ static ENV: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib
 pub struct Expr {
     pub source: String,
     program: Arc<cel::Program>,
+    /// The scope's bindings it reads (`Binding` bits), known from its compilation.
+    needs: u8,
+}
+
+/// One bit per binding a scope can make: the variables of `VARIABLES`, in order, then the
+/// `occurrence` function.
+struct Binding;
+
+impl Binding {
+    const OCCURRENCE: u8 = 1 << VARIABLES.len();
+    const ALL: u8 = (1 << (VARIABLES.len() + 1)) - 1;
+
+    /// The bits for the variables and functions a program references.
+    fn of(program: &cel::Program) -> u8 {
+        let references = program.references();
+        let mut needs = 0;
+        for variable in references.variables() {
+            if let Some(index) = VARIABLES.iter().position(|name| *name == variable) {
+                needs |= 1 << index;
+            }
+        }
+        if references.functions().contains(&"occurrence") {
+            needs |= Self::OCCURRENCE;
+        }
+        needs
+    }
 }
 
 impl std::fmt::Debug for Expr {
@@ -34,7 +66,8 @@ impl Expr {
     /// Compiles `source`; the error is CEL's message, with the position in the expression.
     pub fn compile(source: &str) -> Result<Self, String> {
         let program = ENV.compile(source).map_err(|error| error.to_string())?;
-        Ok(Self { source: source.to_string(), program: Arc::new(program) })
+        let needs = Binding::of(&program);
+        Ok(Self { source: source.to_string(), program: Arc::new(program), needs })
     }
 
     /// The top-level variables it reads.
@@ -54,13 +87,19 @@ impl Expr {
     }
 
     /// Evaluates to JSON.
-    pub fn eval(&self, scope: &Scope) -> Result<Value, String> {
-        let value = self.program.execute(&scope.context).map_err(|error| error.to_string())?;
-        to_json(&value)
+    pub fn eval(&self, scope: &Scope<'_>) -> Result<Value, String> {
+        let result = scope.execute(&self.program, self.needs);
+        // Should the references have missed a variable the expression reads, the error comes
+        // from a partial scope: evaluate again with every binding, as an eager scope would.
+        let result = match result {
+            Err(_) if scope.bound.get() != Binding::ALL => scope.execute(&self.program, Binding::ALL),
+            result => result,
+        };
+        to_json(&result.map_err(|error| error.to_string())?)
     }
 
     /// Evaluates a guard: it must give a boolean.
-    pub fn eval_bool(&self, scope: &Scope) -> Result<bool, String> {
+    pub fn eval_bool(&self, scope: &Scope<'_>) -> Result<bool, String> {
         match self.eval(scope)? {
             Value::Bool(value) => Ok(value),
             other => Err(format!("expected a boolean, got {other}")),
@@ -138,7 +177,7 @@ impl Template {
     }
 
     /// Evaluates to JSON: the typed value of a lone expression, otherwise a string.
-    pub fn eval(&self, scope: &Scope) -> Result<Value, String> {
+    pub fn eval(&self, scope: &Scope<'_>) -> Result<Value, String> {
         if let [Part::Expr(expr)] = self.parts.as_slice() {
             return expr.eval(scope).map_err(|error| format!("${{{}}}: {error}", expr.source));
         }
@@ -184,23 +223,59 @@ fn closing_brace(body: &str) -> Option<usize> {
     None
 }
 
-/// What expressions can see while one event is handled.
-pub struct Scope {
-    context: cel::Context<'static, 'static>,
+/// What expressions can see while one event is handled. Each variable becomes a CEL value the
+/// first time an expression that reads it is evaluated, and stays bound for the next ones.
+pub struct Scope<'a> {
+    event: &'a Value,
+    broadcast: &'a Value,
+    vars: &'a Map<String, Value>,
+    state: &'a str,
+    now: DateTime<Utc>,
+    context: RefCell<cel::Context<'static, 'static>>,
+    /// The `Binding` bits already in `context`.
+    bound: Cell<u8>,
 }
 
-impl Scope {
+impl<'a> Scope<'a> {
     /// A scope for `event` (as JSON) on a broadcast in `state` with `vars`, at `now`.
-    pub fn new(event: &Value, broadcast: &Value, vars: &Map<String, Value>, state: &str, now: DateTime<Utc>) -> Self {
-        let mut context = cel::Context::with_env(Arc::clone(&ENV));
-        // Adding a serde_json value cannot fail: every JSON value has a CEL counterpart.
-        let _ = context.add_variable("event", AsCel(event));
-        let _ = context.add_variable("broadcast", AsCel(broadcast));
-        let _ = context.add_variable("vars", AsCelMap(vars));
-        let _ = context.add_variable("state", state);
-        context.add_variable_from_value("now", cel::Value::Timestamp(now.fixed_offset()));
-        let _ = context.add_function("occurrence", occurrence);
-        Self { context }
+    pub fn new(
+        event: &'a Value,
+        broadcast: &'a Value,
+        vars: &'a Map<String, Value>,
+        state: &'a str,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let context = RefCell::new(cel::Context::with_env(Arc::clone(&ENV)));
+        Self { event, broadcast, vars, state, now, context, bound: Cell::new(0) }
+    }
+
+    /// Binds what `needs` names and is not bound yet, then runs `program`.
+    fn execute(&self, program: &cel::Program, needs: u8) -> Result<cel::Value, cel::ExecutionError> {
+        let missing = needs & !self.bound.get();
+        if missing != 0 {
+            let mut context = self.context.borrow_mut();
+            for (index, name) in VARIABLES.iter().enumerate() {
+                if missing & (1 << index) == 0 {
+                    continue;
+                }
+                // Adding a serde_json value cannot fail: every JSON value has a CEL counterpart.
+                let _ = match *name {
+                    "event" => context.add_variable(*name, AsCel(self.event)),
+                    "broadcast" => context.add_variable(*name, AsCel(self.broadcast)),
+                    "vars" => context.add_variable(*name, AsCelMap(self.vars)),
+                    "state" => context.add_variable(*name, self.state),
+                    _ => {
+                        context.add_variable_from_value(*name, cel::Value::Timestamp(self.now.fixed_offset()));
+                        Ok(())
+                    }
+                };
+            }
+            if missing & Binding::OCCURRENCE != 0 {
+                let _ = context.add_function("occurrence", occurrence);
+            }
+            self.bound.set(self.bound.get() | missing);
+        }
+        program.execute(&self.context.borrow())
     }
 }
 
@@ -276,16 +351,35 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn scope() -> Scope {
+    fn scope() -> Scope<'static> {
         let vars = json!({"occurrence": "20261124t1800z", "paused": false}).as_object().unwrap().clone();
         let now = DateTime::parse_from_rfc3339("2026-11-24T17:45:00Z").unwrap().with_timezone(&Utc);
+        // The scope borrows what it shows; a test's values may live as long as the test binary.
         Scope::new(
-            &json!({"type": "t", "data": {"step": "air"}}),
-            &json!({"id": "news", "units": {"on_air": 3}}),
-            &vars,
+            Box::leak(Box::new(json!({"type": "t", "data": {"step": "air"}}))),
+            Box::leak(Box::new(json!({"id": "news", "units": {"on_air": 3}}))),
+            Box::leak(Box::new(vars)),
             "standby",
             now,
         )
+    }
+
+    #[test]
+    fn a_scope_binds_only_what_its_expressions_read_and_gives_the_same_values() {
+        let scope = scope();
+        let guard = Expr::compile("vars.paused == false && state == 'standby'").unwrap();
+        assert!(guard.eval_bool(&scope).unwrap());
+        assert_eq!(scope.bound.get(), 0b01100, "vars and state only");
+        let literal = Expr::compile("1 + 2").unwrap();
+        assert_eq!(literal.eval(&scope).unwrap(), json!(3));
+        assert_eq!(scope.bound.get(), 0b01100, "nothing more for an expression without variables");
+        let both = Template::compile("${event.data.step}-${occurrence(now)}").unwrap();
+        assert_eq!(both.eval(&scope).unwrap(), json!("air-20261124t1745z"));
+        assert_eq!(scope.bound.get(), Binding::ALL & !0b00010, "every binding but the broadcast");
+        // A comprehension's own variable is not a binding of the scope.
+        let each = Expr::compile("[1, 2].all(x, x > 0) && broadcast.units.on_air == 3").unwrap();
+        assert!(each.eval_bool(&scope).unwrap());
+        assert_eq!(scope.bound.get(), Binding::ALL);
     }
 
     #[test]

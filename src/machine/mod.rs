@@ -463,7 +463,8 @@ fn force_state(
         .get(&instance.state)
         .map(|current| current.after.iter().map(|timer| TimerChange::Cancel { name: timer.name.clone() }).collect())
         .unwrap_or_default();
-    let scope = Scope::new(&event_json(event), broadcast, &instance.vars, target, now);
+    let event_value = event_json(event);
+    let scope = Scope::new(&event_value, broadcast, &instance.vars, target, now);
     for timer in &state.after {
         if let Ok(delay) =
             timer.delay.eval(&scope).map_err(|error| error.to_string()).and_then(|delay| parse_delay(&delay))

@@ -491,6 +491,9 @@ fn configure(connection: &Connection) -> rusqlite::Result<()> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
+    // Room for every statement of the write path (rusqlite keeps 16 by default), so that a
+    // decision's statements stay prepared between batches.
+    connection.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
 
@@ -593,8 +596,14 @@ fn apply(transaction: &mut Transaction<'_>, request: Request) -> (Answer, Option
             let mut duplicate = None;
             let result = in_savepoint(transaction, |savepoint| {
                 let mut committed = Vec::with_capacity(batch.len());
-                for commit in &batch {
-                    match write_commit(savepoint, commit)? {
+                let last = last_instances(&batch);
+                for (index, commit) in batch.iter().enumerate() {
+                    // Only a broadcast's last instance of the batch is written: the earlier ones
+                    // would be replaced in the same transaction.
+                    let latest = commit.instance.as_ref().is_some_and(|instance| {
+                        last.get(instance.broadcast.as_str()).is_none_or(|position| *position == index)
+                    });
+                    match write_commit(savepoint, commit, latest)? {
                         Some(done) => committed.push(done),
                         None => {
                             // Returning an error rolls the whole batch back; the reply says why.
@@ -724,17 +733,47 @@ fn in_savepoint<T>(
     }
 }
 
-/// Writes one decision; `None` when its event turns out to be processed already.
-fn write_commit(db: &rusqlite::Savepoint<'_>, commit: &Commit) -> rusqlite::Result<Option<Committed>> {
+/// Runs one write through the connection's cache of prepared statements: the hot path's
+/// statements are parsed once, not on every decision.
+fn cached(db: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    db.prepare_cached(sql)?.execute(params)
+}
+
+/// Per broadcast, the position of the last commit of `batch` that carries its instance.
+fn last_instances(batch: &[Commit]) -> std::collections::HashMap<&str, usize> {
+    let mut last = std::collections::HashMap::new();
+    for (index, commit) in batch.iter().enumerate() {
+        if let Some(instance) = &commit.instance {
+            last.insert(instance.broadcast.as_str(), index);
+        }
+    }
+    last
+}
+
+/// Writes one decision, and its instance when `with_instance` (a later decision of the same
+/// transaction replaces it otherwise); `None` when its event turns out to be processed already.
+fn write_commit(
+    db: &rusqlite::Savepoint<'_>,
+    commit: &Commit,
+    with_instance: bool,
+) -> rusqlite::Result<Option<Committed>> {
     let at = commit.at.timestamp_millis();
     if commit.duplicate {
-        db.execute(
+        cached(
+            db,
             "INSERT INTO audit (broadcast, at_ms, kind, event_id, event_type, reason, detail) VALUES (?1, ?2, 'duplicate', ?3, ?4, ?5, '{}')",
-            params![commit.broadcast, at, commit.event_id, commit.event_type, "duplicate: this event was already processed"],
+            params![
+                commit.broadcast,
+                at,
+                commit.event_id,
+                commit.event_type,
+                "duplicate: this event was already processed"
+            ],
         )?;
         return Ok(Some(Committed::Duplicate));
     }
-    let inserted = db.execute(
+    let inserted = cached(
+        db,
         "INSERT INTO processed (event_id, broadcast, at_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
         params![commit.event_id, commit.broadcast, at],
     )?;
@@ -744,7 +783,9 @@ fn write_commit(db: &rusqlite::Savepoint<'_>, commit: &Commit) -> rusqlite::Resu
     let mut decision_seq = 0;
     if let Some(instance) = &commit.instance {
         decision_seq = instance.seq;
-        write_instance(db, instance, at)?;
+        if with_instance {
+            write_instance(db, instance, at)?;
+        }
     }
     write_decision_audit(db, commit, at)?;
     let skipped = match &commit.completes {
@@ -757,7 +798,8 @@ fn write_commit(db: &rusqlite::Savepoint<'_>, commit: &Commit) -> rusqlite::Resu
 
 /// Replaces the broadcast's instance row and its armed timers.
 fn write_instance(db: &rusqlite::Savepoint<'_>, instance: &InstanceRecord, at: i64) -> rusqlite::Result<()> {
-    db.execute(
+    cached(
+        db,
         "INSERT INTO instances (broadcast, machine, state, vars, since_ms, seq, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (broadcast) DO UPDATE SET machine = ?2, state = ?3, vars = ?4, since_ms = ?5, seq = ?6, updated_ms = ?7",
         params![
@@ -770,9 +812,10 @@ fn write_instance(db: &rusqlite::Savepoint<'_>, instance: &InstanceRecord, at: i
             at
         ],
     )?;
-    db.execute("DELETE FROM timers WHERE broadcast = ?1", params![instance.broadcast])?;
+    cached(db, "DELETE FROM timers WHERE broadcast = ?1", params![instance.broadcast])?;
     for (name, due) in &instance.timers {
-        db.execute(
+        cached(
+            db,
             "INSERT INTO timers (broadcast, name, due_ms) VALUES (?1, ?2, ?3)",
             params![instance.broadcast, name, due.timestamp_millis()],
         )?;
@@ -783,7 +826,8 @@ fn write_instance(db: &rusqlite::Savepoint<'_>, instance: &InstanceRecord, at: i
 /// The audit row of the decision itself.
 fn write_decision_audit(db: &rusqlite::Savepoint<'_>, commit: &Commit, at: i64) -> rusqlite::Result<()> {
     let decision = &commit.decision;
-    db.execute(
+    cached(
+        db,
         "INSERT INTO audit (broadcast, at_ms, kind, event_id, event_type, from_state, to_state, transition, reason, detail)
          VALUES (?1, ?2, 'decision', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
@@ -813,19 +857,20 @@ fn write_completion(
     // Only an action of this decision's broadcast: a result naming another broadcast's
     // outbox row must not close it (nor skip the rest of that broadcast's decision).
     let row: Option<(String, i64, i64, String)> = db
-        .query_row(
-            "SELECT broadcast, decision, position, kind FROM outbox WHERE id = ?1 AND broadcast = ?2",
-            params![completion.outbox_id, commit.broadcast],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-        )
+        .prepare_cached("SELECT broadcast, decision, position, kind FROM outbox WHERE id = ?1 AND broadcast = ?2")?
+        .query_row(params![completion.outbox_id, commit.broadcast], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
         .optional()?;
-    db.execute(
+    cached(
+        db,
         "UPDATE outbox SET status = ?2, finished_ms = ?3, result = ?4
          WHERE id = ?1 AND broadcast = ?5 AND status = 'pending'",
         params![completion.outbox_id, status, at, completion.result.to_string(), commit.broadcast],
     )?;
     let Some((broadcast, decision, position, kind)) = row else { return Ok(Vec::new()) };
-    db.execute(
+    cached(
+        db,
         "INSERT INTO audit (broadcast, at_ms, kind, event_id, reason, detail) VALUES (?1, ?2, 'action', ?3, ?4, ?5)",
         params![
             broadcast,
@@ -838,7 +883,7 @@ fn write_completion(
     if completion.succeeded {
         return Ok(Vec::new());
     }
-    let mut statement = db.prepare(
+    let mut statement = db.prepare_cached(
         "UPDATE outbox SET status = 'skipped', finished_ms = ?4
          WHERE broadcast = ?1 AND decision = ?2 AND position > ?3 AND status = 'pending' RETURNING id",
     )?;
@@ -851,7 +896,8 @@ fn queue_actions(db: &rusqlite::Savepoint<'_>, commit: &Commit, decision_seq: i6
     let at = commit.at.timestamp_millis();
     let mut outbox = Vec::with_capacity(commit.actions.len());
     for (position, action) in commit.actions.iter().enumerate() {
-        db.execute(
+        cached(
+            db,
             "INSERT INTO outbox (broadcast, decision, position, kind, params, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![commit.broadcast, decision_seq, position as i64, action.kind, action.params.to_string(), at],
         )?;
@@ -876,14 +922,15 @@ fn write_action_started(
     attempt: u32,
     at: DateTime<Utc>,
 ) -> rusqlite::Result<()> {
-    db.execute("UPDATE outbox SET attempts = ?2 WHERE id = ?1", params![outbox_id, attempt])?;
+    cached(db, "UPDATE outbox SET attempts = ?2 WHERE id = ?1", params![outbox_id, attempt])?;
     let row: Option<(String, String)> = db
         .query_row("SELECT broadcast, kind FROM outbox WHERE id = ?1", params![outbox_id], |row| {
             Ok((row.get(0)?, row.get(1)?))
         })
         .optional()?;
     if let Some((broadcast, kind)) = row {
-        db.execute(
+        cached(
+            db,
             "INSERT INTO audit (broadcast, at_ms, kind, reason, detail) VALUES (?1, ?2, 'action', ?3, ?4)",
             params![
                 broadcast,
