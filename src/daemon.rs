@@ -136,7 +136,10 @@ pub async fn run(
         }
         return Ok(ExitCode::from(crate::config::EXIT_CODE as u8));
     }
-    let daemon = match Daemon::start(&settings, library).await {
+    // Not ready before what only start-up needed is given back (below).
+    let started =
+        async { Built::build(&settings, library, crate::clock::system()).await?.holding_readiness().spawn().await };
+    let daemon = match started.await {
         Ok(daemon) => daemon,
         // Damaged, too new, not writable: nothing will change by retrying; say what to do.
         Err(error) => match error.unusable_store() {
@@ -149,6 +152,13 @@ pub async fn run(
     };
     // The running set holds the file's broadcasts from now on (a reload reads the file again).
     settings = settings.without_broadcasts();
+    // What start-up needed for a while only (the config file's trees, the store's rows read to
+    // build the running set, the file's broadcasts) is freed by now: give it back
+    // (`after_start`), then say ready, so that what a monitor reads at ready is what stays.
+    if let Some(hook) = AFTER_START.get().copied() {
+        let _ = tokio::task::spawn_blocking(hook).await;
+    }
+    daemon.health().set_starting(false);
     // READY=1 once the store is open (start did it) and the consumer is registered; then the
     // watchdog, fed only while events get committed.
     let status = daemon.broker_status().clone();
@@ -180,11 +190,6 @@ pub async fn run(
         daemon.broker_status().clone(),
         notifier.clone(),
     );
-    // What start-up needed for a while only (the config file's trees, the store's rows read to
-    // build the running set) is freed by now; give it back (`after_start`).
-    if let Some(hook) = AFTER_START.get().copied() {
-        tokio::task::spawn_blocking(hook);
-    }
     shutdown.cancelled().await;
     crate::systemd::stopping();
     notifier.cancel();

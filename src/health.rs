@@ -72,11 +72,19 @@ struct Inner {
     broker: crate::broker::Status,
     commits: Commits,
     media: Mutex<Option<(Check, tokio::time::Instant)>>,
+    /// Start-up is still finishing (`onair run` gives back what only start-up needed first).
+    starting: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
     pub fn new(settings: Settings, store: PathBuf, broker: crate::broker::Status, commits: Commits) -> Self {
-        Self(Arc::new(Inner { settings, store, broker, commits, media: Mutex::new(None) }))
+        let starting = std::sync::atomic::AtomicBool::new(false);
+        Self(Arc::new(Inner { settings, store, broker, commits, media: Mutex::new(None), starting }))
+    }
+
+    /// Holds readiness (the `start` check) while start-up is finishing, or releases it.
+    pub fn set_starting(&self, starting: bool) {
+        self.0.starting.store(starting, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every check, now (the media check is the last probe's answer).
@@ -120,7 +128,13 @@ impl Health {
             None => Check { ok: true, detail: "events are committed as they arrive".into() },
             Some(stalled) => Check { ok: false, detail: stalled },
         };
-        let checks = [("store", store), ("broker", broker), ("media", media), ("progress", progress)].into();
+        let start = if self.0.starting.load(std::sync::atomic::Ordering::Relaxed) {
+            Check { ok: false, detail: "finishing start-up".into() }
+        } else {
+            Check { ok: true, detail: "started".into() }
+        };
+        let checks =
+            [("store", store), ("broker", broker), ("media", media), ("progress", progress), ("start", start)].into();
         let checks: std::collections::BTreeMap<&'static str, Check> = checks;
         Readiness { ready: checks.values().all(|check| check.ok), checks }
     }

@@ -103,6 +103,8 @@ pub struct Built {
     /// of schedule changes; `None` when disabled.
     pub(super) scheduler: Option<Scheduling>,
     pub(super) schedule_stats: crate::schedule::Stats,
+    /// Readiness waits for `Health::set_starting(false)` (`holding_readiness`).
+    pub(super) hold_ready: bool,
 }
 
 impl Built {
@@ -129,7 +131,24 @@ impl Built {
         let listeners = Listeners::bind(settings).await?;
         let schedule_stats = crate::schedule::Stats::default();
         let scheduler = scheduler(settings, &store, &clock, &schedule_stats, catalog.registry()).await?;
-        Ok(Self { settings: settings.clone(), clock, media, store, catalog, listeners, scheduler, schedule_stats })
+        Ok(Self {
+            settings: settings.clone(),
+            clock,
+            media,
+            store,
+            catalog,
+            listeners,
+            scheduler,
+            schedule_stats,
+            hold_ready: false,
+        })
+    }
+
+    /// The daemon will not say it is ready (`/readyz`, the `start` check) until
+    /// `Health::set_starting(false)`: `onair run` first gives back what only start-up needed.
+    pub fn holding_readiness(mut self) -> Self {
+        self.hold_ready = true;
+        self
     }
 }
 

@@ -24,7 +24,7 @@ impl Built {
     /// Starts the engine (which resumes timers and pending actions first), then the inputs, the
     /// media probe and the operations listener.
     pub async fn spawn(self) -> Result<Daemon, Error> {
-        let Built { settings, clock, media, store, catalog, listeners, scheduler, schedule_stats } = self;
+        let Built { settings, clock, media, store, catalog, listeners, scheduler, schedule_stats, hold_ready } = self;
         let broker_settings = Arc::new(settings.broker.clone());
         // The running set (the catalog) holds the broadcasts; the engine's settings need not.
         let mut engine_settings = settings.engine.clone();
@@ -40,6 +40,7 @@ impl Built {
             status.clone(),
             metrics.commits().clone(),
         );
+        health.set_starting(hold_ready);
         let shared = Shared {
             publisher: Arc::new(Publisher::new(Arc::clone(&broker_settings))),
             broker: broker_settings,

@@ -87,7 +87,7 @@ async fn probes_api_commands_and_metrics_tell_the_truth() {
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
     until_async(Duration::from_secs(20), "ready", || async { get(&base, "/readyz").await.0 == 200 }).await;
     let (_, ready) = get(&base, "/readyz").await;
-    for part in ["store", "broker", "media", "progress"] {
+    for part in ["store", "broker", "media", "progress", "start"] {
         assert_eq!(ready["checks"][part]["ok"], true, "{part}: {ready}");
     }
 
