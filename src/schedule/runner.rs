@@ -285,11 +285,7 @@ impl Track {
                 bound,
             ),
             None => {
-                let steps = occurrence.steps(&self.spec);
-                // Room for exactly these: a deque grown by doubling would hold room for 8 steps
-                // for 5, in every armed schedule.
-                self.armed.reserve_exact(steps.len());
-                for (step, at) in steps {
+                for (step, at) in occurrence.steps(&self.spec) {
                     let key = Key { at, air: occurrence.air, rank: step.rank() };
                     self.insert(Armed { key, step: Ok(step), closes }, bound);
                 }
