@@ -145,7 +145,6 @@ impl Engine {
                 clock: Arc::clone(clock),
                 metrics: metrics.clone(),
                 cache,
-                stale: Default::default(),
             };
             let lane = lane.run(receiver, shutdown.child_token()).instrument(tracing::info_span!("lane", lane = index));
             tasks.push(("lane", tokio::spawn(lane)));
@@ -324,8 +323,6 @@ struct Lane {
     /// The instances of this lane's broadcasts, each read from the store on its first event. Only
     /// this task touches them.
     cache: HashMap<String, Cached>,
-    /// Broadcasts whose cached instance was dropped after a failed commit: read again from the store.
-    stale: std::collections::HashSet<String>,
 }
 
 /// The stored timers and the pending outbox rows, read before anything starts. Instances are
@@ -515,7 +512,6 @@ impl Lane {
                 if error.fault().is_none() {
                     for broadcast in working.keys() {
                         self.cache.remove(broadcast);
-                        self.stale.insert(broadcast.clone());
                     }
                 }
                 let reason = error.to_string();
@@ -641,7 +637,6 @@ impl Lane {
         let loaded = tokio::task::spawn_blocking(move || span.in_scope(|| store.load_instance(&id)))
             .await
             .unwrap_or(Err(store::Error::Stopped))?;
-        self.stale.remove(broadcast);
         let cached = loaded
             .map(|record| Cached::from_record(record, incarnation))
             .unwrap_or_else(|| Cached::new(definition, now, incarnation));
