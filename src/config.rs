@@ -134,10 +134,12 @@ pub fn parse_value<T>(origin: &str, root: Value, parse: impl FnOnce(&mut Section
 }
 
 /// Hands the merged root of `layers` to `parse`; every problem it recorded, or what it returned.
-fn parse_layers<T>(layers: Layers, parse: impl FnOnce(&mut Section<'_>) -> T) -> Result<T, Error> {
+fn parse_layers<T>(mut layers: Layers, parse: impl FnOnce(&mut Section<'_>) -> T) -> Result<T, Error> {
+    // The merged root is handed over, not copied: origins are told from the layers on their own.
+    let merged = std::mem::take(&mut layers.merged);
     let context = Context { layers, problems: RefCell::new(Vec::new()) };
     let settings = {
-        let mut root = context.root();
+        let mut root = context.root(merged);
         parse(&mut root)
     };
     let problems = context.problems.into_inner();
@@ -163,10 +165,17 @@ impl Layers {
             Error::Invalid(Problems(vec![Problem { origin, key: "(file)".into(), reason }]))
         };
         let defaults = config::File::from_str(DEFAULTS, config::FileFormat::Toml);
-        let file = source
-            .file
-            .as_ref()
-            .map(|path| config::File::from(path.as_path()).format(config::FileFormat::Toml).required(true));
+        // The file is read and parsed once, here, straight into JSON: its `[broadcasts]` (100,000
+        // tables, for some) never goes through the config crate's merge trees. The rest of it
+        // is merged by the config crate between the defaults and the environment as before.
+        let mut file = match &source.file {
+            Some(path) => {
+                let map = read_file(path).map_err(|reason| fail(path.display().to_string(), reason))?;
+                Some((path.clone(), map))
+            }
+            None => None,
+        };
+        let file_broadcasts = file.as_mut().and_then(|(_, map)| map.remove(BROADCASTS));
         let env_vars: config::Map<String, String> = source
             .env
             .iter()
@@ -180,33 +189,39 @@ impl Layers {
                 .source(Some(env_vars.clone()))
         };
 
-        let mut builder = config::Config::builder().add_source(defaults.clone());
-        if let Some(file) = &file {
-            builder = builder.add_source(file.clone());
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some((path, map)) = &file {
+            let parsed = Parsed::of(map).map_err(|reason| fail(path.display().to_string(), reason))?;
+            builder = builder.add_source(parsed);
         }
-        let merged =
+        let mut merged =
             builder.add_source(environment()).build().and_then(|config| config.try_deserialize::<Value>()).map_err(
                 |error| {
                     let origin = source.file.as_ref().map_or("settings".to_string(), |path| path.display().to_string());
                     fail(origin, error.to_string())
                 },
             )?;
-        let file = match (&source.file, file) {
-            (Some(path), Some(file)) => {
-                let value = config::Config::builder()
-                    .add_source(file)
-                    .build()
-                    .and_then(|config| config.try_deserialize::<Value>())
-                    .map_err(|error| fail(path.display().to_string(), error.to_string()))?;
-                Some((path.clone(), value))
-            }
-            _ => None,
-        };
         let env = config::Config::builder()
             .add_source(environment())
             .build()
             .and_then(|config| config.try_deserialize::<Value>())
             .map_err(|error| fail("environment".into(), error.to_string()))?;
+        if let Some(broadcasts) = file_broadcasts {
+            // The built-in defaults hold an empty `[broadcasts]` (a test says so): the merge of the
+            // three layers is the file's table with the environment's over it, key by key as the
+            // config crate merges.
+            let mut written = broadcasts.clone();
+            if let Some(over) = env.get(BROADCASTS) {
+                overlay(&mut written, over);
+            }
+            if let Some(root) = merged.as_object_mut() {
+                root.insert(BROADCASTS.to_string(), written);
+            }
+            if let Some((_, map)) = file.as_mut() {
+                map.insert(BROADCASTS.to_string(), broadcasts);
+            }
+        }
+        let file = file.map(|(path, map)| (path, Value::Object(map)));
         let credentials_directory = source.env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         Ok(Self { merged, file, env, credentials_directory, origin: None })
     }
@@ -233,6 +248,105 @@ impl Layers {
     }
 }
 
+/// The top-level table of the broadcasts, read from the file without the config crate.
+const BROADCASTS: &str = "broadcasts";
+
+/// The config file at `path` (or, as the config crate looks for it, `path` with the extension
+/// `.toml`), parsed as TOML into JSON values the way the config crate converts them (dates as
+/// text; a float out of range of JSON as nothing).
+fn read_file(path: &Path) -> Result<Map<String, Value>, String> {
+    let found = if path.is_file() {
+        Some(path.to_path_buf())
+    } else {
+        Some(path.with_extension("toml")).filter(|path| path.is_file())
+    };
+    let Some(found) = found else {
+        return Err(format!("configuration file \"{}\" not found", path.display()));
+    };
+    let bytes = std::fs::read(&found).map_err(|error| format!("cannot read {} ({error})", found.display()))?;
+    // As the config crate: a UTF-8 byte order mark is skipped, invalid UTF-8 replaced.
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
+    let text = String::from_utf8_lossy(bytes);
+    let table = toml::de::DeTable::parse(&text).map_err(|error| format!("{error} in {}", found.display()))?;
+    from_toml_table(table.into_inner()).map_err(|error| format!("{error} in {}", found.display()))
+}
+
+fn from_toml_table(table: toml::de::DeTable<'_>) -> Result<Map<String, Value>, String> {
+    let mut map = Map::new();
+    for (key, value) in table {
+        map.insert(key.into_inner().into_owned(), from_toml_value(value.into_inner())?);
+    }
+    Ok(map)
+}
+
+fn from_toml_value(value: toml::de::DeValue<'_>) -> Result<Value, String> {
+    use toml::de::DeValue;
+    Ok(match value {
+        DeValue::String(text) => Value::String(text.into_owned()),
+        DeValue::Float(float) => {
+            let parsed = float.as_str().parse::<f64>().map_err(|error| error.to_string())?;
+            if parsed.is_infinite() && !float.as_str().contains("inf") {
+                return Err("floating-point number overflowed".into());
+            }
+            serde_json::Number::from_f64(parsed).map_or(Value::Null, Value::Number)
+        }
+        DeValue::Integer(integer) => {
+            Value::from(i64::from_str_radix(integer.as_str(), integer.radix()).map_err(|error| error.to_string())?)
+        }
+        DeValue::Boolean(boolean) => Value::Bool(boolean),
+        DeValue::Table(table) => Value::Object(from_toml_table(table)?),
+        DeValue::Array(array) => {
+            Value::Array(array.into_iter().map(|value| from_toml_value(value.into_inner())).collect::<Result<_, _>>()?)
+        }
+        DeValue::Datetime(datetime) => Value::String(datetime.to_string()),
+    })
+}
+
+/// Sets `over` onto `base` as the config crate merges a later layer: a table key by key (over
+/// whatever `base` was when it was not a table), anything else replacing.
+fn overlay(base: &mut Value, over: &Value) {
+    match over {
+        Value::Object(keys) => {
+            if !base.is_object() {
+                *base = Value::Object(Map::new());
+            }
+            if let Value::Object(map) = base {
+                for (key, value) in keys {
+                    overlay(map.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        _ => *base = over.clone(),
+    }
+}
+
+/// The file's tables but `[broadcasts]`, already parsed, as a layer of the config crate.
+#[derive(Debug, Clone)]
+struct Parsed(config::Map<String, config::Value>);
+
+impl Parsed {
+    fn of(map: &Map<String, Value>) -> Result<Self, String> {
+        use serde::Deserialize;
+        map.iter()
+            .map(|(key, value)| {
+                let value = config::Value::deserialize(value.clone()).map_err(|error| error.to_string())?;
+                Ok((key.clone(), value))
+            })
+            .collect::<Result<_, String>>()
+            .map(Self)
+    }
+}
+
+impl config::Source for Parsed {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        Ok(self.0.clone())
+    }
+}
+
 fn lookup<'v>(value: &'v Value, dotted: &str) -> Option<&'v Value> {
     dotted.split('.').try_fold(value, |value, key| value.get(key))
 }
@@ -246,8 +360,11 @@ struct Context {
 }
 
 impl Context {
-    fn root(&self) -> Section<'_> {
-        let map = self.layers.merged.as_object().cloned().unwrap_or_default();
+    fn root(&self, merged: Value) -> Section<'_> {
+        let map = match merged {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
         Section { context: self, path: String::new(), map, inherited: BTreeMap::new() }
     }
 }
@@ -596,5 +713,59 @@ fn kind(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "a table",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the config crate makes of `text` as a file layer: the reference for `read_file`.
+    fn by_the_config_crate(text: &str) -> Value {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(|config| config.try_deserialize::<Value>())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_file_is_read_into_the_values_the_config_crate_would_give() {
+        let text = "title = \"x\"\n[broadcasts.news]\nprotocol = \"RTMP\"\nunits = { on_air = 2 }\n\
+                    settings = { when = 1979-05-27T07:32:00Z, day = 1979-05-27, ratio = 0.5, big = 1e300, hex = 0xff, \
+                    octal = 0o17, yes = true, list = [1, \"two\", { three = 3 }], nested = { a = { b = [] } } }\n\
+                    [broadcasts.sport.schedule]\ncron = \"0 19 * * *\"\n[[arrays]]\nname = \"one\"\n[[arrays]]\nname = \"two\"\n";
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        let ours = Value::Object(read_file(file.path()).unwrap());
+        assert_eq!(ours, by_the_config_crate(text));
+        assert_eq!(ours["broadcasts"]["news"]["settings"]["hex"], 255);
+    }
+
+    #[test]
+    fn a_file_is_found_with_the_toml_extension_and_a_malformed_one_is_one_problem() {
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::write(directory.path().join("onair.toml"), "[broadcasts.news]\n").unwrap();
+        let found = read_file(&directory.path().join("onair")).unwrap();
+        assert!(found["broadcasts"]["news"].is_object());
+        let missing = read_file(&directory.path().join("absent")).unwrap_err();
+        assert!(missing.contains("not found"), "{missing}");
+        std::fs::write(directory.path().join("bad.toml"), "[broadcasts.news\nprotocol = 1").unwrap();
+        let malformed = read_file(&directory.path().join("bad.toml")).unwrap_err();
+        assert!(malformed.contains("bad.toml"), "{malformed}");
+    }
+
+    #[test]
+    fn the_built_in_broadcasts_table_is_empty() {
+        // `Layers::read` merges the file's `[broadcasts]` with the environment's only: the
+        // defaults must have nothing under it.
+        assert_eq!(by_the_config_crate(DEFAULTS)["broadcasts"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn overlay_merges_tables_key_by_key_and_replaces_the_rest() {
+        let mut base = serde_json::json!({ "a": { "x": 1, "y": 2 }, "b": 3, "c": [1] });
+        overlay(&mut base, &serde_json::json!({ "a": { "y": "9", "z": {} }, "b": { "q": "1" }, "c": "2" }));
+        assert_eq!(base, serde_json::json!({ "a": { "x": 1, "y": "9", "z": {} }, "b": { "q": "1" }, "c": "2" }));
     }
 }

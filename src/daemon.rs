@@ -137,8 +137,10 @@ pub async fn run(
         return Ok(ExitCode::from(crate::config::EXIT_CODE as u8));
     }
     // Not ready before what only start-up needed is given back (below).
-    let started =
-        async { Built::build(&settings, library, crate::clock::system()).await?.holding_readiness().spawn().await };
+    let built = Built::build(&settings, library, crate::clock::system()).await;
+    // The running set holds the file's broadcasts from now on (a reload reads the file again).
+    settings = settings.without_broadcasts();
+    let started = async { built?.holding_readiness().spawn().await };
     let daemon = match started.await {
         Ok(daemon) => daemon,
         // Damaged, too new, not writable: nothing will change by retrying; say what to do.
@@ -150,8 +152,6 @@ pub async fn run(
             None => return Err(error),
         },
     };
-    // The running set holds the file's broadcasts from now on (a reload reads the file again).
-    settings = settings.without_broadcasts();
     // What start-up needed for a while only (the config file's trees, the store's rows read to
     // build the running set, the file's broadcasts) is freed by now: give it back
     // (`after_start`), then say ready, so that what a monitor reads at ready is what stays.

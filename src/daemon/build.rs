@@ -132,7 +132,8 @@ impl Built {
         let schedule_stats = crate::schedule::Stats::default();
         let scheduler = scheduler(settings, &store, &clock, &schedule_stats, catalog.registry()).await?;
         Ok(Self {
-            settings: settings.clone(),
+            // The running set holds the file's broadcasts from now on.
+            settings: settings.clone_without_broadcasts(),
             clock,
             media,
             store,

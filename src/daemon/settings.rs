@@ -79,6 +79,65 @@ impl Settings {
         self.engine.sources = Default::default();
         self
     }
+
+    /// A copy of these settings without the config file's broadcasts, for what runs after start
+    /// (the running set holds them): 100,000 broadcasts are not copied to be dropped.
+    pub fn clone_without_broadcasts(&self) -> Settings {
+        let crate::engine::Settings {
+            state_dir,
+            store,
+            inbox,
+            inbox_poll,
+            machines_dir,
+            lanes,
+            input_queue,
+            lane_queue,
+            lane_batch,
+            action_concurrency,
+            action_attempts,
+            action_backoff,
+            commit_backoff_initial,
+            commit_backoff_max,
+            dedup_retention,
+            broadcasts: _,
+            sources: _,
+            defaults,
+            content_key_policies,
+        } = &self.engine;
+        let engine = crate::engine::Settings {
+            state_dir: state_dir.clone(),
+            store: store.clone(),
+            inbox: inbox.clone(),
+            inbox_poll: *inbox_poll,
+            machines_dir: machines_dir.clone(),
+            lanes: *lanes,
+            input_queue: *input_queue,
+            lane_queue: *lane_queue,
+            lane_batch: *lane_batch,
+            action_concurrency: *action_concurrency,
+            action_attempts: *action_attempts,
+            action_backoff: *action_backoff,
+            commit_backoff_initial: *commit_backoff_initial,
+            commit_backoff_max: *commit_backoff_max,
+            dedup_retention: *dedup_retention,
+            broadcasts: Default::default(),
+            sources: Default::default(),
+            defaults: defaults.clone(),
+            content_key_policies: content_key_policies.clone(),
+        };
+        Settings {
+            shutdown: self.shutdown.clone(),
+            media: self.media.clone(),
+            engine,
+            broker: self.broker.clone(),
+            scheduler: self.scheduler.clone(),
+            ingress: self.ingress.clone(),
+            http: self.http.clone(),
+            health: self.health.clone(),
+            watchdog: self.watchdog,
+            written: self.written.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -156,6 +215,72 @@ mod tests {
                 format!("{path}: defaults.broadcast.protocol: must be RTMP or FragmentedMP4"),
             ]
         );
+    }
+
+    #[test]
+    fn broadcasts_read_from_the_file_keep_their_settings_and_take_the_environment_over_them() {
+        let (source, _file) = source(
+            Some(
+                "[defaults.broadcast]\nunits = { on_air = 2 }\n\
+                 [broadcasts.news]\nprotocol = \"RTMP\"\nsettings = { since = 1979-05-27T07:32:00Z, ratio = 0.5, count = 0x10 }\n\
+                 [broadcasts.sport]\nchannel = \"sport-hd\"\nprotocol = \"FragmentedMP4\"\nunits = { off_air = 1 }\n\
+                 [broadcasts.sport.schedule]\ncron = \"0 19 * * *\"\nduration = \"30m\"\n\
+                 [broadcasts.weather]\nmachine = \"live\"\n[broadcasts.weather.units]\non_air = 4\n",
+            ),
+            &[
+                ("ONAIR__BROADCASTS__WEATHER__PROTOCOL", "FragmentedMP4"),
+                ("ONAIR__BROADCASTS__RADIO__CHANNEL", "radio-1"),
+            ],
+        );
+        let settings = load(&source).unwrap();
+        let broadcasts = &settings.engine.broadcasts;
+        assert_eq!(broadcasts.keys().collect::<Vec<_>>(), ["news", "radio", "sport", "weather"]);
+        let news = &broadcasts["news"];
+        assert_eq!((news.channel.as_str(), news.protocol.as_str(), news.on_air_units), ("news", "RTMP", 2));
+        assert_eq!(
+            news.settings["since"], "1979-05-27T07:32:00Z",
+            "a TOML date is its text, as the config crate has it"
+        );
+        assert_eq!((news.settings["ratio"].as_f64(), news.settings["count"].as_i64()), (Some(0.5), Some(16)));
+        assert!(news.schedule.is_none());
+        let sport = &broadcasts["sport"];
+        assert_eq!((sport.channel.as_str(), sport.protocol.as_str()), ("sport-hd", "FragmentedMP4"));
+        assert_eq!((sport.on_air_units, sport.off_air_units), (2, 1));
+        assert_eq!(sport.schedule.as_ref().unwrap().duration, chrono::TimeDelta::minutes(30));
+        let weather = &broadcasts["weather"];
+        assert_eq!((weather.protocol.as_str(), weather.on_air_units), ("FragmentedMP4", 4), "the environment wins");
+        assert_eq!(broadcasts["radio"].channel, "radio-1", "a broadcast from the environment alone");
+        assert_eq!(settings.engine.sources["weather"]["protocol"], "FragmentedMP4");
+        assert_eq!(settings.engine.sources["sport"]["units"], serde_json::json!({ "off_air": 1 }));
+    }
+
+    #[test]
+    fn a_broadcast_value_of_the_wrong_type_names_its_key_path_and_where_it_was_written() {
+        let (source, file) = source(
+            Some(
+                "[broadcasts.news]\nunits = { on_air = \"many\" }\n[broadcasts.sport]\nschedule = 3\n\
+                 [broadcasts.weather]\nsettings = \"none\"\n[broadcasts.radio]\n",
+            ),
+            &[("ONAIR__BROADCASTS__RADIO__UNITS__OFF_AIR", "eleven")],
+        );
+        let path = file.as_ref().unwrap().path().display().to_string();
+        let found = problems(load(&source));
+        let keys: Vec<(&str, &str)> = found.iter().map(|p| (p.key.as_str(), p.origin.as_str())).collect();
+        assert_eq!(
+            keys,
+            [
+                ("broadcasts.news.units.on_air", path.as_str()),
+                ("broadcasts.radio.units.off_air", "environment variable ONAIR__BROADCASTS__RADIO__UNITS__OFF_AIR"),
+                ("broadcasts.sport.schedule", path.as_str()),
+                // Parsed as an empty schedule table then: what it lacks is missing.
+                ("broadcasts.sport.schedule.cron", "built-in default"),
+                ("broadcasts.sport.schedule.duration", "built-in default"),
+                ("broadcasts.weather.settings", path.as_str()),
+            ],
+            "{found:#?}"
+        );
+        assert!(found[0].reason.starts_with("invalid value \"many\""), "{found:#?}");
+        assert_eq!(found[2].reason, "expected a table, found a number");
     }
 
     fn problems(result: Result<Settings, Error>) -> Vec<Problem> {

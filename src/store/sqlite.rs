@@ -1004,8 +1004,9 @@ fn write_broadcast(
             // Revisions count changes of every broadcast, so none is ever reused: a removed
             // broadcast created again starts a new life (its incarnation, the revision that
             // created it) and an `If-Match` from its old life cannot match.
-            let revision: i64 =
-                db.query_row("UPDATE revisions SET last = last + 1 RETURNING last", [], |row| row.get(0))?;
+            let revision: i64 = db
+                .prepare_cached("UPDATE revisions SET last = last + 1 RETURNING last")?
+                .query_row([], |row| row.get(0))?;
             let incarnation = found.map_or(revision, |(_, incarnation)| incarnation);
             let record = BroadcastRecord { revision, incarnation, updated: change.at, ..next.clone() };
             db.prepare_cached(
@@ -1019,7 +1020,8 @@ fn write_broadcast(
                 record.origin,
                 record.revision,
                 record.incarnation,
-                Value::Object(record.definition.clone()).to_string(),
+                // A JSON map, string keys only: writing it as text cannot fail (no copy of it).
+                serde_json::to_string(&record.definition).unwrap_or_default(),
                 at,
                 record.updated_by,
                 record.deleting
