@@ -806,7 +806,7 @@ fn write_instance(db: &rusqlite::Savepoint<'_>, instance: &InstanceRecord, at: i
             instance.broadcast,
             instance.machine,
             instance.state,
-            Value::Object(instance.vars.clone()).to_string(),
+            text(&instance.vars)?,
             instance.since.timestamp_millis(),
             instance.seq,
             at
@@ -821,6 +821,20 @@ fn write_instance(db: &rusqlite::Savepoint<'_>, instance: &InstanceRecord, at: i
         )?;
     }
     Ok(())
+}
+
+/// JSON text of a value, written from borrowed parts (no copy of the value first).
+fn text(value: &impl serde::Serialize) -> rusqlite::Result<String> {
+    serde_json::to_string(value).map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))
+}
+
+/// A decision's audit detail, serialized from the commit without copying its parts: the same
+/// text as the JSON object of these keys (in this order, which is a JSON map's sorted order).
+#[derive(serde::Serialize)]
+struct AuditDetail<'a> {
+    decision: &'a Value,
+    event: &'a Value,
+    outcome: &'a str,
 }
 
 /// The audit row of the decision itself.
@@ -839,7 +853,7 @@ fn write_decision_audit(db: &rusqlite::Savepoint<'_>, commit: &Commit, at: i64) 
             decision.to,
             decision.transition.map(|index| index as i64),
             decision.reason,
-            serde_json::json!({"event": commit.event, "decision": decision.detail, "outcome": decision.outcome}).to_string()
+            text(&AuditDetail { decision: &decision.detail, event: &commit.event, outcome: &decision.outcome })?
         ],
     )?;
     Ok(())
