@@ -321,7 +321,8 @@ struct Lane {
     clock: SharedClock,
     metrics: crate::metrics::Metrics,
     /// The instances of this lane's broadcasts, each read from the store on its first event. Only
-    /// this task touches them.
+    /// this task touches them. A batch takes out those it decides on and its commit puts their
+    /// successors back; after a failed commit they are read from the store again.
     cache: HashMap<String, Cached>,
 }
 
@@ -527,15 +528,9 @@ impl Lane {
                     .collect()
             }
             Err(error) => {
-                // Nothing of the batch was recorded. When the store says why (full, I/O error,
-                // locked), the failed transaction was rolled back, so the cached instances are
-                // still what the store holds; otherwise (an event found already processed, the
-                // writer gone) start again from the store for these broadcasts.
-                if error.fault().is_none() {
-                    for broadcast in working.keys() {
-                        self.cache.remove(broadcast);
-                    }
-                }
+                // Nothing of the batch was recorded, and its broadcasts were taken out of the
+                // cache (`current`): the retry starts again from what the store holds for them.
+                drop(working);
                 let reason = error.to_string();
                 outcomes.into_iter().map(|outcome| outcome.unwrap_or_else(|| Outcome::Failed(reason.clone()))).collect()
             }
@@ -664,13 +659,12 @@ impl Lane {
         read: &mut Read,
     ) -> Result<Cached, store::Error> {
         let (definition, incarnation) = (&*entry.machine, entry.incarnation);
-        match self.cache.get(broadcast) {
-            Some(cached) if cached.incarnation == incarnation => return Ok(cached.clone()),
-            // The broadcast was removed and created again: its old instance went with it.
-            Some(_) => {
-                self.cache.remove(broadcast);
-            }
-            None => {}
+        // Taken out, not copied: the batch's commit puts its successor back (`handle`). An
+        // instance of an earlier life of the id (removed and created again) is dropped.
+        if let Some(cached) = self.cache.remove(broadcast)
+            && cached.incarnation == incarnation
+        {
+            return Ok(cached);
         }
         let loaded = match read.remove(broadcast) {
             Some(loaded) => loaded?,
@@ -686,7 +680,6 @@ impl Lane {
         let cached = loaded
             .map(|record| Cached::from_record(record, incarnation))
             .unwrap_or_else(|| Cached::new(definition, now, incarnation));
-        self.cache.insert(broadcast.to_string(), cached.clone());
         Ok(cached)
     }
 
