@@ -321,7 +321,8 @@ struct Lane {
     clock: SharedClock,
     metrics: crate::metrics::Metrics,
     /// The instances of this lane's broadcasts, each read from the store on its first event. Only
-    /// this task touches them.
+    /// this task touches them. A batch takes out those it decides on and its commit puts their
+    /// successors back; after a failed commit they are read from the store again.
     cache: HashMap<String, Cached>,
 }
 
@@ -370,6 +371,9 @@ fn resume_instances(
     (caches, resumed_timers)
 }
 
+/// Instances `Lane::prepare` read for a batch, by broadcast, each with its own result.
+type Read = HashMap<String, Result<Option<InstanceRecord>, store::Error>>;
+
 /// What a lane decided for a batch, before the commit.
 struct Decided {
     /// The broadcasts' instances after the batch's decisions.
@@ -389,6 +393,25 @@ impl Decided {
             commits: Vec::with_capacity(events),
             outcomes: Vec::with_capacity(events),
             timer_changes: Vec::new(),
+        }
+    }
+
+    /// Gives each broadcast's last instance of the batch its variables and timers, from the
+    /// working copy. The store writes a broadcast's instance once per batch, by its last decision
+    /// (the earlier rows would be replaced in the same transaction), so the earlier records carry
+    /// only their state and sequence number: the variables are copied once per broadcast and
+    /// batch rather than once per event.
+    fn complete(&mut self) {
+        let mut filled = std::collections::HashSet::new();
+        for commit in self.commits.iter_mut().rev() {
+            let Some(record) = commit.instance.as_mut() else { continue };
+            if !filled.insert(record.broadcast.clone()) {
+                continue;
+            }
+            if let Some(current) = self.working.get(&record.broadcast) {
+                record.vars = current.instance.vars.clone();
+                record.timers = current.instance.timers.clone();
+            }
         }
     }
 
@@ -471,7 +494,7 @@ impl Lane {
     async fn handle(&mut self, batch: &[Routed]) -> Vec<Outcome> {
         let keys: Vec<(String, String)> =
             batch.iter().map(|routed| (routed.event.id.clone(), routed.broadcast.clone())).collect();
-        let processed = self.processed(&keys).await;
+        let (processed, mut read) = self.prepare(batch, &keys).await;
         // One span per event: what is decided for it, and the actions it queues, are logged in it.
         let spans: Vec<tracing::Span> = batch
             .iter()
@@ -484,7 +507,7 @@ impl Lane {
                 )
             })
             .collect();
-        let decided = self.decide_batch(batch, &keys, processed, &spans).await;
+        let decided = self.decide_batch(batch, &keys, processed, &mut read, &spans).await;
         if decided.commits.is_empty() {
             return decided.outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Committed)).collect();
         }
@@ -505,32 +528,40 @@ impl Lane {
                     .collect()
             }
             Err(error) => {
-                // Nothing of the batch was recorded. When the store says why (full, I/O error,
-                // locked), the failed transaction was rolled back, so the cached instances are
-                // still what the store holds; otherwise (an event found already processed, the
-                // writer gone) start again from the store for these broadcasts.
-                if error.fault().is_none() {
-                    for broadcast in working.keys() {
-                        self.cache.remove(broadcast);
-                    }
-                }
+                // Nothing of the batch was recorded, and its broadcasts were taken out of the
+                // cache (`current`): the retry starts again from what the store holds for them.
+                drop(working);
                 let reason = error.to_string();
                 outcomes.into_iter().map(|outcome| outcome.unwrap_or_else(|| Outcome::Failed(reason.clone()))).collect()
             }
         }
     }
 
-    /// Which of the batch's (event, broadcast) keys the store has already processed. If the
-    /// check fails, none is taken as processed: the commit's own check still catches a duplicate.
-    async fn processed(&self, keys: &[(String, String)]) -> Vec<bool> {
+    /// What the batch needs from the store, in one blocking call: which of its (event, broadcast)
+    /// keys the store has already processed, and the stored instances of its broadcasts this
+    /// lane has not read yet (`Read`). If the check fails, none is taken as processed: the
+    /// commit's own check still catches a duplicate.
+    async fn prepare(&self, batch: &[Routed], keys: &[(String, String)]) -> (Vec<bool>, Read) {
+        let catalog = self.registry.current();
+        let mut missing: Vec<String> = Vec::new();
+        for routed in batch {
+            let Some(entry) = catalog.get(&routed.broadcast) else { continue };
+            let cached =
+                self.cache.get(&routed.broadcast).is_some_and(|cached| cached.incarnation == entry.incarnation);
+            if !cached && !missing.contains(&routed.broadcast) {
+                missing.push(routed.broadcast.clone());
+            }
+        }
         let store = Arc::clone(&self.store);
         let owned = keys.to_vec();
-        let span = tracing::info_span!("store.processed");
-        tokio::task::spawn_blocking(move || span.in_scope(|| store.processed(&owned)))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| vec![false; keys.len()])
+        let span = tracing::info_span!("store.prepare", missing = missing.len());
+        let prepared = tokio::task::spawn_blocking(move || span.in_scope(|| store.prepare(&owned, &missing))).await;
+        match prepared {
+            Ok(store::Prepared { processed, instances }) => {
+                (processed.unwrap_or_else(|_| vec![false; keys.len()]), instances.into_iter().collect())
+            }
+            Err(_) => (vec![false; keys.len()], Read::new()),
+        }
     }
 
     /// Decides each event of the batch against the working copy of its broadcast's instance:
@@ -540,6 +571,7 @@ impl Lane {
         batch: &[Routed],
         keys: &[(String, String)],
         processed: Vec<bool>,
+        read: &mut Read,
         spans: &[tracing::Span],
     ) -> Decided {
         let now = self.clock.now();
@@ -574,9 +606,10 @@ impl Lane {
                 );
                 continue;
             }
-            let current = match decided.working.get(&routed.broadcast) {
-                Some(current) => current.clone(),
-                None => match self.current(&routed.broadcast, entry, now).await {
+            // The working copy is taken out and its successor put back: no copy per event.
+            let current = match decided.working.remove(&routed.broadcast) {
+                Some(current) => current,
+                None => match self.current(&routed.broadcast, entry, now, read).await {
                     Ok(current) => current,
                     Err(error) => {
                         undecided.insert(routed.broadcast.clone());
@@ -590,6 +623,7 @@ impl Lane {
             decided.working.insert(routed.broadcast.clone(), next);
             decided.push(&routed.broadcast, commit, timers);
         }
+        decided.complete();
         decided
     }
 
@@ -614,33 +648,38 @@ impl Lane {
     }
 
     /// The broadcast's instance: cached; or read from the store on the broadcast's first event
-    /// (instances are not loaded at start) and after a failed commit; new when the store has none.
-    /// A failed read leaves it uncached, so it is read again rather than started afresh.
+    /// (instances are not loaded at start) and after a failed commit, usually already by
+    /// `prepare` (`read`); new when the store has none. A failed read leaves it uncached, so it
+    /// is read again rather than started afresh.
     async fn current(
         &mut self,
         broadcast: &str,
         entry: &crate::catalog::Entry,
         now: DateTime<Utc>,
+        read: &mut Read,
     ) -> Result<Cached, store::Error> {
         let (definition, incarnation) = (&*entry.machine, entry.incarnation);
-        match self.cache.get(broadcast) {
-            Some(cached) if cached.incarnation == incarnation => return Ok(cached.clone()),
-            // The broadcast was removed and created again: its old instance went with it.
-            Some(_) => {
-                self.cache.remove(broadcast);
-            }
-            None => {}
+        // Taken out, not copied: the batch's commit puts its successor back (`handle`). An
+        // instance of an earlier life of the id (removed and created again) is dropped.
+        if let Some(cached) = self.cache.remove(broadcast)
+            && cached.incarnation == incarnation
+        {
+            return Ok(cached);
         }
-        let store = Arc::clone(&self.store);
-        let id = broadcast.to_string();
-        let span = tracing::info_span!("store.load_instance");
-        let loaded = tokio::task::spawn_blocking(move || span.in_scope(|| store.load_instance(&id)))
-            .await
-            .unwrap_or(Err(store::Error::Stopped))?;
+        let loaded = match read.remove(broadcast) {
+            Some(loaded) => loaded?,
+            None => {
+                let store = Arc::clone(&self.store);
+                let id = broadcast.to_string();
+                let span = tracing::info_span!("store.load_instance");
+                tokio::task::spawn_blocking(move || span.in_scope(|| store.load_instance(&id)))
+                    .await
+                    .unwrap_or(Err(store::Error::Stopped))?
+            }
+        };
         let cached = loaded
             .map(|record| Cached::from_record(record, incarnation))
             .unwrap_or_else(|| Cached::new(definition, now, incarnation));
-        self.cache.insert(broadcast.to_string(), cached.clone());
         Ok(cached)
     }
 
@@ -690,7 +729,7 @@ fn decide(
     event: &Event,
     now: DateTime<Utc>,
 ) -> (Commit, Cached, Vec<TimerChange>) {
-    let decision = match stale_timer(&current.instance, event) {
+    let mut decision = match stale_timer(&current.instance, event) {
         Some(reason) => machine::Decision {
             outcome: StepOutcome::Ignored,
             reason,
@@ -701,7 +740,7 @@ fn decide(
         },
         None => machine::step(definition, &current.instance, event, &broadcast.expression_view(), now),
     };
-    let instance = decision.apply(&current.instance);
+    let instance = decision.take_instance(&current.instance);
     let changed_state = instance.state != current.instance.state;
     let next = Cached {
         since: if changed_state || current.seq == 0 { now } else { current.since },
@@ -713,8 +752,9 @@ fn decide(
         broadcast: broadcast_id.to_string(),
         machine: definition.name.clone(),
         state: next.instance.state.clone(),
-        vars: next.instance.vars.clone(),
-        timers: next.instance.timers.clone(),
+        // Filled by `Decided::complete` for the batch's last decision of the broadcast only.
+        vars: serde_json::Map::new(),
+        timers: std::collections::BTreeMap::new(),
         since: next.since,
         seq: next.seq,
     };
@@ -743,7 +783,7 @@ fn decide(
             from,
             to,
             transition,
-            reason: decision.reason.clone(),
+            reason: std::mem::take(&mut decision.reason),
             detail: json!({
                 "actions": decision.actions.iter().map(|action| json!({"action": action.kind, "params": action.params})).collect::<Vec<_>>(),
                 "timers": decision.timers.iter().map(|change| match change {
@@ -753,10 +793,9 @@ fn decide(
             }),
         },
         instance: Some(record),
-        actions: decision
-            .actions
-            .iter()
-            .map(|action| NewAction { kind: action.kind.clone(), params: action.params.clone() })
+        actions: std::mem::take(&mut decision.actions)
+            .into_iter()
+            .map(|action| NewAction { kind: action.kind, params: action.params })
             .collect(),
         completes: completion(event),
     };

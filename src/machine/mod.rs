@@ -244,6 +244,18 @@ impl Decision {
 
     /// The instance after this decision.
     pub fn apply(&self, instance: &Instance) -> Instance {
+        Instance { state: self.state.clone(), vars: self.vars.clone(), timers: self.timers_after(instance) }
+    }
+
+    /// The instance after this decision, as `apply`, moving the decision's state and variables
+    /// into it rather than copying them: they are left empty here.
+    pub fn take_instance(&mut self, instance: &Instance) -> Instance {
+        let timers = self.timers_after(instance);
+        Instance { state: std::mem::take(&mut self.state), vars: std::mem::take(&mut self.vars), timers }
+    }
+
+    /// The armed timers after this decision's changes.
+    fn timers_after(&self, instance: &Instance) -> BTreeMap<String, DateTime<Utc>> {
         let mut timers = instance.timers.clone();
         for change in &self.timers {
             match change {
@@ -255,7 +267,7 @@ impl Decision {
                 }
             }
         }
-        Instance { state: self.state.clone(), vars: self.vars.clone(), timers }
+        timers
     }
 }
 

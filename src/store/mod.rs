@@ -46,10 +46,21 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Which of these (event id, broadcast) pairs were already processed.
     fn processed(&self, events: &[(String, String)]) -> Result<Vec<bool>, Error>;
+    /// What a lane reads before deciding a batch, in one call: `processed` for the batch's
+    /// events, and `load_instance` for each of the `missing` broadcasts (those it has not read
+    /// yet), each with its own result. By default from `processed` and `load_instance`.
+    fn prepare(&self, events: &[(String, String)], missing: &[String]) -> Prepared {
+        Prepared {
+            processed: self.processed(events),
+            instances: missing.iter().map(|broadcast| (broadcast.clone(), self.load_instance(broadcast))).collect(),
+        }
+    }
     /// Records a batch of decisions, in order, all or nothing: the decisions of one lane, each
     /// possibly built on the one before. A `Commit` marked `duplicate` records only an audit row.
     /// An event found already processed fails the whole batch (the lane then starts over from
-    /// the store), since later decisions may have been built on it.
+    /// the store), since later decisions may have been built on it. A broadcast's instance is
+    /// written by its last decision of the batch (the earlier ones would be replaced in the same
+    /// transaction), so only that one need carry the variables and timers.
     fn commit(&self, batch: Vec<Commit>) -> Result<Vec<Committed>, Error>;
     /// Outbox rows still to run, oldest first.
     fn pending_actions(&self) -> Result<Vec<OutboxRow>, Error>;
@@ -231,6 +242,14 @@ pub struct InstanceRecord {
     pub since: DateTime<Utc>,
     /// Decisions recorded so far; the next decision's sequence number is `seq + 1`.
     pub seq: i64,
+}
+
+/// What `Store::prepare` read: the processed flags of a batch's events, and the instances of the
+/// broadcasts asked for (`None` for a broadcast without one), each read on its own.
+#[derive(Debug)]
+pub struct Prepared {
+    pub processed: Result<Vec<bool>, Error>,
+    pub instances: Vec<(String, Result<Option<InstanceRecord>, Error>)>,
 }
 
 /// One armed timer of a broadcast.

@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 
 use super::{
     AuditQuery, AuditRow, BroadcastChange, BroadcastRecord, Change, Commit, Committed, Completion, Cursor, Error,
-    Expected, Fault, HeldStep, HoldWrite, InstanceRecord, OutboxRow, ScheduleHold, ScheduleHolds, ScheduleRecord,
-    Store, TimerRecord,
+    Expected, Fault, HeldStep, HoldWrite, InstanceRecord, OutboxRow, Prepared, ScheduleHold, ScheduleHolds,
+    ScheduleRecord, Store, TimerRecord,
 };
 
 /// Schema migrations, in order; `PRAGMA user_version` is the number applied.
@@ -234,11 +234,26 @@ impl Store for SqliteStore {
     }
 
     fn processed(&self, events: &[(String, String)]) -> Result<Vec<bool>, Error> {
-        let sql = |error: rusqlite::Error| Error::Sql { operation: "processed", reason: error.to_string() };
+        processed(&self.reader(), events)
+    }
+
+    fn prepare(&self, events: &[(String, String)], missing: &[String]) -> Prepared {
+        // One lock of the read connection and one read transaction (one snapshot) for the
+        // whole batch, rather than one per statement.
         let reader = self.reader();
-        let mut statement =
-            reader.prepare_cached("SELECT 1 FROM processed WHERE event_id = ?1 AND broadcast = ?2").map_err(sql)?;
-        events.iter().map(|(event_id, broadcast)| statement.exists(params![event_id, broadcast]).map_err(sql)).collect()
+        let snapshot = reader.unchecked_transaction();
+        let prepared = Prepared {
+            processed: processed(&reader, events),
+            instances: missing
+                .iter()
+                .map(|broadcast| {
+                    (broadcast.clone(), query_instances(&reader, Some(broadcast)).map(|mut found| found.pop()))
+                })
+                .collect(),
+        };
+        // A read transaction ends the same whichever way; nothing was written.
+        drop(snapshot);
+        prepared
     }
 
     fn commit(&self, batch: Vec<Commit>) -> Result<Vec<Committed>, Error> {
@@ -806,7 +821,7 @@ fn write_instance(db: &rusqlite::Savepoint<'_>, instance: &InstanceRecord, at: i
             instance.broadcast,
             instance.machine,
             instance.state,
-            Value::Object(instance.vars.clone()).to_string(),
+            text(&instance.vars)?,
             instance.since.timestamp_millis(),
             instance.seq,
             at
@@ -821,6 +836,20 @@ fn write_instance(db: &rusqlite::Savepoint<'_>, instance: &InstanceRecord, at: i
         )?;
     }
     Ok(())
+}
+
+/// JSON text of a value, written from borrowed parts (no copy of the value first).
+fn text(value: &impl serde::Serialize) -> rusqlite::Result<String> {
+    serde_json::to_string(value).map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))
+}
+
+/// A decision's audit detail, serialized from the commit without copying its parts: the same
+/// text as the JSON object of these keys (in this order, which is a JSON map's sorted order).
+#[derive(serde::Serialize)]
+struct AuditDetail<'a> {
+    decision: &'a Value,
+    event: &'a Value,
+    outcome: &'a str,
 }
 
 /// The audit row of the decision itself.
@@ -839,7 +868,7 @@ fn write_decision_audit(db: &rusqlite::Savepoint<'_>, commit: &Commit, at: i64) 
             decision.to,
             decision.transition.map(|index| index as i64),
             decision.reason,
-            serde_json::json!({"event": commit.event, "decision": decision.detail, "outcome": decision.outcome}).to_string()
+            text(&AuditDetail { decision: &decision.detail, event: &commit.event, outcome: &decision.outcome })?
         ],
     )?;
     Ok(())
@@ -1119,6 +1148,13 @@ fn time(ms: i64) -> DateTime<Utc> {
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+fn processed(connection: &Connection, events: &[(String, String)]) -> Result<Vec<bool>, Error> {
+    let sql = |error: rusqlite::Error| Error::Sql { operation: "processed", reason: error.to_string() };
+    let mut statement =
+        connection.prepare_cached("SELECT 1 FROM processed WHERE event_id = ?1 AND broadcast = ?2").map_err(sql)?;
+    events.iter().map(|(event_id, broadcast)| statement.exists(params![event_id, broadcast]).map_err(sql)).collect()
 }
 
 fn load_instances(connection: &Connection) -> Result<Vec<InstanceRecord>, Error> {
