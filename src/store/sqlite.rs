@@ -204,8 +204,7 @@ impl Store for SqliteStore {
     }
 
     fn load_instance(&self, broadcast: &str) -> Result<Option<InstanceRecord>, Error> {
-        // `broadcast` is the primary key: at most one row, and it is this broadcast's.
-        Ok(query_instances(&self.reader(), Some(broadcast))?.pop())
+        load_instance(&self.reader(), broadcast)
     }
 
     fn load_timers(&self) -> Result<Vec<TimerRecord>, Error> {
@@ -244,12 +243,7 @@ impl Store for SqliteStore {
         let snapshot = reader.unchecked_transaction();
         let prepared = Prepared {
             processed: processed(&reader, events),
-            instances: missing
-                .iter()
-                .map(|broadcast| {
-                    (broadcast.clone(), query_instances(&reader, Some(broadcast)).map(|mut found| found.pop()))
-                })
-                .collect(),
+            instances: missing.iter().map(|broadcast| (broadcast.clone(), load_instance(&reader, broadcast))).collect(),
         };
         // A read transaction ends the same whichever way; nothing was written.
         drop(snapshot);
@@ -1049,8 +1043,7 @@ fn write_broadcast(
                 record.origin,
                 record.revision,
                 record.incarnation,
-                // A JSON map, string keys only: writing it as text cannot fail (no copy of it).
-                serde_json::to_string(&record.definition).unwrap_or_default(),
+                text(&record.definition)?,
                 at,
                 record.updated_by,
                 record.deleting
@@ -1155,6 +1148,11 @@ fn processed(connection: &Connection, events: &[(String, String)]) -> Result<Vec
     let mut statement =
         connection.prepare_cached("SELECT 1 FROM processed WHERE event_id = ?1 AND broadcast = ?2").map_err(sql)?;
     events.iter().map(|(event_id, broadcast)| statement.exists(params![event_id, broadcast]).map_err(sql)).collect()
+}
+
+fn load_instance(connection: &Connection, broadcast: &str) -> Result<Option<InstanceRecord>, Error> {
+    // `broadcast` is the primary key: at most one row, and it is this broadcast's.
+    Ok(query_instances(connection, Some(broadcast))?.pop())
 }
 
 fn load_instances(connection: &Connection) -> Result<Vec<InstanceRecord>, Error> {
