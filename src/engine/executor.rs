@@ -313,9 +313,14 @@ impl Executor {
                 .acquire()
                 .await
                 .map_err(|_| ActionError::permanent("Stopped", "executor stopped"))?;
-            self.record_start(row.id, attempt).await;
             tracing::info!(broadcast = %row.broadcast, action = %row.kind, outbox_id = row.id, attempt, "Action started.");
-            match self.inner.runner.run(row, broadcast).await {
+            // The attempt is recorded while it runs, not before: the record counts attempts (for
+            // the audit trail and the dashboard) and guards nothing, since every action is
+            // idempotent and one whose record failed runs all the same. A crash before the record
+            // lands only leaves the count one short. Waiting for it would put a store round trip
+            // (a transaction and its fsync) before every action's first request.
+            let (_, result) = tokio::join!(self.record_start(row.id, attempt), self.inner.runner.run(row, broadcast));
+            match result {
                 Ok(result) => {
                     tracing::info!(broadcast = %row.broadcast, action = %row.kind, outbox_id = row.id, "Action succeeded.");
                     self.inner.metrics.action(&row.kind, Attempt::Succeeded);
