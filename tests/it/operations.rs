@@ -16,18 +16,27 @@ use crate::schedule::daemon_settings;
 
 pub(crate) const TOKEN: &str = "operations-api-token-0123456789";
 
-const NEWS: &str = r#"
+/// news airs daily at the top of the hour eleven to twelve hours from now (UTC): the test never
+/// runs near its steps (a fixed air time made it fail every day in the hour before it), so its
+/// next step is the warm-up and the plan's next 48 hours start with a whole occurrence.
+fn news() -> String {
+    let now = onair::clock::Clock::now(&onair::clock::SystemClock);
+    let hour = (now + chrono::Duration::hours(12)).format("%H");
+    format!(
+        r#"
 [broadcasts.news]
-units = { on_air = 2, off_air = 0 }
+units = {{ on_air = 2, off_air = 0 }}
 [broadcasts.news.schedule]
-cron = "0 19 * * *"
-timezone = "Europe/Paris"
+cron = "0 {hour} * * *"
+timezone = "UTC"
 duration = "30m"
 [broadcasts.sport]
 channel = "sport"
 [broadcasts.travel]
 channel = "travel"
-"#;
+"#
+    )
+}
 
 /// A daemon with the operations listener on a free port and an API token.
 pub(crate) async fn daemon_with_http(
@@ -81,7 +90,7 @@ async fn probes_api_commands_and_metrics_tell_the_truth() {
     let emulator = TestEmulator::start(emulator_settings()).await;
     let broker = rabbit::settings("operations");
     let directory = tempfile::tempdir().unwrap();
-    let (daemon, base, settings) = daemon_with_http(directory.path(), &emulator, &broker, NEWS).await;
+    let (daemon, base, settings) = daemon_with_http(directory.path(), &emulator, &broker, &news()).await;
 
     let (status, body) = get(&base, "/healthz").await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
