@@ -83,52 +83,10 @@ impl Settings {
     /// A copy of these settings without the config file's broadcasts, for what runs after start
     /// (the running set holds them): 100,000 broadcasts are not copied to be dropped.
     pub fn clone_without_broadcasts(&self) -> Settings {
-        let crate::engine::Settings {
-            state_dir,
-            store,
-            inbox,
-            inbox_poll,
-            machines_dir,
-            lanes,
-            input_queue,
-            lane_queue,
-            lane_batch,
-            action_concurrency,
-            action_attempts,
-            action_backoff,
-            commit_backoff_initial,
-            commit_backoff_max,
-            dedup_retention,
-            broadcasts: _,
-            sources: _,
-            defaults,
-            content_key_policies,
-        } = &self.engine;
-        let engine = crate::engine::Settings {
-            state_dir: state_dir.clone(),
-            store: store.clone(),
-            inbox: inbox.clone(),
-            inbox_poll: *inbox_poll,
-            machines_dir: machines_dir.clone(),
-            lanes: *lanes,
-            input_queue: *input_queue,
-            lane_queue: *lane_queue,
-            lane_batch: *lane_batch,
-            action_concurrency: *action_concurrency,
-            action_attempts: *action_attempts,
-            action_backoff: *action_backoff,
-            commit_backoff_initial: *commit_backoff_initial,
-            commit_backoff_max: *commit_backoff_max,
-            dedup_retention: *dedup_retention,
-            broadcasts: Default::default(),
-            sources: Default::default(),
-            defaults: defaults.clone(),
-            content_key_policies: content_key_policies.clone(),
-        };
         Settings {
             shutdown: self.shutdown.clone(),
             media: self.media.clone(),
-            engine,
+            engine: self.engine.clone_without_broadcasts(),
             broker: self.broker.clone(),
             scheduler: self.scheduler.clone(),
             ingress: self.ingress.clone(),
@@ -281,6 +239,24 @@ mod tests {
         );
         assert!(found[0].reason.starts_with("invalid value \"many\""), "{found:#?}");
         assert_eq!(found[2].reason, "expected a table, found a number");
+    }
+
+    #[test]
+    fn a_copy_without_broadcasts_is_the_settings_with_their_broadcasts_dropped() {
+        let (source, _file) = source(
+            Some(
+                "[engine]\nlanes = 3\nlane_batch = 7\n[defaults.broadcast]\nunits = { on_air = 2 }\n\
+                 [broadcasts.news]\n[broadcasts.sport]\nchannel = \"sport-hd\"\n[broadcasts.weather]\nmachine = \"live\"\n",
+            ),
+            &[("ONAIR__SCHEDULER__MAX_SLEEP", "700ms")],
+        );
+        let settings = load(&source).unwrap();
+        assert_eq!(settings.engine.broadcasts.len(), 3);
+        let copy = settings.clone_without_broadcasts();
+        assert!(copy.engine.broadcasts.is_empty() && copy.engine.sources.is_empty());
+        // Field by field, everything else is kept (secrets are redacted alike on both sides).
+        assert_eq!(format!("{copy:?}"), format!("{:?}", settings.clone().without_broadcasts()));
+        assert_eq!((copy.engine.lanes, copy.engine.lane_batch), (3, 7));
     }
 
     fn problems(result: Result<Settings, Error>) -> Vec<Problem> {

@@ -51,6 +51,54 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// A copy without the broadcasts and their sources, for what runs after start (the running
+    /// set holds them): 100,000 broadcasts are not copied to be dropped. Every field is named, so
+    /// that a new one is not forgotten here.
+    pub fn clone_without_broadcasts(&self) -> Settings {
+        let Settings {
+            state_dir,
+            store,
+            inbox,
+            inbox_poll,
+            machines_dir,
+            lanes,
+            input_queue,
+            lane_queue,
+            lane_batch,
+            action_concurrency,
+            action_attempts,
+            action_backoff,
+            commit_backoff_initial,
+            commit_backoff_max,
+            dedup_retention,
+            broadcasts: _,
+            sources: _,
+            defaults,
+            content_key_policies,
+        } = self;
+        Settings {
+            state_dir: state_dir.clone(),
+            store: store.clone(),
+            inbox: inbox.clone(),
+            inbox_poll: *inbox_poll,
+            machines_dir: machines_dir.clone(),
+            lanes: *lanes,
+            input_queue: *input_queue,
+            lane_queue: *lane_queue,
+            lane_batch: *lane_batch,
+            action_concurrency: *action_concurrency,
+            action_attempts: *action_attempts,
+            action_backoff: *action_backoff,
+            commit_backoff_initial: *commit_backoff_initial,
+            commit_backoff_max: *commit_backoff_max,
+            dedup_retention: *dedup_retention,
+            broadcasts: Default::default(),
+            sources: Default::default(),
+            defaults: defaults.clone(),
+            content_key_policies: content_key_policies.clone(),
+        }
+    }
+
     pub(crate) fn parse(
         engine: &mut crate::config::Section<'_>,
         broadcasts: &mut crate::config::Section<'_>,
