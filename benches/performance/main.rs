@@ -124,7 +124,6 @@ pub fn in_child(args: &[String]) -> Vec<f64> {
     line.split_whitespace().skip(1).map(|value| value.parse().unwrap_or(f64::NAN)).collect()
 }
 
-/// This process's resident set, in KiB, from /proc.
 /// Gives the memory glibc holds free back to the system, as `onair run` does before it says
 /// ready (`main.rs`), so that a resident figure counts what is held, not what start-up freed.
 pub fn release_free_memory() {
@@ -135,6 +134,7 @@ pub fn release_free_memory() {
     }
 }
 
+/// This process's resident set, in KiB, from /proc.
 pub fn rss_kib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

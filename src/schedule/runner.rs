@@ -1052,8 +1052,8 @@ fn held_only(broadcast: String, cursor: Option<Key>, now: DateTime<Utc>, held: H
     spec.post_roll =
         step(StepKind::Cooldown).map_or(TimeDelta::zero(), |cooldown| (cooldown - end).max(TimeDelta::zero()));
     let cursor = cursor?;
-    let (mut track, _) =
-        Track::new(broadcast.clone(), Arc::new(spec), Some(cursor), now, Held { holds: held.holds, floor: None });
+    let mut track =
+        Track::start(broadcast.clone(), Arc::new(spec), Some(cursor), now, Held { holds: held.holds, floor: None });
     track.retired = true;
     (!track.armed.is_empty()).then_some(track)
 }
