@@ -14,13 +14,26 @@ use crate::helpers::{TestEmulator, emulator_settings};
 use crate::operations::{TOKEN, command, daemon_with_http, get, until_async};
 use crate::rabbit;
 
-/// The file broadcasts (`news` scheduled).
-const FILE: &str = "[broadcasts.news.schedule]\ncron = \"0 19 * * *\"\nduration = \"30m\"\n\
-                    [broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.travel]\nchannel = \"travel\"\n";
+/// The file broadcasts: `news` airs daily (UTC) eleven to twelve hours from now, so its next step
+/// is the warm-up whenever the test runs.
+fn file() -> String {
+    format!(
+        "[broadcasts.news.schedule]\ncron = \"0 {} * * *\"\nduration = \"30m\"\n\
+         [broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.travel]\nchannel = \"travel\"\n",
+        crate::helpers::hour_from_now(12)
+    )
+}
 
 /// `onair <args> --api <base>` with the token, as a command line would run it.
 fn cli(config: &Path, base: &str, args: &[&str]) -> Output {
     onair(config).args(args).args(["--api", base]).env("ONAIR_API_TOKEN", TOKEN).output().unwrap()
+}
+
+/// a1's daily schedule at `minute` past the UTC hour six hours after the test binary started:
+/// one hour for the whole test, never near a step while the test reads a1 idle.
+fn a1_cron(minute: u32) -> String {
+    static HOUR: std::sync::LazyLock<u32> = std::sync::LazyLock::new(|| crate::helpers::hour_from_now(6));
+    format!("{minute} {} * * *", *HOUR)
 }
 
 fn text(output: &Output) -> (Option<i32>, String, String) {
@@ -87,7 +100,7 @@ async fn apply_get_delete_audit_and_extend_through_a_running_daemon() {
     let emulator = TestEmulator::start(emulator_settings()).await;
     let broker = rabbit::settings("cli-manage");
     let directory = tempfile::tempdir().unwrap();
-    let (daemon, base, _settings) = daemon_with_http(directory.path(), &emulator, &broker, FILE).await;
+    let (daemon, base, _settings) = daemon_with_http(directory.path(), &emulator, &broker, &file()).await;
     let config = directory.path().join("onair.toml");
     until_async(Duration::from_secs(20), "ready", || async { get(&base, "/readyz").await.0 == 200 }).await;
 
@@ -115,12 +128,13 @@ async fn get_lists_the_file_broadcasts(config: &Path, base: &str) {
 /// `apply --dry-run` changes nothing; `apply` creates; again, nothing is sent.
 async fn dry_run_then_apply(config: &Path, base: &str, directory: &Path) {
     // apply --dry-run: the diff and the plan's changes; nothing changes.
-    let first = "[broadcasts.a1.schedule]\ncron = \"0 21 * * *\"\nduration = \"30m\"\n\
-                 [broadcasts.a2]\nchannel = \"a2\"\n[broadcasts.a3]\nchannel = \"a3\"\n[broadcasts.a4]\nchannel = \"a4\"\n";
-    let file = write(directory, "broadcasts.toml", first);
+    let first = format!("[broadcasts.a1.schedule]\ncron = \"{}\"\nduration = \"30m\"\n", a1_cron(0))
+        + "[broadcasts.a2]\nchannel = \"a2\"\n[broadcasts.a3]\nchannel = \"a3\"\n[broadcasts.a4]\nchannel = \"a4\"\n";
+    let file = write(directory, "broadcasts.toml", &first);
     let (code, stdout, stderr) = text(&cli(config, base, &["apply", "-f", &file, "--dry-run"]));
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    for line in ["+ a1: create", "    + schedule.cron = \"0 21 * * *\"", "+ a4: create", "    + channel = \"a4\""] {
+    let cron_line = format!("    + schedule.cron = \"{}\"", a1_cron(0));
+    for line in ["+ a1: create", &cron_line, "+ a4: create", "    + channel = \"a4\""] {
         assert!(stdout.lines().any(|shown| shown == line), "{line:?} in:\n{stdout}");
     }
     assert!(stdout.contains("plan changes in the next 48 h: 10 added, 0 moved, 0 removed"), "{stdout}");
@@ -168,12 +182,12 @@ async fn force_states(base: &str) {
 async fn apply_changes_and_prunes(config: &Path, base: &str, directory: &Path) {
     // A second file: a1 moved by 30 min (idle: changed), a2 on a new channel (standby: refused),
     // news (the config file's: skipped); with --prune, a3 (failed: refused) and a4 (idle: pruned).
-    let second = "[broadcasts.a1.schedule]\ncron = \"30 21 * * *\"\nduration = \"30m\"\n\
-                  [broadcasts.a2]\nchannel = \"a2-new\"\n[broadcasts.news]\nchannel = \"elsewhere\"\n";
-    let file = write(directory, "broadcasts.toml", second);
+    let second = format!("[broadcasts.a1.schedule]\ncron = \"{}\"\nduration = \"30m\"\n", a1_cron(30))
+        + "[broadcasts.a2]\nchannel = \"a2-new\"\n[broadcasts.news]\nchannel = \"elsewhere\"\n";
+    let file = write(directory, "broadcasts.toml", &second);
     let (code, stdout, stderr) = text(&cli(config, base, &["apply", "-f", &file, "--prune", "--dry-run"]));
     assert_eq!(code, Some(2), "the config file's news is skipped: {stdout}{stderr}");
-    assert!(stdout.contains("~ schedule.cron: \"0 21 * * *\" -> \"30 21 * * *\""), "{stdout}");
+    assert!(stdout.contains(&format!("~ schedule.cron: \"{}\" -> \"{}\"", a1_cron(0), a1_cron(30))), "{stdout}");
     assert!(stdout.contains("- a3: prune") && stdout.contains("- a4: prune"), "{stdout}");
     assert!(stdout.contains("! news: skipped: defined in the daemon's config file"), "{stdout}");
     assert!(stdout.contains("plan changes in the next 48 h: 0 added, 10 moved, 0 removed"), "{stdout}");
@@ -202,7 +216,10 @@ async fn get_one_and_delete(config: &Path, base: &str) {
     // get one: its definition, as a table to apply.
     let (code, stdout, _) = text(&cli(config, base, &["get", "broadcast", "a1"]));
     assert_eq!(code, Some(0));
-    assert!(stdout.contains("[broadcasts.a1.schedule]") && stdout.contains("cron = \"30 21 * * *\""), "{stdout}");
+    assert!(
+        stdout.contains("[broadcasts.a1.schedule]") && stdout.contains(&format!("cron = \"{}\"", a1_cron(30))),
+        "{stdout}"
+    );
     let (code, stdout, _) = text(&cli(config, base, &["get", "broadcasts", "a2", "--json"]));
     assert_eq!(code, Some(0));
     let a2: Value = serde_json::from_str(&stdout).unwrap();
@@ -234,7 +251,7 @@ async fn audit_extend_and_reload(config: &Path, base: &str) {
         3,
         "created, changed, removed:\n{stdout}"
     );
-    assert!(stdout.contains("    ~ schedule.cron: \"0 21 * * *\" -> \"30 21 * * *\""), "{stdout}");
+    assert!(stdout.contains(&format!("    ~ schedule.cron: \"{}\" -> \"{}\"", a1_cron(0), a1_cron(30))), "{stdout}");
     let (code, stdout, _) = text(&cli(config, base, &["audit", "--broadcast", "a1", "--json", "--limit", "2"]));
     assert_eq!(code, Some(0));
     let entries: Value = serde_json::from_str(&stdout).unwrap();
@@ -264,7 +281,7 @@ async fn a_thousand_broadcasts_apply_and_the_scheduler_arms_them_without_a_resta
     let emulator = TestEmulator::start(emulator_settings()).await;
     let broker = rabbit::settings("cli-thousand");
     let directory = tempfile::tempdir().unwrap();
-    let (daemon, base, _settings) = daemon_with_http(directory.path(), &emulator, &broker, FILE).await;
+    let (daemon, base, _settings) = daemon_with_http(directory.path(), &emulator, &broker, &file()).await;
     let config = directory.path().join("onair.toml");
     until_async(Duration::from_secs(20), "ready", || async { get(&base, "/readyz").await.0 == 200 }).await;
     let tracks_before = daemon.schedule_stats().tracks();

@@ -177,3 +177,11 @@ pub(crate) fn ten_thousand_broadcasts(zone: chrono_tz::Tz, schedule: &str) -> St
     }
     broadcasts
 }
+
+/// The UTC hour `hours` from now: a daily schedule at the top of it never runs near its steps
+/// while a test reads the next step, the plan or an idle state on the system clock (a fixed air
+/// time made such tests fail every day in the hour before it).
+pub(crate) fn hour_from_now(hours: i64) -> u32 {
+    use chrono::Timelike;
+    (onair::clock::Clock::now(&onair::clock::SystemClock) + chrono::Duration::hours(hours)).hour()
+}

@@ -20,8 +20,7 @@ pub(crate) const TOKEN: &str = "operations-api-token-0123456789";
 /// runs near its steps (a fixed air time made it fail every day in the hour before it), so its
 /// next step is the warm-up and the plan's next 48 hours start with a whole occurrence.
 fn news() -> String {
-    let now = onair::clock::Clock::now(&onair::clock::SystemClock);
-    let hour = (now + chrono::Duration::hours(12)).format("%H");
+    let hour = crate::helpers::hour_from_now(12);
     format!(
         r#"
 [broadcasts.news]

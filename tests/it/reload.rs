@@ -18,8 +18,22 @@ use crate::operations::{TOKEN, command, get, until_async};
 use crate::rabbit;
 
 /// The first three broadcasts: `news` stays idle, `sport` is forced to failed, `travel` to standby.
-const FIRST: &str = "[broadcasts.news.schedule]\ncron = \"0 19 * * *\"\nduration = \"30m\"\n\
-                     [broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.travel]\nchannel = \"travel\"\n";
+/// news airs daily (UTC) eleven to twelve hours after the test binary started, and the reloaded
+/// file moves it an hour later: it stays idle whenever the test runs.
+static NEWS_HOUR: std::sync::LazyLock<u32> = std::sync::LazyLock::new(|| crate::helpers::hour_from_now(12));
+
+fn first() -> String {
+    format!(
+        "[broadcasts.news.schedule]\ncron = \"0 {} * * *\"\nduration = \"30m\"\n\
+         [broadcasts.sport]\nchannel = \"sport\"\n[broadcasts.travel]\nchannel = \"travel\"\n",
+        *NEWS_HOUR
+    )
+}
+
+/// news's cron after the reload.
+fn moved_cron() -> String {
+    format!("0 {} * * *", (*NEWS_HOUR + 1) % 24)
+}
 
 /// A daemon from `config`, logging JSON to `log`; its operations listener's address. The caller
 /// terminates it (the child is killed and waited for here only when it never listens).
@@ -110,7 +124,7 @@ async fn sighup_applies_the_file_refuses_an_invalid_one_whole_and_reports_restar
     let emulator = TestEmulator::start(emulator_settings()).await;
     let broker = rabbit::settings("reload");
     let directory = tempfile::tempdir().unwrap();
-    let config = daemon_config(directory.path(), &emulator, &broker, FIRST);
+    let config = daemon_config(directory.path(), &emulator, &broker, &first());
     let written = std::fs::read_to_string(&config).unwrap();
     let log = directory.path().join("onair.log");
     let (child, base) = start(&config, &log);
@@ -161,8 +175,9 @@ async fn sighup_applies_the_file(daemon: &Running, written: &str) -> (String, Du
          lead = {{ channel = \"5s\", scale = \"2s\" }}\npost_roll = \"5s\"\n",
         air.to_rfc3339_opts(SecondsFormat::Secs, true)
     );
-    let second = written.replace(FIRST, "").replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"")
-        + "[broadcasts.news.schedule]\ncron = \"0 20 * * *\"\nduration = \"30m\"\n[broadcasts.sport]\nchannel = \"sport\"\n"
+    let second = written.replace(&first(), "").replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"")
+        + &format!("[broadcasts.news.schedule]\ncron = \"{}\"\nduration = \"30m\"\n", moved_cron())
+        + "[broadcasts.sport]\nchannel = \"sport\"\n"
         + &late;
     std::fs::write(&daemon.config, &second).unwrap();
     let revisions_before = listed(base).await;
@@ -180,8 +195,10 @@ async fn sighup_applies_the_file(daemon: &Running, written: &str) -> (String, Du
     let (_, plan) = get(base, "/api/v1/plan?broadcast=news&hours=48").await;
     let planned: Vec<&str> =
         plan["rows"].as_array().unwrap().iter().filter_map(|row| row["planned"].as_str()).collect();
-    assert!(planned.iter().any(|at| at.contains("T20:00:00")), "news follows its new schedule: {planned:?}");
-    assert!(!planned.iter().any(|at| at.contains("T19:00:00")), "{planned:?}");
+    let at_hour = |hour: u32| format!("T{hour:02}:00:00");
+    let (old, new) = (at_hour(*NEWS_HOUR), at_hour((*NEWS_HOUR + 1) % 24));
+    assert!(planned.iter().any(|at| at.contains(&new)), "news follows its new schedule: {planned:?}");
+    assert!(!planned.iter().any(|at| at.contains(&old)), "{planned:?}");
     // Nothing that runs was disturbed: sport is still failed; travel, standby, ends as planned
     // (it is marked for removal); news changed (a new revision), sport did not.
     let after = listed(base).await;
@@ -214,8 +231,8 @@ async fn sighup_applies_the_file(daemon: &Running, written: &str) -> (String, Du
 
 /// An invalid file: nothing changes; every problem is logged and audited.
 async fn an_invalid_file_changes_nothing(daemon: &Running, second: &str, notes: usize) {
-    let broken =
-        second.replace("cron = \"0 20 * * *\"", "cron = \"every evening\"") + "[broadcasts.Bad_Id]\nchannel = \"x\"\n";
+    let broken = second.replace(&format!("cron = \"{}\"", moved_cron()), "cron = \"every evening\"")
+        + "[broadcasts.Bad_Id]\nchannel = \"x\"\n";
     std::fs::write(&daemon.config, &broken).unwrap();
     let revisions = |list: Vec<(String, i64, Option<String>)>| -> Vec<(String, i64)> {
         list.into_iter().map(|(id, revision, _)| (id, revision)).collect()
