@@ -314,12 +314,19 @@ impl Executor {
                 .await
                 .map_err(|_| ActionError::permanent("Stopped", "executor stopped"))?;
             tracing::info!(broadcast = %row.broadcast, action = %row.kind, outbox_id = row.id, attempt, "Action started.");
-            // The attempt is recorded while it runs, not before: the record counts attempts (for
-            // the audit trail and the dashboard) and guards nothing, since every action is
-            // idempotent and one whose record failed runs all the same. A crash before the record
-            // lands only leaves the count one short. Waiting for it would put a store round trip
-            // (a transaction and its fsync) before every action's first request.
-            let (_, result) = tokio::join!(self.record_start(row.id, attempt), self.inner.runner.run(row, broadcast));
+            // The attempt is recorded while it runs, and nothing waits for the record: it counts
+            // attempts (for the audit trail and the dashboard) and guards nothing, since every
+            // action is idempotent and one whose record failed runs all the same. A crash before
+            // the record lands only leaves the count one short. Waiting for it would put a store
+            // round trip (a transaction and its fsync) before every action's first request, or
+            // between an action and the next. The store queues it ahead of the commit of the
+            // action's result; only when it could not (`Queued::is_ordered`) is it waited for
+            // before the result is reported, so the audit trail keeps its order either way.
+            let record = self.record_start(row.id, attempt);
+            let result = self.inner.runner.run(row, broadcast).await;
+            if let Some(record) = record {
+                record.await;
+            }
             match result {
                 Ok(result) => {
                     tracing::info!(broadcast = %row.broadcast, action = %row.kind, outbox_id = row.id, "Action succeeded.");
@@ -342,14 +349,25 @@ impl Executor {
         }
     }
 
-    async fn record_start(&self, outbox_id: i64, attempt: u32) {
-        let store = Arc::clone(&self.inner.store);
+    /// Asks the store to record an attempt's start. Its outcome is awaited (and a failure logged)
+    /// in a task of its own when the store queued it in order; otherwise the returned future is
+    /// that wait, for the caller to finish before it reports the action's result.
+    fn record_start(&self, outbox_id: i64, attempt: u32) -> Option<impl Future<Output = ()> + use<>> {
         let at: DateTime<Utc> = self.inner.clock.now();
+        let queued = self.inner.store.action_started(outbox_id, attempt, at);
+        let ordered = queued.is_ordered();
         let span = tracing::info_span!("store.action_started");
-        let recorded =
-            tokio::task::spawn_blocking(move || span.in_scope(|| store.action_started(outbox_id, attempt, at))).await;
-        if let Ok(Err(error)) = recorded {
-            tracing::warn!(outbox_id, %error, "Could not record the start of an action.");
+        let recorded = tokio::task::spawn_blocking(move || span.in_scope(|| queued.wait()));
+        let logged = async move {
+            if let Ok(Err(error)) = recorded.await {
+                tracing::warn!(outbox_id, %error, "Could not record the start of an action.");
+            }
+        };
+        if ordered {
+            self.inner.tracker.spawn(logged);
+            None
+        } else {
+            Some(logged)
         }
     }
 

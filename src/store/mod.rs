@@ -21,6 +21,49 @@ use serde_json::{Map, Value};
 pub use commits::{Commits, Failing, fault_label};
 pub use sqlite::{ReadOnly, SqliteStore, check, probe_writable, schema_version};
 
+/// A write a store has taken, and how to learn its outcome.
+pub struct Queued<T>(QueuedWrite<T>);
+
+enum QueuedWrite<T> {
+    /// Already written (or refused).
+    Done(Result<T, Error>),
+    /// Queued, in order with the writes asked for after it: its answer comes here.
+    InOrder(std::sync::mpsc::Receiver<Result<T, Error>>),
+    /// Not queued yet (the store's queue was full): `wait` writes it, in no particular order.
+    Later(Box<dyn FnOnce() -> Result<T, Error> + Send>),
+}
+
+impl<T> Queued<T> {
+    /// A write done (or refused) before the call returned.
+    pub fn done(result: Result<T, Error>) -> Self {
+        Self(QueuedWrite::Done(result))
+    }
+
+    /// A write queued in order, whose answer comes on `answer`.
+    pub(crate) fn in_order(answer: std::sync::mpsc::Receiver<Result<T, Error>>) -> Self {
+        Self(QueuedWrite::InOrder(answer))
+    }
+
+    /// A write to be made by `wait`.
+    pub(crate) fn later(write: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Self {
+        Self(QueuedWrite::Later(Box::new(write)))
+    }
+
+    /// Whether the write is done or lands before every write asked for after it.
+    pub fn is_ordered(&self) -> bool {
+        !matches!(self.0, QueuedWrite::Later(_))
+    }
+
+    /// Its outcome; blocks until the store has written it.
+    pub fn wait(self) -> Result<T, Error> {
+        match self.0 {
+            QueuedWrite::Done(result) => result,
+            QueuedWrite::InOrder(answer) => answer.recv().map_err(|_| Error::Stopped)?,
+            QueuedWrite::Later(write) => write(),
+        }
+    }
+}
+
 /// The store's operations. Implementations are blocking; the engine calls them from
 /// `spawn_blocking`. Every method is atomic.
 pub trait Store: Send + Sync + 'static {
@@ -64,8 +107,11 @@ pub trait Store: Send + Sync + 'static {
     fn commit(&self, batch: Vec<Commit>) -> Result<Vec<Committed>, Error>;
     /// Outbox rows still to run, oldest first.
     fn pending_actions(&self) -> Result<Vec<OutboxRow>, Error>;
-    /// Notes that an action attempt starts (attempt count and an audit row).
-    fn action_started(&self, outbox_id: i64, attempt: u32, at: DateTime<Utc>) -> Result<(), Error>;
+    /// Notes that an action attempt starts (attempt count and an audit row). The write is queued
+    /// before this returns, ahead of every write asked for after it, unless `Queued::in_order`
+    /// says otherwise: the attempt then lands before the action's result without the action
+    /// waiting for it. `Queued::wait` blocks until it is written.
+    fn action_started(&self, outbox_id: i64, attempt: u32, at: DateTime<Utc>) -> Queued<()>;
     /// The most recent audit rows of a broadcast, oldest first.
     fn audit(&self, broadcast: &str, limit: usize) -> Result<Vec<AuditRow>, Error>;
     /// The audit rows `query` selects, newest first (by id), at most `query.limit`.

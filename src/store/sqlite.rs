@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, TrySendError, sync_channel};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::{
     AuditQuery, AuditRow, BroadcastChange, BroadcastRecord, Change, Commit, Committed, Completion, Cursor, Error,
-    Expected, Fault, HeldStep, HoldWrite, InstanceRecord, OutboxRow, Prepared, ScheduleHold, ScheduleHolds,
+    Expected, Fault, HeldStep, HoldWrite, InstanceRecord, OutboxRow, Prepared, Queued, ScheduleHold, ScheduleHolds,
     ScheduleRecord, Store, TimerRecord,
 };
 
@@ -269,8 +269,24 @@ impl Store for SqliteStore {
         pending_actions(&self.reader())
     }
 
-    fn action_started(&self, outbox_id: i64, attempt: u32, at: DateTime<Utc>) -> Result<(), Error> {
-        self.ask(|reply| Request::ActionStarted { outbox_id, attempt, at, reply })
+    fn action_started(&self, outbox_id: i64, attempt: u32, at: DateTime<Utc>) -> Queued<()> {
+        // Queued now, without blocking: the writer takes its requests in order, so this one is
+        // written before the commit of the action's result, which is asked for later.
+        let (reply, answer) = std::sync::mpsc::channel();
+        match self.writer.try_send(Request::ActionStarted { outbox_id, attempt, at, reply }) {
+            Ok(()) => Queued::in_order(answer),
+            Err(TrySendError::Full(_)) => {
+                let writer = self.writer.clone();
+                Queued::later(move || {
+                    let (reply, answer) = std::sync::mpsc::channel();
+                    writer
+                        .send(Request::ActionStarted { outbox_id, attempt, at, reply })
+                        .map_err(|_| Error::Stopped)?;
+                    answer.recv().map_err(|_| Error::Stopped)?
+                })
+            }
+            Err(TrySendError::Disconnected(_)) => Queued::done(Err(Error::Stopped)),
+        }
     }
 
     fn audit(&self, broadcast: &str, limit: usize) -> Result<Vec<AuditRow>, Error> {
@@ -1412,6 +1428,59 @@ mod tests {
 
     fn fixed_now() -> DateTime<Utc> {
         DateTime::from_timestamp_millis(1_795_000_000_000).unwrap()
+    }
+
+    /// An attempt's record is queued at once, in order: the commit of the action's result, asked
+    /// for before the record is waited for, lands after it. Three broadcasts with actions in
+    /// different states: only the attempted row counts an attempt, and only its broadcast's
+    /// audit shows it, before the result.
+    #[test]
+    fn an_attempt_queued_without_waiting_lands_before_the_result_asked_for_after_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&directory.path().join("onair.db")).unwrap();
+        let mut batch = Vec::new();
+        for (broadcast, state, actions) in [
+            ("news", "warming", &["channel.start", "program.create"][..]),
+            ("sport", "live", &["notify"][..]),
+            ("weather", "idle", &[][..]),
+        ] {
+            let mut commit = commit(&format!("{broadcast}-1"), 1, actions, None);
+            commit.broadcast = broadcast.into();
+            let instance = commit.instance.as_mut().unwrap();
+            instance.broadcast = broadcast.into();
+            instance.state = state.into();
+            batch.push(commit);
+        }
+        let committed = store.commit(batch).unwrap();
+        let outbox: Vec<OutboxRow> = committed
+            .into_iter()
+            .flat_map(|done| match done {
+                Committed::Applied { outbox, .. } => outbox,
+                Committed::Duplicate => Vec::new(),
+            })
+            .collect();
+        assert_eq!(outbox.len(), 3);
+        let started = &outbox[0];
+        assert_eq!((started.broadcast.as_str(), started.kind.as_str()), ("news", "channel.start"));
+
+        let record = store.action_started(started.id, 1, fixed_now());
+        assert!(record.is_ordered());
+        let mut result =
+            commit("action/1", 2, &[], Some(Completion { outbox_id: started.id, succeeded: true, result: json!({}) }));
+        result.event_type = "onair.action.succeeded".into();
+        store.commit(vec![result]).unwrap();
+        record.wait().unwrap();
+
+        let audit = store.audit("news", 100).unwrap();
+        let position = |text: &str| audit.iter().position(|row| row.reason.contains(text));
+        let (attempt, outcome) = (position("started, attempt 1"), position("succeeded"));
+        assert!(attempt.is_some() && attempt < outcome, "{audit:#?}");
+        for other in ["sport", "weather"] {
+            assert!(store.audit(other, 100).unwrap().iter().all(|row| row.kind != "action"), "{other}");
+        }
+        let attempts: Vec<(String, i64)> =
+            store.pending_actions().unwrap().into_iter().map(|row| (row.kind, row.attempts)).collect();
+        assert_eq!(attempts, [("program.create".to_string(), 0), ("notify".to_string(), 0)]);
     }
 
     /// What start-up reads instead of every instance: the timers (each with its broadcast) and

@@ -245,12 +245,7 @@ impl onair::store::Store for Faulty {
     fn pending_actions(&self) -> Result<Vec<store::OutboxRow>, store::Error> {
         self.store.pending_actions()
     }
-    fn action_started(
-        &self,
-        outbox_id: i64,
-        attempt: u32,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), store::Error> {
+    fn action_started(&self, outbox_id: i64, attempt: u32, at: chrono::DateTime<chrono::Utc>) -> store::Queued<()> {
         self.store.action_started(outbox_id, attempt, at)
     }
     fn audit(&self, broadcast: &str, limit: usize) -> Result<Vec<store::AuditRow>, store::Error> {

@@ -604,7 +604,7 @@ fn run(ops: &[Op]) -> Result<usize, TestCaseError> {
             Op::Started { row, attempt } => {
                 let outbox_id = (row % model.next_outbox as usize) as i64 + 1;
                 model.action_started(outbox_id, *attempt, at);
-                store.action_started(outbox_id, *attempt, at).map_err(fail)?;
+                store.action_started(outbox_id, *attempt, at).wait().map_err(fail)?;
             }
             Op::Purge { back } => {
                 let before = at - chrono::Duration::seconds(*back);
