@@ -12,6 +12,8 @@
 //! The `live` machine answers start-now with `endpoint.start` (the shared streaming endpoint,
 //! which names no channel) then `channel.start`, whose first request is the GET of the live
 //! event: that request is the "first REST call" for the broadcast.
+//! The reference, measured first in the same run: the broker alone, the same events through the
+//! same publishers to a quorum queue of their own and a bare lapin consumer, publish → delivery.
 //! `ONAIR_BENCH_LATENCY_EVENTS` changes the count (10,000, i.e. 10 s). With every event a
 //! start-now, the REST calls they start (7,000 a second) exceed what the emulator answers on
 //! two cores, and the figure measures that backlog instead.
@@ -72,11 +74,13 @@ async fn measure(report: &mut Report) {
     std::fs::write(&config, process::config(&directory.path().join("state"), &node.url(), port, &broadcasts))
         .expect("config");
     let setup = Setup { config, port, media, queue: "onair.events.latency".into() };
+    // The broker's own share first, on queues of its own: publish → delivery to a bare consumer.
+    let bare = bare_broker(setup.broker(), count).await;
     let http = reqwest::Client::new();
     let mut daemon = Daemon::spawn(&setup, &directory.path().join("onair.log"));
     daemon.ready(&http).await;
 
-    let (began, lag) = publish(&setup, count).await;
+    let (began, lag) = publish(Arc::new(setup.broker()), count).await;
     let published = Instant::now();
     let deadline = Duration::from_secs(120);
     loop {
@@ -120,13 +124,18 @@ async fn measure(report: &mut Report) {
              {START_EVERY}, each for an idle broadcast of its own, live machine), the others pause/resume for \
              {OTHERS} broadcasts; published by {PUBLISHERS} confirmed publishers (publish began p99 {:.1} ms, max {:.0} ms \
              after due), to the first request naming the live event at the emulator (in this process); the last \
-             arrived {:.2} s after the last publish; the emulator answered {requests} requests in {:.1} s",
+             arrived {:.2} s after the last publish; the emulator answered {requests} requests in {:.1} s; the broker \
+             alone (the same events and publishers, a quorum queue of its own, a bare lapin consumer, prefetch 256): \
+             publish → delivery p50 {:.1} ms, p99 {:.1} ms, max {:.0} ms",
             quantiles.p50,
             quantiles.max,
             lag.p99,
             lag.max,
             took.as_secs_f64(),
-            window.as_secs_f64()
+            window.as_secs_f64(),
+            bare.p50,
+            bare.p99,
+            bare.max
         )),
     );
     drop(arrivals);
@@ -181,10 +190,64 @@ async fn emulator(live_events: usize, arrivals: Arrivals, shutdown: tokio_util::
     base
 }
 
-/// Publishes one start-now per broadcast, the i-th due at i ms; when each publish began, and how
-/// late it began after it was due (ms).
-async fn publish(setup: &Setup, count: usize) -> (Vec<Instant>, Vec<f64>) {
-    let settings = Arc::new(setup.broker());
+/// The broker alone: the same `count` events at the same rate through the same publishers, to a
+/// quorum queue and exchange of their own, consumed by a bare lapin consumer (prefetch 256, a
+/// `multiple` ack every 16 deliveries); publish began → delivered, in ms.
+async fn bare_broker(mut settings: onair::broker::Settings, count: usize) -> Quantiles {
+    use futures_lite::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    for name in [&mut settings.exchange, &mut settings.queue, &mut settings.dead_exchange, &mut settings.dead_queue] {
+        name.push_str(".bare");
+    }
+    let connection = onair::broker::connect(&settings, "bench-bare-latency").await.expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    onair::broker::declare(&connection, &channel, &settings).await.expect("declare the bare queues");
+    channel.basic_qos(256, BasicQosOptions::default()).await.expect("qos");
+    let mut consumer = channel
+        .basic_consume(
+            settings.queue.as_str().into(),
+            "bare".into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let consuming = tokio::spawn(async move {
+        let mut delivered = vec![None; count];
+        let mut seen = 0;
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let at = Instant::now();
+            let index = serde_json::from_slice::<serde_json::Value>(&delivery.data)
+                .ok()
+                .and_then(|event| event["id"].as_str()?.strip_prefix("bench-")?.parse::<usize>().ok());
+            if let Some(slot) = index.and_then(|index| delivered.get_mut(index)) {
+                *slot = Some(at);
+            }
+            seen += 1;
+            if seen % 16 == 0 || seen == count {
+                delivery.ack(BasicAckOptions { multiple: true }).await.expect("ack");
+            }
+            if seen == count {
+                break;
+            }
+        }
+        delivered
+    });
+    let (began, _) = publish(Arc::new(settings), count).await;
+    let delivered = consuming.await.expect("the bare consumer");
+    let _ = connection.close(200, "done".into()).await;
+    Quantiles::of(
+        began
+            .iter()
+            .zip(delivered)
+            .filter_map(|(began, delivered)| Some(delivered?.saturating_duration_since(*began).as_secs_f64() * 1000.0))
+            .collect(),
+    )
+}
+
+/// Publishes `count` events, the i-th due at i ms; when each publish began, and how late it began
+/// after it was due (ms).
+async fn publish(settings: Arc<onair::broker::Settings>, count: usize) -> (Vec<Instant>, Vec<f64>) {
     let (done, mut finished) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant, Instant)>();
     // One queue of due events, taken by whichever publisher is free.
     let (due, waiting) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
