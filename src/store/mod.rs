@@ -44,8 +44,9 @@ impl<T> Queued<T> {
         Self(QueuedWrite::InOrder(answer))
     }
 
-    /// A write to be made by `wait`.
-    pub(crate) fn later(write: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Self {
+    /// A write to be made by `wait` (the store could not queue it yet), in no order with the
+    /// writes asked for meanwhile.
+    pub fn later(write: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Self {
         Self(QueuedWrite::Later(Box::new(write)))
     }
 
@@ -108,7 +109,7 @@ pub trait Store: Send + Sync + 'static {
     /// Outbox rows still to run, oldest first.
     fn pending_actions(&self) -> Result<Vec<OutboxRow>, Error>;
     /// Notes that an action attempt starts (attempt count and an audit row). The write is queued
-    /// before this returns, ahead of every write asked for after it, unless `Queued::in_order`
+    /// before this returns, ahead of every write asked for after it, unless `Queued::is_ordered`
     /// says otherwise: the attempt then lands before the action's result without the action
     /// waiting for it. `Queued::wait` blocks until it is written.
     fn action_started(&self, outbox_id: i64, attempt: u32, at: DateTime<Utc>) -> Queued<()>;

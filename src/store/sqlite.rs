@@ -192,10 +192,15 @@ impl SqliteStore {
     }
 
     fn ask<T>(&self, make: impl FnOnce(Sender<Result<T, Error>>) -> Request) -> Result<T, Error> {
-        let (reply, answer) = std::sync::mpsc::channel();
-        self.writer.send(make(reply)).map_err(|_| Error::Stopped)?;
-        answer.recv().map_err(|_| Error::Stopped)?
+        ask(&self.writer, make)
     }
+}
+
+/// Sends a request to the writer (waiting for room in its queue) and waits for its answer.
+fn ask<T>(writer: &SyncSender<Request>, make: impl FnOnce(Sender<Result<T, Error>>) -> Request) -> Result<T, Error> {
+    let (reply, answer) = std::sync::mpsc::channel();
+    writer.send(make(reply)).map_err(|_| Error::Stopped)?;
+    answer.recv().map_err(|_| Error::Stopped)?
 }
 
 impl Store for SqliteStore {
@@ -277,13 +282,7 @@ impl Store for SqliteStore {
             Ok(()) => Queued::in_order(answer),
             Err(TrySendError::Full(_)) => {
                 let writer = self.writer.clone();
-                Queued::later(move || {
-                    let (reply, answer) = std::sync::mpsc::channel();
-                    writer
-                        .send(Request::ActionStarted { outbox_id, attempt, at, reply })
-                        .map_err(|_| Error::Stopped)?;
-                    answer.recv().map_err(|_| Error::Stopped)?
-                })
+                Queued::later(move || ask(&writer, |reply| Request::ActionStarted { outbox_id, attempt, at, reply }))
             }
             Err(TrySendError::Disconnected(_)) => Queued::done(Err(Error::Stopped)),
         }

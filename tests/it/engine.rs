@@ -207,6 +207,9 @@ struct Faulty {
     fail_reads: std::sync::atomic::AtomicUsize,
     /// Commits that take 400 ms (after the refusal check), to hold a lane busy.
     slow_commits: std::sync::atomic::AtomicUsize,
+    /// Attempt records the store cannot queue at once (as when its writer's queue is full):
+    /// written 300 ms after they are waited for, in no order with other writes.
+    late_records: std::sync::atomic::AtomicUsize,
 }
 
 impl Faulty {
@@ -246,6 +249,13 @@ impl onair::store::Store for Faulty {
         self.store.pending_actions()
     }
     fn action_started(&self, outbox_id: i64, attempt: u32, at: chrono::DateTime<chrono::Utc>) -> store::Queued<()> {
+        if Self::take(&self.late_records) {
+            let path = self.store.path().to_path_buf();
+            return store::Queued::later(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                onair::store::SqliteStore::open(&path)?.action_started(outbox_id, attempt, at).wait()
+            });
+        }
         self.store.action_started(outbox_id, attempt, at)
     }
     fn audit(&self, broadcast: &str, limit: usize) -> Result<Vec<store::AuditRow>, store::Error> {
@@ -299,6 +309,7 @@ async fn three_on_one_lane() -> (TestEmulator, tempfile::TempDir, onair::daemon:
         refuse_commits: 0.into(),
         fail_reads: 0.into(),
         slow_commits: 0.into(),
+        late_records: 0.into(),
     });
     let engine = TestEngine::start_with_store(&settings, faulty.clone()).await;
     let force = |state: &str| json!({"state": state, "note": "test", "by": "test"});
@@ -307,6 +318,47 @@ async fn three_on_one_lane() -> (TestEmulator, tempfile::TempDir, onair::daemon:
         assert_eq!(outcome, Outcome::Committed, "{broadcast}");
     }
     (emulator, directory, settings, faulty, engine)
+}
+
+/// An attempt record the store could not queue at once is waited for before the action's result
+/// is reported: in the audit, each of weather's actions shows its start before its result (it
+/// fails: weather was forced to standby with no channel), though the records land 300 ms late.
+/// news (live) and sport (failed) run no action.
+#[tokio::test]
+async fn an_attempt_record_not_queued_in_order_is_waited_for_before_the_result() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (_emulator, _directory, settings, faulty, engine) = three_on_one_lane().await;
+    faulty.late_records.store(usize::MAX, SeqCst);
+    let command = format!("{}start-now", event::COMMAND_PREFIX);
+    assert_eq!(engine.send("go", &command, "weather", json!({})).await, Outcome::Committed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while view(&settings).pending_actions().unwrap().iter().any(|row| row.broadcast == "weather") {
+        assert!(tokio::time::Instant::now() < deadline, "weather's actions did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine.stop().await;
+    assert!(faulty.late_records.load(SeqCst) < usize::MAX, "records were late");
+
+    let reasons: Vec<String> = view(&settings)
+        .audit("weather", 200)
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.kind == "action")
+        .map(|row| row.reason)
+        .collect();
+    let results: Vec<&String> = reasons.iter().filter(|reason| !reason.contains(" started, attempt ")).collect();
+    assert!(!results.is_empty(), "weather ran its actions: {reasons:#?}");
+    for result in &results {
+        // "action <kind> (#<id>) failed": its start is "action <kind> (#<id>) started, attempt 1".
+        let head = &result[..result.find(')').unwrap() + 1];
+        let started = reasons.iter().position(|reason| reason.starts_with(head) && reason.contains("started"));
+        let finished = reasons.iter().position(|reason| reason == *result);
+        assert!(started.is_some() && started < finished, "{head}: {reasons:#?}");
+    }
+    for other in ["news", "sport"] {
+        assert!(view(&settings).audit(other, 100).unwrap().iter().all(|row| row.kind != "action"), "{other}");
+    }
+    println!("weather's action results, each after its start with records 300 ms late: {results:?}");
 }
 
 /// After a refused commit a lane reads its broadcast again from the store; it must get that
