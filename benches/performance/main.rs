@@ -14,6 +14,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+// The allocator `onair run` uses (jemalloc), so that the engine is measured with it.
+#[path = "../../src/allocator.rs"]
+mod allocator;
+
 mod chart;
 mod daemon;
 mod engine;
@@ -124,14 +128,10 @@ pub fn in_child(args: &[String]) -> Vec<f64> {
     line.split_whitespace().skip(1).map(|value| value.parse().unwrap_or(f64::NAN)).collect()
 }
 
-/// Gives the memory glibc holds free back to the system, as `onair run` does before it says
-/// ready (`main.rs`), so that a resident figure counts what is held, not what start-up freed.
+/// Gives the allocator's free pages back to the system, as `onair run` does before it says ready,
+/// so that a resident figure counts what is held, not what start-up freed.
 pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointer and only walks glibc's own free lists under its locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    allocator::release_free_memory();
 }
 
 /// This process's resident set, in KiB, from /proc.
