@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -326,7 +327,6 @@ struct Parsed(config::Map<String, config::Value>);
 
 impl Parsed {
     fn of(map: &Map<String, Value>) -> Result<Self, String> {
-        use serde::Deserialize;
         map.iter()
             .map(|(key, value)| {
                 let value = config::Value::deserialize(value.clone()).map_err(|error| error.to_string())?;
@@ -685,7 +685,8 @@ fn join(base: &str, key: &str) -> String {
 /// Decodes a settings value, accepting the strings that environment variables produce
 /// (`"5"` for a number, `"true"` for a boolean) and numbers where strings are expected.
 fn decode<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
-    match serde_json::from_value::<T>(value.clone()) {
+    // Read in place (`&Value` is a deserializer): no copy of the value per key read.
+    match T::deserialize(value) {
         Ok(decoded) => Ok(decoded),
         Err(first) => {
             let retry = match value {

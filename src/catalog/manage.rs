@@ -209,8 +209,7 @@ impl Manager {
         for problem in &plan.refused {
             tracing::error!(%problem, "Config file change not applied (the broadcast is not idle); the stored definition runs.");
         }
-        manager.write(plan.changes).await?;
-        let records = manager.read(|store| store.broadcasts()).await?;
+        let records = manager.write_over(stored, plan.changes).await?;
         let catalog = manager.build(records, file, &library, true);
         tracing::info!(
             broadcasts = catalog.len(),
@@ -434,9 +433,8 @@ impl Manager {
             return Err(Error::Invalid(problems));
         }
         let report = plan.report.clone();
-        self.write(plan.changes).await?;
+        let records = self.write_over(stored, plan.changes).await?;
         *crate::sync::lock(&self.library) = Arc::clone(&library);
-        let records = self.read(|store| store.broadcasts()).await?;
         let next = self.build(records, file, &library, false);
         self.registry.replace(next);
         tracing::info!(
@@ -567,6 +565,31 @@ impl Manager {
         self.read(move |store| store.change_broadcasts(changes)).await
     }
 
+    /// Writes `changes` over `stored` (the records read under the `changing` lock, which every
+    /// writer of definitions holds): the records as the store holds them now, without reading
+    /// back and parsing every definition (100,000 of them at a first start).
+    async fn write_over(
+        &self,
+        stored: Vec<BroadcastRecord>,
+        changes: Vec<BroadcastChange>,
+    ) -> Result<Vec<BroadcastRecord>, Error> {
+        let removed: Vec<String> = changes
+            .iter()
+            .filter(|change| matches!(change.change, Change::Remove))
+            .map(|change| change.id.clone())
+            .collect();
+        let written = self.write(changes).await?;
+        let mut records: BTreeMap<String, BroadcastRecord> =
+            stored.into_iter().map(|record| (record.id.clone(), record)).collect();
+        for id in removed {
+            records.remove(&id);
+        }
+        for record in written.into_iter().flatten() {
+            records.insert(record.id.clone(), record);
+        }
+        Ok(records.into_values().collect())
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         work: impl FnOnce(&dyn Store) -> Result<T, store::Error> + Send + 'static,
@@ -637,8 +660,10 @@ fn reconcile(
     let mut report = Reloaded::default();
     let mut refused = Vec::new();
     let initial_of = |machine: &str| library.get(machine).map(|definition| definition.initial.clone());
+    let empty = Map::new();
     for (id, broadcast) in file.broadcasts {
-        let definition = file.sources.get(id).cloned().unwrap_or_default();
+        // Borrowed: copied only into a change (a restart with nothing changed copies nothing).
+        let definition = file.sources.get(id).unwrap_or(&empty);
         let record = |deleting| BroadcastRecord {
             id: id.clone(),
             origin: Origin::File.name().into(),
@@ -658,12 +683,12 @@ fn reconcile(
                     change: Change::Put(record(false)),
                     at: now,
                     reason: "broadcast created by the config file".into(),
-                    detail: json!({"who": who.0, "origin": "file", "change": "created", "diff": diff(None, Some(&definition))}),
+                    detail: json!({"who": who.0, "origin": "file", "change": "created", "diff": diff(None, Some(definition))}),
                 });
             }
             Some(previous)
                 if previous.origin == Origin::File.name()
-                    && previous.definition == definition
+                    && previous.definition == *definition
                     && !previous.deleting =>
             {
                 report.unchanged += 1;
@@ -679,7 +704,7 @@ fn reconcile(
                 if !idle && previous.origin == Origin::File.name() {
                     // Only what would disturb it is refused; the stored definition is compared
                     // through what it says (channel, endpoint, protection).
-                    if let Some(what) = disturbing_definitions(&previous.definition, &definition) {
+                    if let Some(what) = disturbing_definitions(&previous.definition, definition) {
                         refused.push(ProblemAt {
                             key: format!("broadcasts.{id}"),
                             reason: format!("not idle: {what}; stop it first, or change it back"),
@@ -699,7 +724,7 @@ fn reconcile(
                     } else {
                         "broadcast changed by the config file".into()
                     },
-                    detail: json!({"who": who.0, "origin": "file", "change": "changed", "diff": diff(Some(&previous.definition), Some(&definition))}),
+                    detail: json!({"who": who.0, "origin": "file", "change": "changed", "diff": diff(Some(&previous.definition), Some(definition))}),
                 });
             }
         }
