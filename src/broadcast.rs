@@ -143,70 +143,78 @@ impl Defaults {
     }
 }
 
-/// Each broadcast's definition as written (`[broadcasts.<id>]` as a JSON table, defaults not
-/// filled in): what is stored, compared and shown as the broadcast's source.
-pub fn sources(section: &crate::config::Section<'_>) -> BTreeMap<String, Map<String, Value>> {
-    section
-        .keys()
-        .into_iter()
-        .filter_map(|id| match section.peek(&id) {
-            Some(Value::Object(table)) => Some((id, table.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The broadcasts of `[broadcasts]`, each checked; problems are recorded in `section`.
 pub(crate) fn parse(
     section: &mut crate::config::Section<'_>,
     policies: &crate::protection::Policies,
     defaults: &Defaults,
 ) -> BTreeMap<String, Broadcast> {
-    let mut broadcasts = BTreeMap::new();
-    let mut interned = crate::schedule::Interned::new();
-    for id in section.keys() {
-        let mut table = section.section_over(&id, &defaults.broadcast);
-        if !valid_id(&id) {
-            table.problem("", "a broadcast id is 1 to 40 lowercase letters, digits and inner hyphens");
-        }
-        let channel = table.optional::<String>("channel").unwrap_or_else(|| id.clone());
-        if crate::media::model::valid_live_event_name(&channel).is_err() {
-            table.problem("channel", "a channel (live event) name is 1 to 32 letters, digits and inner hyphens");
-        }
-        let protocol: String = table.value("protocol");
-        if !matches!(protocol.as_str(), "RTMP" | "FragmentedMP4") {
-            table.problem("protocol", "must be RTMP or FragmentedMP4");
-        }
-        let mut units = table.section("units");
-        let on_air_units: i32 = units.value("on_air");
-        let off_air_units: i32 = units.value("off_air");
-        for (key, value) in [("on_air", on_air_units), ("off_air", off_air_units)] {
-            units.check(key, (0..=10).contains(&value), "must be between 0 and 10");
-        }
-        drop(units);
-        let settings = table.optional::<Map<String, Value>>("settings").unwrap_or_default();
-        let protection = crate::protection::parse_protection(&mut table, policies);
-        let schedule = if table.keys().iter().any(|key| key == "schedule") {
-            crate::schedule::parse_spec(&mut table.section_over("schedule", &defaults.schedule), &mut interned)
-                .map(std::sync::Arc::new)
-        } else {
-            None
-        };
-        let broadcast = Broadcast {
-            machine: table.value("machine"),
-            endpoint: table.value("endpoint"),
-            streaming_policy: table.value("streaming_policy"),
-            archive_window: table.value("archive_window"),
-            id: id.clone(),
-            channel,
-            protocol,
-            on_air_units,
-            off_air_units,
-            settings,
-            schedule,
-            protection,
-        };
-        broadcasts.insert(id, broadcast);
+    parse_with_sources(section, policies, defaults).0
+}
+
+/// `parse`, and each broadcast's definition as written (`[broadcasts.<id>]` as a JSON table,
+/// defaults not filled in): what is stored, compared and shown as the broadcast's source. The
+/// tables are parsed on the machine's cores when there are many (`Section::tables_over`).
+pub(crate) fn parse_with_sources(
+    section: &mut crate::config::Section<'_>,
+    policies: &crate::protection::Policies,
+    defaults: &Defaults,
+) -> (BTreeMap<String, Broadcast>, BTreeMap<String, Map<String, Value>>) {
+    let parsed =
+        section.tables_over(&defaults.broadcast, |interned: &mut crate::schedule::Interned, id, written, table| {
+            (parse_one(table, id.clone(), policies, defaults, interned), (id, written))
+        });
+    let (broadcasts, written): (Vec<_>, Vec<_>) = parsed.into_iter().unzip();
+    let sources = written.into_iter().filter_map(|(id, written)| Some((id, written?))).collect();
+    (broadcasts.into_iter().map(|broadcast: Broadcast| (broadcast.id.clone(), broadcast)).collect(), sources)
+}
+
+/// One `[broadcasts.<id>]` table, its defaults filled in.
+fn parse_one(
+    mut table: crate::config::Section<'_>,
+    id: String,
+    policies: &crate::protection::Policies,
+    defaults: &Defaults,
+    interned: &mut crate::schedule::Interned,
+) -> Broadcast {
+    if !valid_id(&id) {
+        table.problem("", "a broadcast id is 1 to 40 lowercase letters, digits and inner hyphens");
     }
-    broadcasts
+    let channel = table.optional::<String>("channel").unwrap_or_else(|| id.clone());
+    if crate::media::model::valid_live_event_name(&channel).is_err() {
+        table.problem("channel", "a channel (live event) name is 1 to 32 letters, digits and inner hyphens");
+    }
+    let protocol: String = table.value("protocol");
+    if !matches!(protocol.as_str(), "RTMP" | "FragmentedMP4") {
+        table.problem("protocol", "must be RTMP or FragmentedMP4");
+    }
+    let mut units = table.section("units");
+    let on_air_units: i32 = units.value("on_air");
+    let off_air_units: i32 = units.value("off_air");
+    for (key, value) in [("on_air", on_air_units), ("off_air", off_air_units)] {
+        units.check(key, (0..=10).contains(&value), "must be between 0 and 10");
+    }
+    drop(units);
+    let settings = table.optional::<Map<String, Value>>("settings").unwrap_or_default();
+    let protection = crate::protection::parse_protection(&mut table, policies);
+    let schedule = if table.keys().iter().any(|key| key == "schedule") {
+        crate::schedule::parse_spec(&mut table.section_over("schedule", &defaults.schedule), interned)
+            .map(std::sync::Arc::new)
+    } else {
+        None
+    };
+    Broadcast {
+        machine: table.value("machine"),
+        endpoint: table.value("endpoint"),
+        streaming_policy: table.value("streaming_policy"),
+        archive_window: table.value("archive_window"),
+        id: id.clone(),
+        channel,
+        protocol,
+        on_air_units,
+        off_air_units,
+        settings,
+        schedule,
+        protection,
+    }
 }

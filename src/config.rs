@@ -138,12 +138,12 @@ pub fn parse_value<T>(origin: &str, root: Value, parse: impl FnOnce(&mut Section
 fn parse_layers<T>(mut layers: Layers, parse: impl FnOnce(&mut Section<'_>) -> T) -> Result<T, Error> {
     // The merged root is handed over, not copied: origins are told from the layers on their own.
     let merged = std::mem::take(&mut layers.merged);
-    let context = Context { layers, problems: RefCell::new(Vec::new()) };
+    let context = Context { layers, problems: std::sync::Mutex::new(Vec::new()) };
     let settings = {
         let mut root = context.root(merged);
         parse(&mut root)
     };
-    let problems = context.problems.into_inner();
+    let problems = context.problems.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     if problems.is_empty() { Ok(settings) } else { Err(Error::Invalid(Problems(problems))) }
 }
 
@@ -356,7 +356,8 @@ fn lookup<'v>(value: &'v Value, dotted: &str) -> Option<&'v Value> {
 #[derive(Debug)]
 struct Context {
     layers: Layers,
-    problems: RefCell<Vec<Problem>>,
+    /// Behind a lock: the tables of `Section::tables_over` are parsed on several threads.
+    problems: std::sync::Mutex<Vec<Problem>>,
 }
 
 impl Context {
@@ -431,6 +432,94 @@ impl<'a> Section<'a> {
         let mut section = self.section(key);
         fill(&mut section.map, &fallback.map, &fallback.path, "", &mut section.inherited);
         section
+    }
+
+    /// Every nested table of this one, taken out and filled from `fallback` as `section_over`
+    /// does, handed to `each` with its key and the table as written (`None` when the value is not
+    /// a table, a problem already recorded); the results in key order. A large table (100,000
+    /// broadcasts) is shared among the machine's cores, each worker with its own `W` (a cache);
+    /// problems are recorded in the order one thread would have recorded them.
+    pub fn tables_over<T, W>(
+        &mut self,
+        fallback: &Fallback,
+        each: impl Fn(&mut W, String, Option<Map<String, Value>>, Section<'_>) -> T + Sync,
+    ) -> Vec<T>
+    where
+        T: Send,
+        W: Default,
+    {
+        let tables: Vec<(String, Value)> = std::mem::take(&mut self.map).into_iter().collect();
+        let workers = match tables.len() {
+            0..PARALLEL_TABLES => 1,
+            _ => std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 8),
+        };
+        let this = &*self;
+        let work = |chunk: Vec<(String, Value)>| {
+            let mut own = W::default();
+            chunk
+                .into_iter()
+                .map(|(key, value)| {
+                    let path = this.key_path(&key);
+                    let prefix = format!("{key}.");
+                    let inherited = this
+                        .inherited
+                        .iter()
+                        .filter_map(|(relative, from)| {
+                            Some((relative.strip_prefix(&prefix)?.to_string(), from.clone()))
+                        })
+                        .collect();
+                    let (written, map) = match value {
+                        Value::Object(map) => (Some(map.clone()), map),
+                        other => {
+                            this.problem_at(&path, format!("expected a table, found {}", kind(&other)));
+                            (None, Map::new())
+                        }
+                    };
+                    let mut section = Section { context: this.context, path, map, inherited };
+                    fill(&mut section.map, &fallback.map, &fallback.path, "", &mut section.inherited);
+                    each(&mut own, key, written, section)
+                })
+                .collect::<Vec<T>>()
+        };
+        if workers == 1 {
+            return work(tables);
+        }
+        let size = tables.len().div_ceil(workers);
+        let mut chunks = Vec::with_capacity(workers);
+        let mut rest = tables.into_iter();
+        loop {
+            let chunk: Vec<_> = rest.by_ref().take(size).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
+        }
+        let done: Vec<(Vec<T>, Vec<Problem>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    scope.spawn(|| {
+                        DEFERRED.set(Some(Vec::new()));
+                        let results = work(chunk);
+                        (results, DEFERRED.take().unwrap_or_default())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                // A worker that panicked takes the parse down as it would have on one thread.
+                .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        let mut results = Vec::new();
+        let mut problems = crate::sync::lock(&self.context.problems);
+        for (part, deferred) in done {
+            results.extend(part);
+            for problem in deferred {
+                add_problem(&mut problems, problem);
+            }
+        }
+        results
     }
 
     /// Leaves the key `key` to another reader: it is taken out without a problem.
@@ -596,16 +685,24 @@ impl<'a> Section<'a> {
 
     fn problem_from(&self, origin: String, path: &str, reason: impl Into<String>) {
         let problem = Problem { origin, key: path.to_string(), reason: reason.into() };
-        let mut problems = self.context.problems.borrow_mut();
-        // A fallback value read by many tables is one problem, not one per table.
-        if !problems.contains(&problem) {
-            problems.push(problem);
+        // On a worker of `tables_over`, kept apart until the workers are done.
+        let problem = DEFERRED.with_borrow_mut(|deferred| match deferred {
+            Some(deferred) => {
+                add_problem(deferred, problem);
+                None
+            }
+            None => Some(problem),
+        });
+        if let Some(problem) = problem {
+            add_problem(&mut crate::sync::lock(&self.context.problems), problem);
         }
     }
 
     fn has_problem(&self, key: &str) -> bool {
         let path = self.path_of(key);
-        self.context.problems.borrow().iter().any(|problem| problem.key == path)
+        let found = |problems: &[Problem]| problems.iter().any(|problem| problem.key == path);
+        DEFERRED.with_borrow(|deferred| deferred.as_deref().is_some_and(found))
+            || found(&crate::sync::lock(&self.context.problems))
     }
 
     /// Takes the nested table `key` out (empty when absent; a problem when it is not a table).
@@ -643,6 +740,23 @@ impl Drop for Section<'_> {
         for key in unknown {
             self.problem(&key, "unknown setting (see docs/configuration.md for the list)");
         }
+    }
+}
+
+/// Tables of more entries than this are parsed by `Section::tables_over` on several threads.
+const PARALLEL_TABLES: usize = 4096;
+
+thread_local! {
+    /// The problems recorded on a worker of `Section::tables_over`, added to the others once the
+    /// workers are done, in the order of their tables.
+    static DEFERRED: RefCell<Option<Vec<Problem>>> = const { RefCell::new(None) };
+}
+
+/// Adds `problem` to `problems`: a fallback value read by many tables is one problem, not one
+/// per table.
+fn add_problem(problems: &mut Vec<Problem>, problem: Problem) {
+    if !problems.contains(&problem) {
+        problems.push(problem);
     }
 }
 

@@ -108,6 +108,7 @@ impl Settings {
         let state_dir: PathBuf = engine.value::<String>("state_dir").into();
         let store = engine.optional::<PathBuf>("store").unwrap_or_else(|| state_dir.join("onair.db"));
         let inbox = engine.optional::<PathBuf>("inbox").unwrap_or_else(|| state_dir.join("inbox"));
+        let (broadcasts, sources) = crate::broadcast::parse_with_sources(broadcasts, &content_key_policies, defaults);
         let settings = Self {
             store,
             inbox,
@@ -123,8 +124,8 @@ impl Settings {
             commit_backoff_initial: engine.duration("commit_backoff_initial"),
             commit_backoff_max: engine.duration("commit_backoff_max"),
             dedup_retention: engine.duration("dedup_retention"),
-            sources: crate::broadcast::sources(broadcasts),
-            broadcasts: crate::broadcast::parse(broadcasts, &content_key_policies, defaults),
+            sources,
+            broadcasts,
             defaults: defaults.clone(),
             content_key_policies,
             state_dir,
