@@ -877,6 +877,73 @@ mod tests {
         assert_eq!(by_the_config_crate(DEFAULTS)["broadcasts"], serde_json::json!({}));
     }
 
+    /// A table with more entries than `PARALLEL_TABLES`, some with problems spread over what
+    /// the workers get: read on several threads as on one, problems in the same order.
+    #[test]
+    fn tables_parsed_on_several_threads_read_and_report_as_on_one() {
+        let count = PARALLEL_TABLES * 2 + 10;
+        let mut tables = Map::new();
+        for index in 0..count {
+            let table = match index {
+                7 => serde_json::json!({"size": "big"}),
+                index if index == count / 2 => serde_json::json!({"size": 3, "typo": true}),
+                index if index == count - 3 => serde_json::json!(42),
+                index => serde_json::json!({"size": index % 5}),
+            };
+            tables.insert(format!("t{index:05}"), table);
+        }
+        let root = serde_json::json!({"defaults": {"size": 1, "colour": "red"}, "tables": tables});
+        let read = |section: &mut Section<'_>, id: String, written: Option<Map<String, Value>>| {
+            (id, written.is_some(), section.value::<u32>("size"), section.value::<String>("colour"))
+        };
+        let parallel = parse_value("test", root.clone(), |root| {
+            let fallback = root.fallback("defaults", &["size", "colour"]);
+            let mut tables = root.section("tables");
+            tables.tables_over(&fallback, |_: &mut (), id, written, mut section| read(&mut section, id, written))
+        });
+        let sequential = parse_value("test", root, |root| {
+            let fallback = root.fallback("defaults", &["size", "colour"]);
+            let mut tables = root.section("tables");
+            let mut read_all = Vec::new();
+            for id in tables.keys() {
+                let written = tables.peek(&id).and_then(Value::as_object).cloned();
+                let mut section = tables.section_over(&id, &fallback);
+                read_all.push(read(&mut section, id, written));
+            }
+            read_all
+        });
+        let (parallel, sequential) = (parallel.unwrap_err().to_string(), sequential.unwrap_err().to_string());
+        assert_eq!(parallel, sequential);
+        let lines: Vec<&str> = parallel.lines().collect();
+        assert_eq!(lines.len(), 4, "a header and three problems: {parallel}");
+        assert!(lines[1].contains("tables.t00007.size: invalid value"), "{parallel}");
+        assert!(lines[2].contains(&format!("tables.t{:05}.typo: unknown setting", count / 2)), "{parallel}");
+        assert!(lines[3].contains(&format!("tables.t{:05}: expected a table", count - 3)), "{parallel}");
+        // And the values read, when nothing is wrong.
+        let mut fine = Map::new();
+        for index in 0..count {
+            fine.insert(format!("t{index:05}"), serde_json::json!({"size": index % 5}));
+        }
+        let root = serde_json::json!({"defaults": {"size": 1, "colour": "red"}, "tables": fine});
+        let values = parse_value("test", root, |root| {
+            let fallback = root.fallback("defaults", &["size", "colour"]);
+            root.section("tables").tables_over(&fallback, |seen: &mut usize, id, written, mut section| {
+                *seen += 1;
+                (read(&mut section, id, written), *seen)
+            })
+        })
+        .unwrap();
+        assert_eq!(values.len(), count);
+        for (index, ((id, written, size, colour), _)) in values.iter().enumerate() {
+            assert_eq!(
+                (id.as_str(), *written, *size, colour.as_str()),
+                (format!("t{index:05}").as_str(), true, index as u32 % 5, "red")
+            );
+        }
+        // Each worker had its own state: more than one started counting again.
+        assert!(values.iter().filter(|(_, seen)| *seen == 1).count() > 1);
+    }
+
     #[test]
     fn overlay_merges_tables_key_by_key_and_replaces_the_rest() {
         let mut base = serde_json::json!({ "a": { "x": 1, "y": 2 }, "b": 3, "c": [1] });

@@ -674,9 +674,14 @@ fn apply(transaction: &mut Transaction<'_>, request: Request) -> (Answer, Option
             let mut conflict = None;
             let result = in_savepoint(transaction, |savepoint| {
                 let mut written = Vec::with_capacity(changes.len());
+                // The revision counter is read once and written once per request, not updated
+                // per change (`UPDATE … RETURNING` builds a temporary table at every call).
+                let mut last: i64 =
+                    savepoint.prepare_cached("SELECT last FROM revisions")?.query_row([], |row| row.get(0))?;
+                let before = last;
                 for change in changes {
                     let (broadcast, expected) = (change.id.clone(), change.expected);
-                    match write_broadcast(savepoint, change)? {
+                    match write_broadcast(savepoint, change, &mut last)? {
                         Ok(record) => written.push(record),
                         Err(found) => {
                             // Returning an error rolls the whole change back; the reply says why.
@@ -684,6 +689,9 @@ fn apply(transaction: &mut Transaction<'_>, request: Request) -> (Answer, Option
                             return Err(rusqlite::Error::QueryReturnedNoRows);
                         }
                     }
+                }
+                if last != before {
+                    savepoint.prepare_cached("UPDATE revisions SET last = ?1")?.execute(params![last])?;
                 }
                 Ok(written)
             });
@@ -1020,12 +1028,14 @@ fn write_schedule(db: &rusqlite::Savepoint<'_>, records: &[ScheduleRecord]) -> r
     Ok(())
 }
 
-/// Writes one definition change; `Err(found)` (the stored revision) when it expected another.
+/// Writes one definition change, counting its revision from `last` (the counter, written back
+/// by the caller); `Err(found)` (the stored revision) when it expected another.
 /// The change is taken whole: its definition moves into the record it returns (a first start
 /// writes 100,000 of them; a copy each was a third of the writer's time).
 fn write_broadcast(
     db: &rusqlite::Savepoint<'_>,
     change: BroadcastChange,
+    last: &mut i64,
 ) -> rusqlite::Result<Result<Option<BroadcastRecord>, Option<i64>>> {
     let found: Option<(i64, i64)> = db
         .prepare_cached("SELECT revision, incarnation FROM broadcasts WHERE id = ?1")?
@@ -1048,9 +1058,8 @@ fn write_broadcast(
             // Revisions count changes of every broadcast, so none is ever reused: a removed
             // broadcast created again starts a new life (its incarnation, the revision that
             // created it) and an `If-Match` from its old life cannot match.
-            let revision: i64 = db
-                .prepare_cached("UPDATE revisions SET last = last + 1 RETURNING last")?
-                .query_row([], |row| row.get(0))?;
+            *last += 1;
+            let revision = *last;
             let incarnation = found.map_or(revision, |(_, incarnation)| incarnation);
             // As a read gives it back (to the millisecond): the catalog keeps this record.
             let record = BroadcastRecord { revision, incarnation, updated: time(at), ..next };
