@@ -1037,10 +1037,15 @@ fn write_broadcast(
     change: BroadcastChange,
     last: &mut i64,
 ) -> rusqlite::Result<Result<Option<BroadcastRecord>, Option<i64>>> {
-    let found: Option<(i64, i64)> = db
-        .prepare_cached("SELECT revision, incarnation FROM broadcasts WHERE id = ?1")?
-        .query_row(params![change.id], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
+    let find = |id: &str| -> rusqlite::Result<Option<(i64, i64)>> {
+        db.prepare_cached("SELECT revision, incarnation FROM broadcasts WHERE id = ?1")?
+            .query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()
+    };
+    // A creation (a first start makes 100,000) needs no look first: its plain insert fails on
+    // an id already there, and only then is the stored revision read for the conflict.
+    let creation = matches!((&change.expected, &change.change), (Expected::Absent, Change::Put(_)));
+    let found = if creation { None } else { find(&change.id)? };
     let revision = found.map(|(revision, _)| revision);
     let expected = match change.expected {
         Expected::Any => true,
@@ -1063,13 +1068,19 @@ fn write_broadcast(
             let incarnation = found.map_or(revision, |(_, incarnation)| incarnation);
             // As a read gives it back (to the millisecond): the catalog keeps this record.
             let record = BroadcastRecord { revision, incarnation, updated: time(at), ..next };
-            db.prepare_cached(
-                "INSERT INTO broadcasts (id, origin, revision, incarnation, definition, updated_ms, updated_by, deleting)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (id) DO UPDATE SET origin = ?2, revision = ?3, incarnation = ?4, definition = ?5,
-                 updated_ms = ?6, updated_by = ?7, deleting = ?8",
-            )?
-            .execute(params![
+            let sql = match creation {
+                true => {
+                    "INSERT INTO broadcasts (id, origin, revision, incarnation, definition, updated_ms, updated_by, deleting)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                }
+                false => {
+                    "INSERT INTO broadcasts (id, origin, revision, incarnation, definition, updated_ms, updated_by, deleting)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (id) DO UPDATE SET origin = ?2, revision = ?3, incarnation = ?4, definition = ?5,
+                     updated_ms = ?6, updated_by = ?7, deleting = ?8"
+                }
+            };
+            let inserted = db.prepare_cached(sql)?.execute(params![
                 record.id,
                 record.origin,
                 record.revision,
@@ -1078,7 +1089,18 @@ fn write_broadcast(
                 at,
                 record.updated_by,
                 record.deleting
-            ])?;
+            ]);
+            match inserted {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(failure, _))
+                    if creation && failure.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    // Created meanwhile: the conflict, with the revision it has (the request's
+                    // savepoint, counter included, is rolled back).
+                    return Ok(Err(find(&id)?.map(|(revision, _)| revision)));
+                }
+                Err(error) => return Err(error),
+            }
             Some(record)
         }
         Change::Remove => {
