@@ -512,7 +512,7 @@ impl<'a> Section<'a> {
                 .collect()
         });
         let mut results = Vec::new();
-        let mut problems = crate::sync::lock(&self.context.problems);
+        let mut problems = lock(&self.context.problems);
         for (part, deferred) in done {
             results.extend(part);
             for problem in deferred {
@@ -694,15 +694,14 @@ impl<'a> Section<'a> {
             None => Some(problem),
         });
         if let Some(problem) = problem {
-            add_problem(&mut crate::sync::lock(&self.context.problems), problem);
+            add_problem(&mut lock(&self.context.problems), problem);
         }
     }
 
     fn has_problem(&self, key: &str) -> bool {
         let path = self.path_of(key);
         let found = |problems: &[Problem]| problems.iter().any(|problem| problem.key == path);
-        DEFERRED.with_borrow(|deferred| deferred.as_deref().is_some_and(found))
-            || found(&crate::sync::lock(&self.context.problems))
+        DEFERRED.with_borrow(|deferred| deferred.as_deref().is_some_and(found)) || found(&lock(&self.context.problems))
     }
 
     /// Takes the nested table `key` out (empty when absent; a problem when it is not a table).
@@ -741,6 +740,12 @@ impl Drop for Section<'_> {
             self.problem(&key, "unknown setting (see docs/configuration.md for the list)");
         }
     }
+}
+
+/// The problems, even if a thread panicked while it held them (`config` imports no other module,
+/// so not `sync::lock`).
+fn lock(problems: &std::sync::Mutex<Vec<Problem>>) -> std::sync::MutexGuard<'_, Vec<Problem>> {
+    problems.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Tables of more entries than this are parsed by `Section::tables_over` on several threads.
