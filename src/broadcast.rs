@@ -162,11 +162,16 @@ pub(crate) fn parse_with_sources(
 ) -> (BTreeMap<String, Broadcast>, BTreeMap<String, Map<String, Value>>) {
     let parsed =
         section.tables_over(&defaults.broadcast, |interned: &mut crate::schedule::Interned, id, written, table| {
-            (parse_one(table, id.clone(), policies, defaults, interned), (id, written))
+            (parse_one(table, id, policies, defaults, interned), written)
         });
-    let (broadcasts, written): (Vec<_>, Vec<_>) = parsed.into_iter().unzip();
-    let sources = written.into_iter().filter_map(|(id, written)| Some((id, written?))).collect();
-    (broadcasts.into_iter().map(|broadcast: Broadcast| (broadcast.id.clone(), broadcast)).collect(), sources)
+    let (mut broadcasts, mut sources) = (BTreeMap::new(), BTreeMap::new());
+    for (broadcast, written) in parsed {
+        if let Some(written) = written {
+            sources.insert(broadcast.id.clone(), written);
+        }
+        broadcasts.insert(broadcast.id.clone(), broadcast);
+    }
+    (broadcasts, sources)
 }
 
 /// One `[broadcasts.<id>]` table, its defaults filled in.
@@ -208,7 +213,7 @@ fn parse_one(
         endpoint: table.value("endpoint"),
         streaming_policy: table.value("streaming_policy"),
         archive_window: table.value("archive_window"),
-        id: id.clone(),
+        id,
         channel,
         protocol,
         on_air_units,

@@ -397,7 +397,14 @@ pub struct Section<'a> {
 impl<'a> Section<'a> {
     /// The nested table `key`.
     pub fn section(&mut self, key: &str) -> Section<'a> {
-        let (path, map) = self.take_table(key);
+        let value = self.map.remove(key);
+        self.nested(key, value)
+    }
+
+    /// `value`, found at `key` in this table, as a nested section (empty, with a problem
+    /// recorded, when it is not a table), with the fallback keys recorded under it.
+    fn nested(&self, key: &str, value: Option<Value>) -> Section<'a> {
+        let (path, map) = self.table_at(key, value);
         let prefix = format!("{key}.");
         let inherited = self
             .inherited
@@ -459,23 +466,8 @@ impl<'a> Section<'a> {
             chunk
                 .into_iter()
                 .map(|(key, value)| {
-                    let path = this.key_path(&key);
-                    let prefix = format!("{key}.");
-                    let inherited = this
-                        .inherited
-                        .iter()
-                        .filter_map(|(relative, from)| {
-                            Some((relative.strip_prefix(&prefix)?.to_string(), from.clone()))
-                        })
-                        .collect();
-                    let (written, map) = match value {
-                        Value::Object(map) => (Some(map.clone()), map),
-                        other => {
-                            this.problem_at(&path, format!("expected a table, found {}", kind(&other)));
-                            (None, Map::new())
-                        }
-                    };
-                    let mut section = Section { context: this.context, path, map, inherited };
+                    let written = value.as_object().cloned();
+                    let mut section = this.nested(&key, Some(value));
                     fill(&mut section.map, &fallback.map, &fallback.path, "", &mut section.inherited);
                     each(&mut own, key, written, section)
                 })
@@ -486,14 +478,12 @@ impl<'a> Section<'a> {
         }
         let size = tables.len().div_ceil(workers);
         let mut chunks = Vec::with_capacity(workers);
-        let mut rest = tables.into_iter();
-        loop {
-            let chunk: Vec<_> = rest.by_ref().take(size).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            chunks.push(chunk);
+        let mut rest = tables;
+        while rest.len() > size {
+            let tail = rest.split_off(size);
+            chunks.push(std::mem::replace(&mut rest, tail));
         }
+        chunks.push(rest);
         let done: Vec<(Vec<T>, Vec<Problem>)> = std::thread::scope(|scope| {
             let handles: Vec<_> = chunks
                 .into_iter()
@@ -706,8 +696,15 @@ impl<'a> Section<'a> {
 
     /// Takes the nested table `key` out (empty when absent; a problem when it is not a table).
     fn take_table(&mut self, key: &str) -> (String, Map<String, Value>) {
+        let value = self.map.remove(key);
+        self.table_at(key, value)
+    }
+
+    /// `value`, found at `key` in this table, as a table with its key path (empty, with a
+    /// problem recorded, when it is not a table).
+    fn table_at(&self, key: &str, value: Option<Value>) -> (String, Map<String, Value>) {
         let path = self.key_path(key);
-        let map = match self.map.remove(key) {
+        let map = match value {
             Some(Value::Object(map)) => map,
             Some(other) => {
                 self.problem_at(&path, format!("expected a table, found {}", kind(&other)));
