@@ -1042,8 +1042,8 @@ fn write_broadcast(
             .query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()
     };
-    // A creation (a first start makes 100,000) needs no look first: its plain insert fails on
-    // an id already there, and only then is the stored revision read for the conflict.
+    // A creation (a first start makes 100,000) needs no look first: its insert changes nothing
+    // on an id already there, and only then is the stored revision read for the conflict.
     let creation = matches!((&change.expected, &change.change), (Expected::Absent, Change::Put(_)));
     let found = if creation { None } else { find(&change.id)? };
     let revision = found.map(|(revision, _)| revision);
@@ -1068,38 +1068,29 @@ fn write_broadcast(
             let incarnation = found.map_or(revision, |(_, incarnation)| incarnation);
             // As a read gives it back (to the millisecond): the catalog keeps this record.
             let record = BroadcastRecord { revision, incarnation, updated: time(at), ..next };
-            let sql = match creation {
-                true => {
-                    "INSERT INTO broadcasts (id, origin, revision, incarnation, definition, updated_ms, updated_by, deleting)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-                }
-                false => {
+            // A creation does not replace what is there (`WHERE ?9` is false for it): no row
+            // changed means the id was taken meanwhile, a conflict with the revision it has
+            // (the request's savepoint, counter included, is rolled back).
+            let changed = db
+                .prepare_cached(
                     "INSERT INTO broadcasts (id, origin, revision, incarnation, definition, updated_ms, updated_by, deleting)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (id) DO UPDATE SET origin = ?2, revision = ?3, incarnation = ?4, definition = ?5,
-                     updated_ms = ?6, updated_by = ?7, deleting = ?8"
-                }
-            };
-            let inserted = db.prepare_cached(sql)?.execute(params![
-                record.id,
-                record.origin,
-                record.revision,
-                record.incarnation,
-                text(&record.definition)?,
-                at,
-                record.updated_by,
-                record.deleting
-            ]);
-            match inserted {
-                Ok(_) => {}
-                Err(rusqlite::Error::SqliteFailure(failure, _))
-                    if creation && failure.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    // Created meanwhile: the conflict, with the revision it has (the request's
-                    // savepoint, counter included, is rolled back).
-                    return Ok(Err(find(&id)?.map(|(revision, _)| revision)));
-                }
-                Err(error) => return Err(error),
+                     updated_ms = ?6, updated_by = ?7, deleting = ?8 WHERE ?9",
+                )?
+                .execute(params![
+                    record.id,
+                    record.origin,
+                    record.revision,
+                    record.incarnation,
+                    text(&record.definition)?,
+                    at,
+                    record.updated_by,
+                    record.deleting,
+                    !creation
+                ])?;
+            if changed == 0 {
+                return Ok(Err(find(&id)?.map(|(revision, _)| revision)));
             }
             Some(record)
         }
@@ -1464,6 +1455,65 @@ mod tests {
 
     fn fixed_now() -> DateTime<Utc> {
         DateTime::from_timestamp_millis(1_795_000_000_000).unwrap()
+    }
+
+    /// A creation inserts without looking first: over an id already there it is a conflict
+    /// naming the revision found, the whole request rolls back (the counter included), and
+    /// nothing stored changes. Three broadcasts at different revisions, each checked.
+    #[test]
+    fn a_creation_over_a_taken_id_is_a_conflict_and_changes_nothing() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&directory.path().join("onair.db")).unwrap();
+        let change = |id: &str, expected: Expected, channel: &str| BroadcastChange {
+            id: id.into(),
+            expected,
+            change: Change::Put(BroadcastRecord {
+                id: id.into(),
+                origin: "api".into(),
+                revision: 0,
+                incarnation: 0,
+                definition: json!({"channel": channel}).as_object().unwrap().clone(),
+                updated: fixed_now(),
+                updated_by: "test".into(),
+                deleting: false,
+            }),
+            at: fixed_now(),
+            reason: format!("{id} written"),
+            detail: json!({}),
+        };
+        store
+            .change_broadcasts(vec![change("news", Expected::Absent, "n1"), change("sport", Expected::Absent, "s1")])
+            .unwrap();
+        store.change_broadcasts(vec![change("news", Expected::Revision(1), "n2")]).unwrap();
+        let stored = || -> Vec<(String, i64, i64, Value)> {
+            store
+                .broadcasts()
+                .unwrap()
+                .into_iter()
+                .map(|record| (record.id, record.revision, record.incarnation, record.definition["channel"].clone()))
+                .collect()
+        };
+        let before = stored();
+        assert_eq!(before, [("news".into(), 3, 1, json!("n2")), ("sport".into(), 2, 2, json!("s1"))]);
+
+        // weather is new, sport is taken: refused whole.
+        let refused = store.change_broadcasts(vec![
+            change("weather", Expected::Absent, "w1"),
+            change("sport", Expected::Absent, "s2"),
+        ]);
+        let Err(Error::Conflict { broadcast, expected, found }) = refused else { panic!("{refused:?}") };
+        assert_eq!((broadcast.as_str(), expected, found), ("sport", Expected::Absent, Some(2)));
+        assert_eq!(stored(), before, "weather not created, sport unchanged");
+        // A stale revision is refused as before.
+        let stale = store.change_broadcasts(vec![change("news", Expected::Revision(1), "n3")]);
+        assert!(matches!(stale, Err(Error::Conflict { found: Some(3), .. })), "{stale:?}");
+        // The counter went back with the refused request: weather gets the next revision.
+        let written = store.change_broadcasts(vec![change("weather", Expected::Absent, "w1")]).unwrap();
+        let weather = written[0].as_ref().unwrap();
+        assert_eq!((weather.revision, weather.incarnation), (4, 4));
+        assert_eq!(stored().len(), 3);
+        let audit = store.audit("sport", 10).unwrap();
+        assert_eq!(audit.iter().filter(|row| row.kind == "config").count(), 1, "no audit row for the refused change");
     }
 
     /// An attempt's record is queued at once, in order: the commit of the action's result, asked
