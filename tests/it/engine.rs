@@ -331,11 +331,8 @@ async fn an_attempt_record_not_queued_in_order_is_waited_for_before_the_result()
     faulty.late_records.store(usize::MAX, SeqCst);
     let command = format!("{}start-now", event::COMMAND_PREFIX);
     assert_eq!(engine.send("go", &command, "weather", json!({})).await, Outcome::Committed);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while view(&settings).pending_actions().unwrap().iter().any(|row| row.broadcast == "weather") {
-        assert!(tokio::time::Instant::now() < deadline, "weather's actions did not finish");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let pending = || async { view(&settings).pending_actions().unwrap().iter().all(|row| row.broadcast != "weather") };
+    crate::operations::until_async(Duration::from_secs(20), "weather's actions finish", pending).await;
     engine.stop().await;
     assert!(faulty.late_records.load(SeqCst) < usize::MAX, "records were late");
 
