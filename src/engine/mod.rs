@@ -286,6 +286,16 @@ async fn route(
 
 // === Lanes ===
 
+/// Why a batch's commit was refused, if it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    No,
+    /// An event of the batch was processed already (`Store::commit`'s own check).
+    Duplicate,
+    /// The store failed (disk full, I/O error, locked): retried after a backoff.
+    Failed,
+}
+
 /// A broadcast's instance as its lane keeps it.
 #[derive(Debug, Clone)]
 struct Cached {
@@ -443,8 +453,9 @@ impl Lane {
                 }
             }
             let mut delay = self.settings.commit_backoff_initial;
+            let mut rechecked = false;
             loop {
-                let outcomes = self.handle(&batch).await;
+                let (outcomes, refused) = self.handle(&batch).await;
                 let mut retry = Vec::new();
                 for (routed, outcome) in batch.into_iter().zip(outcomes) {
                     match outcome {
@@ -456,6 +467,13 @@ impl Lane {
                     break;
                 }
                 batch = retry;
+                if refused == Refused::Duplicate && !rechecked {
+                    // An event of the batch was processed already, which only the commit saw (its
+                    // broadcasts were all cached, so nothing was read first): decided again at
+                    // once, this time after a read of what is processed.
+                    rechecked = true;
+                    continue;
+                }
                 // While commits fail, another lane's successful commit ends the wait: the store
                 // takes writes again.
                 let commits_failing = self.metrics.commits().failing().is_some();
@@ -491,7 +509,7 @@ impl Lane {
         }
     }
 
-    async fn handle(&mut self, batch: &[Routed]) -> Vec<Outcome> {
+    async fn handle(&mut self, batch: &[Routed]) -> (Vec<Outcome>, Refused) {
         let keys: Vec<(String, String)> =
             batch.iter().map(|routed| (routed.event.id.clone(), routed.broadcast.clone())).collect();
         let (processed, mut read) = self.prepare(batch, &keys).await;
@@ -509,14 +527,15 @@ impl Lane {
             .collect();
         let decided = self.decide_batch(batch, &keys, processed, &mut read, &spans).await;
         if decided.commits.is_empty() {
-            return decided.outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Committed)).collect();
+            let outcomes = decided.outcomes.into_iter().map(|outcome| outcome.unwrap_or(Outcome::Committed)).collect();
+            return (outcomes, Refused::No);
         }
         let Decided { working, commits, outcomes, timer_changes } = decided;
         match self.commit(commits).await {
             Ok(results) => {
                 self.cache.extend(working);
                 let mut results = results.into_iter().zip(timer_changes);
-                outcomes
+                let outcomes = outcomes
                     .into_iter()
                     .zip(batch.iter().zip(&spans))
                     .map(|(outcome, (routed, span))| {
@@ -525,14 +544,23 @@ impl Lane {
                             self.apply(results.next(), &routed.event.id)
                         })
                     })
-                    .collect()
+                    .collect();
+                (outcomes, Refused::No)
             }
             Err(error) => {
                 // Nothing of the batch was recorded, and its broadcasts were taken out of the
                 // cache (`current`): the retry starts again from what the store holds for them.
                 drop(working);
+                let refused = match error {
+                    store::Error::UnexpectedDuplicate { .. } => Refused::Duplicate,
+                    _ => Refused::Failed,
+                };
                 let reason = error.to_string();
-                outcomes.into_iter().map(|outcome| outcome.unwrap_or_else(|| Outcome::Failed(reason.clone()))).collect()
+                let outcomes = outcomes
+                    .into_iter()
+                    .map(|outcome| outcome.unwrap_or_else(|| Outcome::Failed(reason.clone())))
+                    .collect();
+                (outcomes, refused)
             }
         }
     }
@@ -541,6 +569,13 @@ impl Lane {
     /// keys the store has already processed, and the stored instances of its broadcasts this
     /// lane has not read yet (`Read`). If the check fails, none is taken as processed: the
     /// commit's own check still catches a duplicate.
+    ///
+    /// When the lane holds every broadcast of the batch, nothing is read: the commit's check is
+    /// the one that counts (a duplicate there refuses the whole batch, whose broadcasts leave the
+    /// cache, and the batch is decided again at once after this read; `run`). A duplicate is
+    /// rare (a redelivery after a lost ack, a publisher's retry), and the read it would save
+    /// costs each batch a blocking call and a read transaction, which keeps the WAL from being
+    /// checkpointed back to its beginning.
     async fn prepare(&self, batch: &[Routed], keys: &[(String, String)]) -> (Vec<bool>, Read) {
         let catalog = self.registry.current();
         let mut missing: Vec<String> = Vec::new();
@@ -551,6 +586,9 @@ impl Lane {
             if !cached && !missing.contains(&routed.broadcast) {
                 missing.push(routed.broadcast.clone());
             }
+        }
+        if missing.is_empty() {
+            return (vec![false; keys.len()], Read::new());
         }
         let store = Arc::clone(&self.store);
         let owned = keys.to_vec();
@@ -693,6 +731,10 @@ impl Lane {
             .unwrap_or(Err(store::Error::Stopped));
         let commits = self.metrics.commits();
         match &result {
+            // Not a fault of the store: the batch is decided again with what it has processed.
+            Err(error @ store::Error::UnexpectedDuplicate { .. }) => {
+                tracing::debug!(%error, "Commit refused a duplicate; deciding the batch again.");
+            }
             Ok(_) => {
                 if let Some(episode) = commits.succeeded() {
                     tracing::info!(

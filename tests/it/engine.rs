@@ -86,6 +86,58 @@ async fn a_duplicate_event_has_one_effect_and_unknown_subjects_are_refused() {
     neighbours.untouched(&settings);
 }
 
+/// A lane reads nothing before deciding a batch whose broadcasts it holds: the commit's own
+/// check finds a duplicate, refuses the batch, and the batch is decided again at once after a
+/// read of what is processed. Three broadcasts in three states, each held by its lane, each
+/// sent its last event again: each is a duplicate, audited, with no effect, no commit failure
+/// and no backoff (an hour here, which the test would never outlive).
+#[tokio::test]
+async fn a_duplicate_for_a_broadcast_its_lane_holds_is_refused_by_the_commit_and_decided_again_at_once() {
+    let emulator = TestEmulator::start(emulator_settings()).await;
+    let directory = tempfile::tempdir().unwrap();
+    let mut settings = settings(&emulator, directory.path(), NEWS);
+    settings.engine.commit_backoff_initial = Duration::from_secs(3600);
+    settings.engine.commit_backoff_max = Duration::from_secs(3600);
+    let engine = TestEngine::start(&settings).await;
+    assert_eq!(engine.step("news", "warmup").await, Outcome::Committed);
+    settled(&settings, "news", "standby").await;
+    let pause = |id: &str, broadcast: &str| (id.to_string(), "onair.command.pause", broadcast.to_string());
+    let resume = |id: &str, broadcast: &str| (id.to_string(), "onair.command.resume", broadcast.to_string());
+    let (sport, travel) = (pause("p1", "sport"), resume("r1", "travel"));
+    for (id, kind, subject) in [pause("p0", "travel"), sport.clone(), travel.clone()] {
+        assert_eq!(engine.send(&id, kind, &subject, json!({})).await, Outcome::Committed, "{id}");
+    }
+    let states = || -> Vec<(String, serde_json::Value)> {
+        ["news", "sport", "travel"]
+            .iter()
+            .map(|broadcast| state(&settings, broadcast).map(|(state, vars)| (state, vars["paused"].clone())).unwrap())
+            .collect()
+    };
+    let before = states();
+    assert_eq!(before, [("standby".into(), json!(false)), ("idle".into(), json!(true)), ("idle".into(), json!(false))]);
+
+    // All three at once, so that they share batches where their lanes do.
+    let again = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(
+            engine.step("news", "warmup"),
+            engine.send(&sport.0, sport.1, &sport.2, json!({})),
+            engine.send(&travel.0, travel.1, &travel.2, json!({})),
+        )
+    })
+    .await
+    .expect("decided again at once, not after the backoff");
+    assert_eq!(again, (Outcome::Duplicate, Outcome::Duplicate, Outcome::Duplicate));
+    assert_eq!(engine.metrics.commits().failures(), 0, "a duplicate is not a failure of the store");
+    assert_eq!(states(), before, "no effect");
+    for broadcast in ["news", "sport", "travel"] {
+        let audit = view(&settings).audit(broadcast, 100).unwrap();
+        assert_eq!(audit.iter().filter(|row| row.kind == "duplicate").count(), 1, "{broadcast}: {audit:?}");
+    }
+    let starts = writes(&emulator.requests()).iter().filter(|write| *write == "PUT liveEvents/news").count();
+    assert_eq!(starts, 1);
+    engine.stop().await;
+}
+
 #[tokio::test]
 async fn a_failed_action_stops_the_broadcast_and_resume_picks_it_up() {
     let emulator = TestEmulator::start(emulator_settings()).await;
