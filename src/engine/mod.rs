@@ -467,12 +467,21 @@ impl Lane {
                     break;
                 }
                 batch = retry;
-                if refused == Refused::Duplicate && !rechecked {
-                    // An event of the batch was processed already, which only the commit saw (its
-                    // broadcasts were all cached, so nothing was read first): decided again at
-                    // once, this time after a read of what is processed.
-                    rechecked = true;
-                    continue;
+                if refused == Refused::Duplicate {
+                    if !rechecked {
+                        // An event of the batch was processed already, which only the commit saw
+                        // (its broadcasts were all cached, so nothing was read first): decided
+                        // again at once, this time after a read of what is processed.
+                        rechecked = true;
+                        continue;
+                    }
+                    // The read did not show it either (it failed, or the store contradicts
+                    // itself): no hot loop; the operator hears of it.
+                    tracing::warn!(
+                        events = batch.len(),
+                        retry_in = ?delay,
+                        "The store refused a duplicate that its read did not show; deciding the batch again after a pause."
+                    );
                 }
                 // While commits fail, another lane's successful commit ends the wait: the store
                 // takes writes again.

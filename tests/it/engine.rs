@@ -432,6 +432,11 @@ async fn a_lane_starts_over_from_its_own_broadcasts_record_after_a_refused_commi
     assert_eq!(faulty.refuse_commits.load(SeqCst), 0, "the refusal happened");
     assert_eq!(faulty.fail_reads.load(SeqCst), 0, "the failed read happened");
     assert_eq!(engine.send("s1", "something.else", "sport", json!({})).await, Outcome::Committed);
+    // Refused twice: the second time after the read that follows the first, so the lane takes
+    // its backoff rather than looping; n2 is still committed once.
+    faulty.refuse_commits.store(2, SeqCst);
+    assert_eq!(engine.send("n2", "something.else", "news", json!({})).await, Outcome::Committed);
+    assert_eq!(faulty.refuse_commits.load(SeqCst), 0, "both refusals happened");
     engine.stop().await;
 
     let after = view(&settings).load_instances().unwrap();
@@ -442,7 +447,7 @@ async fn a_lane_starts_over_from_its_own_broadcasts_record_after_a_refused_commi
     assert_eq!(news_after.state, "live", "news kept its own state: {news_after:?}");
     assert_eq!(news_after.vars, news_before.vars, "and its own variables");
     assert_eq!(news_after.since, news_before.since, "and the instant it went live");
-    assert_eq!(news_after.seq, news_before.seq + 1, "one more decision (n1), committed once after the refusal");
+    assert_eq!(news_after.seq, news_before.seq + 2, "two more decisions (n1, n2), each committed once after refusals");
     let sport = by_id(&after, "sport");
     assert_eq!((sport.state.as_str(), sport.seq), ("failed", by_id(&before, "sport").seq + 1));
     assert_eq!(by_id(&after, "weather"), by_id(&before, "weather"), "weather untouched");
@@ -453,7 +458,7 @@ async fn a_lane_starts_over_from_its_own_broadcasts_record_after_a_refused_commi
         .filter(|row| row.kind == "decision")
         .filter_map(|row| row.event_id)
         .collect();
-    assert_eq!(decided, ["force-news", "n1"]);
+    assert_eq!(decided, ["force-news", "n1", "n2"]);
     println!(
         "lane re-read: news {} seq {} -> {}, sport {} seq {}, weather {} seq {}",
         news_after.state,
